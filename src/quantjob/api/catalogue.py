@@ -1,0 +1,109 @@
+"""The algorithm catalogue: every processor, observer method and saver quantjob knows by name.
+
+The compatibility rules (``quantjob.api.check``) read only this table: adding an
+algorithm means adding an entry here (and its implementation in the worker), never
+touching the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["processor", "observer", "saver"]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One named algorithm.
+
+    ``implemented``: quantjob runs it. ``distributed``: it may run under ``dp_layer_wise``
+    (its statistics reduce across ranks to the single-device result).
+    ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
+    """
+
+    name: str
+    kind: Kind
+    summary: str
+    implemented: bool = True
+    distributed: bool = False
+    aliases: tuple[str, ...] = ()
+    distributed_variant: str | None = None
+    options: tuple[str, ...] = field(default=())
+
+
+_ENTRIES: tuple[Algorithm, ...] = (
+    # --- processors -------------------------------------------------------------------
+    Algorithm("linear_quant", "processor", "quantize the selected linears (weights, activations)",
+              distributed=True, options=("qconfig", "include", "exclude")),
+    Algorithm("group", "processor", "a list of linear_quant entries (mixed precision)",
+              distributed=True, options=("configs",)),
+    Algorithm("iter_smooth", "processor", "SmoothQuant-style outlier migration, statistics refreshed per pair",
+              implemented=False, distributed=True,
+              options=("alpha", "symmetric", "enable_subgraph_type", "include", "exclude")),
+    Algorithm("flex_smooth_quant", "processor", "smoothing with per-subgraph searched alpha/beta",
+              implemented=False, distributed=True, aliases=("flex_smooth",),
+              options=("alpha", "beta", "enable_subgraph_type", "include", "exclude")),
+    # msModelSlim processors that quantjob does not implement yet: known names, clear errors.
+    Algorithm("smooth_quant", "processor", "SmoothQuant", implemented=False),
+    Algorithm("awq", "processor", "activation-aware weight quantization", implemented=False),
+    Algorithm("flex_awq_ssz", "processor", "flexible AWQ with SSZ", implemented=False),
+    Algorithm("quarot", "processor", "rotation-based outlier removal", implemented=False),
+    Algorithm("kv_smooth", "processor", "KV-cache smoothing", implemented=False),
+    Algorithm("kv_quant", "processor", "KV-cache quantization", implemented=False),
+    Algorithm("gptq", "processor", "GPTQ", implemented=False),
+    Algorithm("autoround", "processor", "AutoRound", implemented=False),
+    Algorithm("fa3_quant", "processor", "FlashAttention-3 quantization", implemented=False),
+    Algorithm("adapter_smooth", "processor", "adapter smoothing", implemented=False),
+    Algorithm("float_sparse", "processor", "floating-point sparsity", implemented=False),
+    # --- observer methods (qconfig.*.method) ---------------------------------------------
+    Algorithm("minmax", "observer", "running min/max", distributed=True),
+    Algorithm("ssz", "observer", "iterative MSE search of weight scale/offset", implemented=False,
+              distributed=True, options=("step",)),
+    Algorithm("autoround", "observer", "AutoRound rounding", implemented=False),
+    Algorithm("gptq", "observer", "GPTQ", implemented=False),
+    Algorithm("histogram", "observer", "histogram (KL / percentile)", implemented=False),
+    # --- savers ----------------------------------------------------------------------------
+    Algorithm("ascendv1_saver", "saver", "msModelSlim ascendv1 layout (vllm-ascend)",
+              distributed=False, distributed_variant="distributed_ascendv1_saver",
+              options=("part_file_size",)),
+    Algorithm("distributed_ascendv1_saver", "saver", "ascendv1 layout written by several ranks",
+              distributed=True, options=("part_file_size",)),
+    Algorithm("compressed_tensors_saver", "saver", "compressed-tensors layout (vLLM, transformers)",
+              implemented=False, options=()),
+    Algorithm("mindie_format_saver", "saver", "MindIE format", implemented=False),
+)
+
+
+def _index(kind: Kind) -> dict[str, Algorithm]:
+    table: dict[str, Algorithm] = {}
+    for entry in _ENTRIES:
+        if entry.kind != kind:
+            continue
+        for name in (entry.name, *entry.aliases):
+            table[name] = entry
+    return table
+
+
+PROCESSORS: dict[str, Algorithm] = _index("processor")
+OBSERVERS: dict[str, Algorithm] = _index("observer")
+SAVERS: dict[str, Algorithm] = _index("saver")
+_TABLES: dict[Kind, dict[str, Algorithm]] = {"processor": PROCESSORS, "observer": OBSERVERS, "saver": SAVERS}
+
+
+def lookup(kind: Kind, name: str) -> Algorithm | None:
+    """The entry for ``name`` (or one of its aliases), or None when the name is unknown."""
+    return _TABLES[kind].get(name)
+
+
+def canonical_name(kind: Kind, name: str) -> str:
+    """The canonical name of an algorithm given its name or alias (the input when unknown)."""
+    entry = lookup(kind, name)
+    return entry.name if entry else name
+
+
+def supported(kind: Kind, *, distributed: bool = False) -> list[str]:
+    """Canonical names quantjob can run, optionally only the distributed-capable ones."""
+    return sorted({e.name for e in _ENTRIES
+                   if e.kind == kind and e.implemented and (e.distributed or not distributed)
+                   and not (kind == "saver" and distributed and e.distributed_variant)})

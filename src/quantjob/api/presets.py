@@ -1,0 +1,43 @@
+"""Quant-type presets (``--quant_type`` / ``spec.quantType``) expanded to modelslim_v1 configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantjob.api.modelslim import ModelslimConfig
+
+_WEIGHT_INT8 = {"scope": "per_channel", "dtype": "int8", "symmetric": True, "method": "minmax"}
+
+_QCONFIGS: dict[str, dict[str, Any]] = {
+    # the seed's config: static per-tensor asymmetric activations, per-channel symmetric weights
+    "w8a8": {"act": {"scope": "per_tensor", "dtype": "int8", "symmetric": False, "method": "minmax"},
+             "weight": _WEIGHT_INT8},
+    # msModelSlim's default for LLMs: per-token dynamic symmetric activations
+    "w8a8_dynamic": {"act": {"scope": "per_token", "dtype": "int8", "symmetric": True, "method": "minmax"},
+                     "weight": _WEIGHT_INT8},
+    "w8a16": {"weight": _WEIGHT_INT8},
+    "w4a16": {"weight": {"scope": "per_group", "dtype": "int4", "symmetric": True, "method": "minmax",
+                         "ext": {"group_size": 128}}},
+}
+
+QUANT_TYPES: tuple[str, ...] = tuple(_QCONFIGS)
+
+
+def preset_dict(quant_type: str) -> dict[str, Any]:
+    """The modelslim_v1 document (as plain data) for a quant type; ValueError names the choices."""
+    key = quant_type.lower()
+    if key not in _QCONFIGS:
+        raise ValueError(f"unknown quant type {quant_type!r}; choose one of: {', '.join(QUANT_TYPES)}")
+    return {
+        "apiversion": "modelslim_v1",
+        "metadata": {"config_id": f"quantjob-preset-{key}"},
+        "spec": {
+            "runner": "auto",
+            "process": [{"type": "linear_quant", "qconfig": _QCONFIGS[key], "include": ["*"]}],
+            "save": [{"type": "ascendv1_saver"}],
+        },
+    }
+
+
+def preset(quant_type: str) -> ModelslimConfig:
+    return ModelslimConfig.model_validate(preset_dict(quant_type))

@@ -1,0 +1,67 @@
+"""Problems found by the compatibility check: a field path, a message that says what to do, a severity."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ValidationError
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == "error" else "warning: "
+        return f"{self.path}: {prefix}{self.message}"
+
+
+def has_errors(problems: list[Problem]) -> bool:
+    return any(p.severity == "error" for p in problems)
+
+
+def join_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    """``spec.config`` + ('spec', 'process', 1, 'type') -> ``spec.config.spec.process[1].type``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+# Discriminated unions add the tag name to the location ("linear_quant"); keep the path readable.
+_UNION_TAGS = {"linear_quant", "group", "iter_smooth", "flex_smooth_quant", "flex_smooth"}
+_INNER_PATH = re.compile(r"^(process\[\d+\]\.type): (.*)$", re.S)
+
+
+def from_validation_error(error: ValidationError, prefix: str = "") -> list[Problem]:
+    """One Problem per pydantic error, with the full field path."""
+    problems: list[Problem] = []
+    for item in error.errors(include_url=False):
+        loc = tuple(p for p in item["loc"] if p not in _UNION_TAGS)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        inner = _INNER_PATH.match(message)
+        if inner:  # a model validator that names a deeper field than its own location
+            loc = (*loc, *_split(inner.group(1)))
+            message = inner.group(2)
+        elif item["type"] == "extra_forbidden":
+            message = f"unknown field {loc[-1]!r}; remove it or check its spelling"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        problems.append(Problem(join_path(prefix, loc), message))
+    return problems
+
+
+def _split(path: str) -> tuple[int | str, ...]:
+    parts: list[int | str] = []
+    for name, index in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", path):
+        parts.append(int(index) if index else name)
+    return tuple(parts)

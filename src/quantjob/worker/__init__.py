@@ -1,0 +1,1 @@
+"""The quantization worker: runners, adapters, calibration, processors, observers, savers, launcher."""

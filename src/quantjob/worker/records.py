@@ -1,0 +1,49 @@
+"""What the engine hands to a saver: one decoder layer's (or the model's outer) tensors, processed.
+
+This is the only interface between the quantization loop and the savers: the loop never
+knows a file format, a saver never runs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Scheme = Literal["W8A8", "W8A8_DYNAMIC", "W8A16", "W4A16"]
+
+
+@dataclass
+class QuantizedLinear:
+    """One quantized linear, in plain quantization terms (no file-format conventions).
+
+    Dequantization: ``W ~ (weight_q - weight_offset) * weight_scale`` (per row, or per group of
+    ``group_size`` input columns when ``weight_scale`` is [out, in // group_size]).
+    Static activations: ``x_q = clamp(round(x / input_scale) + input_offset, -128, 127)``.
+    """
+
+    name: str                          # module name, e.g. "model.layers.0.self_attn.q_proj"
+    scheme: Scheme
+    weight_q: torch.Tensor             # int8 [out, in]; int4 values (-8..7) in int8 storage for W4A16
+    weight_scale: torch.Tensor         # float32 [out, 1] (per channel) or [out, in // group_size]
+    weight_offset: torch.Tensor        # float32, same shape as weight_scale; zeros when symmetric
+    bias: torch.Tensor | None          # the float bias in the model dtype, or None
+    dtype: torch.dtype                 # the model's float dtype (bf16 / fp16 / fp32)
+    input_scale: torch.Tensor | None = None   # float32 [1], static activations only (W8A8)
+    input_offset: torch.Tensor | None = None  # float32 [1], integer-valued, static activations only
+    group_size: int | None = None
+
+
+@dataclass
+class LayerOutput:
+    """Everything one step of the loop produced for the saver.
+
+    ``index`` is the decoder layer index, or None for the tensors outside the decoder layers
+    (embedding, final norm, lm_head). ``float_tensors`` maps full tensor names to tensors kept in
+    float (norms, excluded linears, ...), exactly as read from the source checkpoint.
+    """
+
+    index: int | None
+    quantized: list[QuantizedLinear] = field(default_factory=list)
+    float_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
