@@ -99,6 +99,8 @@ class QuantJobSpec(CamelModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     queueName: str | None = Field(None, description="Kueue LocalQueue; the Job starts suspended")
     backoffLimit: int = Field(3, ge=0, le=100)
+    nextLayerInput: Literal["float", "quantized"] = Field(
+        "float", description="inputs of layer i+1: outputs of the float or of the quantized layer i")
 
     @model_validator(mode="after")
     def _one_config_source(self) -> "QuantJobSpec":
