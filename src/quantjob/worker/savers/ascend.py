@@ -1,0 +1,202 @@
+"""``ascendv1_saver`` / ``distributed_ascendv1_saver``: one implementation for any world size.
+
+Every rank calls ``save`` for every layer; the owner (``index % world_size``, rank 0 for the
+outer tensors) converts and commits it to the staging area. ``finish`` is collective: after a
+barrier rank 0 assembles the final files (``assemble.py``). World size 1 is the same code path
+with one owner, so both names give identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from quantjob.worker.distributed import Group
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.records import LayerOutput
+from quantjob.worker.savers.assemble import (
+    COMPLETE,
+    DESCRIPTION,
+    WEIGHTS_PREFIX,
+    assemble,
+    remove_output,
+    remove_temporaries,
+)
+from quantjob.worker.savers.staging import (
+    EXTRA_DIR,
+    RUN_FILE,
+    STAGING_DIR,
+    TMP_PREFIX,
+    atomic_write_bytes,
+    json_bytes,
+    load_record,
+    read_meta,
+    stem,
+    verify_record,
+    write_record,
+)
+
+log = logging.getLogger(__name__)
+
+_RESERVED = {DESCRIPTION, COMPLETE, "config.json", f"{WEIGHTS_PREFIX}.safetensors.index.json", RUN_FILE}
+
+
+def _not_writable(path: Path, err: OSError) -> QuantJobError:
+    return QuantJobError(f"save path {path} is not writable ({err.strerror or err}); fix: choose a "
+                         "writable --save-path or fix the permissions of the output volume")
+
+
+def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int,
+                   overwrite: bool) -> int:
+    """Check and claim ``save_path`` for this run; returns how many layers are already committed.
+
+    Refuses a complete output (unless ``overwrite``), an unfinished run with another run_id
+    (unless ``overwrite``: it is discarded) and a path that cannot be written.
+    """
+    if save_path.exists() and not save_path.is_dir():
+        raise QuantJobError(f"save path {save_path} is a file, not a directory; fix: choose a directory "
+                            "for --save-path")
+    if model_dir.resolve() == save_path.resolve():
+        raise QuantJobError(f"save path {save_path} is the model directory; fix: choose another --save-path")
+    try:
+        save_path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _not_writable(save_path, err) from None
+    if (save_path / DESCRIPTION).exists() or (save_path / COMPLETE).exists():
+        if not overwrite:
+            raise QuantJobError(f"save path {save_path} already holds a complete quantized model "
+                                f"({DESCRIPTION}); fix: pass --overwrite to replace it, or choose another "
+                                "--save-path")
+        try:
+            remove_output(save_path)
+        except OSError as err:
+            raise _not_writable(save_path, err) from None
+    staging = save_path / STAGING_DIR
+    run = {"run_id": run_id, "num_layers": num_layers}
+    run_file = staging / RUN_FILE
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+        if previous != run:
+            if not overwrite:
+                raise QuantJobError(
+                    f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
+                    f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save-path")
+            shutil.rmtree(staging)
+    try:
+        (staging / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_file, json_bytes(run))
+        remove_temporaries(save_path)
+    except OSError as err:
+        raise _not_writable(save_path, err) from None
+    committed = 0
+    while committed < num_layers:
+        reason = verify_record(staging, committed, run_id)
+        if reason is not None:
+            if reason != "not committed":
+                log.warning("layer %d in %s: %s; it will be quantized again", committed, staging, reason)
+            break
+        committed += 1
+    if committed:
+        log.info("resuming at layer %d of %d (%s)", committed, num_layers, save_path)
+    return committed
+
+
+class AscendV1Saver:
+    """The OutputSaver for the ascendv1 layout. Build it with ``quantjob.worker.savers.open_saver``."""
+
+    def __init__(self, *, save_path: Path, model_dir: Path, run_id: str, group: Group, num_layers: int,
+                 part_file_size: float | None, committed: int) -> None:
+        self.save_path = save_path
+        self.staging = save_path / STAGING_DIR
+        self.model_dir = model_dir
+        self.run_id = run_id
+        self.group = group
+        self.num_layers = num_layers
+        self.part_file_size = part_file_size
+        self._committed = committed
+
+    def owner(self, index: int | None) -> int:
+        return 0 if index is None else index % self.group.world_size
+
+    def committed_layers(self) -> int:
+        return self._committed
+
+    def load_layer(self, index: int) -> LayerOutput:
+        if not 0 <= index < self._committed:
+            raise ValueError(f"layer {index} is not committed in {self.staging} "
+                             f"(committed: 0..{self._committed - 1})")
+        return load_record(self.staging, index)
+
+    def save(self, out: LayerOutput) -> None:
+        if out.index is not None and not 0 <= out.index < self.num_layers:
+            raise ValueError(f"layer index {out.index} outside 0..{self.num_layers - 1}")
+        if self.owner(out.index) != self.group.rank:
+            return
+        try:
+            write_record(self.staging, out, self.run_id)
+        except OSError as err:
+            self._remove_own_temporaries()
+            raise _not_writable(self.save_path, err) from None
+        except BaseException:
+            self._remove_own_temporaries()
+            raise
+
+    def write_json(self, name: str, data: object) -> None:
+        if Path(name).name != name or not name.endswith(".json") or name.startswith(".") or name in _RESERVED:
+            raise ValueError(f"write_json: {name!r} must be a plain, non-reserved file name ending in .json")
+        if self.group.is_main:
+            atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
+
+    def finish(self) -> None:
+        self.group.barrier()
+        failure: BaseException | None = None
+        message: str | None = None
+        if self.group.is_main:
+            try:
+                missing = [i for i in range(self.num_layers) if not self._committed_json(i)]
+                if missing:
+                    raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
+                                        "fix: run the job again with the same arguments to redo them")
+                assemble(self.save_path, self.staging, num_layers=self.num_layers,
+                         part_file_size=self.part_file_size, model_dir=self.model_dir, run_id=self.run_id)
+            except BaseException as err:  # handed to every rank below, then re-raised here
+                failure, message = err, f"{type(err).__name__}: {err}"
+        message = self.group.broadcast_object(message)
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise QuantJobError(f"rank 0 could not write the output to {self.save_path}: {message}")
+        self.group.barrier()
+
+    def abort(self) -> None:
+        """Drop this rank's temporary files; committed layers stay for a resumed run."""
+        self._remove_own_temporaries()
+        if self.group.is_main:
+            remove_temporaries(self.save_path)
+
+    def _committed_json(self, index: int) -> bool:
+        try:
+            return bool(read_meta(self.staging, index).get("run_id") == self.run_id)
+        except (OSError, ValueError):
+            return False
+
+    def _remove_own_temporaries(self) -> None:
+        """Temporary files in staging are ``.tmp-<stem>.*``; remove those of records this rank owns
+        (and any not tied to a record)."""
+        if not self.staging.is_dir():
+            return
+        for path in self.staging.glob(TMP_PREFIX + "*"):
+            record = path.name.removeprefix(TMP_PREFIX).split(".")[0]
+            if record == stem(None):
+                owner = self.owner(None)
+            elif record.startswith("layer-") and record[len("layer-"):].isdigit():
+                owner = self.owner(int(record[len("layer-"):]))
+            else:
+                owner = 0
+            if owner == self.group.rank:
+                path.unlink(missing_ok=True)
