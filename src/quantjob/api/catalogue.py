@@ -2,12 +2,13 @@
 
 The compatibility rules (``quantjob.api.check``) read only this table: adding an
 algorithm means adding an entry here (and its implementation in the worker), never
-touching the rules.
+touching the rules. Names msModelSlim has and quantjob does not run are listed with
+``implemented=False`` so that the error says "known, not supported yet" instead of "unknown".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["processor", "observer", "saver"]
@@ -20,6 +21,8 @@ class Algorithm:
     ``implemented``: quantjob runs it. ``distributed``: it may run under ``dp_layer_wise``
     (its statistics reduce across ranks to the single-device result).
     ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
+    ``options``: the keys its config entry accepts besides ``type`` (for observers: ``ext`` keys).
+    ``scopes``: for observers, the scopes it supports (empty = all).
     """
 
     name: str
@@ -29,26 +32,29 @@ class Algorithm:
     distributed: bool = False
     aliases: tuple[str, ...] = ()
     distributed_variant: str | None = None
-    options: tuple[str, ...] = field(default=())
+    options: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
 
+
+_SMOOTH_OPTIONS = ("enable_subgraph_type", "include", "exclude")
 
 _ENTRIES: tuple[Algorithm, ...] = (
     # --- processors -------------------------------------------------------------------
     Algorithm("linear_quant", "processor", "quantize the selected linears (weights, activations)",
               distributed=True, options=("qconfig", "include", "exclude")),
-    Algorithm("group", "processor", "a list of linear_quant entries (mixed precision)",
+    Algorithm("group", "processor", "linear_quant entries sharing one calibration pass (mixed precision)",
               distributed=True, options=("configs",)),
     Algorithm("iter_smooth", "processor", "SmoothQuant-style outlier migration, statistics refreshed per pair",
-              implemented=False, distributed=True,
-              options=("alpha", "symmetric", "enable_subgraph_type", "include", "exclude")),
+              implemented=False, distributed=True, options=("alpha", "scale_min", "symmetric", *_SMOOTH_OPTIONS)),
     Algorithm("flex_smooth_quant", "processor", "smoothing with per-subgraph searched alpha/beta",
               implemented=False, distributed=True, aliases=("flex_smooth",),
-              options=("alpha", "beta", "enable_subgraph_type", "include", "exclude")),
+              options=("alpha", "beta", *_SMOOTH_OPTIONS)),
     # msModelSlim processors that quantjob does not implement yet: known names, clear errors.
     Algorithm("smooth_quant", "processor", "SmoothQuant", implemented=False),
     Algorithm("awq", "processor", "activation-aware weight quantization", implemented=False),
     Algorithm("flex_awq_ssz", "processor", "flexible AWQ with SSZ", implemented=False),
     Algorithm("quarot", "processor", "rotation-based outlier removal", implemented=False),
+    Algorithm("adapt_rotation", "processor", "learned rotation (prior stage)", implemented=False),
     Algorithm("kv_smooth", "processor", "KV-cache smoothing", implemented=False),
     Algorithm("kv_quant", "processor", "KV-cache quantization", implemented=False),
     Algorithm("gptq", "processor", "GPTQ", implemented=False),
@@ -59,18 +65,17 @@ _ENTRIES: tuple[Algorithm, ...] = (
     # --- observer methods (qconfig.*.method) ---------------------------------------------
     Algorithm("minmax", "observer", "running min/max", distributed=True),
     Algorithm("ssz", "observer", "iterative MSE search of weight scale/offset", implemented=False,
-              distributed=True, options=("step",)),
+              distributed=True, options=("step",), scopes=("per_channel",)),
     Algorithm("autoround", "observer", "AutoRound rounding", implemented=False),
     Algorithm("gptq", "observer", "GPTQ", implemented=False),
     Algorithm("histogram", "observer", "histogram (KL / percentile)", implemented=False),
     # --- savers ----------------------------------------------------------------------------
     Algorithm("ascendv1_saver", "saver", "msModelSlim ascendv1 layout (vllm-ascend)",
-              distributed=False, distributed_variant="distributed_ascendv1_saver",
-              options=("part_file_size",)),
+              distributed_variant="distributed_ascendv1_saver", options=("part_file_size",)),
     Algorithm("distributed_ascendv1_saver", "saver", "ascendv1 layout written by several ranks",
               distributed=True, options=("part_file_size",)),
     Algorithm("compressed_tensors_saver", "saver", "compressed-tensors layout (vLLM, transformers)",
-              implemented=False, options=()),
+              implemented=False),
     Algorithm("mindie_format_saver", "saver", "MindIE format", implemented=False),
 )
 
@@ -93,7 +98,7 @@ _TABLES: dict[Kind, dict[str, Algorithm]] = {"processor": PROCESSORS, "observer"
 
 def lookup(kind: Kind, name: str) -> Algorithm | None:
     """The entry for ``name`` (or one of its aliases), or None when the name is unknown."""
-    return _TABLES[kind].get(name)
+    return _TABLES[kind].get(name) if isinstance(name, str) else None
 
 
 def canonical_name(kind: Kind, name: str) -> str:
@@ -102,8 +107,27 @@ def canonical_name(kind: Kind, name: str) -> str:
     return entry.name if entry else name
 
 
+def entries(kind: Kind) -> list[Algorithm]:
+    """Every entry of one kind, in catalogue order."""
+    return [e for e in _ENTRIES if e.kind == kind]
+
+
+def names(kind: Kind) -> list[str]:
+    """Every canonical name of one kind (implemented or not), sorted."""
+    return sorted({e.name for e in _ENTRIES if e.kind == kind})
+
+
+def runs_distributed(entry: Algorithm) -> bool:
+    """Whether an implemented entry can be used under dp_layer_wise (itself or via its variant)."""
+    if not entry.implemented:
+        return False
+    if entry.distributed:
+        return True
+    variant = lookup(entry.kind, entry.distributed_variant) if entry.distributed_variant else None
+    return bool(variant and variant.implemented and variant.distributed)
+
+
 def supported(kind: Kind, *, distributed: bool = False) -> list[str]:
-    """Canonical names quantjob can run, optionally only the distributed-capable ones."""
+    """Canonical names quantjob can run, optionally only those usable under dp_layer_wise."""
     return sorted({e.name for e in _ENTRIES
-                   if e.kind == kind and e.implemented and (e.distributed or not distributed)
-                   and not (kind == "saver" and distributed and e.distributed_variant)})
+                   if e.kind == kind and e.implemented and (not distributed or runs_distributed(e))})

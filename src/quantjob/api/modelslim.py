@@ -2,26 +2,72 @@
 
 Top level is lenient (``metadata`` is free-form, other top-level keys exist to hold YAML
 anchors); everything inside ``spec`` is strict: an unknown key is an error, so a typo
-cannot pass silently.
+cannot pass silently. Processors that msModelSlim has and quantjob does not model parse
+as ``OtherProcessor`` (their options kept verbatim); the compatibility check
+(``quantjob.api.check``) reports them, together with every other problem of the document.
+Field-by-field notes: ``docs/modelslim-fields.md``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+import difflib
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 from quantjob.api import catalogue
+from quantjob.api.globs import pattern_error
+from quantjob.api.problems import field_error
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
 WeightScope = Literal["per_channel", "per_group", "per_tensor"]
 QuantDtype = Literal["int8", "int4"]
 SubgraphType = Literal["norm-linear", "linear-linear", "ov", "up-down"]
-RunnerName = Literal["auto", "layer_wise", "dp_layer_wise"]
+RunnerName = Literal["auto", "layer_wise", "dp_layer_wise", "model_wise"]
+ApiVersion = Literal["modelslim_v1", "multimodal_vlm_modelslim_v1"]
+
+ALL_SUBGRAPHS: tuple[SubgraphType, ...] = ("norm-linear", "linear-linear", "ov", "up-down")
+SSZ_DEFAULT_STEPS = 50
+
+
+def _check_glob(value: str) -> str:
+    error = pattern_error(value)
+    if error:
+        raise ValueError(error)
+    return value
+
+
+def _none_as(default: list[str]) -> BeforeValidator:
+    """msModelSlim writes ``include: null`` for "the default"; read it as ``default``."""
+    return BeforeValidator(lambda value: list(default) if value is None else value)
+
+
+Globs = Annotated[list[Annotated[str, BeforeValidator(_check_glob)]], _none_as(["*"])]
+ExcludeGlobs = Annotated[list[Annotated[str, BeforeValidator(_check_glob)]], _none_as([])]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@with_config(ConfigDict(extra="allow"))
+class QuantExt(TypedDict, total=False):
+    """``qconfig.*.ext``: ``group_size`` (per_group), ``step`` (ssz iterations); other keys kept."""
+
+    group_size: PositiveInt
+    step: PositiveInt
 
 
 class QuantSpec(Strict):
@@ -31,12 +77,17 @@ class QuantSpec(Strict):
     dtype: QuantDtype = "int8"
     symmetric: bool = True
     method: str = "minmax"
-    ext: dict[str, Any] = Field(default_factory=dict)
+    ext: QuantExt = Field(default_factory=lambda: QuantExt())
 
     @property
     def group_size(self) -> int | None:
         value = self.ext.get("group_size")
         return int(value) if value is not None else None
+
+    @property
+    def steps(self) -> int:
+        """Iterations of the ssz search (``ext.step``, default 50)."""
+        return int(self.ext.get("step", SSZ_DEFAULT_STEPS))
 
     @property
     def bits(self) -> int:
@@ -61,79 +112,136 @@ class QConfig(Strict):
 class LinearQuant(Strict):
     type: Literal["linear_quant"] = "linear_quant"
     qconfig: QConfig
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    include: Globs = Field(default_factory=lambda: ["*"])
+    exclude: ExcludeGlobs = Field(default_factory=list)
 
 
 class Group(Strict):
     type: Literal["group"] = "group"
     configs: list[LinearQuant] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_linear_quant(cls, data: Any) -> Any:
+        """Name the first member of another type (its other fields would only add noise)."""
+        members = data.get("configs") if isinstance(data, dict) else None
+        for index, member in enumerate(members if isinstance(members, list) else []):
+            kind = member.get("type", "linear_quant") if isinstance(member, dict) else "linear_quant"
+            if kind != "linear_quant":
+                raise field_error(f"configs[{index}].type",
+                                  f"only linear_quant entries can go inside a group (got {kind!r}); "
+                                  "move it to spec.process, before the group")
+        return data
+
 
 class IterSmooth(Strict):
     type: Literal["iter_smooth"] = "iter_smooth"
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    scale_min: float = Field(1e-5, gt=0.0)
+    alpha: float = Field(0.9, ge=0.0, le=1.0)
+    scale_min: float = Field(1e-5, gt=0.0, le=1.0)
     symmetric: bool = True
-    enable_subgraph_type: list[SubgraphType] = Field(
-        default_factory=lambda: ["norm-linear", "linear-linear", "ov", "up-down"])
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    enable_subgraph_type: list[SubgraphType] = Field(default_factory=lambda: list(ALL_SUBGRAPHS))
+    include: Globs = Field(default_factory=lambda: ["*"])
+    exclude: ExcludeGlobs = Field(default_factory=list)
 
 
 class FlexSmoothQuant(Strict):
+    """``flex_smooth_quant`` (alias ``flex_smooth``); alpha/beta None = searched per subgraph."""
+
     type: Literal["flex_smooth_quant", "flex_smooth"] = "flex_smooth_quant"
     alpha: float | None = Field(None, ge=0.0, le=1.0)
     beta: float | None = Field(None, ge=0.0, le=1.0)
-    enable_subgraph_type: list[SubgraphType] = Field(
-        default_factory=lambda: ["norm-linear", "linear-linear", "ov", "up-down"])
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    enable_subgraph_type: list[SubgraphType] = Field(default_factory=lambda: list(ALL_SUBGRAPHS))
+    include: Globs = Field(default_factory=lambda: ["*"])
+    exclude: ExcludeGlobs = Field(default_factory=list)
 
 
-Processor = Annotated[Union[LinearQuant, Group, IterSmooth, FlexSmoothQuant], Field(discriminator="type")]
+class OtherProcessor(BaseModel):
+    """A processor msModelSlim knows and quantjob does not model; options kept as written.
+
+    It parses so that every problem of a document is reported at once; the check rejects it.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if catalogue.lookup("processor", value) is None:
+            names = catalogue.names("processor")
+            close = difflib.get_close_matches(value, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown processor {value!r}; {hint}known processors: {', '.join(names)}")
+        return value
+
+
+# type -> tag of the model that parses it; anything else parses as OtherProcessor.
+_MODELLED: dict[str, str] = {"linear_quant": "linear_quant", "group": "group", "iter_smooth": "iter_smooth",
+                             "flex_smooth_quant": "flex_smooth_quant", "flex_smooth": "flex_smooth_quant"}
+
+
+def _processor_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind is None:
+        return None
+    return _MODELLED.get(kind, "other_processor") if isinstance(kind, str) else "other_processor"
+
+
+Processor = Annotated[
+    Annotated[LinearQuant, Tag("linear_quant")]
+    | Annotated[Group, Tag("group")]
+    | Annotated[IterSmooth, Tag("iter_smooth")]
+    | Annotated[FlexSmoothQuant, Tag("flex_smooth_quant")]
+    | Annotated[OtherProcessor, Tag("other_processor")],
+    Discriminator(_processor_tag, custom_error_type="processor_type",
+                  custom_error_message="a process entry is a mapping with a 'type' (e.g. type: linear_quant)"),
+]
 
 
 class Saver(Strict):
+    """One ``spec.save`` entry. ``part_file_size``: GB per weight file; 0 (read as None) or absent = one file.
+
+    msModelSlim splits at 4 GB when the key is absent; quantjob writes one file then (the practice
+    configs all set it explicitly). ``docs/modelslim-fields.md`` records the difference.
+    """
+
     type: str = "ascendv1_saver"
-    part_file_size: float | None = Field(None, gt=0, description="GB per weight file; None = one file")
+    part_file_size: float | None = Field(default=None, ge=0, description="GB per weight file; 0 or absent = one file")
+    save_directory: str | None = Field(default=None, description="ignored: the output location comes from the job")
+    ext: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("type")
     @classmethod
     def _known_saver(cls, value: str) -> str:
-        entry = catalogue.lookup("saver", value)
-        if entry is None:
-            raise ValueError(f"unknown saver {value!r}; supported: {', '.join(catalogue.supported('saver'))}")
+        if catalogue.lookup("saver", value) is None:
+            raise ValueError(f"unknown saver {value!r}; known savers: {', '.join(catalogue.names('saver'))}")
         return value
+
+    @field_validator("part_file_size")
+    @classmethod
+    def _zero_is_one_file(cls, value: float | None) -> float | None:
+        return None if value == 0 else value
+
+    @property
+    def part_bytes(self) -> int | None:
+        """Largest weight file in bytes, or None for a single file (``part_file_size: 0``)."""
+        return int(self.part_file_size * 1024 ** 3) if self.part_file_size else None
+
+
+class PriorStage(Strict):
+    """``spec.prior[]``: a stage run before the main one (msModelSlim's adapt_rotation); not supported."""
+
+    process: list[dict[str, Any]] = Field(default_factory=list)
+    dataset: str | None = None
 
 
 class Spec(Strict):
     runner: RunnerName = "auto"
     process: list[Processor] = Field(min_length=1)
     save: list[Saver] = Field(default_factory=lambda: [Saver()])
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_processors(cls, data: Any) -> Any:
-        """Turn processor names msModelSlim has but quantjob lacks into a clear error.
-
-        Raised as a ValueError on ``process``; ``quantjob.api.problems`` keeps the item index.
-        """
-        if isinstance(data, dict) and isinstance(data.get("process"), list):
-            for index, item in enumerate(data["process"]):
-                if not isinstance(item, dict) or "type" not in item:
-                    continue
-                entry = catalogue.lookup("processor", str(item["type"]))
-                if entry is None:
-                    raise ValueError(
-                        f"process[{index}].type: unknown processor {item['type']!r}; "
-                        f"supported: {', '.join(catalogue.supported('processor'))}")
-                if not entry.implemented:
-                    raise ValueError(
-                        f"process[{index}].type: {item['type']!r} is a known msModelSlim processor, "
-                        f"not supported yet by quantjob; supported: "
-                        f"{', '.join(catalogue.supported('processor'))}")
-        return data
+    dataset: str | None = Field(None, description="calibration set name or file; the job's calibration wins")
+    prior: list[PriorStage] = Field(default_factory=list)
+    default_text: str | None = Field(None, description="multimodal configs: prompt paired with images")
 
 
 class Label(BaseModel):
@@ -156,10 +264,28 @@ class ModelslimConfig(BaseModel):
     """A whole ``modelslim_v1`` YAML document. Extra top-level keys (anchor holders) are kept."""
 
     model_config = ConfigDict(extra="allow")
-    apiversion: Literal["modelslim_v1"] = "modelslim_v1"
+    apiversion: ApiVersion = "modelslim_v1"
     metadata: Metadata = Field(default_factory=Metadata)
     spec: Spec
     dataset: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _v1_only(cls, data: Any) -> Any:
+        """A modelslim_v0 document has another schema: report that alone, not its every field."""
+        if isinstance(data, dict) and isinstance(data.get("apiversion"), str) \
+                and data["apiversion"].startswith("modelslim_v0"):
+            raise field_error("apiversion", f"{data['apiversion']!r} (calib_cfg/anti_cfg) is not supported; "
+                                            "write a modelslim_v1 config (spec.process) or use a quant type preset")
+        return data
+
+    @property
+    def multimodal(self) -> bool:
+        return self.apiversion.startswith("multimodal")
+
+    def calibration_dataset(self) -> str | None:
+        """The dataset the config names: ``spec.dataset`` (msModelSlim's place) or top-level ``dataset``."""
+        return self.spec.dataset or self.dataset
 
     def linear_quants(self) -> list[tuple[str, LinearQuant]]:
         """Every linear_quant entry with its field path, ``group`` entries flattened."""

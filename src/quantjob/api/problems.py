@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 Severity = Literal["error", "warning"]
 
@@ -38,8 +39,15 @@ def join_path(prefix: str, loc: tuple[int | str, ...]) -> str:
 
 
 # Discriminated unions add the tag name to the location ("linear_quant"); keep the path readable.
-_UNION_TAGS = {"linear_quant", "group", "iter_smooth", "flex_smooth_quant", "flex_smooth"}
-_INNER_PATH = re.compile(r"^(process\[\d+\]\.type): (.*)$", re.S)
+_UNION_TAGS = {"linear_quant", "group", "iter_smooth", "flex_smooth_quant", "other_processor"}
+
+# Error type of ``field_error``: a validator that names a field deeper than where it runs.
+FIELD_ERROR = "quantjob_field"
+
+
+def field_error(path: str, message: str) -> PydanticCustomError:
+    """An error for a validator to raise about ``path`` (relative to the validated object)."""
+    return PydanticCustomError(FIELD_ERROR, "{path}: {message}", {"path": path, "message": message})
 
 
 def from_validation_error(error: ValidationError, prefix: str = "") -> list[Problem]:
@@ -48,10 +56,10 @@ def from_validation_error(error: ValidationError, prefix: str = "") -> list[Prob
     for item in error.errors(include_url=False):
         loc = tuple(p for p in item["loc"] if p not in _UNION_TAGS)
         message = str(item["msg"]).removeprefix("Value error, ")
-        inner = _INNER_PATH.match(message)
-        if inner:  # a model validator that names a deeper field than its own location
-            loc = (*loc, *_split(inner.group(1)))
-            message = inner.group(2)
+        context = item.get("ctx") or {}
+        if item["type"] == FIELD_ERROR:
+            loc = (*loc, *split_path(str(context["path"])))
+            message = str(context["message"])
         elif item["type"] == "extra_forbidden":
             message = f"unknown field {loc[-1]!r}; remove it or check its spelling"
         elif item["type"] == "missing":
@@ -60,8 +68,9 @@ def from_validation_error(error: ValidationError, prefix: str = "") -> list[Prob
     return problems
 
 
-def _split(path: str) -> tuple[int | str, ...]:
+def split_path(path: str) -> tuple[int | str, ...]:
+    """``process[1].type`` -> ('process', 1, 'type')."""
     parts: list[int | str] = []
-    for name, index in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", path):
+    for name, index in re.findall(r"([A-Za-z_][\w-]*)|\[(\d+)\]", path):
         parts.append(int(index) if index else name)
     return tuple(parts)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import QUANT_TYPES
+from quantjob.api.problems import field_error
 
 GROUP = "quantjob.io"
 VERSION = "v1alpha1"
@@ -31,12 +32,19 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# A PersistentVolumeClaim name: a DNS-1123 subdomain.
+PVC_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+PvcName = Annotated[str, Field(min_length=1, max_length=253, pattern=PVC_NAME_PATTERN)]
+
+
 def check_relative_path(value: str) -> str:
     """A path inside a volume: relative, no ``..`` segment, not empty."""
     if not value or not value.strip():
-        raise ValueError("path must not be empty")
-    if value.startswith("/") or value.startswith("\\") or (len(value) > 1 and value[1] == ":"):
-        raise ValueError(f"path {value!r} must be relative to its volume (remove the leading '/')")
+        raise ValueError("path must not be empty; use '.' for the root of the volume")
+    if "\x00" in value:
+        raise ValueError(f"path {value!r} contains a NUL character; remove it")
+    if value.startswith(("/", "\\", "~")) or (len(value) > 1 and value[1] == ":" and value[0].isalpha()):
+        raise ValueError(f"path {value!r} must be relative to its volume (remove the leading '{value[0]}')")
     parts = value.replace("\\", "/").split("/")
     if ".." in parts:
         raise ValueError(f"path {value!r} must stay inside its volume (remove '..')")
@@ -44,7 +52,7 @@ def check_relative_path(value: str) -> str:
 
 
 class VolumePath(CamelModel):
-    pvc: str = Field(min_length=1, description="PersistentVolumeClaim holding the files")
+    pvc: PvcName = Field(description="PersistentVolumeClaim holding the files")
     path: str = Field(description="path inside the volume (relative, no '..')")
 
     @field_validator("path")
@@ -72,7 +80,7 @@ class Devices(CamelModel):
 
 
 class Calibration(CamelModel):
-    pvc: str | None = Field(None, description="volume of the calibration file; defaults to the model's")
+    pvc: PvcName | None = Field(None, description="volume of the calibration file; defaults to the model's")
     path: str | None = Field(None, description="jsonl or text file; None = the built-in calibration set")
     samples: int = Field(128, ge=1, le=1_000_000)
     maxLength: int = Field(2048, ge=8, le=1_048_576)
@@ -83,9 +91,24 @@ class Calibration(CamelModel):
         return None if value is None else check_relative_path(value)
 
 
+def _quantity(value: Any) -> Any:
+    """Kubernetes quantities may be written as numbers (``cpu: 4``); keep them as strings."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[str | int, Field(description="a Kubernetes quantity, e.g. 4, 500m, 64Gi")]
+
+
 class ResourceRequirements(CamelModel):
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
+    """Per-pod requests and limits; the device resource is added from ``devices``."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _as_strings(cls, value: dict[str, Any]) -> dict[str, str]:
+        return {key: _quantity(item) for key, item in value.items()}
 
 
 class QuantJobSpec(CamelModel):
@@ -99,17 +122,24 @@ class QuantJobSpec(CamelModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     queueName: str | None = Field(None, description="Kueue LocalQueue; the Job starts suspended")
     backoffLimit: int = Field(3, ge=0, le=100)
+    env: dict[str, str] = Field(default_factory=dict, description="extra worker environment, e.g. HCCL_SOCKET_IFNAME")
     nextLayerInput: Literal["float", "quantized"] = Field(
         "float", description="inputs of layer i+1: outputs of the float or of the quantized layer i")
 
+    @field_validator("quantType")
+    @classmethod
+    def _known_quant_type(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in QUANT_TYPES:
+            raise ValueError(f"unknown quantType {value!r}; choose one of: {', '.join(QUANT_TYPES)}")
+        return value
+
     @model_validator(mode="after")
-    def _one_config_source(self) -> "QuantJobSpec":
+    def _one_config_source(self) -> QuantJobSpec:
         if self.config is not None and self.quantType is not None:
-            raise ValueError("quantType and config are mutually exclusive; keep one of them")
+            raise field_error("quantType", "quantType and config are mutually exclusive; keep one of them")
         if self.config is None and self.quantType is None:
-            raise ValueError("set either quantType (a preset) or config (a modelslim_v1 config)")
-        if self.quantType is not None and self.quantType.lower() not in QUANT_TYPES:
-            raise ValueError(f"unknown quantType {self.quantType!r}; choose one of: {', '.join(QUANT_TYPES)}")
+            raise field_error("quantType", "set either quantType (a preset: "
+                                           f"{', '.join(QUANT_TYPES)}) or config (a modelslim_v1 config)")
         return self
 
     def resolved_config(self) -> ModelslimConfig:
@@ -132,6 +162,13 @@ class Progress(CamelModel):
     layersTotal: int = Field(0, ge=0)
     currentLayer: int | None = None
     lastLayerError: float | None = None
+    summary: str | None = Field(None, description="layersDone/layersTotal, e.g. 3/16 (printer column)")
+
+    @model_validator(mode="after")
+    def _summarise(self) -> Progress:
+        if self.summary is None and self.layersTotal:
+            self.summary = f"{self.layersDone}/{self.layersTotal}"
+        return self
 
 
 class QuantJobStatus(CamelModel):

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from quantjob.api.check import resolve
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.presets import QUANT_TYPES, preset, preset_dict
+
+
+def test_quant_types() -> None:
+    assert set(QUANT_TYPES) == {"w8a8", "w8a8_dynamic", "w8a16", "w4a16"}
+
+
+@pytest.mark.parametrize("quant_type", QUANT_TYPES)
+@pytest.mark.parametrize("devices", [1, 3])
+def test_every_preset_passes_the_check(quant_type: str, devices: int) -> None:
+    result = resolve(preset(quant_type), devices)
+    assert result.problems == []
+    assert result.world_size == devices
+
+
+def test_preset_shapes() -> None:
+    w8a8 = preset("w8a8").linear_quants()[0][1].qconfig
+    assert (w8a8.act.scope, w8a8.act.symmetric, w8a8.weight.scope, w8a8.weight.symmetric) == \
+        ("per_tensor", False, "per_channel", True)
+    assert preset("W8A8_DYNAMIC").linear_quants()[0][1].qconfig.act.scope == "per_token"
+    assert preset("w8a16").linear_quants()[0][1].qconfig.act is None
+    w4 = preset("w4a16").linear_quants()[0][1].qconfig.weight
+    assert (w4.scope, w4.dtype, w4.group_size, w4.bits) == ("per_group", "int4", 128, 4)
+
+
+def test_preset_dict_is_a_plain_modelslim_document() -> None:
+    data = preset_dict("w8a8")
+    assert data["apiversion"] == "modelslim_v1"
+    assert ModelslimConfig.model_validate(data) == preset("w8a8")
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="w8a8, w8a8_dynamic, w8a16, w4a16"):
+        preset("w3a5")
