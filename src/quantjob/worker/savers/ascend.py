@@ -45,7 +45,7 @@ _RESERVED = {DESCRIPTION, COMPLETE, "config.json", f"{WEIGHTS_PREFIX}.safetensor
 
 def _not_writable(path: Path, err: OSError) -> QuantJobError:
     return QuantJobError(f"save path {path} is not writable ({err.strerror or err}); fix: choose a "
-                         "writable --save-path or fix the permissions of the output volume")
+                         "writable --save_path or fix the permissions of the output volume")
 
 
 def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int,
@@ -57,9 +57,9 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
     """
     if save_path.exists() and not save_path.is_dir():
         raise QuantJobError(f"save path {save_path} is a file, not a directory; fix: choose a directory "
-                            "for --save-path")
+                            "for --save_path")
     if model_dir.resolve() == save_path.resolve():
-        raise QuantJobError(f"save path {save_path} is the model directory; fix: choose another --save-path")
+        raise QuantJobError(f"save path {save_path} is the model directory; fix: choose another --save_path")
     try:
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -68,7 +68,7 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
         if not overwrite:
             raise QuantJobError(f"save path {save_path} already holds a complete quantized model "
                                 f"({DESCRIPTION}); fix: pass --overwrite to replace it, or choose another "
-                                "--save-path")
+                                "--save_path")
         try:
             remove_output(save_path)
         except OSError as err:
@@ -85,7 +85,7 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
             if not overwrite:
                 raise QuantJobError(
                     f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
-                    f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save-path")
+                    f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save_path")
             shutil.rmtree(staging)
     try:
         (staging / EXTRA_DIR).mkdir(parents=True, exist_ok=True)

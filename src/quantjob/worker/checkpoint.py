@@ -1,0 +1,158 @@
+"""Lazy access to a model's safetensors weights: which file holds each tensor, validated headers,
+loading a chosen set of tensors, and a one-thread prefetcher for the next decoder layer.
+
+Nothing here reads tensor data until ``load`` is called; opening a checkpoint reads only headers,
+and checks them against the file sizes so a truncated or corrupt file fails before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from quantjob.worker.errors import QuantJobError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_REDOWNLOAD = "re-copy or re-download the model"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def read_header(file: Path) -> dict[str, TensorInfo]:
+    """Tensor names -> info from one safetensors file, with sizes checked against the file."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise QuantJobError(f"{file}: truncated safetensors file ({size} bytes); {_REDOWNLOAD}")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > _MAX_HEADER or 8 + header_len > size:
+                raise QuantJobError(f"{file}: corrupt or truncated safetensors header; {_REDOWNLOAD}")
+            raw = handle.read(header_len)
+    except OSError as error:
+        raise QuantJobError(f"{file}: cannot read ({error.strerror}); check the path and its permissions") from error
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise QuantJobError(f"{file}: corrupt safetensors header (not JSON); {_REDOWNLOAD}") from error
+    if not isinstance(header, dict):
+        raise QuantJobError(f"{file}: corrupt safetensors header; {_REDOWNLOAD}")
+    data_len = size - 8 - header_len
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            numel = 1
+            for dim in shape:
+                numel *= dim
+            valid = dtype in _DTYPE_BYTES and 0 <= begin <= end and end - begin == numel * _DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError) as error:
+            raise QuantJobError(f"{file}: corrupt header entry for tensor {name!r}; {_REDOWNLOAD}") from error
+        if not valid:
+            raise QuantJobError(f"{file}: corrupt header entry for tensor {name!r}; {_REDOWNLOAD}")
+        if end > data_len:
+            raise QuantJobError(f"{file}: truncated: tensor {name!r} ends at byte {end} of {data_len} data bytes; "
+                                f"{_REDOWNLOAD}")
+        tensors[name] = TensorInfo(file, dtype, shape)
+    return tensors
+
+
+class Checkpoint:
+    """Every tensor of a model directory (single file or sharded with an index), read lazily."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self.tensors: dict[str, TensorInfo] = {}
+        for file in self._files():
+            self.tensors.update(read_header(file))
+
+    def _files(self) -> list[Path]:
+        index = self.model_dir / INDEX_NAME
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+                raise QuantJobError(f"{index}: unreadable or has no 'weight_map'; {_REDOWNLOAD}") from error
+            missing = [name for name in names if not (self.model_dir / name).is_file()]
+            if missing:
+                raise QuantJobError(f"{index} lists {', '.join(missing)}, missing in {self.model_dir}; {_REDOWNLOAD}")
+            return [self.model_dir / name for name in names]
+        single = self.model_dir / SINGLE_NAME
+        if single.is_file():
+            return [single]
+        found = sorted(self.model_dir.glob("*.safetensors"))
+        if len(found) == 1:
+            return found
+        raise QuantJobError(f"{self.model_dir}: no {SINGLE_NAME} or {INDEX_NAME}; point --model_path at a "
+                            "Hugging Face model directory with safetensors weights")
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({info.file for info in self.tensors.values()})
+
+    def names_under(self, prefix: str) -> list[str]:
+        """Tensor names that start with ``prefix`` (e.g. ``model.layers.3.``), sorted."""
+        return sorted(name for name in self.tensors if name.startswith(prefix))
+
+    def load(self, names: Iterable[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """The named tensors, exactly as stored, on ``device``."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            if name not in self.tensors:
+                raise QuantJobError(f"{self.model_dir}: tensor {name!r} is missing from the safetensors files; "
+                                    f"{_REDOWNLOAD}")
+            by_file.setdefault(self.tensors[name].file, []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for file, file_names in by_file.items():
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as handle:
+                    for name in file_names:
+                        out[name] = handle.get_tensor(name).to(device)
+            except (OSError, SafetensorError) as error:
+                raise QuantJobError(f"{file}: cannot read tensor data ({error}); {_REDOWNLOAD}") from error
+        return out
+
+
+class Prefetcher:
+    """Loads one set of tensors on a background thread while the caller computes."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+        self._checkpoint = checkpoint
+        self._device = device
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantjob-prefetch")
+        self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
+
+    def submit(self, key: str, names: list[str]) -> None:
+        if key not in self._pending:
+            self._pending[key] = self._pool.submit(self._checkpoint.load, names, self._device)
+
+    def take(self, key: str, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors submitted under ``key`` (loading now when nothing was submitted)."""
+        self.submit(key, names)
+        return self._pending.pop(key).result()
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)

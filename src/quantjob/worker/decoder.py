@@ -1,0 +1,182 @@
+"""One decoder layer at a time: the meta-device skeleton, materialising a layer from tensors,
+running one calibration sample through it, and the fake-quantized layer built from records.
+
+Every sample runs alone (batch 1, its own length, no padding): attention is causal through SDPA's
+``is_causal`` (mask None), or an explicit boolean mask only where a sliding window is shorter than
+the sample. A sample's hidden states are therefore the same bits whichever rank holds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantjob.worker.adapters import Adapter
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
+from quantjob.worker.records import LayerOutput, QuantizedLinear
+
+
+def read_model_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory as plain data (QuantJobError naming the file otherwise)."""
+    if not model_dir.is_dir():
+        raise QuantJobError(f"model directory {model_dir} does not exist or is not a directory; fix --model_path")
+    path = model_dir / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise QuantJobError(f"{path} is missing; --model_path must be a Hugging Face model directory") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise QuantJobError(f"{path} is unreadable or not JSON ({error}); re-copy the model") from error
+    if not isinstance(data, dict):
+        raise QuantJobError(f"{path} must hold a JSON object; re-copy the model")
+    return data
+
+
+@dataclass
+class Skeleton:
+    """The model on the meta device (no memory), its config, and the rotary embedding on ``device``."""
+
+    config: Any
+    model: torch.nn.Module
+    adapter: Adapter
+    rotary: torch.nn.Module
+    device: torch.device
+    _positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.model.get_submodule(self.adapter.layers)  # type: ignore[return-value]
+
+    def position_embeddings(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for positions 0..length-1, computed once per length."""
+        if length not in self._positions:
+            probe = torch.empty(1, length, 1, dtype=dtype, device=self.device)
+            positions = torch.arange(length, device=self.device).unsqueeze(0)
+            self._positions[length] = self.rotary(probe, positions)
+        return self._positions[length]
+
+    def sliding_window(self, index: int) -> int | None:
+        window = getattr(self.config, "sliding_window", None)
+        layer_types = getattr(self.config, "layer_types", None)
+        if layer_types is not None and layer_types[index] != "sliding_attention":
+            return None
+        return int(window) if window else None
+
+
+def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, trust_remote_code: bool) -> Skeleton:
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        raise QuantJobError(f"{model_dir / 'config.json'}: transformers cannot read it "
+                            f"({str(error).splitlines()[0]}); check the file or pass --trust_remote_code") from error
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+    model.requires_grad_(False)
+    meta_rotary = model.get_submodule(adapter.rotary)
+    with torch.device(device):
+        rotary = type(meta_rotary)(config=model.config)
+    return Skeleton(model.config, model, adapter, rotary, device)
+
+
+def materialise(layer: torch.nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Give a meta layer the real tensors (full names ``prefix + local``), keeping their dtype and bits."""
+    local = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
+    expected = set(layer.state_dict().keys())
+    missing, unexpected = sorted(expected - set(local)), sorted(set(local) - expected)
+    if missing or unexpected:
+        detail = (f"missing {', '.join(prefix + n for n in missing)}" if missing
+                  else f"unexpected {', '.join(prefix + n for n in unexpected)}")
+        raise QuantJobError(f"checkpoint tensors do not match the {prefix.rstrip('.')} layout ({detail}); "
+                            "check --model_type against the checkpoint, or re-copy the model")
+    layer.load_state_dict(local, strict=True, assign=True)
+
+
+def release(layer: torch.nn.Module) -> None:
+    """Drop a layer's tensors (back to the meta device)."""
+    layer.to_empty(device="meta")
+
+
+def layer_forward(skeleton: Skeleton, index: int, layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One sample ``[1, L, H]`` through one decoder layer."""
+    length = hidden.shape[1]
+    position_ids = torch.arange(length, device=hidden.device).unsqueeze(0)
+    mask = None
+    window = skeleton.sliding_window(index)
+    if window is not None and length > window:
+        rows = torch.arange(length, device=hidden.device)
+        distance = rows.unsqueeze(1) - rows.unsqueeze(0)
+        mask = ((distance >= 0) & (distance < window)).view(1, 1, length, length)
+    out = layer(hidden, attention_mask=mask, position_ids=position_ids,
+                position_embeddings=skeleton.position_embeddings(length, hidden.dtype))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def fake_quant_weights(records: list[QuantizedLinear]) -> dict[str, torch.Tensor]:
+    """Dequantized weights ``{module name: [out, in] in the model dtype}`` from records.
+
+    Scales and offsets are first rounded to the model dtype (as the saved files hold them and the
+    inference engine uses them), so replaying saved records gives the same bits as fresh ones.
+    """
+    weights: dict[str, torch.Tensor] = {}
+    for record in records:
+        scale = record.weight_scale.to(record.dtype).float()
+        offset = record.weight_offset.to(record.dtype).float()
+        weights[record.name] = dequantize_weight(record.weight_q, scale, offset).to(record.dtype)
+    return weights
+
+
+def _activation_hook(record: QuantizedLinear) -> Any:
+    if record.scheme == "W8A8":
+        if record.input_scale is None or record.input_offset is None:
+            raise ValueError(f"{record.name}: W8A8 record without input_scale/input_offset")
+        scale = record.input_scale.to(record.dtype).float()
+        offset = record.input_offset.float()
+
+        def static(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return (fake_quantize(args[0], scale.to(args[0].device), offset.to(args[0].device), 8), *args[1:])
+
+        return static
+    if record.scheme == "W8A8_DYNAMIC":
+        def dynamic(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return (fake_quantize_per_token(args[0], 8), *args[1:])
+
+        return dynamic
+    return None
+
+
+@contextmanager
+def quantized_layer(layer: torch.nn.Module, prefix: str, output: LayerOutput,
+                    device: torch.device) -> Iterator[torch.nn.Module]:
+    """The layer rebuilt from ``output`` alone: float tensors, dequantized weights, biases, and
+    activation fake-quantization hooks (removed on exit). Used for fresh layers and for replay."""
+    tensors = {name: tensor.to(device) for name, tensor in output.float_tensors.items()}
+    for name, weight in fake_quant_weights(output.quantized).items():
+        tensors[f"{name}.weight"] = weight.to(device)
+    for record in output.quantized:
+        if record.bias is not None:
+            tensors[f"{record.name}.bias"] = record.bias.to(device)
+    materialise(layer, prefix, tensors)
+    handles = []
+    for record in output.quantized:
+        hook = _activation_hook(record)
+        if hook is not None:
+            handles.append(layer.get_submodule(record.name[len(prefix):]).register_forward_pre_hook(hook))
+    try:
+        yield layer
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,87 @@
+"""Observers: statistics of the activations entering each linear, and the methods that turn
+reduced statistics into quantization parameters.
+
+Statistics are per input channel (min and max over every observed token), so smoothing
+processors can use the per-channel ranges and per-tensor quantization reduces them further.
+Reduction across ranks is ``all_min`` / ``all_max``: exact, the same bits for any world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from quantjob.worker.distributed import Group
+from quantjob.worker.quantizers import quantize_weight, scale_offset
+
+
+@dataclass
+class ActivationStats:
+    """Per-input-channel running min and max (float32 ``[in_features]``) and the token count seen."""
+
+    minimum: torch.Tensor
+    maximum: torch.Tensor
+
+    @classmethod
+    def empty(cls, channels: int, device: torch.device) -> ActivationStats:
+        return cls(torch.full((channels,), float("inf"), device=device),
+                   torch.full((channels,), float("-inf"), device=device))
+
+    def update(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1])
+        if flat.shape[0] == 0:
+            return
+        lo, hi = torch.aminmax(flat, dim=0)  # in the input dtype: min/max are exact, no float copy
+        torch.minimum(self.minimum, lo.float(), out=self.minimum)
+        torch.maximum(self.maximum, hi.float(), out=self.maximum)
+
+    @property
+    def observed(self) -> bool:
+        return bool(torch.isfinite(self.minimum).all())
+
+
+@contextmanager
+def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str, ActivationStats]]:
+    """Record the input range of each module while the block runs; hooks removed on exit."""
+    stats: dict[str, ActivationStats] = {}
+    handles = []
+    for name, module in modules.items():
+        weight = module.weight
+        stats[name] = ActivationStats.empty(weight.shape[1], weight.device)
+
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _name: str = name) -> None:
+            stats[_name].update(args[0])
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def reduce_stats(stats: dict[str, ActivationStats], group: Group) -> dict[str, ActivationStats]:
+    """Every rank's statistics combined (exact min/max), in a fixed name order on every rank."""
+    return {name: ActivationStats(group.all_min(stats[name].minimum), group.all_max(stats[name].maximum))
+            for name in sorted(stats)}
+
+
+# --- methods: reduced statistics -> quantization parameters ---------------------------------------
+
+ActMethod = Callable[[ActivationStats, int, bool], tuple[torch.Tensor, torch.Tensor]]
+WeightMethod = Callable[[torch.Tensor, str, int, bool, "int | None"],
+                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def minmax_activation(stats: ActivationStats, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor static activation scale and offset (float32 ``[1]``) from the observed range."""
+    if not stats.observed:
+        raise ValueError("no activations were observed for this linear (no calibration tokens reached it)")
+    return scale_offset(stats.minimum.amin().reshape(1), stats.maximum.amax().reshape(1), bits, symmetric)
+
+
+ACTIVATION_METHODS: dict[str, ActMethod] = {"minmax": minmax_activation}
+WEIGHT_METHODS: dict[str, WeightMethod] = {"minmax": quantize_weight}

@@ -1,0 +1,82 @@
+"""Progress reporting: a small protocol the loop calls on rank 0, and the terminal implementation
+(a progress bar when stderr is a terminal, plain log lines otherwise), plus the error table.
+
+``default_progress(group)`` picks the reporter; the operator adds a Kubernetes status reporter
+(chosen when ``QUANTJOB_NAME`` is set) by extending that function.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Protocol, TextIO
+
+from quantjob.worker.distributed import Group
+
+log = logging.getLogger("quantjob.worker")
+
+
+class ProgressHook(Protocol):
+    def start(self, total_layers: int) -> None: ...
+
+    def layer_done(self, done: int, total: int, layer_error: float | None) -> None: ...
+
+    def finish(self, ok: bool, message: str = "") -> None: ...
+
+
+class TerminalProgress:
+    """``[#####.....] 5/10 layers  err 1.2e-02  12.3s`` on a TTY; one log line per layer otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._started = time.monotonic()
+
+    def start(self, total_layers: int) -> None:
+        self._started = time.monotonic()
+        if self.tty:
+            self._bar(0, total_layers, None)
+        else:
+            log.info("quantizing %d decoder layers", total_layers)
+
+    def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
+        if self.tty:
+            self._bar(done, total, layer_error)
+        else:
+            error = "-" if layer_error is None else f"{layer_error:.3e}"
+            log.info("layer %d/%d done (relative output error %s, %.1fs)", done, total, error,
+                     time.monotonic() - self._started)
+
+    def finish(self, ok: bool, message: str = "") -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+        if message:
+            (log.info if ok else log.error)("%s", message)
+
+    def _bar(self, done: int, total: int, layer_error: float | None) -> None:
+        filled = self.width * done // max(total, 1)
+        error = "" if layer_error is None else f"  err {layer_error:.2e}"
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} layers"
+                          f"{error}  {time.monotonic() - self._started:.1f}s")
+        self.stream.flush()
+
+
+def default_progress(group: Group) -> ProgressHook | None:
+    """The reporter for this process: only rank 0 reports."""
+    if not group.is_main:
+        return None
+    return TerminalProgress()
+
+
+def format_error_table(table: dict[str, Any]) -> str:
+    """The ``quant_errors.json`` content as a text table."""
+    rows = [f"{'layer':>5}  {'quantized linears':>17}  relative output error",
+            f"{'-' * 5}  {'-' * 17}  {'-' * 21}"]
+    for row in table["layers"]:
+        error = "-" if row["relative_error"] is None else f"{row['relative_error']:.4e}"
+        rows.append(f"{row['layer']:>5}  {row['quantized_linears']:>17}  {error}")
+    rows.append(f"(||y_q - y|| / ||y|| of each decoder layer on the first {table['samples']} calibration samples)")
+    return "\n".join(rows)

@@ -1,0 +1,107 @@
+"""Quantization math as plain functions: min/max -> scale/offset, quantize, dequantize.
+
+Conventions (DESIGN.md section 6, ``quantjob.worker.records.QuantizedLinear``):
+
+- symmetric, ``b`` bits: ``scale = max(|min|, |max|) / (2^(b-1) - 1)``, ``offset = 0``;
+- asymmetric: the range is widened to include 0 (so 0 is exact), ``scale = (max - min) / (2^b - 1)``,
+  ``offset = round(-min / scale) - 2^(b-1)``;
+- ``q = clamp(round(x / scale) + offset, -2^(b-1), 2^(b-1) - 1)``, ``x ~ (q - offset) * scale``.
+
+Everything is computed in float32. A zero range gets a tiny positive scale (``SCALE_FLOOR`` times
+the largest magnitude, or ``SCALE_FLOOR`` itself) so nothing divides by zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALE_FLOOR = 1e-8
+
+
+def int_range(bits: int) -> tuple[int, int]:
+    """The signed integer range of ``bits`` bits: (-2^(b-1), 2^(b-1) - 1)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def scale_offset(minimum: torch.Tensor, maximum: torch.Tensor, bits: int,
+                 symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and (integer-valued, float32) offset from observed ranges of any shape."""
+    qmin, qmax = int_range(bits)
+    lo = torch.clamp(minimum.float(), max=0.0)
+    hi = torch.clamp(maximum.float(), min=0.0)
+    if symmetric:
+        amax = torch.maximum(lo.abs(), hi)
+        scale = amax / qmax
+        floor = torch.clamp(amax * SCALE_FLOOR, min=SCALE_FLOOR)
+        scale = torch.maximum(scale, floor)
+        return scale, torch.zeros_like(scale)
+    span = hi - lo
+    scale = span / (qmax - qmin)
+    floor = torch.clamp(torch.maximum(lo.abs(), hi) * SCALE_FLOOR, min=SCALE_FLOOR)
+    scale = torch.maximum(scale, floor)
+    offset = torch.round(-lo / scale) + qmin
+    return scale, torch.clamp(offset, qmin, qmax)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers (int8 storage, also for int4) of ``x`` under broadcastable ``scale``/``offset``."""
+    qmin, qmax = int_range(bits)
+    q = torch.round(x.float() / scale) + offset
+    return torch.clamp(q, qmin, qmax).to(torch.int8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Float32 values ``(q - offset) * scale``."""
+    return (q.float() - offset.float()) * scale.float()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize then dequantize, returned in ``x``'s dtype."""
+    return dequantize(quantize(x, scale, offset, bits), scale, offset).to(x.dtype)
+
+
+def weight_minmax(weight: torch.Tensor, scope: str, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of a ``[out, in]`` weight: ``[out, 1]`` per channel, ``[out, in // g]`` per group."""
+    w = weight.float()
+    if scope == "per_channel":
+        return w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+    if scope == "per_group":
+        if not group_size or w.shape[1] % group_size:
+            raise ValueError(f"per_group needs a group_size dividing the input width {w.shape[1]}, got {group_size}")
+        grouped = w.reshape(w.shape[0], w.shape[1] // group_size, group_size)
+        return grouped.amin(dim=2), grouped.amax(dim=2)
+    if scope == "per_tensor":
+        return w.amin().reshape(1, 1), w.amax().reshape(1, 1)
+    raise ValueError(f"unknown weight scope {scope!r}; use per_channel, per_group or per_tensor")
+
+
+def expand_groups(params: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Broadcast ``[out, in // g]`` (or ``[out, 1]``) parameters to ``[out, in]``."""
+    groups = params.shape[1]
+    if groups == 1:
+        return params
+    return params.repeat_interleave(in_features // groups, dim=1)
+
+
+def quantize_weight(weight: torch.Tensor, scope: str, bits: int, symmetric: bool,
+                    group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 weight ``[out, in]``, float32 scale, float32 offset) from the weight's own min/max."""
+    lo, hi = weight_minmax(weight, scope, group_size)
+    scale, offset = scale_offset(lo, hi, bits, symmetric)
+    q = quantize(weight, expand_groups(scale, weight.shape[1]), expand_groups(offset, weight.shape[1]), bits)
+    return q, scale, offset
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Float32 ``[out, in]`` weight from int8 storage and per-channel or per-group parameters."""
+    cols = q.shape[1]
+    return dequantize(q, expand_groups(scale, cols), expand_groups(offset, cols))
+
+
+def fake_quantize_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Dynamic symmetric per-token quantization (the last dim is one token's features)."""
+    amax = x.float().abs().amax(dim=-1, keepdim=True)
+    scale, offset = scale_offset(-amax, amax, bits, symmetric=True)
+    return fake_quantize(x, scale, offset, bits)

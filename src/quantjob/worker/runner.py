@@ -1,0 +1,301 @@
+"""The layer-wise loop (DESIGN.md section 5), written once for world size 1 and N.
+
+Rank r owns global calibration samples ``shard_indices(n, r, W)`` for the whole run. Per decoder
+layer: load its tensors (the next layer's load runs on a background thread), run the local shard
+through it while observing every linear's inputs, reduce the statistics across ranks, run the
+processors in config order, hand the records to the saver, and produce the next layer's inputs
+(the float outputs, or the outputs of the layer rebuilt from its records). Every reduction is
+exact or summed in global sample order, so the output does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantjob.api import catalogue
+from quantjob.api.globs import expand_braces
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.worker.adapters import Adapter, adapter_for
+from quantjob.worker.calibration import Calibration, load_calibration
+from quantjob.worker.checkpoint import Checkpoint, Prefetcher
+from quantjob.worker.decoder import (
+    Skeleton,
+    build_skeleton,
+    layer_forward,
+    materialise,
+    quantized_layer,
+    read_model_config,
+    release,
+)
+from quantjob.worker.distributed import Group, shard_indices
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.observers import observe_inputs, reduce_stats
+from quantjob.worker.processors import LayerContext, processor_for
+from quantjob.worker.progress import ProgressHook
+from quantjob.worker.records import LayerOutput
+
+log = logging.getLogger("quantjob.worker")
+
+ERRORS_FILE = "quant_errors.json"
+
+
+class WorkerJob(BaseModel):
+    """Everything one run needs; the config is already resolved by ``quantjob.api.check.resolve``."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model_path: Path
+    save_path: Path
+    config: ModelslimConfig
+    calib_file: Path | None = None
+    calib_samples: int = Field(128, ge=1)
+    max_length: int = Field(2048, ge=1)
+    model_type: str | None = None
+    trust_remote_code: bool = False
+    overwrite: bool = False
+    next_layer_input: Literal["float", "quantized"] = "float"
+    error_samples: int = Field(8, ge=0)
+
+
+@dataclass
+class RunSummary:
+    num_layers: int
+    resumed_from: int
+    samples: int
+    tokens: int
+    seconds: float
+    errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json content
+
+
+SaverFactory = Callable[..., Any]
+
+
+def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpoint, calibration: Calibration) -> str:
+    """A hash of everything that determines the output bytes (not the world size or the runner)."""
+    config = job.config.model_dump(mode="json")
+    config["spec"].pop("runner", None)
+    for saver in config["spec"]["save"]:
+        saver["type"] = next((e.name for e in catalogue.SAVERS.values() if e.distributed_variant == saver["type"]),
+                             saver["type"])
+    identity = {
+        "config": config, "model_config": model_config,
+        "weights": sorted((f.name, f.stat().st_size) for f in checkpoint.files),
+        "calibration": calibration.digest, "samples": job.calib_samples, "max_length": job.max_length,
+        "next_layer_input": job.next_layer_input, "error_samples": job.error_samples,
+        "model_type": job.model_type,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def check_save_path(save_path: Path, model_path: Path) -> None:
+    if save_path.resolve() == model_path.resolve():
+        raise QuantJobError(f"--save_path {save_path} is the model directory; choose a separate output directory")
+    probe = save_path if save_path.exists() else next((p for p in save_path.parents if p.exists()), Path("/"))
+    if not probe.is_dir():
+        raise QuantJobError(f"--save_path {save_path}: {probe} exists and is not a directory; "
+                            "choose a directory path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise QuantJobError(f"--save_path {save_path}: {probe} is not writable; choose a writable location "
+                            "or fix its permissions")
+
+
+def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[int, ...]]:
+    """Module name -> weight shape for every 2-D weight under the decoder layers (from headers)."""
+    return {name[:-len(".weight")]: info.shape for name, info in checkpoint.tensors.items()
+            if name.startswith(adapter.layers + ".") and name.endswith(".weight") and len(info.shape) == 2}
+
+
+def names_literally(patterns: list[str], module: str) -> bool:
+    """Whether a pattern names ``module`` (e.g. ``lm_head``) in its text, not only through wildcards."""
+    return any(module in expanded and fnmatchcase(module, expanded)
+               for pattern in patterns for expanded in expand_braces(pattern))
+
+
+def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
+    """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
+    shapes = _weight_shapes(checkpoint, adapter)
+    problems: list[str] = []
+    for index, proc in enumerate(job.config.spec.process):
+        try:
+            entry = processor_for(proc.type)
+        except ValueError as error:
+            raise QuantJobError(f"spec.process[{index}].type: {error}") from error
+        problems.extend(entry.check(proc, f"spec.process[{index}]", shapes))
+    for path, lq in job.config.linear_quants():
+        if names_literally(lq.include, adapter.lm_head):
+            problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
+                            f"(remove {adapter.lm_head!r} from include)")
+    if len(job.config.spec.save) != 1:
+        problems.append(f"spec.save: {len(job.config.spec.save)} savers given; list exactly one")
+    if problems:
+        raise QuantJobError("; ".join(problems))
+
+
+class _Loop:
+    """State of one run; each method is one step of the loop."""
+
+    def __init__(self, job: WorkerJob, group: Group, device: torch.device, skeleton: Skeleton,
+                 checkpoint: Checkpoint, calibration: Calibration) -> None:
+        self.job, self.group, self.device = job, group, device
+        self.skeleton, self.checkpoint = skeleton, checkpoint
+        n = len(calibration.samples)
+        self.local = shard_indices(n, group.rank, group.world_size)
+        self.error_count = min(job.error_samples, n)
+        self.error_local = [g for g in self.local if g < self.error_count]
+        self.input_ids = {g: calibration.samples[g] for g in self.local}
+
+    def embed(self) -> dict[int, torch.Tensor]:
+        name = f"{self.skeleton.adapter.embed}.weight"
+        table = self.checkpoint.load([name], self.device)[name]
+        hidden = {g: torch.nn.functional.embedding(ids.to(self.device), table).unsqueeze(0)
+                  for g, ids in self.input_ids.items()}
+        del table
+        return hidden
+
+    def forward(self, index: int, layer: torch.nn.Module, hidden: dict[int, torch.Tensor],
+                samples: list[int]) -> dict[int, torch.Tensor]:
+        return {g: layer_forward(self.skeleton, index, layer, hidden[g]) for g in samples}
+
+    def process(self, index: int, prefix: str, layer: torch.nn.Module,
+                hidden: dict[int, torch.Tensor]) -> tuple[LayerOutput, dict[int, torch.Tensor]]:
+        """Observe, reduce, run the processors; returns the layer's records and its float outputs."""
+        linears = {prefix + name: module for name, module in layer.named_modules()
+                   if isinstance(module, torch.nn.Linear)}
+        ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter)
+        with observe_inputs(linears) as local_stats:
+            float_out = self.forward(index, layer, hidden, self.local)
+        ctx.stats = reduce_stats(local_stats, self.group)
+        for proc in self.job.config.spec.process:
+            entry = processor_for(proc.type)
+            if ctx.modified and entry.needs_stats(proc):
+                with observe_inputs(linears) as local_stats:
+                    self.forward(index, layer, hidden, self.local)
+                ctx.stats, ctx.modified = reduce_stats(local_stats, self.group), False
+            entry.apply(proc, ctx)
+        records = [ctx.records[name] for name in linears if name in ctx.records]
+        taken = {f"{r.name}.weight" for r in records} | {f"{r.name}.bias" for r in records}
+        float_tensors = {prefix + name: tensor.detach() for name, tensor in layer.state_dict().items()
+                         if prefix + name not in taken}
+        return LayerOutput(index, records, float_tensors), float_out
+
+    def next_inputs(self, index: int, prefix: str, layer: torch.nn.Module, output: LayerOutput,
+                    hidden: dict[int, torch.Tensor],
+                    float_out: dict[int, torch.Tensor]) -> tuple[dict[int, torch.Tensor], float | None]:
+        """The next layer's inputs and this layer's relative output error (None: nothing quantized)."""
+        quantized = self.job.next_layer_input == "quantized"
+        if not output.quantized and not quantized:
+            return float_out, None
+        samples = self.local if quantized else self.error_local
+        with quantized_layer(layer, prefix, output, self.device) as qlayer:
+            quant_out = self.forward(index, qlayer, hidden, samples)
+        error = self.relative_error(float_out, quant_out) if output.quantized else None
+        return (quant_out if quantized else float_out), error
+
+    def relative_error(self, reference: dict[int, torch.Tensor], quantized: dict[int, torch.Tensor]) -> float | None:
+        if self.error_count == 0:
+            return None
+        partials = {g: torch.stack([(quantized[g].double() - reference[g].double()).pow(2).sum(),
+                                    reference[g].double().pow(2).sum()]) for g in self.error_local}
+        total = self.group.ordered_sum(partials)
+        return float((total[0] / total[1]).sqrt()) if total[1] > 0 else 0.0
+
+    def outer(self) -> LayerOutput:
+        """Everything outside the decoder layers (embedding, final norm, lm_head), kept float."""
+        layers_prefix = self.skeleton.adapter.layers + "."
+        names = [n for n in sorted(self.checkpoint.tensors) if not n.startswith(layers_prefix)]
+        return LayerOutput(None, [], self.checkpoint.load(names, torch.device("cpu")))
+
+
+def run_quantization(job: WorkerJob, group: Group, device: torch.device, progress: ProgressHook | None = None,
+                     *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
+    """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
+    started = time.monotonic()
+    model_config = read_model_config(job.model_path)
+    adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
+    checkpoint = Checkpoint(job.model_path)
+    preflight(job, checkpoint, adapter)
+    check_save_path(job.save_path, job.model_path)
+    calibration = load_calibration(job.calib_file, job.model_path, samples=job.calib_samples,
+                                   max_length=job.max_length, vocab_size=model_config.get("vocab_size"),
+                                   trust_remote_code=job.trust_remote_code)
+    skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
+    loop = _Loop(job, group, device, skeleton, checkpoint, calibration)
+    num_layers = skeleton.num_layers
+    if open_saver_fn is None:
+        from quantjob.worker.savers import open_saver
+
+        open_saver_fn = open_saver
+    saver = open_saver_fn(job.config.spec.save[0], save_path=job.save_path, model_dir=job.model_path,
+                          model_config=model_config, run_id=run_id_for(job, model_config, checkpoint, calibration),
+                          group=group, overwrite=job.overwrite, num_layers=num_layers)
+    prefetcher = Prefetcher(checkpoint, device)
+    report = progress if group.is_main else None
+    try:
+        committed = saver.committed_layers()
+        if committed:
+            log.info("resuming at layer %d of %d", committed, num_layers)
+        if report:
+            report.start(num_layers)
+        layer_errors = _run_layers(loop, saver, prefetcher, committed, report)
+        saver.save(loop.outer())
+        table = {"metric": "relative_output_error", "samples": loop.error_count,
+                 "next_layer_input": job.next_layer_input,
+                 "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
+                            for i, (count, error) in enumerate(layer_errors)]}
+        saver.write_json(ERRORS_FILE, table)
+        saver.finish()
+    except BaseException as error:
+        saver.abort()
+        if report:
+            report.finish(False, str(error))
+        raise
+    finally:
+        prefetcher.close()
+    if report:
+        report.finish(True, f"wrote {job.save_path}")
+    tokens = sum(int(ids.numel()) for ids in calibration.samples)
+    return RunSummary(num_layers, committed, len(calibration.samples), tokens, time.monotonic() - started, table)
+
+
+def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
+                report: ProgressHook | None) -> list[tuple[int, float | None]]:
+    adapter, skeleton = loop.skeleton.adapter, loop.skeleton
+    num_layers = skeleton.num_layers
+    names = [loop.checkpoint.names_under(adapter.layer_prefix(i)) for i in range(num_layers)]
+    hidden = loop.embed()
+    errors: list[tuple[int, float | None]] = []
+    with torch.inference_mode():
+        for index in range(num_layers):
+            prefix = adapter.layer_prefix(index)
+            tensors = prefetcher.take(prefix, names[index])
+            if index + 1 < num_layers:
+                prefetcher.submit(adapter.layer_prefix(index + 1), names[index + 1])
+            layer = skeleton.layers[index]
+            materialise(layer, prefix, tensors)
+            del tensors
+            if index < committed:  # replay: no observation, the records come back from the saver
+                output = saver.load_layer(index)
+                needed = loop.local if loop.job.next_layer_input == "float" else loop.error_local
+                float_out = loop.forward(index, layer, hidden, needed)
+            else:
+                output, float_out = loop.process(index, prefix, layer, hidden)
+                saver.save(output)
+            hidden, error = loop.next_inputs(index, prefix, layer, output, hidden, float_out)
+            errors.append((len(output.quantized), error))
+            del output, float_out
+            release(layer)
+            if report:
+                report.layer_done(index + 1, num_layers, error)
+    return errors
