@@ -262,7 +262,7 @@ def test_an_interrupted_finish_never_looks_complete(tmp_path: Path, model_dir: P
 def test_an_unwritable_save_path_is_named(tmp_path: Path, model_dir: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(QuantJobError, match=rf"save path {blocker / 'out'} is not writable.*--save-path"):
+    with pytest.raises(QuantJobError, match=rf"save path {blocker / 'out'} is not writable.*--save_path"):
         open_ascend(blocker / "out", model_dir, layers=1)
     with pytest.raises(QuantJobError, match=rf"save path {blocker} is a file"):
         open_ascend(blocker, model_dir, layers=1)
