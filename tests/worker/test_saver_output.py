@@ -163,7 +163,7 @@ def test_resume_verifies_committed_layers_and_matches_an_uninterrupted_run(
     with caplog.at_level(logging.INFO, logger="quantjob.worker.savers"):
         second = open_ascend(save, model_dir, layers=5)
     assert second.committed_layers() == 3
-    assert "resuming at layer 3 of 5" in caplog.text
+    assert "3 of 5 layers already committed and verified" in caplog.text
     for index in range(3):                                          # replayed records: same bits
         loaded, original = second.load_layer(index), layer_output(index)
         assert loaded.index == index and list(loaded.float_tensors) == list(original.float_tensors)

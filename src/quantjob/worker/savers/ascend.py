@@ -102,7 +102,7 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
             break
         committed += 1
     if committed:
-        log.info("resuming at layer %d of %d (%s)", committed, num_layers, save_path)
+        log.info("%d of %d layers already committed and verified in %s", committed, num_layers, save_path)
     return committed
 
 

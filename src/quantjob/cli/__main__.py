@@ -1,0 +1,5 @@
+"""``python -m quantjob.cli``: how the local launcher re-enters the CLI in each rank."""
+
+from quantjob.cli import main
+
+raise SystemExit(main())

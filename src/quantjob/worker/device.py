@@ -1,0 +1,149 @@
+"""The one device module: every device-specific call (npu, cuda, cpu) lives here.
+
+``torch_npu`` is imported lazily and only here, the first time an ``npu`` device is used, so the
+worker runs on machines without Ascend software.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+
+DeviceType = Literal["npu", "cuda", "cpu"]
+DEVICE_TYPES: tuple[DeviceType, ...] = ("npu", "cuda", "cpu")
+
+BACKENDS: dict[DeviceType, str] = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+
+# The variable that restricts a process to one accelerator (the launcher sets it per rank).
+VISIBLE_DEVICES_ENV: dict[DeviceType, str | None] = {
+    "npu": "ASCEND_RT_VISIBLE_DEVICES",
+    "cuda": "CUDA_VISIBLE_DEVICES",
+    "cpu": None,
+}
+
+_EXPECTED = "expected TYPE or TYPE:I,J,... with TYPE one of npu, cuda, cpu (e.g. npu:0,1,2,3, cuda:0, cpu:0,1)"
+_DEVICE_RE = re.compile(r"^(?P<type>[a-z]+)(?::(?P<indices>[0-9]+(?:,[0-9]+)*))?$")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """The devices one run uses: a type and the local indices, one rank per index."""
+
+    type: DeviceType
+    indices: tuple[int, ...] = (0,)
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    def __str__(self) -> str:
+        return f"{self.type}:{','.join(str(i) for i in self.indices)}"
+
+
+def parse_devices(text: str) -> DeviceSpec:
+    """Parse a ``--device`` value: ``cpu`` (one device), ``cpu:0,1``, ``npu:0,1,2,3``, ``cuda:0``."""
+    cleaned = text.strip().lower().replace(" ", "")
+    match = _DEVICE_RE.match(cleaned)
+    if not match:
+        raise ValueError(f"--device {text!r} is not understood; {_EXPECTED}")
+    kind = match.group("type")
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"--device {text!r}: unknown device type {kind!r}; {_EXPECTED}")
+    raw = match.group("indices")
+    indices = tuple(int(i) for i in raw.split(",")) if raw else (0,)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"--device {text!r} lists a device twice; list each index once (e.g. {kind}:0,1)")
+    return DeviceSpec(cast(DeviceType, kind), indices)
+
+
+def _check_type(kind: str) -> DeviceType:
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"unknown device type {kind!r}; use one of: {', '.join(DEVICE_TYPES)}")
+    return cast(DeviceType, kind)
+
+
+def _import_torch_npu() -> None:
+    try:
+        importlib.import_module("torch_npu")
+    except ImportError as error:
+        raise RuntimeError("device type npu needs the torch_npu package (Ascend CANN + torch_npu); "
+                           "install it in this image, or use --device cpu / cuda") from error
+
+
+def torch_device(kind: str, index: int = 0) -> torch.device:
+    """The torch device for local accelerator ``index``, made current for this process."""
+    kind = _check_type(kind)
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "npu":
+        _import_torch_npu()
+        torch.npu.set_device(index)  # type: ignore[attr-defined]
+        return torch.device("npu", index)
+    if not torch.cuda.is_available():
+        raise RuntimeError("device type cuda requested but torch sees no CUDA device; "
+                           "use a CUDA build of torch on a GPU node, or --device cpu")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def backend_for(kind: str) -> str:
+    """The torch.distributed backend for a device type: hccl (npu), nccl (cuda), gloo (cpu)."""
+    return BACKENDS[_check_type(kind)]
+
+
+def _accelerator_module(device: torch.device) -> object | None:
+    if device.type == "cuda":
+        return torch.cuda
+    if device.type == "npu":
+        return torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    module = _accelerator_module(device)
+    if module is not None:
+        module.synchronize(device)  # type: ignore[attr-defined]
+
+
+def empty_cache(device: torch.device) -> None:
+    module = _accelerator_module(device)
+    if module is not None:
+        module.empty_cache()  # type: ignore[attr-defined]
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak memory allocated on an accelerator by this process; None on cpu (not tracked)."""
+    module = _accelerator_module(device)
+    if module is None:
+        return None
+    return int(module.max_memory_allocated(device))  # type: ignore[attr-defined]
+
+
+def visible_devices_env(kind: str, index: int, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment that restricts a launched process to accelerator ``index`` (empty for cpu).
+
+    When ``inherited`` (the launcher's environment) already restricts the visible devices, e.g.
+    ``CUDA_VISIBLE_DEVICES=2,3``, ``index`` counts within that list, as torch itself would.
+    """
+    name = VISIBLE_DEVICES_ENV[_check_type(kind)]
+    if name is None:
+        return {}
+    current = (inherited or {}).get(name, "").strip()
+    if not current:
+        return {name: str(index)}
+    visible = [part.strip() for part in current.split(",") if part.strip()]
+    if index >= len(visible):
+        raise ValueError(f"--device {kind}:{index}: only {len(visible)} device(s) are visible "
+                         f"({name}={current}); list indices below {len(visible)} or widen {name}")
+    return {name: visible[index]}
+
+
+def load_extension(kind: str) -> None:
+    """Import what a device type needs before its process group starts (torch_npu for npu)."""
+    if _check_type(kind) == "npu":
+        _import_torch_npu()

@@ -1,0 +1,180 @@
+"""The local launcher: one worker process per listed device, with the environment a Job pod gets.
+
+``quantjob quantize ... --device cpu:0,1`` re-runs itself (``python -m quantjob.cli ...``) once
+per device with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set, streams every
+rank's output with a ``[rank N]`` prefix, and fails fast: when one rank dies the others are
+stopped and the failing rank's last lines are shown.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TextIO
+
+from quantjob.worker.device import DeviceSpec, visible_devices_env
+from quantjob.worker.distributed import LOCAL_DEVICE_ENV
+
+TAIL_LINES = 20
+GRACE_S = 10.0
+POLL_S = 0.1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def rank_env(devices: DeviceSpec, rank: int, port: int, base: Mapping[str, str],
+             cores: int | None = None) -> dict[str, str]:
+    """The environment of rank ``rank``: ``base`` plus what a Job pod would get."""
+    env = dict(base)
+    world = devices.count
+    env.update({
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("JOB_COMPLETION_INDEX", None)
+    visible = visible_devices_env(devices.type, devices.indices[rank], base)
+    env.update(visible)
+    # Visibility restricted to one accelerator: it is index 0 inside the rank.
+    env[LOCAL_DEVICE_ENV] = "0" if visible else str(devices.indices[rank])
+    if not base.get("OMP_NUM_THREADS", "").strip():
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or os.cpu_count() or 1) // world))
+    return env
+
+
+@dataclass
+class _Rank:
+    rank: int
+    process: subprocess.Popen[str]
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    pump: threading.Thread | None = None
+
+
+def _pump(rank: _Rank, stream: IO[str], out: TextIO, lock: threading.Lock) -> None:
+    prefix = f"[rank {rank.rank}] "
+    for line in stream:
+        text = line.rstrip("\n")
+        rank.tail.append(text)
+        with lock:
+            out.write(prefix + text + "\n")
+            out.flush()
+    stream.close()
+
+
+def _stop(ranks: Sequence[_Rank], grace_s: float) -> None:
+    """SIGTERM every running rank, SIGKILL those still alive after ``grace_s``."""
+    for r in ranks:
+        if r.process.poll() is None:
+            r.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for r in ranks:
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            r.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            r.process.kill()
+            r.process.wait()
+
+
+def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] | None = None,
+           out: TextIO | None = None, grace_s: float = GRACE_S,
+           program: Sequence[str] | None = None) -> int:
+    """Run ``python -m quantjob.cli <worker_argv>`` once per device; 0 when every rank succeeded.
+
+    ``env`` replaces the inherited environment (default: ``os.environ``). Output of every rank
+    goes to ``out`` (default stdout), each line prefixed with ``[rank N] ``. When a rank exits
+    non-zero the others are stopped and its exit code is returned (1 when it died by a signal).
+    ``program`` replaces ``python -m quantjob.cli`` (tests run a small fake worker).
+    """
+    out = sys.stdout if out is None else out
+    base = dict(os.environ if env is None else env)
+    port = free_port()
+    lock = threading.Lock()
+    ranks: list[_Rank] = []
+    command = [*(program or (sys.executable, "-m", "quantjob.cli")), *worker_argv]
+    previous = _interrupt_on_sigterm()
+    try:
+        for rank in range(devices.count):
+            process = subprocess.Popen(command, env=rank_env(devices, rank, port, base),
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                       start_new_session=True)  # signals reach ranks only via us
+            entry = _Rank(rank, process)
+            assert process.stdout is not None
+            entry.pump = threading.Thread(target=_pump, args=(entry, process.stdout, out, lock),
+                                          name=f"quantjob-rank-{rank}", daemon=True)
+            entry.pump.start()
+            ranks.append(entry)
+        failed = _wait_all(ranks)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see _interrupt_on_sigterm)
+        with lock:
+            print("quantjob: interrupted; stopping all ranks", file=sys.stderr, flush=True)
+        for r in ranks:
+            if r.process.poll() is None:
+                r.process.send_signal(signal.SIGINT)
+        _stop(ranks, grace_s)
+        _join(ranks)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if failed is None:
+        _join(ranks)
+        return 0
+    _stop(ranks, grace_s)
+    _join(ranks)
+    code = failed.process.returncode
+    how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+    with lock:
+        lines = "\n".join(f"  {line}" for line in failed.tail) or "  (no output)"
+        print(f"quantjob: rank {failed.rank} failed with {how}; its last lines:\n{lines}",
+              file=sys.stderr, flush=True)
+    return code if code > 0 else 1
+
+
+def _interrupt_on_sigterm() -> signal.Handlers | None:
+    """Make SIGTERM (a stopped pod, ``kill``) stop the ranks as Ctrl-C does; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)  # type: ignore[return-value]
+
+
+def _wait_all(ranks: Sequence[_Rank]) -> _Rank | None:
+    """Wait until every rank succeeded (None) or one failed (that rank)."""
+    running = list(ranks)
+    while running:
+        for r in list(running):
+            code = r.process.poll()
+            if code is None:
+                continue
+            if code != 0:
+                return r
+            running.remove(r)
+        time.sleep(POLL_S)
+    return None
+
+
+def _join(ranks: Sequence[_Rank]) -> None:
+    for r in ranks:
+        if r.pump is not None:
+            r.pump.join(timeout=5.0)

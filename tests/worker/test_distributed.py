@@ -1,0 +1,179 @@
+"""The process group from the environment, the rendezvous wait, and Group reductions over gloo."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantjob.worker import distributed
+from quantjob.worker.device import DeviceSpec
+from quantjob.worker.distributed import Group, GroupEnv, read_group_env, shard_indices
+from quantjob.worker.launcher import free_port
+
+
+def test_env_defaults_to_one_rank() -> None:
+    assert read_group_env({}) == GroupEnv(0, 1, "127.0.0.1", 29500)
+
+
+def test_env_rank_and_world() -> None:
+    env = {"RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "job-0.svc", "MASTER_PORT": "1234"}
+    assert read_group_env(env) == GroupEnv(2, 4, "job-0.svc", 1234)
+
+
+def test_env_indexed_job() -> None:
+    env = {"JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "3", "MASTER_ADDR": "qj-0.qj"}
+    assert read_group_env(env) == GroupEnv(1, 3, "qj-0.qj", 29500)
+
+
+def test_env_rank_wins_over_completion_index() -> None:
+    env = {"RANK": "0", "JOB_COMPLETION_INDEX": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a"}
+    assert read_group_env(env).rank == 0
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RANK": "1"}, "WORLD_SIZE is not"),
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
+    ({"RANK": "3", "WORLD_SIZE": "3", "MASTER_ADDR": "a"}, r"outside 0\.\.2"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "0"}, "at least 1"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "70000"}, "not a TCP port"),
+])
+def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        read_group_env(env)
+
+
+def test_launched_locally_defaults_master_addr() -> None:
+    env = {"RANK": "1", "WORLD_SIZE": "2", distributed.LOCAL_DEVICE_ENV: "0"}
+    assert read_group_env(env).master_addr == "127.0.0.1"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+
+
+def test_wait_for_unresolvable_master_times_out_clearly() -> None:
+    clock = FakeClock()
+    with pytest.raises(TimeoutError) as info:
+        distributed.wait_for_master("no-such-host.invalid", 29500, 5.0, clock=clock, sleep=clock.sleep)
+    text = str(info.value)
+    assert "no-such-host.invalid:29500" in text and "does not resolve" in text
+    assert "MASTER_ADDR" in text and "MASTER_PORT" in text
+    assert clock.sleeps == 5
+
+
+def test_wait_for_master_that_never_listens() -> None:
+    port = free_port()
+    clock = FakeClock()
+    with pytest.raises(TimeoutError, match="does not answer"):
+        distributed.wait_for_master("127.0.0.1", port, 2.0, clock=clock, sleep=clock.sleep)
+
+
+def test_wait_for_master_retries_until_it_listens() -> None:
+    port = free_port()
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    clock = FakeClock()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.sleeps == 2:  # rank 0 comes up after two failed attempts
+            server.bind(("127.0.0.1", port))
+            server.listen(1)
+
+    try:
+        distributed.wait_for_master("127.0.0.1", port, 30.0, clock=clock, sleep=sleep)
+    finally:
+        server.close()
+    assert clock.sleeps == 2
+
+
+def test_world_size_one_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    group = distributed.init_group_from_env("cpu")
+    assert group == Group(0, 1)
+    assert not torch.distributed.is_initialized()
+    distributed.close_group()  # nothing to close: no error
+
+
+def test_local_device_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(distributed.LOCAL_DEVICE_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.local_device_index(DeviceSpec("npu", (0,)), Group(3, 4)) == 0  # a pod with --device npu
+    assert distributed.local_device_index(DeviceSpec("npu", (5,)), Group()) == 5
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(1, 3)) == 5
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(0, 3)) == 6
+    monkeypatch.setenv(distributed.LOCAL_DEVICE_ENV, "0")
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(2, 3)) == 0
+
+
+def test_shard_indices_cover_every_sample_once() -> None:
+    shards = [shard_indices(7, r, 3) for r in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+# Each rank holds the round-robin shard of 7 "samples"; the reductions must not depend on the
+# world size. The sample values are chosen so that float32 addition order matters.
+RANK_SCRIPT = """
+import json, sys, torch
+from quantjob.worker import distributed
+group = distributed.init_group_from_env("cpu", timeout_s=60)
+values = [torch.tensor([1e8, 1.0, -3.5]) * (i + 1) + torch.tensor([0.1 * i, 1e-3 * i, 7.0]) for i in range(7)]
+mine = {i: values[i] for i in distributed.shard_indices(7, group.rank, group.world_size)}
+stack = torch.stack(list(mine.values()))
+result = {
+    "rank": group.rank, "world": group.world_size,
+    "min": group.all_min(stack.min(dim=0).values).tolist(),
+    "max": group.all_max(stack.max(dim=0).values).tolist(),
+    "sum": group.ordered_sum(mine).tolist(),
+    "gathered": group.all_gather_object(group.rank),
+    "broadcast": group.broadcast_object("from-0" if group.rank == 0 else None),
+}
+group.barrier()
+distributed.close_group()
+print("RESULT " + json.dumps(result))
+"""
+
+
+def _run_ranks(world: int, tmp_path: Path) -> list[dict]:
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PATH": ""}
+        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.split("RESULT ", 1)[1]))
+    return results
+
+
+@pytest.mark.slow
+def test_reductions_are_identical_for_1_2_3_ranks(tmp_path: Path) -> None:
+    by_world = {world: _run_ranks(world, tmp_path) for world in (1, 2, 3)}
+    reference = {k: by_world[1][0][k] for k in ("min", "max", "sum", "broadcast")}
+    assert reference["broadcast"] == "from-0"
+    for world, results in by_world.items():
+        assert [r["gathered"] for r in results] == [list(range(world))] * world
+        for r in results:
+            assert {k: r[k] for k in reference} == reference, (world, r["rank"])

@@ -1,0 +1,154 @@
+"""The local launcher, driven with a small fake worker (no engine needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from quantjob.worker import launcher
+from quantjob.worker.device import DeviceSpec, parse_devices
+
+# argv: MODE [ARG]. Prints its environment as JSON, then behaves as MODE says.
+FAKE_WORKER = """
+import json, os, signal, sys, time
+mode = sys.argv[1]
+rank = int(os.environ["RANK"])
+keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "QUANTJOB_LOCAL_DEVICE",
+        "OMP_NUM_THREADS", "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES"]
+print("ENV " + json.dumps({k: os.environ.get(k) for k in keys}))
+print(f"hello from {rank}", file=sys.stderr)
+if mode == "ok":
+    sys.exit(0)
+if mode == "fail":  # rank ARG fails after a moment; the others would run for a minute
+    if rank == int(sys.argv[2]):
+        time.sleep(0.5)
+        print("something broke: bad tensor", file=sys.stderr)
+        sys.exit(3)
+    open(os.path.join(sys.argv[3], f"pid{rank}"), "w").write(str(os.getpid()))
+    time.sleep(60)
+    sys.exit(0)
+if mode == "wait":
+    open(os.path.join(sys.argv[2], f"pid{rank}"), "w").write(str(os.getpid()))
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    return [sys.executable, str(script)]
+
+
+def _envs(text: str) -> dict[int, dict[str, str | None]]:
+    found = {}
+    for line in text.splitlines():
+        prefix, _, rest = line.partition("] ")
+        if rest.startswith("ENV "):
+            found[int(prefix.removeprefix("[rank "))] = json.loads(rest[4:])
+    return found
+
+
+def test_every_rank_gets_the_job_environment(fake: list[str]) -> None:
+    out = io.StringIO()
+    code = launcher.launch(["ok"], parse_devices("cpu:0,1,2"), env={"PATH": ""}, out=out, program=fake)
+    assert code == 0
+    envs = _envs(out.getvalue())
+    assert sorted(envs) == [0, 1, 2]
+    ports = {e["MASTER_PORT"] for e in envs.values()}
+    assert len(ports) == 1
+    for rank, env in envs.items():
+        assert env["RANK"] == env["LOCAL_RANK"] == str(rank)
+        assert env["WORLD_SIZE"] == "3" and env["MASTER_ADDR"] == "127.0.0.1"
+        assert env["PYTHONUNBUFFERED"] == "1"
+        assert env["QUANTJOB_LOCAL_DEVICE"] == str(rank)  # cpu: no visibility restriction
+        assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 3))
+    assert out.getvalue().count("hello from") == 3
+    for rank in range(3):
+        assert f"[rank {rank}] hello from {rank}" in out.getvalue()
+
+
+def test_omp_threads_kept_when_set(fake: list[str]) -> None:
+    out = io.StringIO()
+    assert launcher.launch(["ok"], parse_devices("cpu:0,1"), env={"PATH": "", "OMP_NUM_THREADS": "3"},
+                           out=out, program=fake) == 0
+    assert {e["OMP_NUM_THREADS"] for e in _envs(out.getvalue()).values()} == {"3"}
+
+
+def test_rank_env_even_core_split_and_visibility() -> None:
+    env = launcher.rank_env(DeviceSpec("npu", (4, 6)), 1, 1234, {"KEEP": "x", "JOB_COMPLETION_INDEX": "0"}, cores=16)
+    assert env["OMP_NUM_THREADS"] == "8"
+    assert env["ASCEND_RT_VISIBLE_DEVICES"] == "6" and env["QUANTJOB_LOCAL_DEVICE"] == "0"
+    assert env["KEEP"] == "x" and "JOB_COMPLETION_INDEX" not in env
+    assert launcher.rank_env(DeviceSpec("cpu", (0, 1, 2)), 0, 1, {}, cores=2)["OMP_NUM_THREADS"] == "1"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_fail_fast_stops_the_others_and_shows_the_error(fake: list[str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    started = time.monotonic()
+    code = launcher.launch(["fail", "1", str(tmp_path)], parse_devices("cpu:0,1,2"), env={"PATH": ""},
+                           out=out, program=fake, grace_s=5.0)
+    assert time.monotonic() - started < 30  # not the 60 s the healthy ranks would run
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "quantjob: rank 1 failed with exit code 3" in err
+    assert "something broke: bad tensor" in err.split("failed with", 1)[1]
+    assert "[rank 1] something broke: bad tensor" in out.getvalue()
+    for rank in (0, 2):
+        pid = int((tmp_path / f"pid{rank}").read_text())
+        assert not _alive(pid), f"rank {rank} still running"
+
+
+def test_a_rank_killed_by_a_signal_fails_the_launch(fake: list[str], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def kill_rank_1() -> None:
+        pid_file = tmp_path / "pid1"
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_rank_1)
+    killer.start()
+    code = launcher.launch(["wait", str(tmp_path)], parse_devices("cpu:0,1"), env={"PATH": ""},
+                           out=io.StringIO(), program=fake, grace_s=5.0)
+    killer.join()
+    assert code != 0
+    assert "quantjob: rank 1 failed with signal SIGKILL" in capsys.readouterr().err
+    assert not _alive(int((tmp_path / "pid0").read_text()))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_every_rank(fake: list[str], tmp_path: Path, signum: int) -> None:
+    driver = ("import sys; from quantjob.worker import launcher, device; "
+              f"sys.exit(launcher.launch(['wait', {str(tmp_path)!r}], device.parse_devices('cpu:0,1'), "
+              f"program={fake!r}, grace_s=5.0))")
+    proc = subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"pid{r}").exists() and (tmp_path / f"pid{r}").read_text() for r in (0, 1)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    for rank in (0, 1):
+        assert not _alive(int((tmp_path / f"pid{rank}").read_text()))
