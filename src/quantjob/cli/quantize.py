@@ -167,12 +167,12 @@ def run(namespace: argparse.Namespace) -> int:
     if has_errors(resolution.problems) or resolution.config is None:
         return 2
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if spec.count > 1 and not in_group:
         from quantjob.worker.launcher import launch
 
         return launch(args.argv(), spec)
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from quantjob.worker.distributed import close_group, init_group_from_env, local_device_index
     from quantjob.worker.progress import default_progress
     from quantjob.worker.runner import WorkerJob, run_quantization

@@ -22,6 +22,7 @@ from typing import IO, TextIO
 
 from quantjob.worker.device import DeviceSpec, visible_devices_env
 from quantjob.worker.distributed import LOCAL_DEVICE_ENV
+from quantjob.worker.progress import PIPE_ENV, ProgressHook, TerminalProgress, replay_event
 
 TAIL_LINES = 20
 GRACE_S = 10.0
@@ -49,6 +50,7 @@ def rank_env(devices: DeviceSpec, rank: int, port: int, base: Mapping[str, str],
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("JOB_COMPLETION_INDEX", None)
+    env[PIPE_ENV] = "1"  # rank 0 sends progress events; the launcher renders them
     visible = visible_devices_env(devices.type, devices.indices[rank], base)
     env.update(visible)
     # Visibility restricted to one accelerator: it is index 0 inside the rank.
@@ -66,12 +68,14 @@ class _Rank:
     pump: threading.Thread | None = None
 
 
-def _pump(rank: _Rank, stream: IO[str], out: TextIO, lock: threading.Lock) -> None:
+def _pump(rank: _Rank, stream: IO[str], out: TextIO, lock: threading.Lock, progress: ProgressHook) -> None:
     prefix = f"[rank {rank.rank}] "
     for line in stream:
         text = line.rstrip("\n")
-        rank.tail.append(text)
         with lock:
+            if replay_event(text, progress):
+                continue
+            rank.tail.append(text)
             out.write(prefix + text + "\n")
             out.flush()
     stream.close()
@@ -106,6 +110,7 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
     base = dict(os.environ if env is None else env)
     port = free_port()
     lock = threading.Lock()
+    progress = TerminalProgress()  # a bar on a terminal, log lines otherwise
     ranks: list[_Rank] = []
     command = [*(program or (sys.executable, "-m", "quantjob.cli")), *worker_argv]
     previous = _interrupt_on_sigterm()
@@ -117,7 +122,7 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
                                        start_new_session=True)  # signals reach ranks only via us
             entry = _Rank(rank, process)
             assert process.stdout is not None
-            entry.pump = threading.Thread(target=_pump, args=(entry, process.stdout, out, lock),
+            entry.pump = threading.Thread(target=_pump, args=(entry, process.stdout, out, lock, progress),
                                           name=f"quantjob-rank-{rank}", daemon=True)
             entry.pump.start()
             ranks.append(entry)

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Protocol, TextIO
@@ -64,10 +66,52 @@ class TerminalProgress:
         self.stream.flush()
 
 
+# Under the local launcher, rank 0's output is a pipe: it sends progress as marked lines and the
+# launcher, which owns the terminal, draws the bar (or logs a line when it has no terminal).
+PIPE_ENV = "QUANTJOB_PROGRESS_PIPE"
+PIPE_MARKER = "@quantjob-progress-event "
+
+
+class PipeProgress:
+    """Progress as one marked JSON line per event on ``stream``, for the launcher to render."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+
+    def _send(self, **event: Any) -> None:
+        self.stream.write(PIPE_MARKER + json.dumps(event) + "\n")
+        self.stream.flush()
+
+    def start(self, total_layers: int) -> None:
+        self._send(event="start", total=total_layers)
+
+    def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
+        self._send(event="layer", done=done, total=total, error=layer_error)
+
+    def finish(self, ok: bool, message: str = "") -> None:
+        self._send(event="finish", ok=ok, message=message)
+
+
+def replay_event(line: str, hook: ProgressHook) -> bool:
+    """Forward a ``PipeProgress`` line to ``hook``; False when ``line`` is not a progress line."""
+    if not line.startswith(PIPE_MARKER):
+        return False
+    event = json.loads(line[len(PIPE_MARKER):])
+    if event["event"] == "start":
+        hook.start(event["total"])
+    elif event["event"] == "layer":
+        hook.layer_done(event["done"], event["total"], event["error"])
+    else:
+        hook.finish(event["ok"], event.get("message", ""))
+    return True
+
+
 def default_progress(group: Group) -> ProgressHook | None:
     """The reporter for this process: only rank 0 reports."""
     if not group.is_main:
         return None
+    if os.environ.get(PIPE_ENV) == "1":
+        return PipeProgress()
     return TerminalProgress()
 
 

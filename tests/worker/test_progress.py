@@ -1,0 +1,61 @@
+"""Progress events cross the launcher's pipe and come out as the same calls on the terminal side."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from quantjob.worker.device import parse_devices
+from quantjob.worker.launcher import launch
+from quantjob.worker.progress import PIPE_MARKER, PipeProgress, replay_event
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, total_layers: int) -> None:
+        self.calls.append(("start", total_layers))
+
+    def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
+        self.calls.append(("layer", done, total, layer_error))
+
+    def finish(self, ok: bool, message: str = "") -> None:
+        self.calls.append(("finish", ok, message))
+
+
+def test_pipe_events_replay_to_the_same_calls() -> None:
+    stream = io.StringIO()
+    sender = PipeProgress(stream)
+    sender.start(3)
+    sender.layer_done(1, 3, 0.125)
+    sender.layer_done(2, 3, None)
+    sender.finish(False, "rank 1 lost")
+    receiver = Recorder()
+    lines = stream.getvalue().splitlines()
+    assert all(line.startswith(PIPE_MARKER) for line in lines)
+    assert all(replay_event(line, receiver) for line in lines)
+    assert receiver.calls == [("start", 3), ("layer", 1, 3, 0.125), ("layer", 2, 3, None),
+                              ("finish", False, "rank 1 lost")]
+    assert not replay_event("an ordinary log line", receiver)
+
+
+def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, caplog) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os\n"
+        "from quantjob.worker.progress import default_progress\n"
+        "from quantjob.worker.distributed import Group\n"
+        "hook = default_progress(Group(int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])))\n"
+        "print('hello from', os.environ['RANK'], flush=True)\n"
+        "if hook is not None:\n"
+        "    hook.start(2); hook.layer_done(1, 2, 0.5); hook.layer_done(2, 2, 0.25); hook.finish(True, 'done')\n")
+    out = io.StringIO()
+    caplog.set_level("INFO", logger="quantjob.worker")
+    code = launch([], parse_devices("cpu:0,1"), out=out, program=[sys.executable, str(worker)])
+    assert code == 0
+    text = out.getvalue()
+    assert "[rank 0] hello from 0" in text and "[rank 1] hello from 1" in text
+    assert PIPE_MARKER.strip() not in text  # events are rendered, never printed raw
+    assert "layer 1/2 done (relative output error 5.000e-01" in caplog.text
+    assert "layer 2/2 done" in caplog.text
