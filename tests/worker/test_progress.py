@@ -59,3 +59,20 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
     assert PIPE_MARKER.strip() not in text  # events are rendered, never printed raw
     assert "layer 1/2 done (relative output error 5.000e-01" in caplog.text
     assert "layer 2/2 done" in caplog.text
+
+
+def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch) -> None:
+    from quantjob.worker.distributed import Group
+    from quantjob.worker.progress import Fanout, TerminalProgress, default_progress
+    from quantjob.worker.progress_k8s import KubernetesProgress
+
+    monkeypatch.delenv("QUANTJOB_PROGRESS_PIPE", raising=False)
+    monkeypatch.setenv("QUANTJOB_NAME", "qwen2-w8a8")
+    monkeypatch.setenv("QUANTJOB_NAMESPACE", "ml")
+    monkeypatch.setenv("QUANTJOB_API_SERVER", "http://127.0.0.1:9")
+    hook = default_progress(Group(0, 4))
+    assert isinstance(hook, Fanout)
+    assert [type(h) for h in hook.hooks] == [TerminalProgress, KubernetesProgress]
+    assert default_progress(Group(1, 4)) is None  # only rank 0 reports
+    monkeypatch.delenv("QUANTJOB_NAME")
+    assert isinstance(default_progress(Group(0, 1)), TerminalProgress)

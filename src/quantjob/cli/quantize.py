@@ -86,8 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(run=run)
 
 
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
 def _fail(message: str) -> int:
+    """Report an expected failure: one line on stderr and, in a pod, the termination message
+    (the operator copies it into the QuantJob's Failed condition)."""
     print(f"quantjob: error: {message}", file=sys.stderr)
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        try:
+            TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
+        except OSError:
+            pass
     return 1
 
 

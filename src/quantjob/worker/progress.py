@@ -106,13 +106,39 @@ def replay_event(line: str, hook: ProgressHook) -> bool:
     return True
 
 
+class Fanout:
+    """Several reporters as one (a pod logs its progress and patches its QuantJob)."""
+
+    def __init__(self, *hooks: ProgressHook) -> None:
+        self.hooks = hooks
+
+    def start(self, total_layers: int) -> None:
+        for hook in self.hooks:
+            hook.start(total_layers)
+
+    def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
+        for hook in self.hooks:
+            hook.layer_done(done, total, layer_error)
+
+    def finish(self, ok: bool, message: str = "") -> None:
+        for hook in self.hooks:
+            hook.finish(ok, message)
+
+
 def default_progress(group: Group) -> ProgressHook | None:
-    """The reporter for this process: only rank 0 reports."""
+    """The reporter for this process: only rank 0 reports.
+
+    Under the local launcher: events for the launcher to render. In a QuantJob pod
+    (``QUANTJOB_NAME`` set): log lines plus ``status.progress`` patches. Otherwise: the terminal.
+    """
     if not group.is_main:
         return None
     if os.environ.get(PIPE_ENV) == "1":
         return PipeProgress()
-    return TerminalProgress()
+    from quantjob.worker.progress_k8s import progress_from_environment
+
+    kubernetes = progress_from_environment()
+    return Fanout(TerminalProgress(), kubernetes) if kubernetes is not None else TerminalProgress()
 
 
 def format_error_table(table: dict[str, Any]) -> str:

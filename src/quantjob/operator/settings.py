@@ -1,0 +1,145 @@
+"""Operator settings: pydantic models filled from ``QUANTJOB_*`` environment variables, then flags.
+
+Environment (every variable optional):
+
+=================================  =================================================================
+``QUANTJOB_NAMESPACES``            comma-separated namespaces to watch; empty = the whole cluster
+``QUANTJOB_WORKER_IMAGE``          worker image for QuantJobs without ``spec.image``
+``QUANTJOB_NPU_RESOURCE_NAME``     default extended resource for ``devices.type: npu``
+``QUANTJOB_CUDA_RESOURCE_NAME``    default extended resource for ``devices.type: cuda``
+``QUANTJOB_NPU_RUNTIME_CLASS``     ``runtimeClassName`` of npu pods; empty = none
+``QUANTJOB_MASTER_PORT``           rendezvous port of rank 0
+``QUANTJOB_LOG_FORMAT``            ``plain``, ``full`` or ``json``
+``QUANTJOB_API_SERVER``            explicit API server URL (out-of-cluster runs, tests)
+``QUANTJOB_WEBHOOK_ENABLED``       ``true``/``false``: serve the validating webhook
+``QUANTJOB_WEBHOOK_PORT``          port the webhook server listens on
+``QUANTJOB_WEBHOOK_TLS``           ``files`` (cert-manager or a mounted secret), ``self-signed``, ``insecure``
+``QUANTJOB_WEBHOOK_CERT_DIR``      folder with ``tls.crt``, ``tls.key`` and (optionally) ``ca.crt``
+``QUANTJOB_WEBHOOK_SERVICE``       name of the Service in front of the webhook server
+``QUANTJOB_WEBHOOK_NAMESPACE``     its namespace (defaults to ``POD_NAMESPACE``)
+``QUANTJOB_WEBHOOK_CONFIGURATION`` name of the ValidatingWebhookConfiguration the operator manages;
+                                   empty = registered by someone else (the chart, cert-manager's CA injector)
+=================================  =================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quantjob.api.resource import DEFAULT_RESOURCE_NAMES
+
+LogFormat = Literal["plain", "full", "json"]
+WebhookTls = Literal["files", "self-signed", "insecure"]
+
+DEFAULT_WORKER_IMAGE = "ghcr.io/quantjob/quantjob-worker:0.1.0"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the environment variable or flag."""
+
+
+class WebhookSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen_addr: str = "0.0.0.0"
+    port: int = Field(default=9443, ge=1, le=65535)
+    tls: WebhookTls = "files"
+    cert_dir: str = "/etc/quantjob/webhook-tls"
+    service: str = "quantjob-webhook"
+    namespace: str = "quantjob-system"
+    service_port: int = Field(default=443, ge=1, le=65535)
+    configuration: str = "quantjob.io"
+
+
+class Settings(BaseModel):
+    """Everything the operator needs beyond the QuantJob itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(default_factory=list)
+    worker_image: str = Field(default=DEFAULT_WORKER_IMAGE, min_length=1)
+    npu_resource_name: str = Field(default=DEFAULT_RESOURCE_NAMES["npu"] or "", min_length=1)
+    cuda_resource_name: str = Field(default=DEFAULT_RESOURCE_NAMES["cuda"] or "", min_length=1)
+    npu_runtime_class: str | None = "ascend"
+    master_port: int = Field(default=29500, ge=1, le=65535)
+    log_format: LogFormat = "full"
+    api_server: str | None = None
+    webhook: WebhookSettings = Field(default_factory=lambda: WebhookSettings())
+
+    @field_validator("npu_runtime_class", "api_server")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def cluster_wide(self) -> bool:
+        return not self.namespaces
+
+    def resource_name(self, device_type: str, override: str | None) -> str | None:
+        """The extended resource a pod of ``device_type`` requests: the spec's override or our default."""
+        if override:
+            return override
+        return {"npu": self.npu_resource_name, "cuda": self.cuda_resource_name}.get(device_type)
+
+
+# environment variable -> (section, field); section None = top level.
+ENVIRONMENT: dict[str, tuple[str | None, str]] = {
+    "QUANTJOB_NAMESPACES": (None, "namespaces"),
+    "QUANTJOB_WORKER_IMAGE": (None, "worker_image"),
+    "QUANTJOB_NPU_RESOURCE_NAME": (None, "npu_resource_name"),
+    "QUANTJOB_CUDA_RESOURCE_NAME": (None, "cuda_resource_name"),
+    "QUANTJOB_NPU_RUNTIME_CLASS": (None, "npu_runtime_class"),
+    "QUANTJOB_MASTER_PORT": (None, "master_port"),
+    "QUANTJOB_LOG_FORMAT": (None, "log_format"),
+    "QUANTJOB_API_SERVER": (None, "api_server"),
+    "QUANTJOB_WEBHOOK_ENABLED": ("webhook", "enabled"),
+    "QUANTJOB_WEBHOOK_PORT": ("webhook", "port"),
+    "QUANTJOB_WEBHOOK_TLS": ("webhook", "tls"),
+    "QUANTJOB_WEBHOOK_CERT_DIR": ("webhook", "cert_dir"),
+    "QUANTJOB_WEBHOOK_SERVICE": ("webhook", "service"),
+    "QUANTJOB_WEBHOOK_NAMESPACE": ("webhook", "namespace"),
+    "QUANTJOB_WEBHOOK_CONFIGURATION": ("webhook", "configuration"),
+}
+
+
+def _env_value(field: str, raw: str) -> Any:
+    if field == "namespaces":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from ``environ`` (``QUANTJOB_*``), then ``overrides`` (flags; ``webhook.port`` style keys).
+
+    Raises ``SettingsError`` naming the variable or flag whose value is wrong.
+    """
+    data: dict[str, Any] = {"webhook": {}}
+    origin: dict[tuple[str, ...], str] = {}
+    if "POD_NAMESPACE" in environ:
+        data["webhook"]["namespace"] = environ["POD_NAMESPACE"]
+        origin[("webhook", "namespace")] = "POD_NAMESPACE"
+    for variable, (section, field) in ENVIRONMENT.items():
+        if variable not in environ:
+            continue
+        target = data if section is None else data[section]
+        target[field] = _env_value(field, environ[variable])
+        origin[(field,) if section is None else (section, field)] = f"environment variable {variable}"
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, field = key.rpartition(".")
+        (data[section] if section else data)[field] = value
+        origin[tuple(key.split("."))] = f"flag for {key}"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        lines = []
+        for item in error.errors(include_url=False):
+            loc = tuple(str(part) for part in item["loc"])
+            source = origin.get(loc[:2]) or origin.get(loc[:1]) or ".".join(loc)
+            lines.append(f"{source}: {item['msg']} (got {item.get('input')!r})")
+        raise SettingsError("invalid operator settings: " + "; ".join(lines)) from None
