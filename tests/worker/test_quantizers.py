@@ -87,3 +87,18 @@ def test_round_trip_property(values: list[float], symmetric: bool, bits: int) ->
     scale, offset = scale_offset(x.min().reshape(1), x.max().reshape(1), bits, symmetric)
     error = (dequantize(quantize(x, scale, offset, bits), scale, offset) - x).abs()
     assert torch.all(error <= scale / 2 * (1 + 1e-5) + 1e-6)
+
+
+def test_scales_are_representable_in_the_model_dtype_and_the_integers_use_them() -> None:
+    from quantjob.worker.quantizers import quantize_weight, representable
+
+    torch.manual_seed(0)
+    weight = (torch.randn(16, 32) * 0.05).to(torch.bfloat16)
+    q, scale, offset = quantize_weight(weight, "per_channel", 8, True)
+    assert torch.equal(scale, scale.to(torch.bfloat16).float())  # saved bf16 == used scale
+    assert torch.equal(q, torch.clamp(torch.round(weight.float() / scale), -128, 127).to(torch.int8))
+    assert torch.all((q.float() * scale - weight.float()).abs() <= scale / 2 + 1e-7)
+    # fp16 never rounds a tiny scale to zero
+    tiny = representable(torch.tensor([1e-9]), torch.float16)
+    assert float(tiny) > 0 and torch.equal(tiny, tiny.to(torch.float16).float())
+    assert torch.equal(representable(torch.tensor([0.123456789]), None), torch.tensor([0.123456789]))

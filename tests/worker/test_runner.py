@@ -29,7 +29,7 @@ from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
 from quantjob.worker.demo import FAMILIES, build_demo_model
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.quantizers import dequantize_weight
+from quantjob.worker.quantizers import dequantize_weight, representable
 from quantjob.worker.runner import RunSummary, WorkerJob, run_quantization
 
 CPU = torch.device("cpu")
@@ -138,8 +138,10 @@ def test_static_ranges_equal_a_plain_forward_of_each_sample(tiny_model: Callable
             hf(input_ids=ids.unsqueeze(0))
     for index in (0, 1):
         for record in memory_saver.last.layers[index].quantized:
-            expected = (max(hi[record.name], 0.0) - min(lo[record.name], 0.0)) / 255
+            exact = (max(hi[record.name], 0.0) - min(lo[record.name], 0.0)) / 255
+            expected = float(representable(torch.tensor([exact]), torch.bfloat16))  # saved as bf16
             assert float(record.input_scale) == pytest.approx(expected, rel=1e-6), record.name
+            assert 0 <= expected - exact <= exact * 2 ** -7  # rounded up, by less than one bf16 step
 
 
 def test_sliding_window_shorter_than_sample(tmp_path: Path) -> None:

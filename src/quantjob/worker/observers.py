@@ -71,16 +71,18 @@ def reduce_stats(stats: dict[str, ActivationStats], group: Group) -> dict[str, A
 
 # --- methods: reduced statistics -> quantization parameters ---------------------------------------
 
-ActMethod = Callable[[ActivationStats, int, bool], tuple[torch.Tensor, torch.Tensor]]
+ActMethod = Callable[[ActivationStats, int, bool, "torch.dtype | None"], tuple[torch.Tensor, torch.Tensor]]
 WeightMethod = Callable[[torch.Tensor, str, int, bool, "int | None"],
                         tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def minmax_activation(stats: ActivationStats, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor static activation scale and offset (float32 ``[1]``) from the observed range."""
+def minmax_activation(stats: ActivationStats, bits: int, symmetric: bool,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor static activation scale and offset (float32 ``[1]``) from the observed range;
+    the scale is representable in ``dtype`` (the model dtype ``input_scale`` is saved in)."""
     if not stats.observed:
         raise ValueError("no activations were observed for this linear (no calibration tokens reached it)")
-    return scale_offset(stats.minimum.amin().reshape(1), stats.maximum.amax().reshape(1), bits, symmetric)
+    return scale_offset(stats.minimum.amin().reshape(1), stats.maximum.amax().reshape(1), bits, symmetric, dtype)
 
 
 ACTIVATION_METHODS: dict[str, ActMethod] = {"minmax": minmax_activation}

@@ -8,7 +8,10 @@ Conventions (DESIGN.md section 6, ``quantjob.worker.records.QuantizedLinear``):
 - ``q = clamp(round(x / scale) + offset, -2^(b-1), 2^(b-1) - 1)``, ``x ~ (q - offset) * scale``.
 
 Everything is computed in float32. A zero range gets a tiny positive scale (``SCALE_FLOOR`` times
-the largest magnitude, or ``SCALE_FLOOR`` itself) so nothing divides by zero.
+the largest magnitude, or ``SCALE_FLOOR`` itself) so nothing divides by zero. Given the model's
+``dtype``, a scale is first rounded to a value that dtype holds exactly, and the offset and the
+integers are computed with that scale: the saved files then hold the very scales the integers were
+made with, and ``deq_scale = input_scale * weight_scale`` is exact in float32.
 """
 
 from __future__ import annotations
@@ -25,9 +28,24 @@ def int_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def representable(scale: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``scale`` (float32) rounded UP to a value ``dtype`` holds (never below its smallest normal).
+
+    Up, so the observed range still fits in the integers: nothing is clipped by the rounding.
+    """
+    if dtype is None or dtype == torch.float32:
+        return scale
+    narrow = torch.clamp(scale, min=float(torch.finfo(dtype).tiny)).to(dtype)
+    up = torch.nextafter(narrow, torch.full_like(narrow, float("inf")))
+    return torch.where(narrow.float() < scale, up, narrow).float()
+
+
 def scale_offset(minimum: torch.Tensor, maximum: torch.Tensor, bits: int,
-                 symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and (integer-valued, float32) offset from observed ranges of any shape."""
+                 symmetric: bool, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and (integer-valued, float32) offset from observed ranges of any shape.
+
+    ``dtype``: the model dtype the scale will be saved in (see the module docstring).
+    """
     qmin, qmax = int_range(bits)
     lo = torch.clamp(minimum.float(), max=0.0)
     hi = torch.clamp(maximum.float(), min=0.0)
@@ -35,12 +53,12 @@ def scale_offset(minimum: torch.Tensor, maximum: torch.Tensor, bits: int,
         amax = torch.maximum(lo.abs(), hi)
         scale = amax / qmax
         floor = torch.clamp(amax * SCALE_FLOOR, min=SCALE_FLOOR)
-        scale = torch.maximum(scale, floor)
+        scale = representable(torch.maximum(scale, floor), dtype)
         return scale, torch.zeros_like(scale)
     span = hi - lo
     scale = span / (qmax - qmin)
     floor = torch.clamp(torch.maximum(lo.abs(), hi) * SCALE_FLOOR, min=SCALE_FLOOR)
-    scale = torch.maximum(scale, floor)
+    scale = representable(torch.maximum(scale, floor), dtype)
     offset = torch.round(-lo / scale) + qmin
     return scale, torch.clamp(offset, qmin, qmax)
 
@@ -87,9 +105,12 @@ def expand_groups(params: torch.Tensor, in_features: int) -> torch.Tensor:
 
 def quantize_weight(weight: torch.Tensor, scope: str, bits: int, symmetric: bool,
                     group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(int8 weight ``[out, in]``, float32 scale, float32 offset) from the weight's own min/max."""
+    """(int8 weight ``[out, in]``, float32 scale, float32 offset) from the weight's own min/max.
+
+    The scale is representable in the weight's dtype (the model dtype it is saved in).
+    """
     lo, hi = weight_minmax(weight, scope, group_size)
-    scale, offset = scale_offset(lo, hi, bits, symmetric)
+    scale, offset = scale_offset(lo, hi, bits, symmetric, weight.dtype)
     q = quantize(weight, expand_groups(scale, weight.shape[1]), expand_groups(offset, weight.shape[1]), bits)
     return q, scale, offset
 

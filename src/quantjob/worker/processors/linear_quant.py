@@ -33,7 +33,8 @@ def quantize_linear(name: str, module: torch.nn.Linear, entry: LinearQuant, ctx:
         dtype=module.weight.dtype, group_size=group_size)
     if act is not None and act.scope == "per_tensor":
         method = ACTIVATION_METHODS[act.method]
-        record.input_scale, record.input_offset = method(ctx.stats[name], act.bits, act.symmetric)
+        record.input_scale, record.input_offset = method(ctx.stats[name], act.bits, act.symmetric,
+                                                         module.weight.dtype)
     return record
 
 
