@@ -13,35 +13,24 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
+from quantjob.api.run_options import RunOptions
 
 
-class QuantizeArgs(BaseModel):
-    """The command line, validated."""
+class QuantizeArgs(RunOptions):
+    """The command line, validated: the run's options plus the device and the config source."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: Path
-    save_path: Path
     device: str = "cpu"
     quant_type: str | None = None
     config_path: Path | None = None
-    calib_file: Path | None = None
-    calib_samples: int = Field(128, ge=1)
-    max_length: int = Field(2048, ge=1)
-    model_type: str | None = None
-    trust_remote_code: bool = False
-    overwrite: bool = False
-    next_layer_input: Literal["float", "quantized"] = "float"
-    error_samples: int = Field(8, ge=0)
 
     @model_validator(mode="after")
     def _one_config(self) -> QuantizeArgs:
@@ -183,7 +172,11 @@ def run(namespace: argparse.Namespace) -> int:
 
         return launch(args.argv(), spec)
 
-    from quantjob.worker.distributed import close_group, init_group_from_env, local_device_index
+    from quantjob.worker.distributed import (
+        close_group,
+        init_group_from_env,
+        local_device_index,
+    )
     from quantjob.worker.progress import default_progress
     from quantjob.worker.runner import WorkerJob, run_quantization
 

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from quantjob.api import catalogue
 from quantjob.api.globs import expand_braces
 from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
 from quantjob.worker.checkpoint import Checkpoint, Prefetcher
@@ -51,22 +51,10 @@ log = logging.getLogger("quantjob.worker")
 ERRORS_FILE = "quant_errors.json"
 
 
-class WorkerJob(BaseModel):
+class WorkerJob(RunOptions):
     """Everything one run needs; the config is already resolved by ``quantjob.api.check.resolve``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    model_path: Path
-    save_path: Path
     config: ModelslimConfig
-    calib_file: Path | None = None
-    calib_samples: int = Field(128, ge=1)
-    max_length: int = Field(2048, ge=1)
-    model_type: str | None = None
-    trust_remote_code: bool = False
-    overwrite: bool = False
-    next_layer_input: Literal["float", "quantized"] = "float"
-    error_samples: int = Field(8, ge=0)
 
 
 @dataclass
