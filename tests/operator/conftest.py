@@ -8,19 +8,13 @@ from typing import Any
 
 import kmock as kmocklib
 import pytest
-from emulator import QUANTJOBS, operator_running, operator_settings
-
-from quantjob.api.resource import KIND
+from emulator import declare_resources, operator_running, operator_settings
 
 
 @pytest.fixture()
 def cluster(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
     """kmock with the built-in resources and QuantJobs (with a status subresource)."""
-    kmock.resources.load_bundled()
-    kmock.resources[QUANTJOBS] = kmocklib.ResourceInfo(
-        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
-    return kmock
+    return declare_resources(kmock)
 
 
 @pytest.fixture()

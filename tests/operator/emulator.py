@@ -32,13 +32,19 @@ def quantjob_manifest(name: str = "qwen2-w8a8", *, uid: str = "uid-1", count: in
             "metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}, "spec": body}
 
 
+def declare_resources(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
+    """kmock with the built-in resources and QuantJobs (with a status subresource)."""
+    kmock.resources.load_bundled()
+    kmock.resources[QUANTJOBS] = kmocklib.ResourceInfo(
+        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+    return kmock
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-
 
 
 def stored(cluster: kmocklib.KubernetesEmulator, resource: str, name: str,

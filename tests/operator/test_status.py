@@ -30,8 +30,11 @@ def test_phase_from_job_status() -> None:
     assert job_phase({"active": 2}) == "Running"
     assert job_phase({"active": 2, "conditions": [cond("Suspended")]}) == "Pending"
     assert job_phase({"succeeded": 2, "conditions": [cond("Complete")]}) == "Succeeded"
+    assert job_phase({"succeeded": 2, "conditions": [cond("SuccessCriteriaMet")]}) == "Succeeded"  # k8s 1.31+
     assert job_phase({"active": 1, "conditions": [cond("FailureTarget")]}) == "Failed"
     assert job_phase({"conditions": [cond("Failed", status="False")], "active": 1}) == "Running"
+    # started, between pods (a failed rank being replaced, last pods being counted): still Running
+    assert job_phase({"startTime": "2026-01-01T00:00:00Z", "active": 0, "failed": 1}) == "Running"
 
 
 def test_mirror_fills_times_and_conditions() -> None:

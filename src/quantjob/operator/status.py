@@ -77,11 +77,13 @@ def job_phase(job_status: Mapping[str, Any]) -> str:
     """Pending, Running, Succeeded or Failed, from a batch/v1 Job's ``status``."""
     if _job_condition(job_status, "Failed") or _job_condition(job_status, "FailureTarget"):
         return "Failed"
-    if _job_condition(job_status, "Complete"):
+    if _job_condition(job_status, "Complete") or _job_condition(job_status, "SuccessCriteriaMet"):
         return "Succeeded"
     if _job_condition(job_status, "Suspended"):
         return "Pending"
-    if int(job_status.get("active") or 0) > 0:
+    # Started and not finished is Running, also while no pod is active for a moment (a rank being
+    # replaced after a failure, or the controller still counting finished pods).
+    if int(job_status.get("active") or 0) > 0 or job_status.get("startTime"):
         return "Running"
     return "Pending"
 
@@ -118,7 +120,7 @@ def mirror_job(job_status: Mapping[str, Any], world_size: int, previous: Mapping
     conditions = set_condition(conditions, "Running", phase == "Running", "PodsActive" if phase == "Running"
                                else "NoPodsActive", f"{active} of {world_size} rank(s) running, "
                                                     f"{succeeded} finished", now)
-    complete = _job_condition(job_status, "Complete")
+    complete = _job_condition(job_status, "Complete") or _job_condition(job_status, "SuccessCriteriaMet")
     conditions = set_condition(conditions, "Complete", phase == "Succeeded",
                                "JobComplete" if complete else "NotComplete",
                                f"all {world_size} rank(s) finished" if complete else "", now)
