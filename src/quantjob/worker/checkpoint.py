@@ -3,6 +3,8 @@ loading a chosen set of tensors, and a one-thread prefetcher for the next decode
 
 Nothing here reads tensor data until ``load`` is called; opening a checkpoint reads only headers,
 and checks them against the file sizes so a truncated or corrupt file fails before any work.
+Tensors are copied with positioned reads, never memory-mapped, so a run's memory does not grow
+with the pages of the checkpoint it has touched.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.safetensors_stream import read_tensor, torch_dtype
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -32,6 +34,8 @@ class TensorInfo:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0    # absolute byte offset of the tensor's data in ``file``
+    nbytes: int = 0
 
 
 def read_header(file: Path) -> dict[str, TensorInfo]:
@@ -72,7 +76,7 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         if end > data_len:
             raise QuantJobError(f"{file}: truncated: tensor {name!r} ends at byte {end} of {data_len} data bytes; "
                                 f"{_REDOWNLOAD}")
-        tensors[name] = TensorInfo(file, dtype, shape)
+        tensors[name] = TensorInfo(file, dtype, shape, 8 + header_len + begin, end - begin)
     return tensors
 
 
@@ -124,12 +128,14 @@ class Checkpoint:
             by_file.setdefault(self.tensors[name].file, []).append(name)
         out: dict[str, torch.Tensor] = {}
         for file, file_names in by_file.items():
-            try:
-                with safe_open(str(file), framework="pt", device="cpu") as handle:
-                    for name in file_names:
-                        out[name] = handle.get_tensor(name).to(device)
-            except (OSError, SafetensorError) as error:
-                raise QuantJobError(f"{file}: cannot read tensor data ({error}); {_REDOWNLOAD}") from error
+            for name in file_names:
+                info = self.tensors[name]
+                try:
+                    dtype = torch_dtype(info.dtype)
+                    tensor = read_tensor(file, info.offset, info.nbytes, dtype, info.shape)
+                except (OSError, EOFError, ValueError) as error:
+                    raise QuantJobError(f"{file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
+                out[name] = tensor.to(device)
         return out
 
 

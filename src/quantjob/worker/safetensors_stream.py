@@ -1,4 +1,9 @@
-"""A streaming safetensors writer: the header first, then one tensor at a time.
+"""Our own safetensors I/O: a streaming writer (the header first, then one tensor at a time) and
+a reader that copies one tensor at a time with plain positioned reads.
+
+The reader never maps a file: a memory map keeps every page it touched resident (and counted in
+the process's RSS) until it is closed, which would make the memory of a run grow with the size
+of the model. Here memory holds only the tensors the caller keeps.
 
 The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length,
 a compact JSON header ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` padded with
@@ -15,10 +20,11 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import torch
 
@@ -67,7 +73,7 @@ class TensorSpec:
         return count * torch.empty((), dtype=torch_dtype(self.dtype)).element_size()
 
     @staticmethod
-    def of(name: str, tensor: torch.Tensor) -> "TensorSpec":
+    def of(name: str, tensor: torch.Tensor) -> TensorSpec:
         return TensorSpec(name, st_dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
 
 
@@ -145,7 +151,7 @@ class StreamWriter:
         self._file.close()
         return self._hash.hexdigest()
 
-    def __enter__(self) -> "StreamWriter":
+    def __enter__(self) -> StreamWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -163,3 +169,45 @@ def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> str:
         for spec in specs:
             writer.write(spec.name, tensors[spec.name])
     return writer.close()
+
+
+def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor whose ``nbytes`` raw bytes start at absolute ``offset`` of ``file``, in fresh memory.
+
+    Raises EOFError when the file ends early (a truncated file).
+    """
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    with open(file, "rb", buffering=0) as handle:
+        handle.seek(offset)
+        done = 0
+        while done < nbytes:
+            got = handle.readinto(view[done:])
+            if not got:
+                raise EOFError(f"{file}: ends {nbytes - done} bytes early at offset {offset + done}")
+            done += got
+    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+class SafetensorsReader:
+    """Named tensors from safetensors files we wrote, one at a time, headers read once per file."""
+
+    def __init__(self) -> None:
+        self._headers: dict[Path, tuple[int, dict[str, dict]]] = {}
+
+    def _header(self, file: Path) -> tuple[int, dict[str, dict]]:
+        if file not in self._headers:
+            with open(file, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                entries = json.loads(handle.read(length))
+            entries.pop("__metadata__", None)
+            self._headers[file] = (8 + length, entries)
+        return self._headers[file]
+
+    def get(self, file: Path, name: str) -> torch.Tensor:
+        start, entries = self._header(file)
+        entry = entries[name]
+        begin, end = entry["data_offsets"]
+        return read_tensor(file, start + begin, end - begin, torch_dtype(entry["dtype"]), tuple(entry["shape"]))

@@ -12,14 +12,18 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from safetensors import safe_open
 
-from quantjob.worker.safetensors_stream import StreamWriter, TensorSpec, library_order, tensor_sha256
+from quantjob.worker.safetensors_stream import (
+    SafetensorsReader,
+    StreamWriter,
+    TensorSpec,
+    library_order,
+    tensor_sha256,
+)
 from quantjob.worker.savers.ascend_tensors import model_quant_type
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
@@ -100,15 +104,11 @@ def _write_part(path: Path, items: list[PlannedTensor], staging: Path) -> str:
     """Stream one weight file, one tensor in memory at a time, each checked against its record."""
     ordered = library_order(item.spec for item in items)
     by_name = {item.spec.name: item for item in items}
-    with ExitStack() as stack:
-        handles: dict[str, Any] = {}
-        writer = stack.enter_context(StreamWriter(path, ordered))
+    reader = SafetensorsReader()  # positioned reads: staged files are never mapped into memory
+    with StreamWriter(path, ordered) as writer:
         for spec in ordered:
             item = by_name[spec.name]
-            if item.source not in handles:
-                handles[item.source] = stack.enter_context(
-                    safe_open(str(staging / f"{item.source}.safetensors"), framework="pt"))
-            tensor = handles[item.source].get_tensor(spec.name)
+            tensor = reader.get(staging / f"{item.source}.safetensors", spec.name)
             if tensor_sha256(tensor) != item.sha256:
                 raise ValueError(f"staged tensor {spec.name!r} in {staging / item.source}.safetensors "
                                  "no longer matches its checksum; delete that file to redo the layer")

@@ -1,0 +1,60 @@
+"""Plain-text (markdown) tables and the JSON results file of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.measure import MB
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table with columns padded to their widest cell."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def mb(nbytes: float) -> float:
+    return nbytes / MB
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were taken."""
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_1_5_15_at_end": os.getloadavg()}  # other work on the machine skews the times
+
+
+def write_results(name: str, payload: dict[str, Any], text: str, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``<name>.json`` (payload plus machine) and ``<name>.md`` (the printed tables); the JSON's path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n", encoding="utf-8")
+    (results_dir / f"{name}.md").write_text(text + "\n", encoding="utf-8")
+    return path

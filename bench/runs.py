@@ -1,0 +1,74 @@
+"""The measured jobs: ``quantjob quantize`` through the CLI, and the transformers baseline children.
+
+Each job runs in its own subprocess (``run_measured``), so its wall time includes interpreter
+start-up, imports and model loading, and its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.forward import parse_result
+from bench.measure import RunResult, run_measured, thread_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# the summary line ``quantjob quantize`` prints last: "16 layers, 64 samples (32768 tokens) in 81.2s"
+_ENGINE_SUMMARY = re.compile(r"\d+ layers, \d+ samples \(\d+ tokens\) in ([0-9.]+)s\s*$")
+
+
+def engine_seconds(result: RunResult) -> float | None:
+    """The loop time ``quantjob quantize`` reported itself (rank 0's), None when it printed none."""
+    if result.log_path is None:
+        return None
+    for line in reversed(result.log_path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        match = _ENGINE_SUMMARY.search(line)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """One ``quantjob quantize`` invocation of the benchmark."""
+
+    model: Path
+    calib: Path
+    samples: int
+    seq: int
+    ranks: int = 1
+    threads: int = 2
+    quant_type: str = "w8a8"
+
+    def argv(self, save_path: Path) -> list[str]:
+        device = "cpu" if self.ranks == 1 else "cpu:" + ",".join(str(i) for i in range(self.ranks))
+        return [sys.executable, "-m", "quantjob.cli", "quantize",
+                "--model_path", str(self.model), "--save_path", str(save_path), "--device", device,
+                "--quant_type", self.quant_type, "--calib_file", str(self.calib),
+                "--calib_samples", str(self.samples), "--max_length", str(self.seq), "--overwrite"]
+
+
+def run_quantize(job: QuantizeJob, work: Path, name: str, *, timeout_s: float) -> RunResult:
+    """Run ``job`` (OMP_NUM_THREADS = ``job.threads`` in every rank); its output is deleted afterwards."""
+    save_path = work / f"{name}-out"
+    shutil.rmtree(save_path, ignore_errors=True)
+    try:
+        return run_measured(job.argv(save_path), env=thread_env(job.threads), log_path=work / f"{name}.log",
+                            cwd=REPO_ROOT, timeout_s=timeout_s)
+    finally:
+        shutil.rmtree(save_path, ignore_errors=True)
+
+
+def run_baseline(model: Path, calib: Path, work: Path, name: str, *, mode: str, threads: int, batch: int = 8,
+                 batch1: bool = False, timeout_s: float) -> tuple[RunResult, dict[str, float]]:
+    """Run ``python -m bench.forward`` (transformers, whole model) and return its measurement and report."""
+    argv: Sequence[str] = [sys.executable, "-m", "bench.forward", "--model", str(model), "--calib", str(calib),
+                           "--mode", mode, "--batch", str(batch), *(["--batch1"] if batch1 else [])]
+    result = run_measured(argv, env=thread_env(threads), log_path=work / f"{name}.log", cwd=REPO_ROOT,
+                          timeout_s=timeout_s)
+    assert result.log_path is not None
+    return result, parse_result(result.log_path.read_text(encoding="utf-8", errors="replace"))
