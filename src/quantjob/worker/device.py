@@ -118,37 +118,26 @@ def empty_cache(device: torch.device) -> None:
         module.empty_cache()  # type: ignore[attr-defined]
 
 
-M_MMAP_THRESHOLD = -3          # glibc mallopt parameter
-HOST_MMAP_THRESHOLD = 1 << 20  # blocks of 1 MiB and more: their own mapping, unmapped when freed
-
-
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018  # both exist on glibc only
+        libc.malloc_trim  # noqa: B018  # glibc only
         return libc
-    except (OSError, AttributeError):  # not glibc (musl, macOS): the allocator is left alone
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
-
-
-def configure_host_memory() -> None:
-    """Serve every host block of 1 MiB or more from its own mapping, returned to the OS on free.
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
-    the per-layer tensors (weights, activations: 1-30 MiB each) land in its heap arenas, where
-    freed space stays fragmented and resident: a run's RSS then creeps up layer after layer
-    although nothing is held (measured: +0.5 GB over 32 layers of bench/'s anchor model). A fixed
-    threshold keeps RSS equal to what the loop holds.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)
 
 
 def release_memory(device: torch.device) -> None:
     """Hand memory freed since the last call back (once per decoder layer): the accelerator's
-    cache, and whatever the host heap can give back."""
+    cache, and the free pages of the host heap.
+
+    glibc keeps the freed blocks of the per-layer tensors (1-30 MiB each) in its arenas once its
+    dynamic mmap threshold has risen, and without a trim the RSS of a long run creeps up layer
+    after layer although nothing is held (measured on bench/'s anchor model: +0.5 GB over 32
+    layers). A fixed low mmap threshold also keeps RSS flat but made every activation a fresh
+    mapping: 50% slower, so the trim it is.
+    """
     empty_cache(device)
     libc = _glibc()
     if libc is not None:

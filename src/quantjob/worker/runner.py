@@ -30,7 +30,7 @@ from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
 from quantjob.worker.checkpoint import Checkpoint, Prefetcher
-from quantjob.worker.device import configure_host_memory, release_memory
+from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -211,7 +211,6 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                      *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
     """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
     started = time.monotonic()
-    configure_host_memory()
     model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
     checkpoint = Checkpoint(job.model_path)
