@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.measure import BenchError, RunResult
+from bench.measure import RunResult
 from bench.models import calibration_file, model_dir
 from bench.options import Workload, add_common_args, int_list, workload_from_args
-from bench.report import markdown_table, mb, write_results
+from bench.report import markdown_table, mb, run_bench, say
 from bench.runs import QuantizeJob, engine_seconds, run_quantize
 
 SPEEDUP_TARGET = 1.8
-
-
-def _say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def _rank_row(runs: dict[tuple[int, int], RunResult], samples: int, ranks: int) -> dict[str, Any]:
@@ -91,9 +85,9 @@ def run(workload: Workload, *, ranks: list[int], scaling_samples: list[int], sca
             continue
         calib = calibration_file(samples, workload.seq, shape.vocab, cache=cache)
         job = QuantizeJob(model, calib, samples, workload.seq, ranks=world, threads=1, quant_type=quant_type)
-        _say(f"quantize {shape.layers} layers, {samples} samples, {world} rank(s), OMP_NUM_THREADS=1")
+        say(f"quantize {shape.layers} layers, {samples} samples, {world} rank(s), OMP_NUM_THREADS=1")
         runs[(samples, world)] = run_quantize(job, work, f"quantize-n{samples}-r{world}", timeout_s=timeout_s)
-        _say(f"  {runs[(samples, world)].wall_s:.1f} s")
+        say(f"  {runs[(samples, world)].wall_s:.1f} s")
     cores = os.cpu_count() or 1
     ranks_text, ranks_data = ranks_table([_rank_row(runs, workload.samples, r) for r in ranks], cores)
     scaling_text, scaling_data = scaling_table(runs, sorted(set(scaling_samples)), scaling_ranks)
@@ -119,23 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workload = workload_from_args(args)
     scaling_samples = args.scaling_samples or ([4, 8] if args.quick else [16, 64, 256])
-    work = Path(tempfile.mkdtemp(prefix="quantjob-bench-dp-"))
-    try:
-        text, payload = run(workload, ranks=args.ranks, scaling_samples=scaling_samples,
-                            scaling_ranks=args.scaling_ranks, quant_type=args.quant_type, cache=args.cache_dir,
-                            work=work, timeout_s=args.timeout)
-    except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        print(f"bench: logs kept in {work}", file=sys.stderr)
-        return 1
-    if args.keep_logs:
-        _say(f"logs in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    print(text)
-    path = write_results("dp", payload, text, args.results_dir)
-    _say(f"results written to {path}")
-    return 0
+    return run_bench("dp", lambda work: run(workload, ranks=args.ranks, scaling_samples=scaling_samples,
+                                            scaling_ranks=args.scaling_ranks, quant_type=args.quant_type, cache=args.cache_dir,
+                                            work=work, timeout_s=args.timeout),
+                     keep_logs=args.keep_logs, results_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,19 @@ Prints two tables and writes ``engine.json`` / ``engine.md`` under ``--results-d
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.measure import BenchError, RunResult
+from bench.measure import RunResult
 from bench.models import calibration_file, model_dir, weights_bytes
 from bench.options import Workload, add_common_args, int_list, workload_from_args
-from bench.report import markdown_table, mb, write_results
+from bench.report import markdown_table, mb, run_bench, say
 from bench.runs import QuantizeJob, engine_seconds, run_baseline, run_quantize
 
 TIME_TARGET = 1.5
 FLAT_TARGET_MB = 150.0
-
-
-def _say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def time_table(quantize: RunResult, baseline_wall_s: float, report: dict[str, float],
@@ -80,7 +74,7 @@ def run(workload: Workload, *, depths: list[int], threads: int, batch: int, batc
     shape = workload.shape
     calib = calibration_file(workload.samples, workload.seq, shape.vocab, cache=cache)
     timed_model = model_dir(shape, cache)
-    _say(f"baseline forward: {shape.key}, {workload.samples} x {workload.seq} tokens, {threads} threads")
+    say(f"baseline forward: {shape.key}, {workload.samples} x {workload.seq} tokens, {threads} threads")
     baseline, report = run_baseline(timed_model, calib, work, "forward", mode="forward", threads=threads,
                                     batch=batch, batch1=batch1, timeout_s=timeout_s)
     quantized: dict[int, RunResult] = {}
@@ -88,11 +82,11 @@ def run(workload: Workload, *, depths: list[int], threads: int, batch: int, batc
     for layers in sorted({shape.layers, *depths}):
         model = model_dir(shape.with_layers(layers), cache)
         job = QuantizeJob(model, calib, workload.samples, workload.seq, threads=threads, quant_type=quant_type)
-        _say(f"quantize {layers} layers")
+        say(f"quantize {layers} layers")
         quantized[layers] = run_quantize(job, work, f"quantize-L{layers}", timeout_s=timeout_s)
-        _say(f"  {quantized[layers].wall_s:.1f} s, peak {mb(quantized[layers].max_rss_bytes):.0f} MB")
+        say(f"  {quantized[layers].wall_s:.1f} s, peak {mb(quantized[layers].max_rss_bytes):.0f} MB")
         if layers in depths:
-            _say(f"load whole model, {layers} layers")
+            say(f"load whole model, {layers} layers")
             load, _ = run_baseline(model, calib, work, f"load-L{layers}", mode="load", threads=threads,
                                    timeout_s=timeout_s)
             memory_rows.append({"layers": layers, "weights_bytes": weights_bytes(model),
@@ -106,7 +100,7 @@ def run(workload: Workload, *, depths: list[int], threads: int, batch: int, batc
     text = f"{header}\n\n## Time ({shape.layers} layers)\n\n{time_text}\n\n## Peak RSS by depth\n\n{memory_text}"
     payload = {"shape": shape.as_dict(), "samples": workload.samples, "seq": workload.seq, "threads": threads,
                "quant_type": quant_type, "baseline": {"wall_s": baseline.wall_s,
-                                                      "peak_rss_bytes": baseline.max_rss_bytes, **report},
+                                            "peak_rss_bytes": baseline.max_rss_bytes, **report},
                "time": time_data, "memory": memory_data}
     return text, payload
 
@@ -123,23 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workload = workload_from_args(args)
     depths = args.depths or ([2, 4] if args.quick else [8, 16, 32])
-    work = Path(tempfile.mkdtemp(prefix="quantjob-bench-engine-"))
-    try:
-        text, payload = run(workload, depths=depths, threads=args.threads, batch=args.batch,
-                            batch1=not args.no_batch1, quant_type=args.quant_type, cache=args.cache_dir,
-                            work=work, timeout_s=args.timeout)
-    except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        print(f"bench: logs kept in {work}", file=sys.stderr)
-        return 1
-    if args.keep_logs:
-        _say(f"logs in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    print(text)
-    path = write_results("engine", payload, text, args.results_dir)
-    _say(f"results written to {path}")
-    return 0
+    return run_bench("engine", lambda work: run(workload, depths=depths, threads=args.threads, batch=args.batch,
+                                                batch1=not args.no_batch1, quant_type=args.quant_type, cache=args.cache_dir,
+                                                work=work, timeout_s=args.timeout),
+                     keep_logs=args.keep_logs, results_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.measure import MB
+from bench.measure import MB, BenchError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -58,3 +61,28 @@ def write_results(name: str, payload: dict[str, Any], text: str, results_dir: Pa
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n", encoding="utf-8")
     (results_dir / f"{name}.md").write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def say(message: str) -> None:
+    """Progress of a benchmark, on stderr (the table goes to stdout)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_bench(name: str, job: Callable[[Path], tuple[str, dict[str, Any]]], *, keep_logs: bool,
+              results_dir: Path) -> int:
+    """Run ``job(work_dir) -> (table text, JSON payload)``, print the table and write the results."""
+    work = Path(tempfile.mkdtemp(prefix=f"quantjob-bench-{name}-"))
+    try:
+        text, payload = job(work)
+    except BenchError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        print(f"bench: logs kept in {work}", file=sys.stderr)
+        return 1
+    if keep_logs:
+        say(f"logs in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    print(text)
+    path = write_results(name, payload, text, results_dir)
+    say(f"results written to {path}")
+    return 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import kmock as kmocklib
 import kopf
+import pytest
 
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
 from quantjob.operator.main import run_operator
@@ -97,3 +98,19 @@ def operator_settings(cluster: kmocklib.KubernetesEmulator, **overrides: Any) ->
     data: dict[str, Any] = {"api_server": str(cluster.url), "webhook": {"enabled": False}}
     data.update(overrides)
     return Settings.model_validate(data)
+
+
+# --- fixtures shared by tests/operator and tests/e2e (their conftests re-export them) ---------------
+
+@pytest.fixture()
+def cluster(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
+    """kmock with the built-in resources and QuantJobs (with a status subresource)."""
+    return declare_resources(kmock)
+
+
+@pytest.fixture()
+def start_operator(cluster: kmocklib.KubernetesEmulator) -> Callable[..., contextlib.AbstractAsyncContextManager[None]]:
+    """``async with start_operator(**settings): ...`` runs kopf with our handlers against ``cluster``."""
+    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        return operator_running(operator_settings(cluster, **overrides))
+    return start
