@@ -9,7 +9,7 @@ and an empty ``include`` selects every name.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fnmatch import translate
 from functools import lru_cache
 
@@ -55,29 +55,32 @@ def pattern_error(pattern: str) -> str | None:
     return None
 
 
+def _tokens(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(index, token) from ``start`` on: single characters, a bracket set ``[...]`` as one token
+    (braces and commas inside it are literal). ``text`` is known to be valid."""
+    index = start
+    while index < len(text):
+        if text[index] == "[":
+            close = _bracket_end(text, index)
+            yield index, text[index:close + 1]
+            index = close + 1
+        else:
+            yield index, text[index]
+            index += 1
+
+
 def _split_top(body: str) -> list[str]:
     """Split the inside of one brace group at its top-level commas."""
     parts: list[str] = []
     depth = 0
     current = ""
-    index = 0
-    while index < len(body):
-        char = body[index]
-        if char == "[":
-            close = _bracket_end(body, index)
-            current += body[index:close + 1]
-            index = close + 1
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        if char == "," and depth == 0:
+    for _, token in _tokens(body):
+        depth += {"{": 1, "}": -1}.get(token, 0)
+        if token == "," and depth == 0:
             parts.append(current)
             current = ""
         else:
-            current += char
-        index += 1
+            current += token
     parts.append(current)
     return parts
 
@@ -85,31 +88,17 @@ def _split_top(body: str) -> list[str]:
 def _brace_end(pattern: str, start: int) -> int:
     """Index of the ``}`` closing the brace opened at ``start`` (the pattern is known to be valid)."""
     depth = 0
-    index = start
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "[":
-            index = _bracket_end(pattern, index) + 1
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-        index += 1
+    for index, token in _tokens(pattern, start):
+        depth += {"{": 1, "}": -1}.get(token, 0)
+        if token == "}" and depth == 0:
+            return index
     raise ValueError(f"pattern {pattern!r}: '{{' at position {start} is never closed")
 
 
 @lru_cache(maxsize=4096)
 def _expand(pattern: str) -> tuple[str, ...]:
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "[":
-            index = _bracket_end(pattern, index) + 1
-            continue
-        if char == "{":
+    for index, token in _tokens(pattern):
+        if token == "{":
             end = _brace_end(pattern, index)
             head, body, tail = pattern[:index], pattern[index + 1:end], pattern[end + 1:]
             results: list[str] = []
@@ -118,7 +107,6 @@ def _expand(pattern: str) -> tuple[str, ...]:
                     if expanded not in results:
                         results.append(expanded)
             return tuple(results)
-        index += 1
     return (pattern,)
 
 
