@@ -80,6 +80,14 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
+def load_tensor(name: str, info: TensorInfo) -> torch.Tensor:
+    """One tensor described by ``read_header``, copied into fresh memory (never memory-mapped)."""
+    try:
+        return read_tensor(info.file, info.offset, info.nbytes, torch_dtype(info.dtype), info.shape)
+    except (OSError, EOFError, ValueError) as error:
+        raise QuantJobError(f"{info.file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
+
+
 class Checkpoint:
     """Every tensor of a model directory (single file or sharded with an index), read lazily."""
 
@@ -120,22 +128,12 @@ class Checkpoint:
 
     def load(self, names: Iterable[str], device: torch.device) -> dict[str, torch.Tensor]:
         """The named tensors, exactly as stored, on ``device``."""
-        by_file: dict[Path, list[str]] = {}
+        out: dict[str, torch.Tensor] = {}
         for name in names:
             if name not in self.tensors:
                 raise QuantJobError(f"{self.model_dir}: tensor {name!r} is missing from the safetensors files; "
                                     f"{_REDOWNLOAD}")
-            by_file.setdefault(self.tensors[name].file, []).append(name)
-        out: dict[str, torch.Tensor] = {}
-        for file, file_names in by_file.items():
-            for name in file_names:
-                info = self.tensors[name]
-                try:
-                    dtype = torch_dtype(info.dtype)
-                    tensor = read_tensor(file, info.offset, info.nbytes, dtype, info.shape)
-                except (OSError, EOFError, ValueError) as error:
-                    raise QuantJobError(f"{file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
-                out[name] = tensor.to(device)
+            out[name] = load_tensor(name, self.tensors[name]).to(device)
         return out
 
 

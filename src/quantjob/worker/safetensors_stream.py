@@ -1,7 +1,8 @@
 """Our own safetensors I/O: a streaming writer (the header first, then one tensor at a time) and
-a reader that copies one tensor at a time with plain positioned reads.
+``read_tensor``, which copies one tensor with plain positioned reads (headers are parsed and
+checked by ``quantjob.worker.checkpoint.read_header``).
 
-The reader never maps a file: a memory map keeps every page it touched resident (and counted in
+``read_tensor`` never maps a file: a memory map keeps every page it touched resident (and counted in
 the process's RSS) until it is closed, which would make the memory of a run grow with the size
 of the model. Here memory holds only the tensors the caller keeps.
 
@@ -190,24 +191,3 @@ def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
             done += got
     return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
-
-class SafetensorsReader:
-    """Named tensors from safetensors files we wrote, one at a time, headers read once per file."""
-
-    def __init__(self) -> None:
-        self._headers: dict[Path, tuple[int, dict[str, dict]]] = {}
-
-    def _header(self, file: Path) -> tuple[int, dict[str, dict]]:
-        if file not in self._headers:
-            with open(file, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                entries = json.loads(handle.read(length))
-            entries.pop("__metadata__", None)
-            self._headers[file] = (8 + length, entries)
-        return self._headers[file]
-
-    def get(self, file: Path, name: str) -> torch.Tensor:
-        start, entries = self._header(file)
-        entry = entries[name]
-        begin, end = entry["data_offsets"]
-        return read_tensor(file, start + begin, end - begin, torch_dtype(entry["dtype"]), tuple(entry["shape"]))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.safetensors_stream import (
-    SafetensorsReader,
     StreamWriter,
     TensorSpec,
     library_order,
@@ -104,11 +104,14 @@ def _write_part(path: Path, items: list[PlannedTensor], staging: Path) -> str:
     """Stream one weight file, one tensor in memory at a time, each checked against its record."""
     ordered = library_order(item.spec for item in items)
     by_name = {item.spec.name: item for item in items}
-    reader = SafetensorsReader()  # positioned reads: staged files are never mapped into memory
+    headers: dict[str, dict[str, TensorInfo]] = {}
     with StreamWriter(path, ordered) as writer:
         for spec in ordered:
             item = by_name[spec.name]
-            tensor = reader.get(staging / f"{item.source}.safetensors", spec.name)
+            if item.source not in headers:
+                headers[item.source] = read_header(staging / f"{item.source}.safetensors")
+            # positioned reads: staged files are never mapped into memory
+            tensor = load_tensor(spec.name, headers[item.source][spec.name])
             if tensor_sha256(tensor) != item.sha256:
                 raise ValueError(f"staged tensor {spec.name!r} in {staging / item.source}.safetensors "
                                  "no longer matches its checksum; delete that file to redo the layer")
