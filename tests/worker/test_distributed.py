@@ -13,7 +13,8 @@ import torch
 
 from quantjob.worker import distributed
 from quantjob.worker.device import DeviceSpec
-from quantjob.worker.distributed import Group, GroupEnv, read_group_env, shard_indices
+from quantjob.worker.distributed import Group, shard_indices
+from quantjob.worker.group_env import LOCAL_DEVICE_ENV, GroupEnv, read_group_env
 from quantjob.worker.launcher import free_port
 
 
@@ -50,7 +51,7 @@ def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None
 
 
 def test_launched_locally_defaults_master_addr() -> None:
-    env = {"RANK": "1", "WORLD_SIZE": "2", distributed.LOCAL_DEVICE_ENV: "0"}
+    env = {"RANK": "1", "WORLD_SIZE": "2", LOCAL_DEVICE_ENV: "0"}
     assert read_group_env(env).master_addr == "127.0.0.1"
 
 
@@ -113,14 +114,14 @@ def test_world_size_one_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_local_device_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(distributed.LOCAL_DEVICE_ENV, raising=False)
+    monkeypatch.delenv(LOCAL_DEVICE_ENV, raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert distributed.local_device_index(DeviceSpec("npu", (0,)), Group(3, 4)) == 0  # a pod with --device npu
     assert distributed.local_device_index(DeviceSpec("npu", (5,)), Group()) == 5
     assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(1, 3)) == 5
     monkeypatch.setenv("LOCAL_RANK", "2")
     assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(0, 3)) == 6
-    monkeypatch.setenv(distributed.LOCAL_DEVICE_ENV, "0")
+    monkeypatch.setenv(LOCAL_DEVICE_ENV, "0")
     assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(2, 3)) == 0
 
 

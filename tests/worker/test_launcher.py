@@ -152,3 +152,12 @@ def test_ctrl_c_or_sigterm_stops_every_rank(fake: list[str], tmp_path: Path, sig
     assert "interrupted" in err
     for rank in (0, 1):
         assert not _alive(int((tmp_path / f"pid{rank}").read_text()))
+
+
+def test_launcher_path_does_not_import_torch() -> None:
+    """Every rank imports torch itself; the launcher doing it first would only delay them (~1 s)."""
+    code = ("import sys; import quantjob.cli.quantize, quantjob.worker.launcher, quantjob.worker.group_env, "
+            "quantjob.worker.model_config, quantjob.worker.device; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -134,8 +134,8 @@ def run(namespace: argparse.Namespace) -> int:
     import logging
 
     from quantjob.worker import device as devices
-    from quantjob.worker.decoder import read_model_config
     from quantjob.worker.errors import QuantJobError
+    from quantjob.worker.model_config import read_model_config
 
     try:
         spec = devices.parse_devices(args.device)
@@ -152,7 +152,7 @@ def run(namespace: argparse.Namespace) -> int:
     except QuantJobError as error:
         return _fail(str(error))
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
-    from quantjob.worker.distributed import read_group_env
+    from quantjob.worker.group_env import read_group_env
 
     in_group = "RANK" in os.environ or "JOB_COMPLETION_INDEX" in os.environ
     try:

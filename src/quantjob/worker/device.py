@@ -12,9 +12,10 @@ import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the launcher and the CLI never need it
+    import torch
 
 DeviceType = Literal["npu", "cuda", "cpu"]
 DEVICE_TYPES: tuple[DeviceType, ...] = ("npu", "cuda", "cpu")
@@ -79,6 +80,8 @@ def _import_torch_npu() -> None:
 
 def torch_device(kind: str, index: int = 0) -> torch.device:
     """The torch device for local accelerator ``index``, made current for this process."""
+    import torch
+
     kind = _check_type(kind)
     if kind == "cpu":
         return torch.device("cpu")
@@ -99,6 +102,8 @@ def backend_for(kind: str) -> str:
 
 
 def _accelerator_module(device: torch.device) -> object | None:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda
     if device.type == "npu":

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,13 +21,10 @@ import torch.distributed as dist
 
 from quantjob.worker import device as devices
 from quantjob.worker.device import DeviceSpec
+from quantjob.worker.group_env import LOCAL_DEVICE_ENV, env_int, read_group_env
 
 log = logging.getLogger("quantjob.worker")
 
-DEFAULT_MASTER_ADDR = "127.0.0.1"
-DEFAULT_MASTER_PORT = 29500
-# Set by the local launcher: the index (within the visible devices) this rank uses.
-LOCAL_DEVICE_ENV = "QUANTJOB_LOCAL_DEVICE"
 
 
 @dataclass
@@ -98,61 +95,6 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_samples, world_size))
 
 
-@dataclass(frozen=True)
-class GroupEnv:
-    """Rank, world size and rendezvous address, as read from the environment."""
-
-    rank: int
-    world_size: int
-    master_addr: str
-    master_port: int
-
-
-def _env_int(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer; set it to a whole number") from None
-
-
-def read_group_env(env: Mapping[str, str] | None = None) -> GroupEnv:
-    """Rank from ``RANK`` (or an indexed Job's ``JOB_COMPLETION_INDEX``), world size from ``WORLD_SIZE``.
-
-    ``MASTER_ADDR`` defaults to 127.0.0.1 only for world size 1 or under the local launcher (which
-    sets ``QUANTJOB_LOCAL_DEVICE``); a multi-pod job must set it to rank 0's address.
-    """
-    env = os.environ if env is None else env
-    rank = _env_int(env, "RANK")
-    if rank is None:
-        rank = _env_int(env, "JOB_COMPLETION_INDEX")
-    world_size = _env_int(env, "WORLD_SIZE")
-    if world_size is None:
-        if rank not in (None, 0):
-            raise ValueError(f"rank {rank} is set (RANK or JOB_COMPLETION_INDEX) but WORLD_SIZE is not; "
-                             "set WORLD_SIZE to the number of ranks")
-        world_size = 1
-    rank = 0 if rank is None else rank
-    if world_size < 1:
-        raise ValueError(f"WORLD_SIZE={world_size} must be at least 1")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} (RANK or JOB_COMPLETION_INDEX) is outside 0..{world_size - 1} "
-                         f"(WORLD_SIZE={world_size})")
-    addr = env.get("MASTER_ADDR", "").strip()
-    if not addr:
-        if world_size > 1 and LOCAL_DEVICE_ENV not in env:
-            raise ValueError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set; set MASTER_ADDR (and "
-                             "MASTER_PORT) to rank 0's address, e.g. <job>-0.<service>")
-        addr = DEFAULT_MASTER_ADDR
-    port = _env_int(env, "MASTER_PORT")
-    port = DEFAULT_MASTER_PORT if port is None else port
-    if not 0 < port < 65536:
-        raise ValueError(f"MASTER_PORT={port} is not a TCP port; use 1..65535")
-    return GroupEnv(rank, world_size, addr, port)
-
-
 def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float = 1.0,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> None:
@@ -205,12 +147,12 @@ def local_device_index(spec: DeviceSpec, group: Group) -> int:
     in a pod given ``--device npu`` the one device it sees (index 0); otherwise the listed index
     at ``LOCAL_RANK`` (or the rank) modulo the number listed.
     """
-    override = _env_int(os.environ, LOCAL_DEVICE_ENV)
+    override = env_int(os.environ, LOCAL_DEVICE_ENV)
     if override is not None:
         return override
     if spec.count == 1:
         return spec.indices[0]
-    local_rank = _env_int(os.environ, "LOCAL_RANK")
+    local_rank = env_int(os.environ, "LOCAL_RANK")
     return spec.indices[(group.rank if local_rank is None else local_rank) % spec.count]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, TextIO
 
 from quantjob.worker.device import DeviceSpec, visible_devices_env
-from quantjob.worker.distributed import LOCAL_DEVICE_ENV
+from quantjob.worker.group_env import LOCAL_DEVICE_ENV
 from quantjob.worker.progress import PIPE_ENV, ProgressHook, TerminalProgress, replay_event
 
 TAIL_LINES = 20

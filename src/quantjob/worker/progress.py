@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from quantjob.worker.distributed import Group
+if TYPE_CHECKING:
+    from quantjob.worker.distributed import Group
 
 log = logging.getLogger("quantjob.worker")
 

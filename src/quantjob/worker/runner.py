@@ -37,11 +37,11 @@ from quantjob.worker.decoder import (
     layer_forward,
     materialise,
     quantized_layer,
-    read_model_config,
     release,
 )
 from quantjob.worker.distributed import Group, shard_indices
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import observe_inputs, reduce_stats
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
