@@ -51,7 +51,7 @@ class MemorySaver:
                  fail_at: int | None = None, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.layers: dict[int, LayerOutput] = dict(stored or {})
-        self.outer: LayerOutput | None = None
+        self.outer: dict[str, Any] | None = None
         self.json: dict[str, Any] = {}
         self.committed = committed
         self.fail_at = fail_at
@@ -64,9 +64,6 @@ class MemorySaver:
         return self.layers[index]
 
     def save(self, out: LayerOutput) -> None:
-        if out.index is None:
-            self.outer = out
-            return
         if out.index == self.fail_at:
             raise QuantJobError(f"disk full at layer {out.index}")
         self.layers[out.index] = out
@@ -74,7 +71,8 @@ class MemorySaver:
     def write_json(self, name: str, data: Any) -> None:
         self.json[name] = data
 
-    def finish(self) -> None:
+    def finish(self, source_tensors: Any) -> None:
+        self.outer = dict(source_tensors)
         self.finished = True
 
     def abort(self) -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_saver_ascend_tensors import reference_linear  # noqa: E402
 
 from quantjob.api.modelslim import Saver  # noqa: E402
+from quantjob.worker.checkpoint import TensorInfo, read_header  # noqa: E402
 from quantjob.worker.distributed import Group  # noqa: E402
 from quantjob.worker.errors import QuantJobError  # noqa: E402
 from quantjob.worker.records import LayerOutput  # noqa: E402
@@ -51,13 +53,24 @@ def layer_output(index: int, *, dtype: torch.dtype = torch.bfloat16) -> LayerOut
                       f"{prefix}.post_attention_layernorm.weight": rand(HIDDEN) + 1})
 
 
-def outer_output() -> LayerOutput:
+def outer_tensors() -> dict[str, torch.Tensor]:
+    """The source checkpoint's tensors outside the decoder layers."""
     gen = torch.Generator().manual_seed(7)
-    return LayerOutput(index=None, float_tensors={
+    return {
         "model.embed_tokens.weight": torch.randn(32, HIDDEN, generator=gen).to(torch.bfloat16),
         "model.norm.weight": torch.ones(HIDDEN, dtype=torch.bfloat16),
         "lm_head.weight": torch.randn(32, HIDDEN, generator=gen).to(torch.bfloat16),
-    })
+    }
+
+
+def outer_source(directory: Path) -> dict[str, TensorInfo]:
+    """``outer_tensors`` in a safetensors file under ``directory`` (written once), as the saver gets them."""
+    file = directory / "source-outer.safetensors"
+    if not file.exists():
+        tmp = directory / f".tmp-{os.getpid()}-source-outer.safetensors"
+        save_file(outer_tensors(), str(tmp))
+        os.replace(tmp, file)
+    return read_header(file)
 
 
 def open_ascend(save: Path, model: Path, *, layers: int, run_id: str = "run-a", overwrite: bool = False,
@@ -72,9 +85,8 @@ def run_all(save: Path, model: Path, *, layers: int = 3, start: int = 0, **kwarg
     saver = open_ascend(save, model, layers=layers, **kwargs)  # type: ignore[arg-type]
     for index in range(start, layers):
         saver.save(layer_output(index))
-    saver.save(outer_output())
     saver.write_json("quant_errors.json", {"layers": layers})
-    saver.finish()
+    saver.finish(outer_source(save.parent))
     return saver
 
 
@@ -119,7 +131,7 @@ def test_layout_description_and_copied_files(tmp_path: Path, model_dir: Path) ->
         for q in out.quantized:
             expected.update({t.name: (t.desc, t.tensor) for t in ascend_tensors(q)})
         expected.update({name: ("FLOAT", t) for name, t in out.float_tensors.items()})
-    expected.update({name: ("FLOAT", t) for name, t in outer_output().float_tensors.items()})
+    expected.update({name: ("FLOAT", t) for name, t in outer_tensors().items()})
     assert set(expected) == set(tensors)
     for name, (desc, tensor) in expected.items():
         assert description[name] == desc, name
@@ -181,9 +193,8 @@ def test_resume_verifies_committed_layers_and_matches_an_uninterrupted_run(
         second.load_layer(3)
     for index in range(3, 5):
         second.save(layer_output(index))
-    second.save(outer_output())
     second.write_json("quant_errors.json", {"layers": 5})
-    second.finish()
+    second.finish(outer_source(save.parent))
     assert tree(save) == tree(clean)
 
 
@@ -203,9 +214,8 @@ def test_corrupted_layer_is_detected_and_redone(tmp_path: Path, model_dir: Path,
     assert "checksum mismatch" in caplog.text
     for index in range(1, 4):
         second.save(layer_output(index))
-    second.save(outer_output())
     second.write_json("quant_errors.json", {"layers": 4})
-    second.finish()
+    second.finish(outer_source(save.parent))
     clean = tmp_path / "clean"
     run_all(clean, model_dir, layers=4)
     assert tree(save) == tree(clean)
@@ -251,12 +261,56 @@ def test_an_interrupted_finish_never_looks_complete(tmp_path: Path, model_dir: P
     monkeypatch.undo()
     again = open_ascend(save, model_dir, layers=3)                 # the restarted pod
     assert again.committed_layers() == 3
-    again.save(outer_output())
     again.write_json("quant_errors.json", {"layers": 3})
-    again.finish()
+    again.finish(outer_source(save.parent))
     clean = tmp_path / "clean"
     run_all(clean, model_dir)
     assert tree(save) == tree(clean)
+
+
+def test_the_plan_shares_the_bytes_out_without_gaps_or_overlaps(tmp_path: Path, model_dir: Path) -> None:
+    from quantjob.worker.savers.assemble import plan_output
+
+    save = tmp_path / "out"
+    saver = open_ascend(save, model_dir, layers=4)
+    for index in range(4):
+        saver.save(layer_output(index))
+    source = outer_source(tmp_path)
+    plan = plan_output(save / STAGING_DIR, num_layers=4, source_tensors=source, part_file_size=3e-5, world_size=3)
+    assert len(plan.parts) > 1
+    for part in plan.parts:
+        end = len(part.header)
+        for item, offset in part.tensors:               # contiguous, in header order
+            assert offset == end
+            end += item.spec.nbytes
+        assert end == part.size
+    writers: dict[int, int] = {}
+    for item in plan.tensors:
+        if item.sha256 is None:                         # copied from the source checkpoint
+            assert item.source == source[item.spec.name]
+        else:                                           # written by the layer's owner
+            assert item.writer == int(item.spec.name.split(".")[2]) % 3
+        writers[item.writer] = writers.get(item.writer, 0) + item.spec.nbytes
+    assert sorted(writers) == [0, 1, 2]
+    # the two large source tensors go to different ranks
+    assert len({item.writer for item in plan.tensors
+                if item.spec.name in ("model.embed_tokens.weight", "lm_head.weight")}) == 2
+
+
+def test_a_staged_tensor_changed_before_the_finish_is_caught(tmp_path: Path, model_dir: Path) -> None:
+    save = tmp_path / "out"
+    saver = open_ascend(save, model_dir, layers=2)
+    for index in range(2):
+        saver.save(layer_output(index))
+    staged = save / STAGING_DIR / "layer-00001.safetensors"
+    data = bytearray(staged.read_bytes())
+    data[-3] ^= 0xFF
+    staged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"staged tensor .*layer-00001.safetensors no longer matches its checksum"):
+        saver.finish(outer_source(tmp_path))
+    saver.abort()
+    assert not (save / DESCRIPTION).exists() and not (save / COMPLETE).exists()
+    assert not list(save.glob(".quantjob-tmp-*"))
 
 
 def test_an_unwritable_save_path_is_named(tmp_path: Path, model_dir: Path) -> None:

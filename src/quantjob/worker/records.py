@@ -1,4 +1,4 @@
-"""What the engine hands to a saver: one decoder layer's (or the model's outer) tensors, processed.
+"""What the engine hands to a saver: one decoder layer's tensors, processed.
 
 This is the only interface between the quantization loop and the savers: the loop never
 knows a file format, a saver never runs a model.
@@ -39,11 +39,12 @@ class QuantizedLinear:
 class LayerOutput:
     """Everything one step of the loop produced for the saver.
 
-    ``index`` is the decoder layer index, or None for the tensors outside the decoder layers
-    (embedding, final norm, lm_head). ``float_tensors`` maps full tensor names to tensors kept in
-    float (norms, excluded linears, ...), exactly as read from the source checkpoint.
+    ``index`` is the decoder layer index. ``float_tensors`` maps full tensor names to tensors kept
+    in float (norms, excluded linears, ...), exactly as read from the source checkpoint. The
+    tensors outside the decoder layers (embedding, final norm, lm_head) never pass through here:
+    savers copy them from the source checkpoint (``OutputSaver.finish``).
     """
 
-    index: int | None
+    index: int
     quantized: list[QuantizedLinear] = field(default_factory=list)
     float_tensors: dict[str, torch.Tensor] = field(default_factory=dict)

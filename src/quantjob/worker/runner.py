@@ -29,7 +29,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
-from quantjob.worker.checkpoint import Checkpoint, Prefetcher
+from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo
 from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
@@ -200,11 +200,12 @@ class _Loop:
         total = self.group.ordered_sum(partials)
         return float((total[0] / total[1]).sqrt()) if total[1] > 0 else 0.0
 
-    def outer(self) -> LayerOutput:
-        """Everything outside the decoder layers (embedding, final norm, lm_head), kept float."""
+    def outer(self) -> dict[str, TensorInfo]:
+        """The checkpoint's tensors outside the decoder layers (embedding, final norm, lm_head):
+        they stay float and the saver copies them as they are."""
         layers_prefix = self.skeleton.adapter.layers + "."
-        names = [n for n in sorted(self.checkpoint.tensors) if not n.startswith(layers_prefix)]
-        return LayerOutput(None, [], self.checkpoint.load(names, torch.device("cpu")))
+        return {name: info for name, info in sorted(self.checkpoint.tensors.items())
+                if not name.startswith(layers_prefix)}
 
 
 def run_quantization(job: WorkerJob, group: Group, device: torch.device, progress: ProgressHook | None = None,
@@ -238,13 +239,12 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
         if report:
             report.start(num_layers)
         layer_errors = _run_layers(loop, saver, prefetcher, committed, report)
-        saver.save(loop.outer())
         table = {"metric": "relative_output_error", "samples": loop.error_count,
                  "next_layer_input": job.next_layer_input,
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
         saver.write_json(ERRORS_FILE, table)
-        saver.finish()
+        saver.finish(loop.outer())
     except BaseException as error:
         saver.abort()
         if report:

@@ -7,10 +7,12 @@ file format. ``ascendv1_saver`` and ``distributed_ascendv1_saver`` are one imple
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from quantjob.api.modelslim import Saver
+from quantjob.worker.checkpoint import TensorInfo
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput
@@ -31,8 +33,10 @@ class OutputSaver(Protocol):
     def write_json(self, name: str, data: object) -> None:
         """Rank 0 adds a JSON file to the output, committed with the rest."""
 
-    def finish(self) -> None:
-        """Collective: barrier, then rank 0 writes the final files and the commit marker."""
+    def finish(self, source_tensors: Mapping[str, TensorInfo]) -> None:
+        """Collective: write the final files and, last, the commit marker. ``source_tensors`` are
+        the checkpoint's tensors outside the decoder layers (embedding, final norm, lm_head),
+        copied into the output as they are."""
 
     def abort(self) -> None:
         """Drop temporary files; committed layers stay for a resumed run."""

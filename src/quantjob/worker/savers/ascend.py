@@ -1,9 +1,9 @@
 """``ascendv1_saver`` / ``distributed_ascendv1_saver``: one implementation for any world size.
 
-Every rank calls ``save`` for every layer; the owner (``index % world_size``, rank 0 for the
-outer tensors) converts and commits it to the staging area. ``finish`` is collective: after a
-barrier rank 0 assembles the final files (``assemble.py``). World size 1 is the same code path
-with one owner, so both names give identical files.
+Every rank calls ``save`` for every layer; the owner (``index % world_size``) converts and
+commits it to the staging area. ``finish`` is collective: after a barrier rank 0 lays out the
+final files, every rank copies its share into them, and rank 0 commits them (``assemble.py``).
+World size 1 is the same code path with one owner, so both names give identical files.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
+from quantjob.worker.checkpoint import TensorInfo
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput
@@ -20,9 +23,13 @@ from quantjob.worker.savers.assemble import (
     COMPLETE,
     DESCRIPTION,
     WEIGHTS_PREFIX,
-    assemble,
+    OutputPlan,
+    commit_output,
+    create_parts,
+    plan_output,
     remove_output,
     remove_temporaries,
+    write_share,
 )
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
@@ -33,12 +40,13 @@ from quantjob.worker.savers.staging import (
     json_bytes,
     load_record,
     read_meta,
-    stem,
     verify_record,
     write_record,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _RESERVED = {DESCRIPTION, COMPLETE, "config.json", f"{WEIGHTS_PREFIX}.safetensors.index.json", RUN_FILE}
 
@@ -120,8 +128,8 @@ class AscendV1Saver:
         self.part_file_size = part_file_size
         self._committed = committed
 
-    def owner(self, index: int | None) -> int:
-        return 0 if index is None else index % self.group.world_size
+    def owner(self, index: int) -> int:
+        return index % self.group.world_size
 
     def committed_layers(self) -> int:
         return self._committed
@@ -133,7 +141,7 @@ class AscendV1Saver:
         return load_record(self.staging, index)
 
     def save(self, out: LayerOutput) -> None:
-        if out.index is not None and not 0 <= out.index < self.num_layers:
+        if not 0 <= out.index < self.num_layers:
             raise ValueError(f"layer index {out.index} outside 0..{self.num_layers - 1}")
         if self.owner(out.index) != self.group.rank:
             return
@@ -152,26 +160,47 @@ class AscendV1Saver:
         if self.group.is_main:
             atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
 
-    def finish(self) -> None:
-        self.group.barrier()
+    def finish(self, source_tensors: Mapping[str, TensorInfo]) -> None:
+        self.group.barrier()  # every layer is committed by its owner
+        plan = self._together(self._plan_and_create(source_tensors), everyone=False)
+        self._together(lambda: write_share(self.save_path, plan, self.group.rank), everyone=True)
+        self._together(lambda: commit_output(self.save_path, self.staging, plan, num_layers=self.num_layers,
+                                             model_dir=self.model_dir, run_id=self.run_id), everyone=False)
+
+    def _plan_and_create(self, source_tensors: Mapping[str, TensorInfo]) -> Callable[[], OutputPlan]:
+        def action() -> OutputPlan:
+            missing = [i for i in range(self.num_layers) if not self._committed_json(i)]
+            if missing:
+                raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
+                                    "fix: run the job again with the same arguments to redo them")
+            plan = plan_output(self.staging, num_layers=self.num_layers, source_tensors=source_tensors,
+                               part_file_size=self.part_file_size, world_size=self.group.world_size)
+            create_parts(self.save_path, plan)
+            return plan
+        return action
+
+    def _together(self, action: Callable[[], T], *, everyone: bool) -> T:
+        """Run ``action`` on rank 0 (``everyone``: on every rank), then agree: every rank gets rank
+        0's result, or fails when any rank failed (the failing rank with its own error)."""
+        result: Any = None
         failure: BaseException | None = None
         message: str | None = None
-        if self.group.is_main:
+        if everyone or self.group.is_main:
             try:
-                missing = [i for i in range(self.num_layers) if not self._committed_json(i)]
-                if missing:
-                    raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
-                                        "fix: run the job again with the same arguments to redo them")
-                assemble(self.save_path, self.staging, num_layers=self.num_layers,
-                         part_file_size=self.part_file_size, model_dir=self.model_dir, run_id=self.run_id)
-            except BaseException as err:  # handed to every rank below, then re-raised here
+                result = action()
+            except BaseException as err:  # every rank must reach the collective below
                 failure, message = err, f"{type(err).__name__}: {err}"
-        message = self.group.broadcast_object(message)
+        if everyone:
+            failed = [(rank, text) for rank, text in enumerate(self.group.all_gather_object(message)) if text]
+        else:
+            message, result = self.group.broadcast_object((message, result))
+            failed = [(0, message)] if message else []
         if failure is not None:
             raise failure
-        if message is not None:
-            raise QuantJobError(f"rank 0 could not write the output to {self.save_path}: {message}")
-        self.group.barrier()
+        if failed:
+            rank, text = failed[0]
+            raise QuantJobError(f"rank {rank} could not write the output to {self.save_path}: {text}")
+        return result  # type: ignore[no-any-return]
 
     def abort(self) -> None:
         """Drop this rank's temporary files; committed layers stay for a resumed run."""
@@ -192,9 +221,7 @@ class AscendV1Saver:
             return
         for path in self.staging.glob(TMP_PREFIX + "*"):
             record = path.name.removeprefix(TMP_PREFIX).split(".")[0]
-            if record == stem(None):
-                owner = self.owner(None)
-            elif record.startswith("layer-") and record[len("layer-"):].isdigit():
+            if record.startswith("layer-") and record[len("layer-"):].isdigit():
                 owner = self.owner(int(record[len("layer-"):]))
             else:
                 owner = 0

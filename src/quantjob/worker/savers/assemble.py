@@ -1,9 +1,18 @@
-"""Assemble the final ascendv1 output from the staging area (rank 0, once, after a barrier).
+"""Assemble the final ascendv1 output from the staging area, every rank writing its share.
+
+The final header is known before any tensor byte is copied (names, dtypes and shapes come from
+the staged records and the source checkpoint), so ``plan_output`` (rank 0) lays out every weight
+file, ``create_parts`` (rank 0) writes each header and sizes the file, and then every rank
+``write_share``s the bytes of the tensors it owns at their offsets: the decoder layers it
+committed, and a balanced share of the tensors outside the decoder layers (embedding, final
+norm, lm_head), which are copied straight from the source checkpoint. The bytes do not depend on
+who wrote them, so the files are the same for any world size.
 
 Order of work, so that an interrupted run never looks complete: weight files, index, copied
-model files and extra JSON files are written under ``.quantjob-tmp-`` names and then renamed;
-``quant_model_description.json`` (what vllm-ascend looks for) is written after all of them;
-``.quantjob-complete`` (run_id + sha256 of every file) is written last; then staging is removed.
+model files and extra JSON files are written under ``.quantjob-tmp-`` names and then renamed
+(``commit_output``, rank 0, after every share is written); ``quant_model_description.json`` (what
+vllm-ascend looks for) is written after all of them; ``.quantjob-complete`` (run_id + sha256 of
+every file) is written last; then staging is removed.
 """
 
 from __future__ import annotations
@@ -12,19 +21,13 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
-
-from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
-from quantjob.worker.safetensors_stream import (
-    StreamWriter,
-    TensorSpec,
-    library_order,
-    tensor_sha256,
-)
-from quantjob.worker.savers.ascend_tensors import model_quant_type
+from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order
+from quantjob.worker.savers.ascend_tensors import FLOAT, model_quant_type
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
     atomic_write_bytes,
@@ -39,6 +42,7 @@ COMPLETE = ".quantjob-complete"
 FINAL_TMP = ".quantjob-tmp-"
 DESCRIPTION_VERSION = "1.0.0"
 ONE_GB = 1 << 30                              # msModelSlim's ONE_GB_FILE_BYTES
+COPY_CHUNK = 16 << 20                         # bytes in memory at once while copying a tensor
 _COPIED_SUFFIXES = (".json", ".py", ".txt", ".jinja", ".model", ".tiktoken")
 
 
@@ -46,24 +50,52 @@ _COPIED_SUFFIXES = (".json", ".py", ".txt", ".jinja", ".model", ".tiktoken")
 class PlannedTensor:
     spec: TensorSpec
     desc: str
-    source: str        # staging stem holding its bytes
-    sha256: str
+    source: TensorInfo     # where its bytes are now: a staged record, or the source checkpoint
+    sha256: str | None     # the staged record's checksum of those bytes (None: a source tensor)
+    writer: int            # the rank that copies it into the output
 
 
-def plan_tensors(staging: Path, num_layers: int) -> list[PlannedTensor]:
-    """Every output tensor in file order: layers by index (names sorted), then the outer ones."""
+@dataclass(frozen=True)
+class PartFile:
+    name: str
+    header: bytes
+    tensors: tuple[tuple[PlannedTensor, int], ...]   # in file order, with the absolute offset
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(item.spec.nbytes for item, _ in self.tensors)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    parts: tuple[PartFile, ...]
+    split: bool                                      # several parts and an index
+    tensors: tuple[PlannedTensor, ...]               # every tensor in description order
+
+
+def plan_tensors(staging: Path, num_layers: int, source_tensors: Mapping[str, TensorInfo],
+                 world_size: int) -> list[PlannedTensor]:
+    """Every output tensor in order: layers by index (names sorted), then the source tensors outside
+    the decoder layers (names sorted). Layer ``i``'s tensors are written by its owner ``i % world_size``;
+    the source tensors go, largest first, to the rank with the fewest bytes so far."""
     planned: list[PlannedTensor] = []
-    indices: list[int | None] = [*range(num_layers)]
-    if (staging / f"{stem(None)}.json").is_file():
-        indices.append(None)
-    for index in indices:
+    load = [0] * world_size
+    for index in range(num_layers):
         meta = read_meta(staging, index)
-        outputs = sorted(meta["output"]) if index is not None else meta["output"]
-        with safe_open(str(staging / f"{stem(index)}.safetensors"), framework="pt") as handle:
-            for name, desc in outputs:
-                piece = handle.get_slice(name)
-                spec = TensorSpec(name, piece.get_dtype(), tuple(piece.get_shape()))
-                planned.append(PlannedTensor(spec, desc, stem(index), meta["sha256"][name]))
+        header = read_header(staging / f"{stem(index)}.safetensors")
+        owner = index % world_size
+        for name, desc in sorted(meta["output"]):
+            info = header[name]
+            planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), desc, info,
+                                         meta["sha256"][name], owner))
+            load[owner] += info.nbytes
+    writers: dict[str, int] = {}
+    for name in sorted(source_tensors, key=lambda n: (-source_tensors[n].nbytes, n)):
+        writers[name] = min(range(world_size), key=lambda rank: (load[rank], rank))
+        load[writers[name]] += source_tensors[name].nbytes
+    for name in sorted(source_tensors):
+        info = source_tensors[name]
+        planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), FLOAT, info, None, writers[name]))
     return planned
 
 
@@ -100,24 +132,79 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_part(path: Path, items: list[PlannedTensor], staging: Path) -> str:
-    """Stream one weight file, one tensor in memory at a time, each checked against its record."""
-    ordered = library_order(item.spec for item in items)
-    by_name = {item.spec.name: item for item in items}
-    headers: dict[str, dict[str, TensorInfo]] = {}
-    with StreamWriter(path, ordered) as writer:
+def plan_output(staging: Path, *, num_layers: int, source_tensors: Mapping[str, TensorInfo],
+                part_file_size: float | None, world_size: int) -> OutputPlan:
+    """Lay out every weight file: parts, names, headers, each tensor's offset and writer."""
+    planned = plan_tensors(staging, num_layers, source_tensors, world_size)
+    groups = split_parts(planned, part_file_size)
+    names = part_names(len(groups), part_file_size is not None)
+    parts: list[PartFile] = []
+    for name, items in zip(names, groups):
+        ordered = library_order(item.spec for item in items)
+        header = header_bytes(ordered)
+        by_name = {item.spec.name: item for item in items}
+        placed: list[tuple[PlannedTensor, int]] = []
+        offset = len(header)
         for spec in ordered:
-            item = by_name[spec.name]
-            if item.source not in headers:
-                headers[item.source] = read_header(staging / f"{item.source}.safetensors")
-            # positioned reads: staged files are never mapped into memory
-            tensor = load_tensor(spec.name, headers[item.source][spec.name])
-            if tensor_sha256(tensor) != item.sha256:
-                raise ValueError(f"staged tensor {spec.name!r} in {staging / item.source}.safetensors "
-                                 "no longer matches its checksum; delete that file to redo the layer")
-            writer.write(spec.name, tensor)
-            del tensor
-    return writer.close()
+            placed.append((by_name[spec.name], offset))
+            offset += spec.nbytes
+        parts.append(PartFile(name, header, tuple(placed)))
+    return OutputPlan(tuple(parts), part_file_size is not None, tuple(planned))
+
+
+def create_parts(save_path: Path, plan: OutputPlan) -> None:
+    """Rank 0: every weight file under its temporary name, with its header and its full size."""
+    remove_temporaries(save_path)
+    for part in plan.parts:
+        with open(save_path / (FINAL_TMP + part.name), "wb") as handle:
+            handle.write(part.header)
+            handle.truncate(part.size)
+
+
+def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> None:
+    """Copy one tensor's bytes to ``offset`` of ``out_fd`` in chunks, checking staged ones."""
+    digest = hashlib.sha256() if item.sha256 is not None else None
+    source = item.source
+    if source.nbytes != item.spec.nbytes:
+        raise ValueError(f"tensor {item.spec.name!r} in {source.file} has {source.nbytes} bytes, "
+                         f"{item.spec.nbytes} expected")
+    in_fd = os.open(source.file, os.O_RDONLY)
+    try:
+        done = 0
+        while done < source.nbytes:
+            chunk = os.pread(in_fd, min(COPY_CHUNK, source.nbytes - done), source.offset + done)
+            if not chunk:
+                raise ValueError(f"{source.file} ends early inside tensor {item.spec.name!r}")
+            if digest is not None:
+                digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                written = os.pwrite(out_fd, view, offset + done)
+                view = view[written:]
+                done += written
+    finally:
+        os.close(in_fd)
+    if digest is not None and digest.hexdigest() != item.sha256:
+        raise ValueError(f"staged tensor {item.spec.name!r} in {source.file} no longer matches its checksum; "
+                         "delete that file to redo the layer")
+
+
+def write_share(save_path: Path, plan: OutputPlan, rank: int) -> None:
+    """Copy the tensors ``rank`` writes into the files ``create_parts`` made, and fsync them.
+
+    Shares never overlap, so every rank writes its own byte ranges of the same files at once.
+    """
+    for part in plan.parts:
+        mine = [(item, offset) for item, offset in part.tensors if item.writer == rank]
+        if not mine:
+            continue
+        fd = os.open(save_path / (FINAL_TMP + part.name), os.O_WRONLY)
+        try:
+            for item, offset in mine:
+                _copy_tensor(item, fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -148,27 +235,22 @@ def group_size_of(staging: Path, num_layers: int) -> int:
     return sizes.pop() if sizes else 0
 
 
-def assemble(save_path: Path, staging: Path, *, num_layers: int, part_file_size: float | None,
-             model_dir: Path, run_id: str) -> None:
-    """Write the final output directory from a complete staging area (see the module doc)."""
-    remove_temporaries(save_path)
-    planned = plan_tensors(staging, num_layers)
-    parts = split_parts(planned, part_file_size)
-    names = part_names(len(parts), part_file_size is not None)
-    checksums: dict[str, str] = {}
-    pending: list[str] = []
+def commit_output(save_path: Path, staging: Path, plan: OutputPlan, *, num_layers: int, model_dir: Path,
+                  run_id: str) -> None:
+    """Rank 0, once every share is written: index, copied model files, extra files, renames,
+    then the description and the completion marker (see the module doc)."""
+    checksums: dict[str, str] = {part.name: _sha256_file(save_path / (FINAL_TMP + part.name)) for part in plan.parts}
+    pending = [part.name for part in plan.parts]
 
     def stage_file(name: str, data: bytes) -> None:
         (save_path / (FINAL_TMP + name)).write_bytes(data)
         checksums[name] = hashlib.sha256(data).hexdigest()
         pending.append(name)
 
-    for name, items in zip(names, parts):
-        checksums[name] = _write_part(save_path / (FINAL_TMP + name), items, staging)
-        pending.append(name)
-    if part_file_size is not None:
-        weight_map = {item.spec.name: name for name, items in zip(names, parts) for item in items}
-        index = {"metadata": {"total_size": sum(item.spec.nbytes for item in planned)}, "weight_map": weight_map}
+    if plan.split:
+        weight_map = {item.spec.name: part.name for part in plan.parts for item, _ in part.tensors}
+        index = {"metadata": {"total_size": sum(item.spec.nbytes for item in plan.tensors)},
+                 "weight_map": weight_map}
         stage_file(f"{WEIGHTS_PREFIX}.safetensors.index.json", json_bytes(index))
     for path in _model_files(model_dir):
         stage_file(path.name, _config_bytes(path) if path.name == "config.json" else path.read_bytes())
@@ -184,10 +266,10 @@ def assemble(save_path: Path, staging: Path, *, num_layers: int, part_file_size:
     for name in pending:
         os.replace(save_path / (FINAL_TMP + name), save_path / name)
 
-    description: dict[str, object] = {item.spec.name: item.desc for item in planned}
+    description: dict[str, object] = {item.spec.name: item.desc for item in plan.tensors}
     description.update({
         "version": DESCRIPTION_VERSION,
-        "model_quant_type": model_quant_type({item.desc for item in planned}),
+        "model_quant_type": model_quant_type({item.desc for item in plan.tensors}),
         "metadata": {},
         "group_size": group_size_of(staging, num_layers),
         "optional": {},

@@ -1,4 +1,4 @@
-"""The staging area: one committed record per decoder layer (and one for the outer tensors).
+"""The staging area: one committed record per decoder layer.
 
 ``<save_path>/.quantjob-staging/`` holds
 
@@ -33,8 +33,8 @@ _RECORD = "record/"
 _RAW_FIELDS = ("weight_scale", "weight_offset", "input_scale", "input_offset")
 
 
-def stem(index: int | None) -> str:
-    return "outer" if index is None else f"layer-{index:05d}"
+def stem(index: int) -> str:
+    return f"layer-{index:05d}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -98,13 +98,13 @@ def write_record(staging: Path, out: LayerOutput, run_id: str) -> None:
     atomic_write_bytes(staging / f"{name}.json", json_bytes(meta))
 
 
-def read_meta(staging: Path, index: int | None) -> dict[str, Any]:
+def read_meta(staging: Path, index: int) -> dict[str, Any]:
     with open(staging / f"{stem(index)}.json", encoding="utf-8") as handle:
         meta: dict[str, Any] = json.load(handle)
     return meta
 
 
-def verify_record(staging: Path, index: int | None, run_id: str) -> str | None:
+def verify_record(staging: Path, index: int, run_id: str) -> str | None:
     """None when the record is committed, belongs to ``run_id`` and every checksum matches;
     otherwise why not."""
     name = stem(index)
@@ -127,7 +127,7 @@ def verify_record(staging: Path, index: int | None, run_id: str) -> str | None:
     return None
 
 
-def load_record(staging: Path, index: int | None) -> LayerOutput:
+def load_record(staging: Path, index: int) -> LayerOutput:
     """The LayerOutput as it was saved: same names, dtypes and bits."""
     meta = read_meta(staging, index)
     with safe_open(str(staging / f"{stem(index)}.safetensors"), framework="pt") as handle:
