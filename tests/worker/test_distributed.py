@@ -59,12 +59,14 @@ class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
         self.sleeps = 0
+        self.pauses: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
         self.sleeps += 1
+        self.pauses.append(seconds)
         self.now += seconds
 
 
@@ -75,7 +77,8 @@ def test_wait_for_unresolvable_master_times_out_clearly() -> None:
     text = str(info.value)
     assert "no-such-host.invalid:29500" in text and "does not resolve" in text
     assert "MASTER_ADDR" in text and "MASTER_PORT" in text
-    assert clock.sleeps == 5
+    assert clock.pauses[:6] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]    # quick at first, then once a second
+    assert max(clock.pauses) == 1.0 and 5.0 <= clock.now < 6.0
 
 
 def test_wait_for_master_that_never_listens() -> None:

@@ -204,6 +204,7 @@ def test_corrupted_layer_is_detected_and_redone(tmp_path: Path, model_dir: Path,
     first = open_ascend(save, model_dir, layers=4)
     for index in range(3):
         first.save(layer_output(index))
+    first.abort()                                                  # the pod dies here
     staged = save / STAGING_DIR / "layer-00001.safetensors"
     data = bytearray(staged.read_bytes())
     data[-3] ^= 0xFF                                                # flip bits in the last tensor
@@ -225,6 +226,7 @@ def test_a_different_spec_is_refused(tmp_path: Path, model_dir: Path) -> None:
     save = tmp_path / "out"
     first = open_ascend(save, model_dir, layers=3, run_id="spec-a")
     first.save(layer_output(0))
+    first.abort()
     with pytest.raises(QuantJobError, match=rf"{STAGING_DIR}.*different spec.*--overwrite"):
         open_ascend(save, model_dir, layers=3, run_id="spec-b")
     assert open_ascend(save, model_dir, layers=3, run_id="spec-a").committed_layers() == 1
@@ -275,6 +277,7 @@ def test_the_plan_shares_the_bytes_out_without_gaps_or_overlaps(tmp_path: Path, 
     saver = open_ascend(save, model_dir, layers=4)
     for index in range(4):
         saver.save(layer_output(index))
+    saver.abort()                                                  # (commits are written in the background)
     source = outer_source(tmp_path)
     plan = plan_output(save / STAGING_DIR, num_layers=4, source_tensors=source, part_file_size=3e-5, world_size=3)
     assert len(plan.parts) > 1
@@ -302,6 +305,7 @@ def test_a_staged_tensor_changed_before_the_finish_is_caught(tmp_path: Path, mod
     saver = open_ascend(save, model_dir, layers=2)
     for index in range(2):
         saver.save(layer_output(index))
+    saver.abort()                        # waits for the commit in flight; the saver stays usable
     staged = save / STAGING_DIR / "layer-00001.safetensors"
     data = bytearray(staged.read_bytes())
     data[-3] ^= 0xFF
@@ -311,6 +315,27 @@ def test_a_staged_tensor_changed_before_the_finish_is_caught(tmp_path: Path, mod
     saver.abort()
     assert not (save / DESCRIPTION).exists() and not (save / COMPLETE).exists()
     assert not list(save.glob(".quantjob-tmp-*"))
+
+
+def test_a_failed_background_commit_fails_the_next_save_or_the_finish(
+        tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.worker.savers import ascend
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ascend, "write_record", disk_full)
+    saver = open_ascend(tmp_path / "a", model_dir, layers=2)
+    saver.save(layer_output(0))                                     # fails on the writer thread
+    with pytest.raises(QuantJobError, match=r"save path .* is not writable \(No space left on device\)"):
+        saver.save(layer_output(1))
+    saver.abort()
+    last = open_ascend(tmp_path / "b", model_dir, layers=1)
+    last.save(layer_output(0))
+    with pytest.raises(QuantJobError, match="No space left on device"):
+        last.finish(outer_source(tmp_path))
+    last.abort()
+    assert not (tmp_path / "b" / DESCRIPTION).exists()
 
 
 def test_an_unwritable_save_path_is_named(tmp_path: Path, model_dir: Path) -> None:

@@ -96,14 +96,18 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
 
 
 def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float = 1.0,
-                    clock: Callable[[], float] = time.monotonic,
+                    first_interval_s: float = 0.05, clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> None:
     """Retry DNS resolution of ``addr`` and a TCP connect to ``addr:port`` until one succeeds.
+
+    The pause between attempts starts at ``first_interval_s`` and doubles up to ``interval_s``:
+    local ranks find rank 0 within tens of milliseconds, pods waiting for DNS poll once a second.
 
     Raises TimeoutError after ``timeout_s`` with the last failure, naming the address and the
     environment variables it came from.
     """
     deadline = clock() + timeout_s
+    pause = min(first_interval_s, interval_s)
     while True:
         try:
             with socket.create_connection((addr, port), timeout=max(0.1, min(5.0, timeout_s))):
@@ -115,7 +119,8 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float
             raise TimeoutError(
                 f"rank 0 at {addr}:{port} (MASTER_ADDR:MASTER_PORT) {kind} after {timeout_s:.0f} s: {last}; "
                 "check that rank 0 is running and that MASTER_ADDR/MASTER_PORT point at it")
-        sleep(interval_s)
+        sleep(pause)
+        pause = min(interval_s, pause * 2)
 
 
 def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,

@@ -1,7 +1,8 @@
 """``ascendv1_saver`` / ``distributed_ascendv1_saver``: one implementation for any world size.
 
 Every rank calls ``save`` for every layer; the owner (``index % world_size``) converts and
-commits it to the staging area. ``finish`` is collective: after a barrier rank 0 lays out the
+commits it to the staging area on a background thread (one layer in flight: the next ``save``,
+and ``finish``, wait for it), so the loop goes on with the next layer while it is written. ``finish`` is collective: after a barrier rank 0 lays out the
 final files, every rank copies its share into them, and rank 0 commits them (``assemble.py``).
 World size 1 is the same code path with one owner, so both names give identical files.
 """
@@ -12,6 +13,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,6 +129,8 @@ class AscendV1Saver:
         self.num_layers = num_layers
         self.part_file_size = part_file_size
         self._committed = committed
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def owner(self, index: int) -> int:
         return index % self.group.world_size
@@ -145,6 +149,12 @@ class AscendV1Saver:
             raise ValueError(f"layer index {out.index} outside 0..{self.num_layers - 1}")
         if self.owner(out.index) != self.group.rank:
             return
+        self._wait()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantjob-commit")
+        self._pending = self._writer.submit(self._commit, out)
+
+    def _commit(self, out: LayerOutput) -> None:
         try:
             write_record(self.staging, out, self.run_id)
         except OSError as err:
@@ -154,6 +164,17 @@ class AscendV1Saver:
             self._remove_own_temporaries()
             raise
 
+    def _wait(self) -> None:
+        """Until the layer in flight is committed; its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
     def write_json(self, name: str, data: object) -> None:
         if Path(name).name != name or not name.endswith(".json") or name.startswith(".") or name in _RESERVED:
             raise ValueError(f"write_json: {name!r} must be a plain, non-reserved file name ending in .json")
@@ -161,7 +182,8 @@ class AscendV1Saver:
             atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
 
     def finish(self, source_tensors: Mapping[str, TensorInfo]) -> None:
-        self.group.barrier()  # every layer is committed by its owner
+        self._together(self._wait, everyone=True)  # every layer is committed by its owner
+        self._stop_writer()
         plan = self._together(self._plan_and_create(source_tensors), everyone=False)
         self._together(lambda: write_share(self.save_path, plan, self.group.rank), everyone=True)
         self._together(lambda: commit_output(self.save_path, self.staging, plan, num_layers=self.num_layers,
@@ -204,6 +226,11 @@ class AscendV1Saver:
 
     def abort(self) -> None:
         """Drop this rank's temporary files; committed layers stay for a resumed run."""
+        try:
+            self._wait()
+        except BaseException:  # noqa: S110  # already failing: the run's own error is reported
+            pass
+        self._stop_writer()
         self._remove_own_temporaries()
         if self.group.is_main:
             remove_temporaries(self.save_path)
