@@ -63,36 +63,58 @@ def scale_offset(minimum: torch.Tensor, maximum: torch.Tensor, bits: int,
     return scale, torch.clamp(offset, qmin, qmax)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integers (int8 storage, also for int4) of ``x`` under broadcastable ``scale``/``offset``."""
+def float_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float32 tensor of its own (never ``x`` itself), for in-place arithmetic."""
+    return x.clone() if x.dtype == torch.float32 else x.float()
+
+
+def _integers(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int, *,
+              scratch: bool = False) -> torch.Tensor:
+    """``clamp(round(x / scale) + offset)`` as integer-valued float32, in one buffer: a copy of
+    ``x``, or ``x`` itself when it is a float32 ``scratch`` buffer the caller gives up.
+
+    In-place arithmetic is the same arithmetic (the same bits) without a fresh buffer per step,
+    which on a large weight costs more than the step itself.
+    """
     qmin, qmax = int_range(bits)
-    q = torch.round(x.float() / scale) + offset
-    return torch.clamp(q, qmin, qmax).to(torch.int8)
+    buffer = x if scratch and x.dtype == torch.float32 else float_copy(x)
+    return buffer.div_(scale).round_().add_(offset).clamp_(qmin, qmax)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int, *,
+             scratch: bool = False) -> torch.Tensor:
+    """Integers (int8 storage, also for int4) of ``x`` under broadcastable ``scale``/``offset``
+    (``scratch``: see ``_integers``)."""
+    return _integers(x, scale, offset, bits, scratch=scratch).to(torch.int8)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Float32 values ``(q - offset) * scale``."""
-    return (q.float() - offset.float()) * scale.float()
+    return float_copy(q).sub_(offset.float()).mul_(scale.float())
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
-    """Quantize then dequantize, returned in ``x``'s dtype."""
-    return dequantize(quantize(x, scale, offset, bits), scale, offset).to(x.dtype)
+    """Quantize then dequantize, returned in ``x``'s dtype (the integers stay in float32: they are
+    exact there, so this equals ``dequantize(quantize(...))`` bit for bit)."""
+    return _integers(x, scale, offset, bits).sub_(offset).mul_(scale).to(x.dtype)
 
 
 def weight_minmax(weight: torch.Tensor, scope: str, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of a ``[out, in]`` weight: ``[out, 1]`` per channel, ``[out, in // g]`` per group."""
-    w = weight.float()
+    """Min and max (float32) of a ``[out, in]`` weight: ``[out, 1]`` per channel, ``[out, in // g]`` per
+    group. Computed in the weight's own dtype: min and max are exact in any dtype."""
+    w = weight  # (amin and amax apart: torch.aminmax along a dim is several times slower on CPU)
     if scope == "per_channel":
-        return w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
-    if scope == "per_group":
+        lo, hi = w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+    elif scope == "per_group":
         if not group_size or w.shape[1] % group_size:
             raise ValueError(f"per_group needs a group_size dividing the input width {w.shape[1]}, got {group_size}")
         grouped = w.reshape(w.shape[0], w.shape[1] // group_size, group_size)
-        return grouped.amin(dim=2), grouped.amax(dim=2)
-    if scope == "per_tensor":
-        return w.amin().reshape(1, 1), w.amax().reshape(1, 1)
-    raise ValueError(f"unknown weight scope {scope!r}; use per_channel, per_group or per_tensor")
+        lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)
+    elif scope == "per_tensor":
+        lo, hi = w.amin().reshape(1, 1), w.amax().reshape(1, 1)
+    else:
+        raise ValueError(f"unknown weight scope {scope!r}; use per_channel, per_group or per_tensor")
+    return lo.float(), hi.float()
 
 
 def expand_groups(params: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -109,9 +131,10 @@ def quantize_weight(weight: torch.Tensor, scope: str, bits: int, symmetric: bool
 
     The scale is representable in the weight's dtype (the model dtype it is saved in).
     """
-    lo, hi = weight_minmax(weight, scope, group_size)
+    w = float_copy(weight)  # one float32 buffer: the ranges are read from it, then it becomes the integers
+    lo, hi = weight_minmax(w, scope, group_size)
     scale, offset = scale_offset(lo, hi, bits, symmetric, weight.dtype)
-    q = quantize(weight, expand_groups(scale, weight.shape[1]), expand_groups(offset, weight.shape[1]), bits)
+    q = quantize(w, expand_groups(scale, w.shape[1]), expand_groups(offset, w.shape[1]), bits, scratch=True)
     return q, scale, offset
 
 
