@@ -1,5 +1,5 @@
 """``python -m quantjob.cli``: how the local launcher re-enters the CLI in each rank."""
 
-from quantjob.cli import main
+from quantjob.cli import entry
 
-raise SystemExit(main())
+entry()
