@@ -98,12 +98,13 @@ def header_bytes(specs: list[TensorSpec]) -> bytes:
     return struct.pack("<Q", len(text)) + text
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The raw little-endian bytes of a CPU tensor (what safetensors stores)."""
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor (what safetensors stores), without a copy when
+    the tensor is contiguous on the CPU; the view keeps its memory alive."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     if flat.numel() == 0:
-        return b""
-    return flat.view(torch.uint8).numpy().tobytes()
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -113,21 +114,16 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 class StreamWriter:
     """Write tensors one at a time, in the order of ``specs``, to ``path``.
 
-    The caller hands each tensor in turn; every tensor is checked against its spec. ``sha256``
-    is the digest of the whole file once closed. The file is flushed and fsync'ed on close.
+    The caller hands each tensor in turn; every tensor is checked against its spec. The file is
+    flushed and fsync'ed on close.
     """
 
     def __init__(self, path: Path, specs: list[TensorSpec]) -> None:
         self.path = path
         self._specs = specs
         self._next = 0
-        self._hash = hashlib.sha256()
         self._file: BinaryIO = open(path, "wb")
-        self._put(header_bytes(specs))
-
-    def _put(self, data: bytes) -> None:
-        self._file.write(data)
-        self._hash.update(data)
+        self._file.write(header_bytes(specs))
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._specs):
@@ -136,13 +132,13 @@ class StreamWriter:
         got = TensorSpec.of(name, tensor)
         if got != spec:
             raise ValueError(f"{self.path}: expected {spec}, got {got}")
-        self._put(tensor_bytes(tensor))
+        self._file.write(tensor_bytes(tensor))
         self._next += 1
 
-    def close(self) -> str:
-        """Finish the file; returns its sha256. All announced tensors must have been written."""
+    def close(self) -> None:
+        """Finish the file. All announced tensors must have been written."""
         if self._file.closed:
-            return self._hash.hexdigest()
+            return
         if self._next != len(self._specs):
             self._file.close()
             missing = [s.name for s in self._specs[self._next:]]
@@ -150,7 +146,6 @@ class StreamWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        return self._hash.hexdigest()
 
     def __enter__(self) -> StreamWriter:
         return self
@@ -163,13 +158,12 @@ class StreamWriter:
             self._file.close()
 
 
-def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Write a whole dict at once, in the library's order; returns the file's sha256."""
+def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a whole dict at once, in the library's order."""
     specs = library_order(TensorSpec.of(name, t) for name, t in tensors.items())
     with StreamWriter(path, specs) as writer:
         for spec in specs:
             writer.write(spec.name, tensors[spec.name])
-    return writer.close()
 
 
 def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
