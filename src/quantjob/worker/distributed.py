@@ -61,21 +61,24 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
-    def ordered_sum(self, partials: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Sum per-sample partials {global sample index: tensor} over all ranks in global sample order.
+    def ordered_sum(self, partials: dict[int, torch.Tensor], num_samples: int, width: int) -> torch.Tensor:
+        """Sum per-sample partials ``{global sample index: float vector of width}`` over all ranks, in
+        global sample order, in float64; the same bits on every rank and for every world size.
 
-        Partials must be small (a loss vector, a count): they travel as objects. The result is the
-        same bits on every rank and for every world size.
+        One ``all_reduce``: every rank writes its partials into their rows of a zero
+        ``[num_samples, width]`` tensor. Each row has a single contribution, so the reduction is
+        exact in any order (``x + 0 = x``); the rows are then added in sample order.
         """
-        merged: dict[int, torch.Tensor] = {}
-        for part in self.all_gather_object({k: v.detach().cpu() for k, v in partials.items()}):
-            merged.update(part)
-        if not merged:
+        if num_samples < 1:
             raise ValueError("ordered_sum over no samples")
-        keys = sorted(merged)
-        total = merged[keys[0]].clone()
-        for key in keys[1:]:
-            total += merged[key]
+        rows = torch.zeros(num_samples, width, dtype=torch.float64)
+        for index, partial in partials.items():
+            rows[index] = partial.detach().to("cpu", torch.float64).reshape(width)
+        if self.distributed:
+            dist.all_reduce(rows, op=dist.ReduceOp.SUM)
+        total = rows[0].clone()
+        for row in rows[1:]:
+            total += row
         return total
 
     def barrier(self) -> None:

@@ -197,7 +197,7 @@ class _Loop:
             return None
         partials = {g: torch.stack([(quantized[g].double() - reference[g].double()).pow(2).sum(),
                                     reference[g].double().pow(2).sum()]) for g in self.error_local}
-        total = self.group.ordered_sum(partials)
+        total = self.group.ordered_sum(partials, self.error_count, 2)
         return float((total[0] / total[1]).sqrt()) if total[1] > 0 else 0.0
 
     def outer(self) -> dict[str, TensorInfo]:
