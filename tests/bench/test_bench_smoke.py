@@ -37,7 +37,7 @@ def test_engine_bench_prints_both_tables_and_writes_json(cache: Path, tmp_path: 
 
 
 def test_dp_bench_runs_one_and_two_ranks(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = bench_dp.main([*TINY, "--ranks", "2", "--scaling-samples", "2", "--scaling-ranks", "2",
+    code = bench_dp.main([*TINY, "--ranks", "2", "--scaling-samples", "2", "--scaling-ranks", "2", "--repeat", "2",
                           "--cache-dir", str(cache), "--results-dir", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
@@ -47,6 +47,8 @@ def test_dp_bench_runs_one_and_two_ranks(cache: Path, tmp_path: Path, capsys: py
     assert sorted(rows) == [1, 2]
     assert sorted(rows[2]["rank_peaks_bytes"]) == ["0", "1"]  # both ranks seen by the /proc poller
     assert rows[2]["peak_rss_per_rank_bytes"] > 0
+    assert data["repeat"] == 2 and all(len(row["walls_s"]) == 2 for row in rows.values())
+    assert all(row["wall_s"] == sorted(row["walls_s"])[0] for row in rows.values())  # median of two: the lower
     assert [entry["samples"] for entry in data["scaling"]] == [2]
 
 
