@@ -317,6 +317,24 @@ def test_a_staged_tensor_changed_before_the_finish_is_caught(tmp_path: Path, mod
     assert not list(save.glob(".quantjob-tmp-*"))
 
 
+def test_bytes_lost_by_the_output_volume_are_caught_before_the_commit(
+        tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.worker.savers import assemble
+
+    real = assemble._copy_tensor
+
+    def lossy(item: assemble.PlannedTensor, out_fd: int, offset: int) -> str:
+        digest = real(item, out_fd, offset)
+        if item.spec.name == "model.layers.1.self_attn.q_proj.weight":  # a volume that dropped this range
+            os.pwrite(out_fd, bytes(item.spec.nbytes), offset)
+        return digest
+
+    monkeypatch.setattr(assemble, "_copy_tensor", lossy)
+    with pytest.raises(ValueError, match=r"q_proj.weight' does not hold the bytes its rank wrote.*POSIX shared"):
+        run_all(tmp_path / "out", model_dir)
+    assert not (tmp_path / "out" / DESCRIPTION).exists() and not (tmp_path / "out" / COMPLETE).exists()
+
+
 def test_a_failed_background_commit_fails_the_next_save_or_the_finish(
         tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantjob.worker.savers import ascend

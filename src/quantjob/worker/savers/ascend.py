@@ -2,9 +2,10 @@
 
 Every rank calls ``save`` for every layer; the owner (``index % world_size``) converts and
 commits it to the staging area on a background thread (one layer in flight: the next ``save``,
-and ``finish``, wait for it), so the loop goes on with the next layer while it is written. ``finish`` is collective: after a barrier rank 0 lays out the
-final files, every rank copies its share into them, and rank 0 commits them (``assemble.py``).
-World size 1 is the same code path with one owner, so both names give identical files.
+and ``finish``, wait for it), so the loop goes on with the next layer while it is written.
+``finish`` is collective: once every layer is committed rank 0 lays out the final files, every
+rank copies its share into them, and rank 0 commits them (``assemble.py``). World size 1 is the
+same code path with one owner, so both names give identical files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from quantjob.worker.checkpoint import TensorInfo
 from quantjob.worker.distributed import Group
@@ -28,6 +29,7 @@ from quantjob.worker.savers.assemble import (
     OutputPlan,
     commit_output,
     create_parts,
+    layer_owner,
     plan_output,
     remove_output,
     remove_temporaries,
@@ -133,7 +135,7 @@ class AscendV1Saver:
         self._pending: Future[None] | None = None
 
     def owner(self, index: int) -> int:
-        return index % self.group.world_size
+        return layer_owner(index, self.group.world_size)
 
     def committed_layers(self) -> int:
         return self._committed
@@ -182,47 +184,55 @@ class AscendV1Saver:
             atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
 
     def finish(self, source_tensors: Mapping[str, TensorInfo]) -> None:
-        self._together(self._wait, everyone=True)  # every layer is committed by its owner
+        self._on_every_rank(self._wait)  # every layer is committed by its owner
         self._stop_writer()
-        plan = self._together(self._plan_and_create(source_tensors), everyone=False)
-        self._together(lambda: write_share(self.save_path, plan, self.group.rank), everyone=True)
-        self._together(lambda: commit_output(self.save_path, self.staging, plan, num_layers=self.num_layers,
-                                             model_dir=self.model_dir, run_id=self.run_id), everyone=False)
+        plan = self._on_rank_0(lambda: self._plan_and_create(source_tensors))
+        copied: dict[str, str] = {}
+        for share in self._on_every_rank(lambda: write_share(self.save_path, plan, self.group.rank)):
+            copied.update(share)
+        self._on_rank_0(lambda: commit_output(self.save_path, self.staging, plan, copied, num_layers=self.num_layers,
+                                              model_dir=self.model_dir, run_id=self.run_id))
 
-    def _plan_and_create(self, source_tensors: Mapping[str, TensorInfo]) -> Callable[[], OutputPlan]:
-        def action() -> OutputPlan:
-            missing = [i for i in range(self.num_layers) if not self._committed_json(i)]
-            if missing:
-                raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
-                                    "fix: run the job again with the same arguments to redo them")
-            plan = plan_output(self.staging, num_layers=self.num_layers, source_tensors=source_tensors,
-                               part_file_size=self.part_file_size, world_size=self.group.world_size)
-            create_parts(self.save_path, plan)
-            return plan
-        return action
+    def _plan_and_create(self, source_tensors: Mapping[str, TensorInfo]) -> OutputPlan:
+        """Rank 0: check every layer is committed, lay out the weight files and create them."""
+        missing = [i for i in range(self.num_layers) if not self._committed_json(i)]
+        if missing:
+            raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
+                                "fix: run the job again with the same arguments to redo them")
+        plan = plan_output(self.staging, num_layers=self.num_layers, source_tensors=source_tensors,
+                           part_file_size=self.part_file_size, world_size=self.group.world_size)
+        create_parts(self.save_path, plan)
+        return plan
 
-    def _together(self, action: Callable[[], T], *, everyone: bool) -> T:
-        """Run ``action`` on rank 0 (``everyone``: on every rank), then agree: every rank gets rank
-        0's result, or fails when any rank failed (the failing rank with its own error)."""
-        result: Any = None
-        failure: BaseException | None = None
-        message: str | None = None
-        if everyone or self.group.is_main:
-            try:
-                result = action()
-            except BaseException as err:  # every rank must reach the collective below
-                failure, message = err, f"{type(err).__name__}: {err}"
-        if everyone:
-            failed = [(rank, text) for rank, text in enumerate(self.group.all_gather_object(message)) if text]
-        else:
-            message, result = self.group.broadcast_object((message, result))
-            failed = [(0, message)] if message else []
+    def _on_rank_0(self, action: Callable[[], T]) -> T:
+        """Run ``action`` on rank 0; every rank gets its result, or fails when it failed."""
+        result, failure, message = self._attempt(action) if self.group.is_main else (None, None, None)
+        message, result = self.group.broadcast_object((message, result))
+        self._agree(failure, [(0, message)] if message else [])
+        return result  # type: ignore[no-any-return]
+
+    def _on_every_rank(self, action: Callable[[], T]) -> list[T]:
+        """Run ``action`` on every rank; every rank gets all results in rank order, or fails when
+        any rank failed."""
+        outcome = self._attempt(action)
+        gathered = self.group.all_gather_object((outcome[2], outcome[0]))
+        self._agree(outcome[1], [(rank, text) for rank, (text, _) in enumerate(gathered) if text])
+        return [result for _, result in gathered]
+
+    @staticmethod
+    def _attempt(action: Callable[[], T]) -> tuple[T | None, BaseException | None, str | None]:
+        try:
+            return action(), None, None
+        except BaseException as err:  # every rank must reach the collective that follows
+            return None, err, f"{type(err).__name__}: {err}"
+
+    def _agree(self, failure: BaseException | None, failed: list[tuple[int, str]]) -> None:
+        """Raise this rank's own error, else the first other rank's; nothing when all went well."""
         if failure is not None:
             raise failure
         if failed:
             rank, text = failed[0]
             raise QuantJobError(f"rank {rank} could not write the output to {self.save_path}: {text}")
-        return result  # type: ignore[no-any-return]
 
     def abort(self) -> None:
         """Drop this rank's temporary files; committed layers stay for a resumed run."""

@@ -73,6 +73,11 @@ class OutputPlan:
     tensors: tuple[PlannedTensor, ...]               # every tensor in description order
 
 
+def layer_owner(index: int, world_size: int) -> int:
+    """The rank that commits decoder layer ``index`` and writes its bytes into the output."""
+    return index % world_size
+
+
 def plan_tensors(staging: Path, num_layers: int, source_tensors: Mapping[str, TensorInfo],
                  world_size: int) -> list[PlannedTensor]:
     """Every output tensor in order: layers by index (names sorted), then the source tensors outside
@@ -83,7 +88,7 @@ def plan_tensors(staging: Path, num_layers: int, source_tensors: Mapping[str, Te
     for index in range(num_layers):
         meta = read_meta(staging, index)
         header = read_header(staging / f"{stem(index)}.safetensors")
-        owner = index % world_size
+        owner = layer_owner(index, world_size)
         for name, desc in sorted(meta["output"]):
             info = header[name]
             planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), desc, info,
@@ -161,9 +166,10 @@ def create_parts(save_path: Path, plan: OutputPlan) -> None:
             handle.truncate(part.size)
 
 
-def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> None:
-    """Copy one tensor's bytes to ``offset`` of ``out_fd`` in chunks, checking staged ones."""
-    digest = hashlib.sha256() if item.sha256 is not None else None
+def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> str:
+    """Copy one tensor's bytes to ``offset`` of ``out_fd`` in chunks; returns their sha256, checked
+    against the staged record's."""
+    digest = hashlib.sha256()
     source = item.source
     if source.nbytes != item.spec.nbytes:
         raise ValueError(f"tensor {item.spec.name!r} in {source.file} has {source.nbytes} bytes, "
@@ -175,8 +181,7 @@ def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> None:
             chunk = os.pread(in_fd, min(COPY_CHUNK, source.nbytes - done), source.offset + done)
             if not chunk:
                 raise ValueError(f"{source.file} ends early inside tensor {item.spec.name!r}")
-            if digest is not None:
-                digest.update(chunk)
+            digest.update(chunk)
             view = memoryview(chunk)
             while view:
                 written = os.pwrite(out_fd, view, offset + done)
@@ -184,16 +189,19 @@ def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> None:
                 done += written
     finally:
         os.close(in_fd)
-    if digest is not None and digest.hexdigest() != item.sha256:
+    if item.sha256 is not None and digest.hexdigest() != item.sha256:
         raise ValueError(f"staged tensor {item.spec.name!r} in {source.file} no longer matches its checksum; "
                          "delete that file to redo the layer")
+    return digest.hexdigest()
 
 
-def write_share(save_path: Path, plan: OutputPlan, rank: int) -> None:
-    """Copy the tensors ``rank`` writes into the files ``create_parts`` made, and fsync them.
+def write_share(save_path: Path, plan: OutputPlan, rank: int) -> dict[str, str]:
+    """Copy the tensors ``rank`` writes into the files ``create_parts`` made, and fsync them;
+    returns the sha256 of every tensor copied.
 
     Shares never overlap, so every rank writes its own byte ranges of the same files at once.
     """
+    copied: dict[str, str] = {}
     for part in plan.parts:
         mine = [(item, offset) for item, offset in part.tensors if item.writer == rank]
         if not mine:
@@ -201,10 +209,40 @@ def write_share(save_path: Path, plan: OutputPlan, rank: int) -> None:
         fd = os.open(save_path / (FINAL_TMP + part.name), os.O_WRONLY)
         try:
             for item, offset in mine:
-                _copy_tensor(item, fd, offset)
+                copied[item.spec.name] = _copy_tensor(item, fd, offset)
             os.fsync(fd)
         finally:
             os.close(fd)
+    return copied
+
+
+def verify_part(path: Path, part: PartFile, expected: Mapping[str, str]) -> str:
+    """Read a written weight file back: every tensor's bytes must have the sha256 its writer
+    reported (a volume that loses concurrent writes from several pods is caught here, not by
+    the inference engine); returns the sha256 of the whole file."""
+    whole = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header = handle.read(len(part.header))
+        if header != part.header:
+            raise ValueError(f"{path}: the header was overwritten while the ranks wrote the file")
+        whole.update(header)
+        for item, _ in part.tensors:
+            digest = hashlib.sha256()
+            left = item.spec.nbytes
+            while left:
+                chunk = handle.read(min(COPY_CHUNK, left))
+                if not chunk:
+                    raise ValueError(f"{path} ends inside tensor {item.spec.name!r}")
+                digest.update(chunk)
+                whole.update(chunk)
+                left -= len(chunk)
+            if digest.hexdigest() != expected[item.spec.name]:
+                raise ValueError(f"{path}: tensor {item.spec.name!r} does not hold the bytes its rank wrote; the "
+                                 "output volume lost concurrent writes from several pods (use a POSIX shared "
+                                 "file system: NFS, CephFS, Lustre; not an object-store mount)")
+        if handle.read(1):
+            raise ValueError(f"{path} is longer than its header says")
+    return whole.hexdigest()
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -235,11 +273,12 @@ def group_size_of(staging: Path, num_layers: int) -> int:
     return sizes.pop() if sizes else 0
 
 
-def commit_output(save_path: Path, staging: Path, plan: OutputPlan, *, num_layers: int, model_dir: Path,
-                  run_id: str) -> None:
-    """Rank 0, once every share is written: index, copied model files, extra files, renames,
+def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapping[str, str], *, num_layers: int,
+                  model_dir: Path, run_id: str) -> None:
+    """Rank 0, once every share is written (``copied``: every tensor's sha256 as its writer copied
+    it): the weight files read back and checked, index, copied model files, extra files, renames,
     then the description and the completion marker (see the module doc)."""
-    checksums: dict[str, str] = {part.name: _sha256_file(save_path / (FINAL_TMP + part.name)) for part in plan.parts}
+    checksums = {part.name: verify_part(save_path / (FINAL_TMP + part.name), part, copied) for part in plan.parts}
     pending = [part.name for part in plan.parts]
 
     def stage_file(name: str, data: bytes) -> None:
