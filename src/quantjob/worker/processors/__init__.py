@@ -17,11 +17,14 @@ from quantjob.worker.processors.linear_quant import apply_group, apply_linear_qu
 class ProcessorEntry:
     """``apply(config_entry, ctx)`` does the work. ``needs_stats(config_entry)``: it reads
     ``ctx.stats``, which the loop refreshes when an earlier processor changed the float weights.
-    ``check(config_entry, path, {linear: weight shape})`` finds problems before any compute."""
+    ``check(config_entry, path, {linear: weight shape})`` finds problems before any compute.
+    ``modifies_weights``: it may change the float weights (and set ``ctx.modified``), so the loop
+    keeps every layer input until the processors are done, to observe them again."""
 
     apply: Callable[[Any, LayerContext], None]
     needs_stats: Callable[[Any], bool]
     check: Callable[[Any, str, dict[str, tuple[int, ...]]], list[str]]
+    modifies_weights: bool = False
 
 
 PROCESSORS: dict[str, ProcessorEntry] = {

@@ -60,7 +60,12 @@ def quant_bias_for(weight_q: torch.Tensor, input_offset: torch.Tensor, deq_scale
     out_features = weight_q.shape[0]
     float_bias = bias.to(torch.float32) if bias is not None else torch.zeros(out_features)
     rounded = torch.round(float_bias / deq_scale.to(torch.float32)).to(torch.int64)
-    correction = weight_q.to(torch.int64).sum(dim=1) * int(input_offset.reshape(-1)[0].item())
+    # row sums in int64, a block of rows at a time: a whole int64 copy of a large weight would be 8x
+    # its size in memory, on the commit thread, while the loop runs the next step
+    rows = max(1, (1 << 20) // max(1, weight_q.shape[1]))
+    row_sums = torch.cat([block.to(torch.int64).sum(dim=1) for block in weight_q.split(rows)]) \
+        if out_features else torch.zeros(0, dtype=torch.int64)
+    correction = row_sums * int(input_offset.reshape(-1)[0].item())
     result = rounded - correction
     if result.abs().max().item() > 2**31 - 1:
         raise ValueError("quant_bias overflows int32: the bias is too large for the scale")
