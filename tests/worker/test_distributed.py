@@ -145,7 +145,7 @@ stack = torch.stack(list(mine.values()))
 result = {
     "rank": group.rank, "world": group.world_size,
     "min": group.all_min(stack.min(dim=0).values).tolist(),
-    "max": group.all_max(stack.max(dim=0).values).tolist(),
+    "max": (-group.all_min(-stack.max(dim=0).values)).tolist(),
     "sum": group.ordered_sum(mine, 7, 3).tolist(),
     "gathered": group.all_gather_object(group.rank),
     "broadcast": group.broadcast_object("from-0" if group.rank == 0 else None),

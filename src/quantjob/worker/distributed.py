@@ -40,18 +40,13 @@ class Group:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _reduce(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+    def all_min(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise minimum over ranks (exact in any order; a maximum is ``-all_min(-x)``)."""
         if not self.distributed:
             return tensor
         out = tensor.clone()
-        dist.all_reduce(out, op=op)
+        dist.all_reduce(out, op=dist.ReduceOp.MIN)
         return out
-
-    def all_min(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._reduce(tensor, dist.ReduceOp.MIN)
-
-    def all_max(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._reduce(tensor, dist.ReduceOp.MAX)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order."""
