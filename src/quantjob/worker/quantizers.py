@@ -81,11 +81,9 @@ def _integers(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: 
     return buffer.div_(scale).round_().add_(offset).clamp_(qmin, qmax)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int, *,
-             scratch: bool = False) -> torch.Tensor:
-    """Integers (int8 storage, also for int4) of ``x`` under broadcastable ``scale``/``offset``
-    (``scratch``: see ``_integers``)."""
-    return _integers(x, scale, offset, bits, scratch=scratch).to(torch.int8)
+def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers (int8 storage, also for int4) of ``x`` under broadcastable ``scale``/``offset``."""
+    return _integers(x, scale, offset, bits).to(torch.int8)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -134,7 +132,8 @@ def quantize_weight(weight: torch.Tensor, scope: str, bits: int, symmetric: bool
     w = float_copy(weight)  # one float32 buffer: the ranges are read from it, then it becomes the integers
     lo, hi = weight_minmax(w, scope, group_size)
     scale, offset = scale_offset(lo, hi, bits, symmetric, weight.dtype)
-    q = quantize(w, expand_groups(scale, w.shape[1]), expand_groups(offset, w.shape[1]), bits, scratch=True)
+    q = _integers(w, expand_groups(scale, w.shape[1]), expand_groups(offset, w.shape[1]), bits,
+                  scratch=True).to(torch.int8)
     return q, scale, offset
 
 
