@@ -148,8 +148,12 @@ class _TreeWatcher:
             known = self.peaks.get(pid)
             if known is None:
                 self.peaks[pid] = ProcessPeak(pid, _rank_of(pid), _command_of(pid), hwm)
-            elif hwm > known.peak_rss_bytes:
-                known.peak_rss_bytes = hwm
+                continue
+            if known.rank is None:
+                # first seen between fork and exec, it still had the launcher's environment and
+                # command line: read both again until the rank's own appear
+                known.rank, known.command = _rank_of(pid), _command_of(pid)
+            known.peak_rss_bytes = max(known.peak_rss_bytes, hwm)
 
     def kill_all(self) -> None:
         for pid in [*descendants(self.root), self.root]:

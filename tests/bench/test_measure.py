@@ -43,6 +43,30 @@ def test_peak_rss_per_rank_of_a_process_tree(tmp_path: Path) -> None:
     assert result.wall_s >= 0.8
 
 
+# A rank seen by the poller before its exec still has the parent's environment (no RANK): the
+# child sleeps between fork and exec so that the poller is sure to see it in that window.
+_LATE_EXEC = textwrap.dedent("""
+    import os, sys, time
+    if len(sys.argv) > 1:
+        time.sleep(0.5)
+        sys.exit(0)
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.4)
+        os.execve(sys.executable, [sys.executable, __file__, "rank"], {**os.environ, "RANK": "1"})
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+""")
+
+
+def test_rank_seen_before_its_exec_is_still_found(tmp_path: Path) -> None:
+    script = tmp_path / "late.py"
+    script.write_text(_LATE_EXEC)
+    result = run_measured([sys.executable, str(script)], log_path=tmp_path / "late.log", poll_s=0.05)
+    assert sorted(result.rank_peaks()) == [1]
+    assert any(p.rank == 1 and "rank" in p.command for p in result.processes)
+
+
 def test_single_process_peak_comes_from_wait4(tmp_path: Path) -> None:
     script = tmp_path / "tree.py"
     script.write_text(_TREE)
