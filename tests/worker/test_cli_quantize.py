@@ -119,3 +119,18 @@ def test_group_env_sets_the_world_size(tiny_model: Callable[..., Path], calib_js
     assert main([*_base(tiny_model("llama", 2), out, calib_jsonl(4)), "--config_path", str(config)]) == 2
     assert "layer_wise uses one device but 2 are requested" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_half_a_group_environment_is_refused_before_any_work(tiny_model: Callable[..., Path],
+                                                             calib_jsonl: Callable[..., Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """WORLD_SIZE without a rank would make every pod rank 0: refused, naming the variables."""
+    for name in ("RANK", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    out = tmp_path / "out"
+    assert main([*_base(tiny_model("llama", 2), out, calib_jsonl(4)), "--quant_type", "w8a8"]) == 2
+    assert "neither RANK nor JOB_COMPLETION_INDEX is set" in capsys.readouterr().err
+    assert not out.exists()

@@ -39,6 +39,9 @@ def test_str_round_trips() -> None:
 
 def test_backends() -> None:
     assert [device.backend_for(t) for t in ("npu", "cuda", "cpu")] == ["hccl", "nccl", "gloo"]
+    # accelerator groups also carry gloo: error sums and saver objects are host tensors
+    assert [device.group_backend(t) for t in ("npu", "cuda", "cpu")] == ["cpu:gloo,npu:hccl", "cpu:gloo,cuda:nccl",
+                                                                         "gloo"]
     with pytest.raises(ValueError, match="unknown device type 'tpu'"):
         device.backend_for("tpu")
 

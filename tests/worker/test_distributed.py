@@ -39,11 +39,13 @@ def test_env_rank_wins_over_completion_index() -> None:
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"RANK": "1"}, "WORLD_SIZE is not"),
+    ({"JOB_COMPLETION_INDEX": "0"}, "WORLD_SIZE is not"),
+    ({"WORLD_SIZE": "4", "MASTER_ADDR": "a"}, "neither RANK nor JOB_COMPLETION_INDEX"),
     ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
     ({"RANK": "3", "WORLD_SIZE": "3", "MASTER_ADDR": "a"}, r"outside 0\.\.2"),
     ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR is not set"),
     ({"WORLD_SIZE": "0"}, "at least 1"),
-    ({"WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "70000"}, "not a TCP port"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "70000"}, "not a TCP port"),
 ])
 def test_env_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -114,6 +116,21 @@ def test_world_size_one_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None
     assert group == Group(0, 1)
     assert not torch.distributed.is_initialized()
     distributed.close_group()  # nothing to close: no error
+
+
+@pytest.mark.parametrize(("kind", "backend"), [("cpu", "gloo"), ("cuda", "cpu:gloo,cuda:nccl"),
+                                               ("npu", "cpu:gloo,npu:hccl")])
+def test_accelerator_group_also_has_gloo_for_host_tensors(kind: str, backend: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """nccl/hccl alone would reject the host tensors of ordered_sum and the object collectives."""
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(distributed.devices, "load_extension", lambda kind: seen.setdefault("extension", kind))
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.init_group_from_env(kind) == Group(0, 2)
+    assert seen["backend"] == backend and seen["extension"] == kind
+    assert seen["init_method"] == "tcp://127.0.0.1:1" and seen["world_size"] == 2
 
 
 def test_local_device_index(monkeypatch: pytest.MonkeyPatch) -> None:

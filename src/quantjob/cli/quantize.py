@@ -78,16 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 1) -> int:
     """Report an expected failure: one line on stderr and, in a pod, the termination message
-    (the operator copies it into the QuantJob's Failed condition)."""
+    (the operator copies it into the QuantJob's Failed condition); returns ``code``."""
     print(f"quantjob: error: {message}", file=sys.stderr)
     if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
         try:
             TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
         except OSError:
             pass
-    return 1
+    return code
 
 
 def _load_config(args: QuantizeArgs) -> ModelslimConfig | list[str]:
@@ -154,12 +154,13 @@ def run(namespace: argparse.Namespace) -> int:
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
     from quantjob.worker.group_env import read_group_env
 
-    in_group = "RANK" in os.environ or "JOB_COMPLETION_INDEX" in os.environ
     try:
-        world_size = read_group_env().world_size if in_group else spec.count
-    except ValueError as error:
-        print(f"quantjob: error: {error}", file=sys.stderr)
-        return 2
+        found = read_group_env()
+    except ValueError as error:  # a pod's environment: the message goes to the termination log too
+        return _fail(str(error), code=2)
+    in_group = found.world_size > 1 or any(os.environ.get(name, "").strip()
+                                           for name in ("RANK", "JOB_COMPLETION_INDEX"))
+    world_size = found.world_size if in_group else spec.count
     resolution = resolve(loaded, devices=world_size, model_config=model_config, prefix="")
     for problem in resolution.problems:
         print(str(problem), file=sys.stderr)

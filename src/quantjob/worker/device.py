@@ -101,6 +101,18 @@ def backend_for(kind: str) -> str:
     return BACKENDS[_check_type(kind)]
 
 
+def group_backend(kind: str) -> str:
+    """The ``backend`` argument of ``init_process_group`` for a device type.
+
+    Accelerators get two backends in one group, ``cpu:gloo,<type>:<backend>``: the statistics
+    reduce on the device (hccl/nccl), while the error sums, the saver's agreement objects and the
+    barriers are host tensors and need gloo; a group with only nccl or hccl rejects a CPU tensor.
+    """
+    kind = _check_type(kind)
+    backend = BACKENDS[kind]
+    return backend if kind == "cpu" else f"cpu:{BACKENDS['cpu']},{kind}:{backend}"
+
+
 def _accelerator_module(device: torch.device) -> object | None:
     import torch
 

@@ -132,7 +132,7 @@ def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
     if found.world_size == 1:
         return Group()
     devices.load_extension(device_type)
-    backend = devices.backend_for(device_type)
+    backend = devices.group_backend(device_type)
     if found.rank > 0:
         wait_for_master(found.master_addr, found.master_port, timeout_s)
     dist.init_process_group(backend=backend, init_method=f"tcp://{found.master_addr}:{found.master_port}",

@@ -36,6 +36,9 @@ def env_int(env: Mapping[str, str], name: str) -> int | None:
 def read_group_env(env: Mapping[str, str] | None = None) -> GroupEnv:
     """Rank from ``RANK`` (or an indexed Job's ``JOB_COMPLETION_INDEX``), world size from ``WORLD_SIZE``.
 
+    Nothing set is the single-process case. A rank needs a world size and a world size above 1
+    needs a rank: half a group is refused rather than guessed.
+
     ``MASTER_ADDR`` defaults to 127.0.0.1 only for world size 1 or under the local launcher (which
     sets ``QUANTJOB_LOCAL_DEVICE``); a multi-pod job must set it to rank 0's address.
     """
@@ -45,13 +48,17 @@ def read_group_env(env: Mapping[str, str] | None = None) -> GroupEnv:
         rank = env_int(env, "JOB_COMPLETION_INDEX")
     world_size = env_int(env, "WORLD_SIZE")
     if world_size is None:
-        if rank not in (None, 0):
+        if rank is not None:
             raise ValueError(f"rank {rank} is set (RANK or JOB_COMPLETION_INDEX) but WORLD_SIZE is not; "
                              "set WORLD_SIZE to the number of ranks")
         world_size = 1
-    rank = 0 if rank is None else rank
     if world_size < 1:
         raise ValueError(f"WORLD_SIZE={world_size} must be at least 1")
+    if rank is None:
+        if world_size > 1:  # every rank would take itself for rank 0
+            raise ValueError(f"WORLD_SIZE={world_size} but neither RANK nor JOB_COMPLETION_INDEX is set; "
+                             "set RANK to this process's rank (an indexed Job sets JOB_COMPLETION_INDEX)")
+        rank = 0
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} (RANK or JOB_COMPLETION_INDEX) is outside 0..{world_size - 1} "
                          f"(WORLD_SIZE={world_size})")
