@@ -76,7 +76,7 @@ def test_missing_file(model: Path, tmp_path: Path) -> None:
         load_calibration(tmp_path / "nope.jsonl", model, samples=1, max_length=8)
 
 
-def test_digest_follows_file_bytes(model: Path, tmp_path: Path) -> None:
+def test_digest_follows_the_token_ids(model: Path, tmp_path: Path) -> None:
     a = load_calibration(_write(tmp_path / "a.txt", "alpha beta\n"), model, samples=1, max_length=8)
     b = load_calibration(_write(tmp_path / "b.txt", "alpha gamma\n"), model, samples=1, max_length=8)
     assert a.digest != b.digest

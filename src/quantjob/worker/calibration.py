@@ -26,7 +26,7 @@ _FIX = "give a jsonl file of {\"text\": ...} or {\"input_ids\": [...]} lines, or
 
 @dataclass
 class Calibration:
-    """Token ids of every global sample (1-D int64 tensors, file order) and the source's digest."""
+    """Token ids of every global sample (1-D int64 tensors, file order) and their digest."""
 
     samples: list[torch.Tensor]
     source: str
@@ -133,4 +133,14 @@ def load_calibration(path: Path | None, model_dir: Path, *, samples: int, max_le
         out.append(torch.tensor(ids, dtype=torch.long))
     if not out:
         raise QuantJobError(f"calibration file {source} has no usable text (empty, or every sample is blank); {_FIX}")
-    return Calibration(out, source, hashlib.sha256(data).hexdigest())
+    return Calibration(out, source, ids_digest(out))
+
+
+def ids_digest(samples: list[torch.Tensor]) -> str:
+    """sha256 of the token ids a run uses (each sample's length, then its ids): what the output
+    depends on, whatever the file or the tokenizer they came from."""
+    digest = hashlib.sha256()
+    for ids in samples:
+        digest.update(len(ids).to_bytes(8, "little"))
+        digest.update(ids.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()

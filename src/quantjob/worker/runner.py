@@ -29,7 +29,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
-from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo
+from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
 from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
@@ -72,7 +72,9 @@ SaverFactory = Callable[..., Any]
 
 
 def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpoint, calibration: Calibration) -> str:
-    """A hash of everything that determines the output bytes (not the world size or the runner)."""
+    """A hash of everything that determines the output bytes (not the world size or the runner):
+    the config, the model's config and weights (fingerprinted), the calibration token ids and the
+    run's options. A resumed run with another of these is refused rather than mixed."""
     config = job.config.model_dump(mode="json")
     config["spec"].pop("runner", None)
     for saver in config["spec"]["save"]:
@@ -80,7 +82,7 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
                              saver["type"])
     identity = {
         "config": config, "model_config": model_config,
-        "weights": sorted((f.name, f.stat().st_size) for f in checkpoint.files),
+        "weights": sorted((f.name, file_fingerprint(f)) for f in checkpoint.files),
         "calibration": calibration.digest, "samples": job.calib_samples, "max_length": job.max_length,
         "next_layer_input": job.next_layer_input, "error_samples": job.error_samples,
         "model_type": job.model_type,
