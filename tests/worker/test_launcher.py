@@ -39,6 +39,15 @@ if mode == "fail":  # rank ARG fails after a moment; the others would run for a 
 if mode == "wait":
     open(os.path.join(sys.argv[2], f"pid{rank}"), "w").write(str(os.getpid()))
     time.sleep(60)
+if mode == "flood":  # far more than a pipe holds
+    for i in range(4000):
+        print(f"line {i} " + "x" * 100)
+    sys.exit(0)
+if mode == "orphan":
+    from quantjob.worker.launcher import die_with_launcher
+    die_with_launcher()
+    open(os.path.join(sys.argv[2], f"pid{rank}"), "w").write(str(os.getpid()))
+    time.sleep(60)
 """
 
 
@@ -161,3 +170,88 @@ def test_launcher_path_does_not_import_torch() -> None:
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_cores_are_the_affinity_capped_by_the_cgroup_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert launcher.available_cores(tmp_path / "missing") == affinity
+    cpu_max.write_text("max 100000\n")
+    assert launcher.available_cores(cpu_max) == affinity
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: 2 threads in all, at most the affinity
+    assert launcher.available_cores(cpu_max) == min(2, affinity)
+    cpu_max.write_text("50000 100000\n")
+    assert launcher.available_cores(cpu_max) == 1
+    cpu_max.write_text("garbage\n")
+    assert launcher.available_cores(cpu_max) == affinity
+
+
+def test_devices_beyond_the_visible_ones_fail_before_any_rank_starts(fake: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"only 1 device\(s\) are visible \(CUDA_VISIBLE_DEVICES=3\)"):
+        launcher.launch(["wait", str(tmp_path)], parse_devices("cuda:0,1"), env={"PATH": "", "CUDA_VISIBLE_DEVICES": "3"},
+                        out=io.StringIO(), program=fake, grace_s=5.0)
+    time.sleep(1.5)  # a rank 0 started anyway would have written its pid by now
+    assert not list(tmp_path.glob("pid*"))  # rank 0 was never started
+
+
+def test_a_rank_that_cannot_start_leaves_no_other_running(fake: list[str], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    real = subprocess.Popen
+    calls: list[int] = []
+
+    def second_fails(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        calls.append(1)
+        if len(calls) == 2:
+            deadline = time.monotonic() + 30  # rank 0 is up before rank 1 fails
+            while not (tmp_path / "pid0").exists() or not (tmp_path / "pid0").read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            raise OSError(24, "Too many open files")
+        return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", second_fails)
+    with pytest.raises(OSError, match="Too many open files"):
+        launcher.launch(["wait", str(tmp_path)], parse_devices("cpu:0,1"), env={"PATH": ""},
+                        out=io.StringIO(), program=fake, grace_s=5.0)
+    assert not _alive(int((tmp_path / "pid0").read_text()))
+
+
+class ClosedReader(io.StringIO):
+    """An output whose reader went away after a few lines (``quantjob ... | head``)."""
+
+    def write(self, text: str) -> int:
+        if self.tell() > 500:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_lost_output_does_not_block_the_ranks(fake: list[str]) -> None:
+    started = time.monotonic()
+    assert launcher.launch(["flood"], parse_devices("cpu:0,1"), env={"PATH": ""}, out=ClosedReader(),
+                           program=fake, grace_s=5.0) == 0
+    assert time.monotonic() - started < 60
+
+
+def test_ranks_die_with_a_killed_launcher(fake: list[str], tmp_path: Path) -> None:
+    """SIGKILL cannot be caught by the launcher; the ranks' parent-death signal ends them."""
+    driver = ("import sys; from quantjob.worker import launcher, device; "
+              f"sys.exit(launcher.launch(['orphan', {str(tmp_path)!r}], device.parse_devices('cpu:0,1'), "
+              f"program={fake!r}, grace_s=5.0))")
+    proc = subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"pid{r}").exists() and (tmp_path / f"pid{r}").read_text() for r in (0, 1)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a rank outlived its launcher"
+        time.sleep(0.05)
+
+
+def test_die_with_launcher_is_a_no_op_outside_a_launched_rank() -> None:
+    launcher.die_with_launcher({})  # returns; would exit were the launcher pid wrong
+    launcher.die_with_launcher({launcher.LAUNCHER_PID_ENV: "not-a-pid"})

@@ -168,10 +168,14 @@ def run(namespace: argparse.Namespace) -> int:
         return 2
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if spec.count > 1 and not in_group:
-        from quantjob.worker.launcher import launch
+    from quantjob.worker.launcher import die_with_launcher, launch
 
-        return launch(args.argv(), spec)
+    if spec.count > 1 and not in_group:
+        try:
+            return launch(args.argv(), spec)
+        except ValueError as error:  # the devices do not fit the visible ones: nothing started
+            return _fail(str(error), code=2)
+    die_with_launcher()  # a rank of the local launcher (no-op otherwise) goes when the launcher goes
 
     from quantjob.worker.distributed import (
         close_group,

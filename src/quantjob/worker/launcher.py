@@ -9,6 +9,8 @@ stopped and the failing rank's last lines are shown.
 from __future__ import annotations
 
 import collections
+import ctypes
+import math
 import os
 import signal
 import socket
@@ -18,15 +20,20 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TextIO
 
 from quantjob.worker.device import DeviceSpec, visible_devices_env
 from quantjob.worker.group_env import LOCAL_DEVICE_ENV
-from quantjob.worker.progress import PIPE_ENV, ProgressHook, TerminalProgress, replay_event
+from quantjob.worker.progress import PIPE_ENV, PIPE_MARKER, ProgressHook, TerminalProgress, replay_event
 
 TAIL_LINES = 20
 GRACE_S = 10.0
 POLL_S = 0.1
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# Set in every rank's environment: the launcher's pid (see die_with_launcher).
+LAUNCHER_PID_ENV = "QUANTJOB_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,6 +41,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` is the node's count; in a pod limited to 4 CPUs on a 64-core node it would
+    give every rank 16 threads and oversubscribe the quota many times.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2, or no limit
+        pass
+    return max(1, cores)
 
 
 def rank_env(devices: DeviceSpec, rank: int, port: int, base: Mapping[str, str],
@@ -51,12 +77,13 @@ def rank_env(devices: DeviceSpec, rank: int, port: int, base: Mapping[str, str],
     })
     env.pop("JOB_COMPLETION_INDEX", None)
     env[PIPE_ENV] = "1"  # rank 0 sends progress events; the launcher renders them
+    env[LAUNCHER_PID_ENV] = str(os.getpid())  # the rank dies with us (die_with_launcher)
     visible = visible_devices_env(devices.type, devices.indices[rank], base)
     env.update(visible)
     # Visibility restricted to one accelerator: it is index 0 inside the rank.
     env[LOCAL_DEVICE_ENV] = "0" if visible else str(devices.indices[rank])
     if not base.get("OMP_NUM_THREADS", "").strip():
-        env["OMP_NUM_THREADS"] = str(max(1, (cores or os.cpu_count() or 1) // world))
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or available_cores()) // world))
     return env
 
 
@@ -69,15 +96,31 @@ class _Rank:
 
 
 def _pump(rank: _Rank, stream: IO[str], out: TextIO, lock: threading.Lock, progress: ProgressHook) -> None:
+    """Copy one rank's output to ``out`` until the rank closes it.
+
+    The pipe is drained to the end whatever happens to ``out`` (a reader gone, as under
+    ``| head``): a rank whose pipe fills blocks forever, and a blocked rank never fails fast.
+    """
     prefix = f"[rank {rank.rank}] "
+    shown = True
     for line in stream:
         text = line.rstrip("\n")
+        if text.startswith(PIPE_MARKER):
+            if shown:
+                with lock:
+                    try:
+                        replay_event(text, progress)
+                    except (OSError, ValueError):  # a closed terminal (ValueError: also a garbled event)
+                        shown = False
+            continue
         with lock:
-            if replay_event(text, progress):
-                continue
             rank.tail.append(text)
-            out.write(prefix + text + "\n")
-            out.flush()
+            if shown:
+                try:
+                    out.write(prefix + text + "\n")
+                    out.flush()
+                except (OSError, ValueError):  # a closed or broken output: keep draining, show no more
+                    shown = False
     stream.close()
 
 
@@ -104,7 +147,8 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
     ``env`` replaces the inherited environment (default: ``os.environ``). Output of every rank
     goes to ``out`` (default stdout), each line prefixed with ``[rank N] ``. When a rank exits
     non-zero the others are stopped and its exit code is returned (1 when it died by a signal).
-    ``program`` replaces ``python -m quantjob.cli`` (tests run a small fake worker).
+    ``program`` replaces ``python -m quantjob.cli`` (tests run a small fake worker). Raises
+    ValueError, before any rank starts, when the devices do not fit the visible ones.
     """
     out = sys.stdout if out is None else out
     base = dict(os.environ if env is None else env)
@@ -113,10 +157,11 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
     progress = TerminalProgress()  # a bar on a terminal, log lines otherwise
     ranks: list[_Rank] = []
     command = [*(program or (sys.executable, "-m", "quantjob.cli")), *worker_argv]
+    envs = [rank_env(devices, rank, port, base) for rank in range(devices.count)]  # every error before a start
     previous = _interrupt_on_sigterm()
     try:
-        for rank in range(devices.count):
-            process = subprocess.Popen(command, env=rank_env(devices, rank, port, base),
+        for rank, rank_environment in enumerate(envs):
+            process = subprocess.Popen(command, env=rank_environment,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, bufsize=1,
                                        start_new_session=True)  # signals reach ranks only via us
@@ -136,6 +181,10 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
         _stop(ranks, grace_s)
         _join(ranks)
         return 130
+    except BaseException:  # a rank that cannot start (OSError, ...): none of the others is left behind
+        _stop(ranks, grace_s)
+        _join(ranks)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -183,3 +232,24 @@ def _join(ranks: Sequence[_Rank]) -> None:
     for r in ranks:
         if r.pump is not None:
             r.pump.join(timeout=5.0)
+
+
+def die_with_launcher(env: Mapping[str, str] | None = None) -> None:
+    """In a rank started by :func:`launch`: be killed when the launcher dies (Linux).
+
+    Ranks run in their own session, so a launcher killed with SIGKILL (an OOM kill, ``kill -9``)
+    would leave them waiting in a collective for the collective timeout. The parent-death signal
+    is bound to the launcher's main thread, the one that starts every rank. Does nothing outside
+    a launched rank or where prctl is missing; exits at once when the launcher is already gone.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(LAUNCHER_PID_ENV, "").strip()
+    if not raw.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(raw):  # it died before the signal was armed
+        os._exit(1)
