@@ -255,3 +255,20 @@ def test_ranks_die_with_a_killed_launcher(fake: list[str], tmp_path: Path) -> No
 def test_die_with_launcher_is_a_no_op_outside_a_launched_rank() -> None:
     launcher.die_with_launcher({})  # returns; would exit were the launcher pid wrong
     launcher.die_with_launcher({launcher.LAUNCHER_PID_ENV: "not-a-pid"})
+
+
+class Exited:
+    """A finished process as _wait_all sees it."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def test_of_ranks_found_failed_together_the_one_killed_by_a_signal_is_reported() -> None:
+    ranks = [launcher._Rank(0, Exited(1)), launcher._Rank(1, Exited(-9)), launcher._Rank(2, Exited(0))]  # type: ignore[arg-type]
+    assert launcher._wait_all(ranks) is ranks[1]
+    ranks = [launcher._Rank(0, Exited(0)), launcher._Rank(1, Exited(3)), launcher._Rank(2, Exited(1))]  # type: ignore[arg-type]
+    assert launcher._wait_all(ranks) is ranks[1]

@@ -270,6 +270,37 @@ def test_an_interrupted_finish_never_looks_complete(tmp_path: Path, model_dir: P
     assert tree(save) == tree(clean)
 
 
+def test_a_finish_cut_between_description_and_marker_is_finished_again(tmp_path: Path, model_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the marker means complete: a restarted pod of the same run finishes; another run is refused."""
+    from quantjob.worker.savers import assemble
+
+    save = tmp_path / "out"
+    real = assemble.atomic_write_bytes
+
+    def no_marker(path: Path, data: bytes) -> None:
+        if path.name == COMPLETE:
+            raise OSError("node lost")
+        real(path, data)
+
+    monkeypatch.setattr(assemble, "atomic_write_bytes", no_marker)
+    with pytest.raises(OSError, match="node lost"):
+        run_all(save, model_dir)
+    monkeypatch.undo()
+    assert (save / DESCRIPTION).exists() and not (save / COMPLETE).exists()
+    with pytest.raises(QuantJobError, match=rf"{DESCRIPTION}\) from another run.*--overwrite"):
+        open_ascend(save, model_dir, layers=3, run_id="run-b")
+    assert (save / DESCRIPTION).exists()                              # the refusal touched nothing
+    again = open_ascend(save, model_dir, layers=3)                   # the restarted pod of the same run
+    assert again.committed_layers() == 3
+    assert not (save / DESCRIPTION).exists()                         # never complete-looking while redone
+    again.write_json("quant_errors.json", {"layers": 3})
+    again.finish(outer_source(save.parent))
+    clean = tmp_path / "clean"
+    run_all(clean, model_dir)
+    assert tree(save) == tree(clean)
+
+
 def test_the_plan_shares_the_bytes_out_without_gaps_or_overlaps(tmp_path: Path, model_dir: Path) -> None:
     from quantjob.worker.savers.assemble import plan_output
 

@@ -214,16 +214,23 @@ def _interrupt_on_sigterm() -> signal.Handlers | None:
 
 
 def _wait_all(ranks: Sequence[_Rank]) -> _Rank | None:
-    """Wait until every rank succeeded (None) or one failed (that rank)."""
+    """Wait until every rank succeeded (None) or one failed (that rank).
+
+    When several are found failed at once, a rank killed by a signal is the one reported: the
+    others' errors are usually its consequence (a peer gone from a collective).
+    """
     running = list(ranks)
     while running:
+        failed: list[_Rank] = []
         for r in list(running):
             code = r.process.poll()
             if code is None:
                 continue
             if code != 0:
-                return r
+                failed.append(r)
             running.remove(r)
+        if failed:
+            return min(failed, key=lambda r: (r.process.returncode >= 0, r.rank))
         time.sleep(POLL_S)
     return None
 

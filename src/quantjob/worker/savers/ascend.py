@@ -76,29 +76,34 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _not_writable(save_path, err) from None
-    if (save_path / DESCRIPTION).exists() or (save_path / COMPLETE).exists():
-        if not overwrite:
-            raise QuantJobError(f"save path {save_path} already holds a complete quantized model "
-                                f"({DESCRIPTION}); fix: pass --overwrite to replace it, or choose another "
-                                "--save_path")
-        try:
-            remove_output(save_path)
-        except OSError as err:
-            raise _not_writable(save_path, err) from None
     staging = save_path / STAGING_DIR
     run = {"run_id": run_id, "num_layers": num_layers}
     run_file = staging / RUN_FILE
+    previous: dict[str, object] | None = None
     if run_file.is_file():
         try:
             previous = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = {}
-        if previous != run:
-            if not overwrite:
-                raise QuantJobError(
-                    f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
-                    f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save_path")
-            shutil.rmtree(staging)
+    if (save_path / COMPLETE).exists() or (save_path / DESCRIPTION).exists():
+        # Only the marker means complete. A description beside this run's staging is a finish that
+        # was cut short between the two: it is removed and the finish runs again.
+        interrupted_finish = not (save_path / COMPLETE).exists() and previous == run
+        if not overwrite and not interrupted_finish:
+            what = ("a complete quantized model" if (save_path / COMPLETE).exists() else
+                    f"a quantized model description ({DESCRIPTION}) from another run")
+            raise QuantJobError(f"save path {save_path} already holds {what}; fix: pass --overwrite to "
+                                "replace it, or choose another --save_path")
+        try:
+            remove_output(save_path)
+        except OSError as err:
+            raise _not_writable(save_path, err) from None
+    if previous is not None and previous != run:
+        if not overwrite:
+            raise QuantJobError(
+                f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
+                f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save_path")
+        shutil.rmtree(staging)
     try:
         (staging / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_file, json_bytes(run))

@@ -31,9 +31,11 @@ from quantjob.worker.savers.ascend_tensors import FLOAT, model_quant_type
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
     atomic_write_bytes,
+    fsync_dir,
     json_bytes,
     read_meta,
     stem,
+    write_synced,
 )
 
 WEIGHTS_PREFIX = "quant_model_weights"        # msModelSlim's ASCENDV1_SAFETENSORS_NAME, less ".safetensors"
@@ -282,7 +284,7 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
     pending = [part.name for part in plan.parts]
 
     def stage_file(name: str, data: bytes) -> None:
-        (save_path / (FINAL_TMP + name)).write_bytes(data)
+        write_synced(save_path / (FINAL_TMP + name), data)
         checksums[name] = hashlib.sha256(data).hexdigest()
         pending.append(name)
 
@@ -304,6 +306,7 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
             stage_file(path.name, path.read_bytes())
     for name in pending:
         os.replace(save_path / (FINAL_TMP + name), save_path / name)
+    fsync_dir(save_path)  # every file in place before the description can name them
 
     description: dict[str, object] = {item.spec.name: item.desc for item in plan.tensors}
     description.update({
@@ -318,6 +321,7 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
     checksums[DESCRIPTION] = hashlib.sha256(data).hexdigest()
     marker = {"run_id": run_id, "files": dict(sorted(checksums.items()))}
     atomic_write_bytes(save_path / COMPLETE, json_bytes(marker))
+    fsync_dir(save_path)
     shutil.rmtree(staging)
 
 
@@ -328,7 +332,8 @@ def remove_temporaries(save_path: Path) -> None:
 
 def remove_output(save_path: Path) -> None:
     """Delete a previous output (for --overwrite): the files its marker lists, the description,
-    weight files, the marker and staging. Other files in the directory are left alone."""
+    the weight files, the marker and leftover temporaries. Other files in the directory are left
+    alone, and so is staging (``prepare_output`` decides about it by its run id)."""
     names = {DESCRIPTION, COMPLETE}
     marker = save_path / COMPLETE
     if marker.is_file():

@@ -37,13 +37,33 @@ def stem(index: int) -> str:
     return f"layer-{index:05d}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling, fsync'ed, then ``os.replace``."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with open(tmp, "wb") as handle:
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (a rename of it is then never of a shorter file)."""
+    with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames into directory ``path`` durable (best effort where directories cannot be
+    opened or synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling, fsync'ed, then ``os.replace``."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    write_synced(tmp, data)
     os.replace(tmp, path)
 
 
