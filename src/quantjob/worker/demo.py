@@ -14,8 +14,12 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # imported where used: building a config does not need it at module import
+    import transformers
 
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_VOCAB = 512
@@ -61,7 +65,7 @@ def write_tokenizer(directory: Path, vocab_size: int = DEFAULT_VOCAB) -> None:
 def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
                 intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                 vocab_size: int = DEFAULT_VOCAB, tie_word_embeddings: bool = False,
-                dtype: torch.dtype = torch.bfloat16) -> "transformers.PretrainedConfig":  # noqa: F821
+                dtype: torch.dtype = torch.bfloat16) -> transformers.PretrainedConfig:
     """A transformers config of one of the supported families."""
     import transformers
 
@@ -69,12 +73,12 @@ def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int 
                "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}
     if family not in classes:
         raise ValueError(f"unknown demo family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    kwargs = dict(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096, tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, rms_norm_eps=1e-6,
-    )
+    kwargs: dict[str, Any] = {
+        "vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
+        "max_position_embeddings": 4096, "tie_word_embeddings": tie_word_embeddings,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "rms_norm_eps": 1e-6,
+    }
     if family == "qwen3":
         kwargs["head_dim"] = hidden_size // num_heads
     if family == "mistral":
