@@ -85,12 +85,13 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
             previous = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = {}
-    if (save_path / COMPLETE).exists() or (save_path / DESCRIPTION).exists():
+    complete = (save_path / COMPLETE).exists()
+    if complete or (save_path / DESCRIPTION).exists():
         # Only the marker means complete. A description beside this run's staging is a finish that
         # was cut short between the two: it is removed and the finish runs again.
-        interrupted_finish = not (save_path / COMPLETE).exists() and previous == run
+        interrupted_finish = not complete and previous == run
         if not overwrite and not interrupted_finish:
-            what = ("a complete quantized model" if (save_path / COMPLETE).exists() else
+            what = ("a complete quantized model" if complete else
                     f"a quantized model description ({DESCRIPTION}) from another run")
             raise QuantJobError(f"save path {save_path} already holds {what}; fix: pass --overwrite to "
                                 "replace it, or choose another --save_path")
