@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +168,18 @@ def create_parts(save_path: Path, plan: OutputPlan) -> None:
             handle.truncate(part.size)
 
 
+def _read_range(fd: int, offset: int, nbytes: int, ends_early: str) -> Iterator[bytes]:
+    """The bytes ``[offset, offset + nbytes)`` of ``fd``, at most ``COPY_CHUNK`` at a time
+    (positioned reads); ValueError(``ends_early``) when the file is shorter."""
+    done = 0
+    while done < nbytes:
+        chunk = os.pread(fd, min(COPY_CHUNK, nbytes - done), offset + done)
+        if not chunk:
+            raise ValueError(ends_early)
+        yield chunk
+        done += len(chunk)
+
+
 def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> str:
     """Copy one tensor's bytes to ``offset`` of ``out_fd`` in chunks; returns their sha256, checked
     against the staged record's."""
@@ -179,10 +191,8 @@ def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> str:
     in_fd = os.open(source.file, os.O_RDONLY)
     try:
         done = 0
-        while done < source.nbytes:
-            chunk = os.pread(in_fd, min(COPY_CHUNK, source.nbytes - done), source.offset + done)
-            if not chunk:
-                raise ValueError(f"{source.file} ends early inside tensor {item.spec.name!r}")
+        for chunk in _read_range(in_fd, source.offset, source.nbytes,
+                                 f"{source.file} ends early inside tensor {item.spec.name!r}"):
             digest.update(chunk)
             view = memoryview(chunk)
             while view:
@@ -223,27 +233,25 @@ def verify_part(path: Path, part: PartFile, expected: Mapping[str, str]) -> str:
     reported (a volume that loses concurrent writes from several pods is caught here, not by
     the inference engine); returns the sha256 of the whole file."""
     whole = hashlib.sha256()
-    with open(path, "rb") as handle:
-        header = handle.read(len(part.header))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = os.pread(fd, len(part.header), 0)
         if header != part.header:
             raise ValueError(f"{path}: the header was overwritten while the ranks wrote the file")
         whole.update(header)
-        for item, _ in part.tensors:
+        for item, offset in part.tensors:  # in file order, back to back
             digest = hashlib.sha256()
-            left = item.spec.nbytes
-            while left:
-                chunk = handle.read(min(COPY_CHUNK, left))
-                if not chunk:
-                    raise ValueError(f"{path} ends inside tensor {item.spec.name!r}")
+            for chunk in _read_range(fd, offset, item.spec.nbytes, f"{path} ends inside tensor {item.spec.name!r}"):
                 digest.update(chunk)
                 whole.update(chunk)
-                left -= len(chunk)
             if digest.hexdigest() != expected[item.spec.name]:
                 raise ValueError(f"{path}: tensor {item.spec.name!r} does not hold the bytes its rank wrote; the "
                                  "output volume lost concurrent writes from several pods (use a POSIX shared "
                                  "file system: NFS, CephFS, Lustre; not an object-store mount)")
-        if handle.read(1):
+        if os.fstat(fd).st_size > part.size:
             raise ValueError(f"{path} is longer than its header says")
+    finally:
+        os.close(fd)
     return whole.hexdigest()
 
 
