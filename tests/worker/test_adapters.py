@@ -21,12 +21,15 @@ def test_adapter_names_exist_in_the_model(family: str) -> None:
     for path in (adapter.embed, adapter.final_norm, adapter.rotary, adapter.lm_head):
         model.get_submodule(path)
     layer = model.get_submodule(adapter.layers)[0]
-    for norm, linears in adapter.norm_linears:
-        assert isinstance(layer.get_submodule(norm), torch.nn.Module)
-        assert all(isinstance(layer.get_submodule(name), torch.nn.Linear) for name in linears)
-    for src, dst in adapter.linear_linears:
-        assert isinstance(layer.get_submodule(src), torch.nn.Linear)
-        assert isinstance(layer.get_submodule(dst), torch.nn.Linear)
+    for subgraph in adapter.subgraphs(config.to_dict()):
+        source = layer.get_submodule(subgraph.source)
+        assert isinstance(source, torch.nn.Linear) == (subgraph.kind != "norm-linear")
+        assert all(isinstance(layer.get_submodule(name), torch.nn.Linear) for name in subgraph.targets)
+        if subgraph.kind == "ov":
+            assert subgraph.heads is not None
+            assert source.out_features == subgraph.heads.num_kv_heads * subgraph.heads.head_dim
+            assert layer.get_submodule(subgraph.targets[0]).in_features == \
+                subgraph.heads.num_heads * subgraph.heads.head_dim
     for norm in adapter.extra_norms:
         layer.get_submodule(norm)
 
