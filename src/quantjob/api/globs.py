@@ -4,6 +4,13 @@ Matching is case-sensitive and ``*`` crosses dots (``*mlp*`` matches ``model.lay
 as in msModelSlim. A brace list ``model.layers.{0,1,2}.*`` stands for one pattern per alternative;
 braces nest. Inside ``[...]`` braces are ordinary characters. ``exclude`` wins over ``include``,
 and an empty ``include`` selects every name.
+
+Brace lists multiply (``{a,b}{c,d}`` is four patterns), so a short pattern could stand for
+millions: a pattern is refused when it is longer than ``MAX_PATTERN_LENGTH``, nests braces deeper
+than ``MAX_BRACE_DEPTH`` or expands to more than ``MAX_EXPANSIONS`` patterns or
+``MAX_EXPANDED_CHARS`` characters. Both sizes are worked out from the brace structure in one
+pass, before anything is expanded, so checking a pattern takes time linear in its length and
+expanding (and compiling) an accepted one is bounded.
 """
 
 from __future__ import annotations
@@ -12,6 +19,11 @@ import re
 from collections.abc import Iterator, Sequence
 from fnmatch import translate
 from functools import lru_cache
+
+MAX_PATTERN_LENGTH = 1024
+MAX_BRACE_DEPTH = 16
+MAX_EXPANSIONS = 1024
+MAX_EXPANDED_CHARS = 16384
 
 
 def _bracket_end(pattern: str, start: int) -> int:
@@ -28,10 +40,58 @@ def _bracket_end(pattern: str, start: int) -> int:
 
 
 def pattern_error(pattern: str) -> str | None:
-    """What is wrong with ``pattern`` (unbalanced braces or brackets, empty), or None when it is valid."""
+    """What is wrong with ``pattern`` (unbalanced braces or brackets, empty, too long, too deep, too
+    large an expansion), or None when it is valid."""
+    measured = _measure(pattern)
+    if isinstance(measured, str):
+        return measured
+    count, chars = measured
+    if count > MAX_EXPANSIONS or chars > MAX_EXPANDED_CHARS:
+        shown = f"{pattern[:60]!r}{'...' if len(pattern) > 60 else ''}"
+        return (f"pattern {shown}: its brace lists expand to more than {MAX_EXPANSIONS} patterns or "
+                f"{MAX_EXPANDED_CHARS} characters; use wildcards ('*', '?', '[0-9]') or fewer alternatives")
+    return None
+
+
+def expansion_size(pattern: str) -> tuple[int, int]:
+    """(patterns, characters) that a valid ``pattern`` expands to, duplicates counted, each capped
+    just above its limit; computed without expanding anything."""
+    measured = _measure(pattern)
+    if isinstance(measured, str):
+        raise ValueError(measured)  # noqa: TRY004  # a malformed pattern is a bad value, as in expand_braces
+    return measured
+
+
+class _Frame:
+    """Counts inside one brace group: the alternatives closed so far and the one being read."""
+
+    def __init__(self) -> None:
+        self.count = self.chars = 0           # closed alternatives: patterns, characters
+        self.cur_count, self.cur_chars = 1, 0  # the current alternative (a sequence)
+
+    def append(self, count: int, chars: int) -> None:
+        """Concatenate ``count`` patterns of ``chars`` characters in all to the current alternative."""
+        self.cur_chars = _cap(self.cur_chars * count + chars * self.cur_count, MAX_EXPANDED_CHARS)
+        self.cur_count = _cap(self.cur_count * count, MAX_EXPANSIONS)
+
+    def close_alternative(self) -> None:
+        self.count = _cap(self.count + self.cur_count, MAX_EXPANSIONS)
+        self.chars = _cap(self.chars + self.cur_chars, MAX_EXPANDED_CHARS)
+        self.cur_count, self.cur_chars = 1, 0
+
+
+def _cap(value: int, limit: int) -> int:
+    return min(value, limit + 1)
+
+
+def _measure(pattern: str) -> tuple[int, int] | str:
+    """(patterns, characters) of the expansion, or what is wrong with the pattern; one pass."""
     if not isinstance(pattern, str) or not pattern:
         return "empty pattern; use '*' to select every module"
-    depth = 0
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return (f"pattern {pattern[:40]!r}... is {len(pattern)} characters; at most {MAX_PATTERN_LENGTH} "
+                "are accepted (split it into several include/exclude entries)")
+    frames = [_Frame()]
     index = 0
     while index < len(pattern):
         char = pattern[index]
@@ -39,20 +99,30 @@ def pattern_error(pattern: str) -> str | None:
             close = _bracket_end(pattern, index)
             if close < 0:
                 return f"pattern {pattern!r}: '[' at position {index} is never closed; add ']'"
+            frames[-1].append(1, close + 1 - index)
             index = close + 1
             continue
         if char == "]":
             return f"pattern {pattern!r}: ']' at position {index} has no opening '['"
         if char == "{":
-            depth += 1
+            if len(frames) > MAX_BRACE_DEPTH:
+                return (f"pattern {pattern[:40]!r}...: braces nested more than {MAX_BRACE_DEPTH} deep at "
+                        f"position {index}; write the alternatives out")
+            frames.append(_Frame())
+        elif char == "," and len(frames) > 1:
+            frames[-1].close_alternative()
         elif char == "}":
-            if depth == 0:
+            if len(frames) == 1:
                 return f"pattern {pattern!r}: '}}' at position {index} has no opening '{{'"
-            depth -= 1
+            group = frames.pop()
+            group.close_alternative()
+            frames[-1].append(group.count, group.chars)
+        else:
+            frames[-1].append(1, 1)
         index += 1
-    if depth:
-        return f"pattern {pattern!r}: {depth} '{{' never closed; add '}}' or remove the brace"
-    return None
+    if len(frames) > 1:
+        return f"pattern {pattern!r}: {len(frames) - 1} '{{' never closed; add '}}' or remove the brace"
+    return frames[0].cur_count, frames[0].cur_chars
 
 
 def _tokens(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
@@ -69,45 +139,44 @@ def _tokens(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
             index += 1
 
 
-def _split_top(body: str) -> list[str]:
-    """Split the inside of one brace group at its top-level commas."""
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for _, token in _tokens(body):
-        depth += {"{": 1, "}": -1}.get(token, 0)
-        if token == "," and depth == 0:
-            parts.append(current)
-            current = ""
+def _parse(pattern: str) -> list[str | list[list]]:  # type: ignore[type-arg]
+    """The pattern as a sequence of literal tokens and brace groups (a list of alternatives, each a
+    sequence); ``pattern`` is known to be valid, so nesting is at most ``MAX_BRACE_DEPTH``."""
+    root: list[str | list[list]] = []  # type: ignore[type-arg]
+    stack: list[list[str | list[list]]] = [root]  # type: ignore[type-arg]
+    groups: list[list[list]] = []  # type: ignore[type-arg]
+    for _, token in _tokens(pattern):
+        if token == "{":
+            group: list[list] = [[]]  # type: ignore[type-arg]
+            stack[-1].append(group)
+            groups.append(group)
+            stack.append(group[0])
+        elif token == "," and groups:
+            groups[-1].append([])
+            stack[-1] = groups[-1][-1]
+        elif token == "}" and groups:
+            groups.pop()
+            stack.pop()
         else:
-            current += token
-    parts.append(current)
-    return parts
+            stack[-1].append(token)
+    return root
 
 
-def _brace_end(pattern: str, start: int) -> int:
-    """Index of the ``}`` closing the brace opened at ``start`` (the pattern is known to be valid)."""
-    depth = 0
-    for index, token in _tokens(pattern, start):
-        depth += {"{": 1, "}": -1}.get(token, 0)
-        if token == "}" and depth == 0:
-            return index
-    raise ValueError(f"pattern {pattern!r}: '{{' at position {start} is never closed")
+def _expand_sequence(sequence: list[str | list[list]]) -> list[str]:  # type: ignore[type-arg]
+    """Every string a parsed sequence stands for, in order, duplicates removed."""
+    results = [""]
+    for item in sequence:
+        if isinstance(item, str):
+            results = [text + item for text in results]
+        else:
+            choices = [text for alternative in item for text in _expand_sequence(alternative)]
+            results = [text + choice for text in results for choice in choices]
+    return list(dict.fromkeys(results))
 
 
 @lru_cache(maxsize=4096)
 def _expand(pattern: str) -> tuple[str, ...]:
-    for index, token in _tokens(pattern):
-        if token == "{":
-            end = _brace_end(pattern, index)
-            head, body, tail = pattern[:index], pattern[index + 1:end], pattern[end + 1:]
-            results: list[str] = []
-            for alternative in _split_top(body):
-                for expanded in _expand(head + alternative + tail):
-                    if expanded not in results:
-                        results.append(expanded)
-            return tuple(results)
-    return (pattern,)
+    return tuple(_expand_sequence(_parse(pattern)))
 
 
 def expand_braces(pattern: str) -> list[str]:
