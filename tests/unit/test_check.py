@@ -218,9 +218,29 @@ def test_preset_problems_point_at_quant_type(monkeypatch: pytest.MonkeyPatch) ->
     assert {p.path for p in result.problems} == {"spec.quantType"}
 
 
-def test_output_must_not_be_the_model_directory() -> None:
-    result = check_document(job(quantType="w8a8", output={"pvc": "models", "path": "Qwen2.5-7B/"}))
-    only(result.problems, "spec.output.path")
+@pytest.mark.parametrize(("output", "fragment"), [
+    ("Qwen2.5-7B/", "is the model directory"),
+    ("./Qwen2.5-7B", "is the model directory"),       # admitted before: the paths were compared as strings
+    ("Qwen2.5-7B//.", "is the model directory"),
+    ("Qwen2.5-7B/w8a8", "is inside the model directory"),
+    ("./Qwen2.5-7B//quant/", "is inside the model directory"),
+    (".", "contains the model directory"),
+])
+def test_output_must_stay_out_of_the_model_directory(output: str, fragment: str) -> None:
+    result = check_document(job(quantType="w8a8", output={"pvc": "models", "path": output}))
+    assert fragment in only(result.problems, "spec.output.path").message
+
+
+def test_output_containing_a_nested_model_is_refused() -> None:
+    result = check_document(job(quantType="w8a8", model={"pvc": "models", "path": "org/Qwen2.5-7B"},
+                                output={"pvc": "models", "path": "./org"}))
+    assert "contains the model directory" in only(result.problems, "spec.output.path").message
+
+
+@pytest.mark.parametrize(("pvc", "output"), [("models", "Qwen2.5-7B-w8a8"), ("models", "quantized/Qwen2.5-7B"),
+                                             ("quantized", "Qwen2.5-7B"), ("quantized", ".")])
+def test_outputs_beside_the_model_are_admitted(pvc: str, output: str) -> None:
+    assert check_document(job(quantType="w8a8", output={"pvc": pvc, "path": output})).problems == []
 
 
 def test_config_dataset_is_ignored_when_the_job_names_calibration() -> None:

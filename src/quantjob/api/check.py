@@ -24,6 +24,7 @@ from quantjob.api.modelslim import (
 )
 from quantjob.api.problems import Problem, from_validation_error, has_errors
 from quantjob.api.resource import API_VERSION, GROUP, KIND, QuantJob
+from quantjob.api.volume_paths import output_over_model
 
 # config.json keys that mark a multimodal model (a vision or audio tower beside the LLM).
 MULTIMODAL_KEYS = ("vision_config", "audio_config", "visual", "vision_tower", "mm_vision_tower", "speech_config")
@@ -193,9 +194,7 @@ def _job_problems(job: QuantJob) -> list[Problem]:
     """Rules that look at the job around the config: where files come from and go."""
     spec = job.spec
     problems: list[Problem] = []
-    if spec.output.pvc == spec.model.pvc and spec.output.path.strip("/") == spec.model.path.strip("/"):
-        problems.append(Problem("spec.output.path", "output is the model directory itself; the quantized files "
-                                                    "would overwrite the model: choose another path"))
+    problems.extend(output_over_model(job))
     if spec.config is not None and spec.config.calibration_dataset() and spec.calibration.path:
         problems.append(Problem("spec.config.spec.dataset", "ignored: the job reads calibration data from "
                                                             "spec.calibration.path", "warning"))

@@ -29,6 +29,7 @@ from typing_extensions import TypedDict
 
 from quantjob.api import catalogue
 from quantjob.api.globs import pattern_error
+from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.problems import field_error
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
@@ -58,7 +59,7 @@ Globs = Annotated[list[Annotated[str, BeforeValidator(_check_glob)]], _none_as([
 ExcludeGlobs = Annotated[list[Annotated[str, BeforeValidator(_check_glob)]], _none_as([])]
 
 
-class Strict(BaseModel):
+class Strict(NullsAsDefaults):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
@@ -244,7 +245,7 @@ class Spec(Strict):
     default_text: str | None = Field(None, description="multimodal configs: prompt paired with images")
 
 
-class Label(BaseModel):
+class Label(NullsAsDefaults):
     model_config = ConfigDict(extra="allow")
     w_bit: int | None = None
     a_bit: int | None = None
@@ -252,7 +253,7 @@ class Label(BaseModel):
     kv_cache: bool | None = None
 
 
-class Metadata(BaseModel):
+class Metadata(NullsAsDefaults):
     model_config = ConfigDict(extra="allow")
     config_id: str | None = None
     score: float | None = None
@@ -260,7 +261,7 @@ class Metadata(BaseModel):
     label: Label | None = None
 
 
-class ModelslimConfig(BaseModel):
+class ModelslimConfig(NullsAsDefaults):
     """A whole ``modelslim_v1`` YAML document. Extra top-level keys (anchor holders) are kept."""
 
     model_config = ConfigDict(extra="allow")

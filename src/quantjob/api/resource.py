@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.presets import QUANT_TYPES
 from quantjob.api.problems import field_error
 
@@ -28,7 +29,7 @@ DEFAULT_RESOURCE_NAMES: dict[str, str | None] = {
 }
 
 
-class CamelModel(BaseModel):
+class CamelModel(NullsAsDefaults):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
@@ -38,12 +39,16 @@ PvcName = Annotated[str, Field(min_length=1, max_length=253, pattern=PVC_NAME_PA
 
 
 def check_relative_path(value: str) -> str:
-    """A path inside a volume: relative, no ``..`` segment, not empty."""
+    """A path inside a volume: relative, no ``..`` segment, not empty.
+
+    The worker runs on Linux and no shell sees the path: ``a:b/x`` and ``~backup/x`` are ordinary
+    relative paths there.
+    """
     if not value or not value.strip():
         raise ValueError("path must not be empty; use '.' for the root of the volume")
     if "\x00" in value:
         raise ValueError(f"path {value!r} contains a NUL character; remove it")
-    if value.startswith(("/", "\\", "~")) or (len(value) > 1 and value[1] == ":" and value[0].isalpha()):
+    if value.startswith(("/", "\\")):
         raise ValueError(f"path {value!r} must be relative to its volume (remove the leading '{value[0]}')")
     parts = value.replace("\\", "/").split("/")
     if ".." in parts:

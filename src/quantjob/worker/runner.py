@@ -13,12 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +44,7 @@ from quantjob.worker.observers import observe_inputs, reduce_stats
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.records import LayerOutput
+from quantjob.worker.save_path import check_save_path
 
 log = logging.getLogger("quantjob.worker")
 
@@ -88,18 +87,6 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
         "model_type": job.model_type,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def check_save_path(save_path: Path, model_path: Path) -> None:
-    if save_path.resolve() == model_path.resolve():
-        raise QuantJobError(f"--save_path {save_path} is the model directory; choose a separate output directory")
-    probe = save_path if save_path.exists() else next((p for p in save_path.parents if p.exists()), Path("/"))
-    if not probe.is_dir():
-        raise QuantJobError(f"--save_path {save_path}: {probe} exists and is not a directory; "
-                            "choose a directory path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise QuantJobError(f"--save_path {save_path}: {probe} is not writable; choose a writable location "
-                            "or fix its permissions")
 
 
 def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[int, ...]]:
