@@ -266,3 +266,51 @@ def test_bare_config_defaults_to_one_device() -> None:
     result = check_document({"apiversion": "modelslim_v1", "spec": {"process": [lq()]}})
     assert (result.runner, result.world_size, result.problems) == ("layer_wise", 1, [])
     assert check_document({"spec": {"process": [lq()]}}, devices=3).runner == "dp_layer_wise"
+
+
+# --- rules the worker used to find alone (issue 14, item 8) ------------------------------------
+
+@pytest.mark.parametrize("include", [["lm_head"], ["*self_attn*", "{lm_head,model.norm}"], ["*lm_head*"]])
+def test_lm_head_in_include_is_refused_at_admission(include: list[str]) -> None:
+    result = check_document(job(config={"spec": {"process": [lq(include=include)]}}))
+    assert "lm_head" in only(result.problems, "spec.config.spec.process[0].include").message
+    problems = check(config(lq(act={}), {"type": "group", "configs": [lq(include=include)]}), 1)
+    only(problems, "spec.config.spec.process[1].configs[0].include")
+
+
+def test_wildcards_that_only_happen_to_match_lm_head_pass() -> None:
+    assert check(config(lq(include=["*"]), lq(include=["lm_*"])), 1) == []
+
+
+def test_mixed_group_sizes_are_refused_at_admission() -> None:
+    w4 = {"scope": "per_group", "dtype": "int4", "ext": {"group_size": 128}}
+    mixed = config(lq(weight=w4, include=["*self_attn*"]),
+                   lq(weight={**w4, "ext": {"group_size": 64}}, include=["*mlp*"]))
+    problem = only(check(mixed, 1), "spec.config.spec.process[1].qconfig.weight.ext.group_size")
+    assert "64" in problem.message and "128" in problem.message
+    assert check(config(lq(weight=w4, include=["*self_attn*"]), lq(weight=w4, include=["*mlp*"])), 1) == []
+
+
+@pytest.mark.parametrize(("model_type", "ok"), [("gpt2", False), ("DeepSeek-V3", False), ("Qwen2.5-7B", True),
+                                                ("llama", True)])
+def test_model_type_override_is_checked_at_admission(model_type: str, ok: bool) -> None:
+    result = check_document(job(quantType="w8a8", model={"pvc": "models", "path": "m", "modelType": model_type}))
+    assert (result.problems == []) is ok
+    if not ok:
+        assert "not supported" in only(result.problems, "spec.model.modelType").message
+
+
+def test_model_type_of_a_given_config_json_is_checked() -> None:
+    bare = {"spec": {"process": [lq()]}}
+    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+    assert "gpt2" in only(check_document(bare, model_config=gpt2).problems, "config.json").message
+    assert "gpt2" in only(check_document(job(quantType="w8a8"), model_config=gpt2).problems, "config.json").message
+    assert check_document(bare, model_config={"model_type": "qwen3"}).problems == []
+    assert only(check_document(bare, model_config={}).problems, "config.json").severity == "error"
+
+
+def test_patterns_of_one_config_have_a_shared_budget() -> None:
+    wide = "model.layers.{" + ",".join(str(i) for i in range(256)) + "}.mlp.up_proj"  # ~7 KB expanded
+    problems = check(config(lq(include=[wide] * 40)), 1)
+    problem = only(problems, "spec.config.spec.process[0].include[37]")
+    assert "expand to more than" in problem.message

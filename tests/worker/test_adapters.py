@@ -52,3 +52,12 @@ def test_model_type_override_by_msmodelslim_name() -> None:
 def test_missing_model_type() -> None:
     with pytest.raises(QuantJobError, match="no 'model_type'"):
         adapter_for({})
+
+
+def test_admission_knows_exactly_the_families_with_an_adapter() -> None:
+    """``quantjob.api.model_types`` (no torch) refuses model types at admission; it must list the adapters."""
+    from quantjob.api.model_types import LM_HEAD, MODEL_TYPES, family_for_name
+
+    assert sorted(MODEL_TYPES) == supported_model_types()
+    assert all(family_for_name(name) == name for name in MODEL_TYPES)
+    assert {adapter.lm_head for adapter in ADAPTERS.values()} == {LM_HEAD}

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from quantjob.api import catalogue
+from quantjob.api.config_rules import lm_head_in_include, one_group_size, pattern_budget
+from quantjob.api.model_types import model_type_problems
 from quantjob.api.modelslim import (
     Group,
     LinearQuant,
@@ -174,6 +176,9 @@ def resolve(config: ModelslimConfig, devices: int, model_config: dict[str, Any] 
     distributed = runner == "dp_layer_wise"
     _check_processors(config, distributed, prefix, problems)
     _check_linear_quants(config, distributed, prefix, problems)
+    over_budget = pattern_budget(config, prefix)
+    problems += over_budget or lm_head_in_include(config, prefix)  # the lm_head rule expands the patterns
+    problems += one_group_size(config, prefix)
     if distributed and (config.multimodal or is_multimodal(model_config)):
         problems.append(Problem(f"{prefix}spec.runner",
                                 "multimodal models (a vision/audio tower) are not supported under "
@@ -190,11 +195,12 @@ def check(config: ModelslimConfig, devices: int, model_config: dict[str, Any] | 
     return resolve(config, devices, model_config, prefix).problems
 
 
-def _job_problems(job: QuantJob) -> list[Problem]:
-    """Rules that look at the job around the config: where files come from and go."""
+def _job_problems(job: QuantJob, model_config: dict[str, Any] | None) -> list[Problem]:
+    """Rules that look at the job around the config: where files come from and go, the model type."""
     spec = job.spec
     problems: list[Problem] = []
     problems.extend(output_over_model(job))
+    problems.extend(model_type_problems(model_config, spec.model.modelType, override_at="spec.model.modelType"))
     if spec.config is not None and spec.config.calibration_dataset() and spec.calibration.path:
         problems.append(Problem("spec.config.spec.dataset", "ignored: the job reads calibration data from "
                                                             "spec.calibration.path", "warning"))
@@ -208,7 +214,7 @@ def _resolve_job(job: QuantJob, devices: int | None, model_config: dict[str, Any
     else:  # a preset: its problems belong to the field that chose it
         result = resolve(job.spec.resolved_config(), count, model_config, "")
         result.problems = [Problem("spec.quantType", p.message, p.severity) for p in result.problems]
-    result.problems = _job_problems(job) + result.problems
+    result.problems = _job_problems(job, model_config) + result.problems
     result.job = job
     return result
 
@@ -238,4 +244,6 @@ def check_document(data: Any, devices: int | None = None,
         config = ModelslimConfig.model_validate(data)
     except ValidationError as error:
         return Resolution(None, 0, None, from_validation_error(error))
-    return resolve(config, devices if devices is not None else 1, model_config, prefix="")
+    result = resolve(config, devices if devices is not None else 1, model_config, prefix="")
+    result.problems = model_type_problems(model_config, None, override_at="--model_type") + result.problems
+    return result

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from fnmatch import translate
+from fnmatch import fnmatchcase, translate
 from functools import lru_cache
 
 MAX_PATTERN_LENGTH = 1024
 MAX_BRACE_DEPTH = 16
 MAX_EXPANSIONS = 1024
 MAX_EXPANDED_CHARS = 16384
+# every include/exclude pattern of one config together (what the worker compiles)
+MAX_CONFIG_EXPANDED_CHARS = 262144
 
 
 def _bracket_end(pattern: str, start: int) -> int:
@@ -205,3 +207,10 @@ def matches(name: str, include: Sequence[str], exclude: Sequence[str] = ()) -> b
     if include and not match_any(name, include):
         return False
     return not match_any(name, exclude)
+
+
+def names_literally(patterns: Sequence[str], name: str) -> bool:
+    """Whether a pattern names ``name`` (e.g. ``lm_head``) in its text, not only through wildcards:
+    one of its expansions contains ``name`` and matches it."""
+    return any(name in expanded and fnmatchcase(name, expanded)
+               for pattern in patterns for expanded in expand_braces(pattern))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from quantjob.api.model_types import family_for_name
 from quantjob.worker.errors import QuantJobError
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -109,10 +110,6 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3": Adapter("qwen3", extra_norms=("self_attn.q_norm", "self_attn.k_norm")),
 }
 
-# msModelSlim-style --model_type names (e.g. "Qwen2.5-7B-Instruct") -> adapter, by lowercase prefix.
-_NAME_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"))
-
 
 def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
@@ -123,10 +120,9 @@ def adapter_for(model_config: dict[str, Any], model_type: str | None = None, *,
     """The adapter for a model's ``config.json`` (or an explicit ``--model_type`` override)."""
     supported = ", ".join(supported_model_types())
     if model_type:
-        lowered = model_type.strip().lower()
-        for prefix, key in _NAME_PREFIXES:
-            if lowered.startswith(prefix):
-                return ADAPTERS[key]
+        family = family_for_name(model_type)  # msModelSlim-style names, e.g. "Qwen2.5-7B-Instruct"
+        if family is not None:
+            return ADAPTERS[family]
         raise QuantJobError(f"--model_type {model_type!r} is not supported; supported model types: {supported} "
                             "(or omit --model_type to use config.json's model_type)")
     declared = model_config.get("model_type")

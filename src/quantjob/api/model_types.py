@@ -1,0 +1,53 @@
+"""The model families quantjob has an adapter for, by name only (the adapters themselves live in
+``quantjob.worker.adapters``), so admission and the CLI refuse an unknown model type before a pod
+or a rank starts.
+
+A model's family is config.json's ``model_type``, or an override written as msModelSlim's
+``--model_type`` is (``Qwen2.5-7B-Instruct``), matched by lowercase prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from quantjob.api.problems import Problem
+
+# config.json ``model_type`` values with an adapter (``quantjob.worker.adapters.ADAPTERS``).
+MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+# msModelSlim-style names -> family, by lowercase prefix (the first that matches wins).
+NAME_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"))
+# The output projection every family keeps float (an adapter may name another).
+LM_HEAD = "lm_head"
+
+
+def family_for_name(name: str) -> str | None:
+    """The family of an override such as ``Qwen2.5-7B``, or None when no supported one matches."""
+    lowered = name.strip().lower()
+    return next((family for prefix, family in NAME_PREFIXES if lowered.startswith(prefix)), None)
+
+
+def model_type_problems(model_config: Mapping[str, Any] | None, model_type: str | None, *,
+                        override_at: str, config_at: str = "config.json") -> list[Problem]:
+    """A problem when the override, or else config.json's ``model_type`` (when a config is given),
+    names no supported family. ``override_at``: the field or flag the override came from."""
+    supported = ", ".join(MODEL_TYPES)
+    if model_type:
+        if family_for_name(model_type) is None:
+            return [Problem(override_at, f"model type {model_type!r} is not supported; use a name starting with one "
+                                         f"of: {supported} (or leave it out to use config.json's model_type)")]
+        return []
+    if model_config is None:
+        return []
+    declared = model_config.get("model_type")
+    if not isinstance(declared, str) or not declared:
+        return [Problem(config_at, f"config.json has no 'model_type'; add it or set {override_at} "
+                                   f"(one of: {supported})")]
+    if declared not in MODEL_TYPES:
+        architectures = model_config.get("architectures")
+        archs = ", ".join(str(a) for a in architectures) if isinstance(architectures, list) and architectures \
+            else "unknown architecture"
+        return [Problem(config_at, f"model_type {declared!r} ({archs}) is not supported; "
+                                   f"supported model types: {supported}")]
+    return []
