@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -95,3 +96,39 @@ def test_missing_shard_and_missing_weights(tiny_model: Callable[..., Path], tmp_
     empty.mkdir()
     with pytest.raises(QuantJobError, match="no model.safetensors"):
         Checkpoint(empty)
+
+
+def _f32(begin: int, end: int) -> dict[str, object]:
+    return {"dtype": "F32", "shape": [(end - begin) // 4], "data_offsets": [begin, end]}
+
+
+@pytest.mark.parametrize(("entries", "data_bytes", "fragment"), [
+    ({"a": _f32(0, 8), "b": _f32(4, 12)}, 16, "'b' (data bytes 4..12) overlaps 'a'"),
+    ({"a": _f32(0, 8), "b": _f32(0, 8)}, 8, "overlaps"),                      # two names, one range
+    ({"a": _f32(0, 16), "b": _f32(4, 12)}, 16, "overlaps"),                   # one inside another
+    ({"a": _f32(0, 8), "b": _f32(12, 20)}, 20, "gap of 4 bytes after 'a'"),
+    ({"a": _f32(8, 16)}, 16, "gap of 8 bytes after the header"),
+    ({"a": _f32(0, 8)}, 16, "cover 8 of 16 data bytes"),                      # trailing bytes
+    ({"b": _f32(8, 16), "a": _f32(0, 8)}, 16, None),                          # JSON order is free
+    ({"e": _f32(0, 0), "a": _f32(0, 8)}, 8, None),                            # an empty tensor
+])
+def test_tensor_ranges_must_tile_the_data_as_the_library_requires(
+        tmp_path: Path, entries: dict[str, object], data_bytes: int, fragment: str | None) -> None:
+    """Overlapping or out-of-order offsets were accepted and read one tensor's bytes as another's."""
+    from safetensors import SafetensorError, safe_open
+
+    header = json.dumps(entries).encode()
+    header += b" " * (-len(header) % 8)
+    file = tmp_path / "x.safetensors"
+    file.write_bytes(len(header).to_bytes(8, "little") + header + bytes(range(data_bytes)))
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            library = set(handle.keys())
+    except SafetensorError:
+        library = None
+    if fragment is None:
+        assert set(read_header(file)) == library == set(entries)
+    else:
+        with pytest.raises(QuantJobError, match=re.escape(fragment)):
+            read_header(file)
+        assert library is None  # the library refuses it too

@@ -78,7 +78,28 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
             raise QuantJobError(f"{file}: truncated: tensor {name!r} ends at byte {end} of {data_len} data bytes; "
                                 f"{_REDOWNLOAD}")
         tensors[name] = TensorInfo(file, dtype, shape, 8 + header_len + begin, end - begin)
+    _check_layout(file, tensors, 8 + header_len, data_len)
     return tensors
+
+
+def _check_layout(file: Path, tensors: dict[str, TensorInfo], data_start: int, data_len: int) -> None:
+    """The tensors tile the data exactly, as the safetensors library requires: in offset order each
+    begins where the previous one ends, the first at 0 and the last at the end of the file.
+    Overlapping ranges would read one tensor's bytes as another's, and a gap or trailing bytes mean
+    a file not written as the header says."""
+    position, previous = 0, None
+    for name, info in sorted(tensors.items(), key=lambda item: (item[1].offset, item[1].nbytes)):
+        begin = info.offset - data_start
+        if begin != position:
+            what = (f"overlaps {previous!r}" if begin < position and previous is not None
+                    else f"leaves a gap of {begin - position} bytes after "
+                         f"{repr(previous) if previous is not None else 'the header'}")
+            raise QuantJobError(f"{file}: corrupt safetensors header: tensor {name!r} (data bytes {begin}.."
+                                f"{begin + info.nbytes}) {what}; {_REDOWNLOAD}")
+        position, previous = begin + info.nbytes, name
+    if position != data_len:
+        raise QuantJobError(f"{file}: corrupt safetensors file: its tensors cover {position} of {data_len} data "
+                            f"bytes (trailing bytes); {_REDOWNLOAD}")
 
 
 FINGERPRINT_WINDOWS = 16
