@@ -17,6 +17,7 @@ import pytest
 from emulator import NAMESPACE, QUANTJOBS, eventually, quantjob_manifest, stored
 from kubelet import FakeNode, JobRun, apply, run_indexed_job
 
+from quantjob.api import exit_codes
 from quantjob.worker.demo import build_demo_model, write_calibration_jsonl
 from quantjob.worker.savers.assemble import COMPLETE, verify_complete
 
@@ -151,7 +152,7 @@ async def test_worker_failure_fails_the_quantjob_with_its_error(cluster: kmockli
         status = await finished(cluster, "Failed", run)
 
     failed_pods = [pod for pod in run.pods if not pod.killed and pod.exit_code]
-    assert failed_pods and all(pod.exit_code == 1 for pod in failed_pods), run.describe()
+    assert failed_pods and all(pod.exit_code == exit_codes.INPUT for pod in failed_pods), run.describe()
     first = min(failed_pods, key=lambda pod: pod.index)
     error = first.termination_message()
     assert error.startswith("quantjob: error: ") and str(weights) in error, run.describe()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quantjob.api import exit_codes
 from quantjob.cli import build_parser, main
 from quantjob.cli.quantize import QuantizeArgs
 
@@ -80,7 +81,7 @@ def test_end_to_end_with_the_ascend_saver(tiny_model: Callable[..., Path], calib
     assert description["model.layers.0.mlp.down_proj.weight"] == "FLOAT"
     assert description["model.layers.1.self_attn.q_norm.weight"] == "FLOAT"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
-    assert main([*_base(model, out, calib), "--config_path", str(config)]) == 1
+    assert main([*_base(model, out, calib), "--config_path", str(config)]) == exit_codes.INPUT
     err = capsys.readouterr().err
     assert "quantjob: error:" in err and "--overwrite" in err
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,12 @@ import torch
 from quantjob.worker import distributed
 from quantjob.worker.device import DeviceSpec
 from quantjob.worker.distributed import Group, shard_indices
-from quantjob.worker.group_env import LOCAL_DEVICE_ENV, GroupEnv, read_group_env
+from quantjob.worker.group_env import (
+    LOCAL_DEVICE_ENV,
+    GroupEnv,
+    collective_timeout_s,
+    read_group_env,
+)
 from quantjob.worker.launcher import free_port
 
 
@@ -125,6 +131,8 @@ def test_accelerator_group_also_has_gloo_for_host_tensors(kind: str, backend: st
     """nccl/hccl alone would reject the host tensors of ordered_sum and the object collectives."""
     seen: dict[str, object] = {}
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kwargs: seen.setdefault("work", kwargs))
+    monkeypatch.setattr(distributed.GroupWatch, "connect", lambda *args: None)
     monkeypatch.setattr(distributed.devices, "load_extension", lambda kind: seen.setdefault("extension", kind))
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
@@ -198,3 +206,32 @@ def test_reductions_are_identical_for_1_2_3_ranks(tmp_path: Path) -> None:
         assert [r["gathered"] for r in results] == [list(range(world))] * world
         for r in results:
             assert {k: r[k] for k in reference} == reference, (world, r["rank"])
+
+
+@pytest.mark.parametrize(("flag", "env", "expected"), [
+    (None, {}, 600.0), (None, {"QUANTJOB_COLLECTIVE_TIMEOUT": " 90 "}, 90.0),
+    (30.0, {"QUANTJOB_COLLECTIVE_TIMEOUT": "90"}, 30.0), (None, {"QUANTJOB_COLLECTIVE_TIMEOUT": ""}, 600.0),
+])
+def test_collective_timeout_flag_then_env_then_default(flag: float | None, env: dict[str, str],
+                                                       expected: float) -> None:
+    assert collective_timeout_s(flag, env) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "ten", "inf", "nan"])
+def test_bad_collective_timeout_env_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=f"QUANTJOB_COLLECTIVE_TIMEOUT={raw!r}"):
+        collective_timeout_s(None, {"QUANTJOB_COLLECTIVE_TIMEOUT": raw})
+
+
+def test_the_work_group_gets_the_collective_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Joining may take as long as pods take to start; each collective waits at most the timeout."""
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: seen.update(init=kwargs))
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kwargs: seen.update(work=kwargs) or "work")
+    monkeypatch.setattr(distributed.GroupWatch, "connect", lambda *args: None)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    group = distributed.init_group_from_env("cpu", collective_timeout_s=42.0)
+    assert seen["work"] == {"timeout": timedelta(seconds=42)}
+    assert seen["init"]["timeout"] == timedelta(seconds=distributed.JOIN_TIMEOUT_S)  # type: ignore[index]
+    assert group.process_group == "work" and group.collective_timeout_s == 42.0

@@ -15,6 +15,7 @@ from dp_runs import (
     tiny_model,
 )
 
+from quantjob.api import exit_codes
 from quantjob.api import catalogue
 from quantjob.api.presets import preset
 from quantjob.cli import main
@@ -106,6 +107,6 @@ def test_the_garbage_weights_would_have_failed(tmp_path: Path, garbage_model: Pa
     config = _config_file(tmp_path, "auto")
     code = main(_config_argv(garbage_model, tmp_path / "out", config, "cpu"))
     err = capsys.readouterr().err
-    assert code == 1, err
+    assert code == exit_codes.INPUT, err
     assert "safetensors" in err.lower(), err
     assert json.loads((garbage_model / "config.json").read_text())["num_hidden_layers"] == 2

@@ -1,15 +1,19 @@
 """``quantjob quantize``: msModelSlim's ``msmodelslim quant`` flags, run by the layer-wise loop.
 
 The config is checked (``quantjob.api.check.resolve``) before any weight is read: problems are
-printed as ``path: message`` and errors exit 2. Expected bad input (missing files, corrupt
-weights, empty calibration, an occupied output) prints one ``quantjob: error: ...`` line and
-exits 1. With several devices and no ``RANK`` in the environment, the local launcher starts one
-process per device, each re-running this command as one rank.
+printed as ``path: message`` and errors exit 2. Every expected failure prints one
+``quantjob: error: ...`` line and leaves with its code from ``quantjob.api.exit_codes``: 2 for
+bad flags, config or environment, 3 for bad input the worker finds (missing files, corrupt or
+non-finite weights, empty calibration, an occupied output, a full output volume), 1 for a
+broken group (a lost or stuck peer, a collective timeout) and for crashes, which keep their
+traceback. With several devices and no ``RANK`` in the environment, the local launcher starts
+one process per device, each re-running this command as one rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,7 +22,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError, model_validator
 
+from quantjob.api import exit_codes
 from quantjob.api.check import resolve
+from quantjob.api.model_types import model_type_problems
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
@@ -72,22 +78,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
     parser.add_argument("--error_samples", type=int, default=8,
                         help="samples for the per-layer quantization error table (default 8)")
+    parser.add_argument("--collective_timeout", type=float, metavar="SECONDS",
+                        help="how long a rank waits for the others in a collective before the group stops, "
+                             "naming the stuck rank (default: $QUANTJOB_COLLECTIVE_TIMEOUT, else 600)")
     parser.set_defaults(run=run)
 
 
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _fail(message: str, code: int = exit_codes.INPUT) -> int:
     """Report an expected failure: one line on stderr and, in a pod, the termination message
     (the operator copies it into the QuantJob's Failed condition); returns ``code``."""
     print(f"quantjob: error: {message}", file=sys.stderr)
+    _write_termination_log(message)
+    return code
+
+
+def _write_termination_log(message: str) -> None:
     if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
         try:
             TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
         except OSError:
             pass
-    return code
 
 
 def _load_config(args: QuantizeArgs) -> ModelslimConfig | list[str]:
@@ -129,7 +142,7 @@ def run(namespace: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in item["loc"])
             print(f"quantjob: error: {'--' + where + ': ' if where else ''}"
                   f"{str(item['msg']).removeprefix('Value error, ')}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
 
     import logging
 
@@ -141,31 +154,38 @@ def run(namespace: argparse.Namespace) -> int:
         spec = devices.parse_devices(args.device)
     except ValueError as error:
         print(f"quantjob: error: {error}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     loaded = _load_config(args)
     if isinstance(loaded, list):
         for line in loaded:
             print(line, file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     try:
         model_config = read_model_config(args.model_path)
     except QuantJobError as error:
-        return _fail(str(error))
+        return _fail(str(error), error.exit_code)
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
-    from quantjob.worker.group_env import read_group_env
+    from quantjob.worker.group_env import collective_timeout_s, read_group_env
 
     try:
         found = read_group_env()
+        timeout_s = collective_timeout_s(args.collective_timeout)
     except ValueError as error:  # a pod's environment: the message goes to the termination log too
-        return _fail(str(error), code=2)
+        return _fail(str(error), exit_codes.USAGE)
     in_group = found.world_size > 1 or any(os.environ.get(name, "").strip()
                                            for name in ("RANK", "JOB_COMPLETION_INDEX"))
     world_size = found.world_size if in_group else spec.count
+    unsupported = model_type_problems(model_config, args.model_type, override_at="--model_type")
+    if unsupported:  # a flag the user wrote, or the model itself
+        return _fail(str(unsupported[0]), exit_codes.USAGE if args.model_type else exit_codes.INPUT)
     resolution = resolve(loaded, devices=world_size, model_config=model_config, prefix="")
-    for problem in resolution.problems:
+    problems = resolution.problems
+    for problem in problems:
         print(str(problem), file=sys.stderr)
-    if has_errors(resolution.problems) or resolution.config is None:
-        return 2
+    if has_errors(problems) or resolution.config is None:
+        if in_group:  # a pod: the operator copies the termination message into the QuantJob
+            _write_termination_log("; ".join(str(p) for p in problems if p.severity == "error"))
+        return exit_codes.USAGE
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from quantjob.worker.launcher import die_with_launcher, launch
@@ -174,7 +194,7 @@ def run(namespace: argparse.Namespace) -> int:
         try:
             return launch(args.argv(), spec)
         except ValueError as error:  # the devices do not fit the visible ones: nothing started
-            return _fail(str(error), code=2)
+            return _fail(str(error), exit_codes.USAGE)
     die_with_launcher()  # a rank of the local launcher (no-op otherwise) goes when the launcher goes
 
     from quantjob.worker.distributed import (
@@ -189,16 +209,26 @@ def run(namespace: argparse.Namespace) -> int:
                     calib_file=_calib_file(args, resolution.config), calib_samples=args.calib_samples,
                     max_length=args.max_length, model_type=args.model_type,
                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-                    next_layer_input=args.next_layer_input, error_samples=args.error_samples)
+                    next_layer_input=args.next_layer_input, error_samples=args.error_samples,
+                    collective_timeout=timeout_s)
     try:
-        group = init_group_from_env(spec.type)
+        group = init_group_from_env(spec.type, collective_timeout_s=timeout_s)
         device = devices.torch_device(spec.type, local_device_index(spec, group))
-    except (ValueError, RuntimeError, TimeoutError) as error:
-        return _fail(str(error))
+    except ValueError as error:
+        return _fail(str(error), exit_codes.USAGE)
+    except (RuntimeError, TimeoutError) as error:  # no device now, rank 0 not reachable: a restart may help
+        return _fail(str(error), exit_codes.CRASH)
     try:
         summary = run_quantization(job, group, device, default_progress(group))
     except QuantJobError as error:
-        return _fail(str(error))
+        return _fail(str(error), error.exit_code)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _fail(f"the output volume is full: {error.strerror} while writing "
+                     f"{error.filename or args.save_path}; free space on it (or give the claim more) or choose "
+                     "another --save_path, then run the same command again (committed layers are reused)",
+                     exit_codes.INPUT)
     finally:
         close_group()
     if group.is_main:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,17 +195,26 @@ class Checkpoint:
 
 
 class Prefetcher:
-    """Loads one set of tensors on a background thread while the caller computes."""
+    """Loads one set of tensors on a background thread while the caller computes; ``verify(key,
+    tensors)``, when given, checks them on that thread too (its exception comes out of ``take``)."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device,
+                 verify: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> None:
         self._checkpoint = checkpoint
         self._device = device
+        self._verify = verify
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantjob-prefetch")
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
 
+    def _load(self, key: str, names: list[str]) -> dict[str, torch.Tensor]:
+        tensors = self._checkpoint.load(names, self._device)
+        if self._verify is not None:
+            self._verify(key, tensors)
+        return tensors
+
     def submit(self, key: str, names: list[str]) -> None:
         if key not in self._pending:
-            self._pending[key] = self._pool.submit(self._checkpoint.load, names, self._device)
+            self._pending[key] = self._pool.submit(self._load, key, names)
 
     def take(self, key: str, names: list[str]) -> dict[str, torch.Tensor]:
         """The tensors submitted under ``key`` (loading now when nothing was submitted)."""

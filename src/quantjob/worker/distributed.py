@@ -12,25 +12,47 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from quantjob.worker import device as devices
 from quantjob.worker.device import DeviceSpec
-from quantjob.worker.group_env import LOCAL_DEVICE_ENV, env_int, read_group_env
+from quantjob.worker.errors import GroupError
+from quantjob.worker.group_env import (
+    COLLECTIVE_TIMEOUT_ENV,
+    DEFAULT_COLLECTIVE_TIMEOUT_S,
+    LOCAL_DEVICE_ENV,
+    env_int,
+    read_group_env,
+)
+from quantjob.worker.group_watch import GroupWatch
 
 log = logging.getLogger("quantjob.worker")
 
+# How long rank 0 waits for every rank to join; the collective timeout applies once they have.
+JOIN_TIMEOUT_S = 3600.0
+_WATCH: GroupWatch | None = None  # this process's heartbeat, stopped by close_group
+
+T = TypeVar("T")
 
 
 @dataclass
 class Group:
+    """This rank's view of the group. Every collective goes through ``_collective``: it waits at
+    most ``collective_timeout_s`` for the slowest rank, and a failure (a timeout, a lost peer)
+    becomes a ``GroupError`` that names the ranks holding the group up (``GroupWatch``)."""
+
     rank: int = 0
     world_size: int = 1
+    collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, compare=False)
+    where: str = field(default="", compare=False)  # what the loop is doing ("layer 3"), for messages
+    process_group: Any = field(default=None, compare=False, repr=False)
+    watch: GroupWatch | None = field(default=None, compare=False, repr=False)
+    _step: int = field(default=0, compare=False, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -40,12 +62,47 @@ class Group:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def _collective(self, name: str, action: Callable[[], T]) -> T:
+        self._step += 1
+        what = f"{name} during {self.where}" if self.where else name
+        if self.watch is not None:
+            self.watch.mark(self._step, what)
+        try:
+            return action()
+        except RuntimeError as error:  # torch.distributed's DistError and the backends' own errors
+            message = self._failure(what, error)
+            if self.is_main:
+                self._let_the_others_see()
+            raise GroupError(message) from error
+
+    def _let_the_others_see(self) -> None:
+        """Rank 0 serves the store the other ranks read to name the culprit: close this group's
+        connections, so every rank still waiting fails now rather than at its timeout, and stay
+        up while they read the store."""
+        try:
+            dist.destroy_process_group(self.process_group)
+        except (RuntimeError, ValueError, AssertionError):  # already torn down: nothing to release
+            pass
+        if self.watch is not None:
+            time.sleep(self.watch.diagnosis_s + 2 * self.watch.heartbeat_s)  # the others' diagnosis
+
+    def _failure(self, what: str, error: RuntimeError) -> str:
+        text = " ".join(str(error).split())
+        reason = text[:300] + ("..." if len(text) > 300 else "")
+        timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+        head = (f"rank {self.rank}: collective {self._step} ({what}) timed out after {self.collective_timeout_s:.0f} s"
+                if timed_out else f"rank {self.rank}: collective {self._step} ({what}) failed, a peer is lost")
+        who = self.watch.diagnose(self._step) if self.watch is not None else "no heartbeat to name the rank"
+        return (f"{head}: {who} [{reason}]; the group stops and is restarted from the last committed layer. "
+                f"Raise --collective_timeout (or {COLLECTIVE_TIMEOUT_ENV}) if a rank legitimately needs longer "
+                "between collectives")
+
     def all_min(self, tensor: torch.Tensor) -> torch.Tensor:
         """The elementwise minimum over ranks (exact in any order; a maximum is ``-all_min(-x)``)."""
         if not self.distributed:
             return tensor
         out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+        self._collective("all_min", lambda: dist.all_reduce(out, op=dist.ReduceOp.MIN, group=self.process_group))
         return out
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -53,7 +110,7 @@ class Group:
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        self._collective("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.process_group))
         return out
 
     def ordered_sum(self, partials: dict[int, torch.Tensor], num_samples: int, width: int) -> torch.Tensor:
@@ -70,7 +127,8 @@ class Group:
         for index, partial in partials.items():
             rows[index] = partial.detach().to("cpu", torch.float64).reshape(width)
         if self.distributed:
-            dist.all_reduce(rows, op=dist.ReduceOp.SUM)
+            self._collective("ordered_sum", lambda: dist.all_reduce(rows, op=dist.ReduceOp.SUM,
+                                                                    group=self.process_group))
         total = rows[0].clone()
         for row in rows[1:]:
             total += row
@@ -78,13 +136,14 @@ class Group:
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            self._collective("barrier", lambda: dist.barrier(group=self.process_group))
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if not self.distributed:
             return obj
         box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src=src)
+        self._collective("broadcast_object",
+                         lambda: dist.broadcast_object_list(box, src=src, group=self.process_group))
         return box[0]
 
 
@@ -122,25 +181,32 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float
 
 
 def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
-                        collective_timeout_s: float = 3600.0) -> Group:
+                        collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
+                        join_timeout_s: float = JOIN_TIMEOUT_S) -> Group:
     """Join the process group described by the environment (DESIGN.md section 5, step 1).
 
     World size 1 starts no process group. Ranks above 0 first wait (up to ``timeout_s``) until
     rank 0's address resolves and answers, so a pod that starts before rank 0 does not fail.
+    Rank 0 waits up to ``join_timeout_s`` for every rank to join (pods may start minutes apart);
+    once joined, every collective waits at most ``collective_timeout_s`` for the slowest rank.
     """
+    global _WATCH
     found = read_group_env()
     if found.world_size == 1:
-        return Group()
+        return Group(collective_timeout_s=collective_timeout_s)
     devices.load_extension(device_type)
     backend = devices.group_backend(device_type)
     if found.rank > 0:
         wait_for_master(found.master_addr, found.master_port, timeout_s)
     dist.init_process_group(backend=backend, init_method=f"tcp://{found.master_addr}:{found.master_port}",
                             rank=found.rank, world_size=found.world_size,
-                            timeout=timedelta(seconds=collective_timeout_s))
-    log.info("rank %d of %d joined the process group (%s, rendezvous %s:%d)", found.rank, found.world_size,
-             backend, found.master_addr, found.master_port)
-    return Group(found.rank, found.world_size)
+                            timeout=timedelta(seconds=max(join_timeout_s, collective_timeout_s)))
+    # the group the work runs in: the same ranks and backends, with the collective timeout
+    work = dist.new_group(timeout=timedelta(seconds=collective_timeout_s))
+    _WATCH = GroupWatch.connect(found.master_addr, found.master_port, found.rank, found.world_size)
+    log.info("rank %d of %d joined the process group (%s, rendezvous %s:%d, collective timeout %.0f s)",
+             found.rank, found.world_size, backend, found.master_addr, found.master_port, collective_timeout_s)
+    return Group(found.rank, found.world_size, collective_timeout_s, process_group=work, watch=_WATCH)
 
 
 def local_device_index(spec: DeviceSpec, group: Group) -> int:
@@ -160,6 +226,10 @@ def local_device_index(spec: DeviceSpec, group: Group) -> int:
 
 
 def close_group() -> None:
-    """Leave the process group, if one was started."""
+    """Leave the process group, if one was started (and stop this rank's heartbeat)."""
+    global _WATCH
+    if _WATCH is not None:
+        _WATCH.close()
+        _WATCH = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -11,6 +11,9 @@ DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = 29500
 # Set by the local launcher: the index (within the visible devices) this rank uses.
 LOCAL_DEVICE_ENV = "QUANTJOB_LOCAL_DEVICE"
+# Seconds a collective waits for the slowest rank (``--collective_timeout`` wins over it).
+COLLECTIVE_TIMEOUT_ENV = "QUANTJOB_COLLECTIVE_TIMEOUT"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,22 @@ def read_group_env(env: Mapping[str, str] | None = None) -> GroupEnv:
     if not 0 < port < 65536:
         raise ValueError(f"MASTER_PORT={port} is not a TCP port; use 1..65535")
     return GroupEnv(rank, world_size, addr, port)
+
+
+def collective_timeout_s(flag: float | None, env: Mapping[str, str] | None = None) -> float:
+    """The collective timeout in seconds: ``--collective_timeout``, else ``QUANTJOB_COLLECTIVE_TIMEOUT``
+    (an operator setting), else ``DEFAULT_COLLECTIVE_TIMEOUT_S``. ValueError names a bad value."""
+    if flag is not None:
+        return float(flag)
+    env = os.environ if env is None else env
+    raw = env.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_COLLECTIVE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"environment variable {COLLECTIVE_TIMEOUT_ENV}={raw!r} must be a positive number of "
+                         "seconds, e.g. 600")
+    return value

@@ -16,19 +16,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 
 from quantjob.api import catalogue
-from quantjob.api.globs import expand_braces
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.run_options import RunOptions
-from quantjob.worker.adapters import Adapter, adapter_for
+from quantjob.worker.adapters import adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
-from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
-from quantjob.worker.device import release_memory
+from quantjob.worker.checkpoint import (
+    Checkpoint,
+    Prefetcher,
+    TensorInfo,
+    file_fingerprint,
+)
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -37,10 +39,17 @@ from quantjob.worker.decoder import (
     quantized_layer,
     release,
 )
+from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
-from quantjob.worker.errors import QuantJobError
+from quantjob.worker.finite import (
+    check_activations,
+    check_error,
+    check_records,
+    check_weights,
+)
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import observe_inputs, reduce_stats
+from quantjob.worker.preflight import check_layout, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.records import LayerOutput
@@ -89,38 +98,6 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[int, ...]]:
-    """Module name -> weight shape for every 2-D weight under the decoder layers (from headers)."""
-    return {name[:-len(".weight")]: info.shape for name, info in checkpoint.tensors.items()
-            if name.startswith(adapter.layers + ".") and name.endswith(".weight") and len(info.shape) == 2}
-
-
-def names_literally(patterns: list[str], module: str) -> bool:
-    """Whether a pattern names ``module`` (e.g. ``lm_head``) in its text, not only through wildcards."""
-    return any(module in expanded and fnmatchcase(module, expanded)
-               for pattern in patterns for expanded in expand_braces(pattern))
-
-
-def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
-    """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
-    shapes = _weight_shapes(checkpoint, adapter)
-    problems: list[str] = []
-    for index, proc in enumerate(job.config.spec.process):
-        try:
-            entry = processor_for(proc.type)
-        except ValueError as error:
-            raise QuantJobError(f"spec.process[{index}].type: {error}") from error
-        problems.extend(entry.check(proc, f"spec.process[{index}]", shapes))
-    for path, lq in job.config.linear_quants():
-        if names_literally(lq.include, adapter.lm_head):
-            problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
-                            f"(remove {adapter.lm_head!r} from include)")
-    if len(job.config.spec.save) != 1:
-        problems.append(f"spec.save: {len(job.config.spec.save)} savers given; list exactly one")
-    if problems:
-        raise QuantJobError("; ".join(problems))
-
-
 class _Loop:
     """State of one run; each method is one step of the loop."""
 
@@ -144,6 +121,7 @@ class _Loop:
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
         table = self.checkpoint.load([name], self.device)[name]
+        check_weights({name: table}, None, self.checkpoint)
         hidden = {g: torch.nn.functional.embedding(ids.to(self.device), table).unsqueeze(0)
                   for g, ids in self.input_ids.items()}
         del table
@@ -168,6 +146,7 @@ class _Loop:
         with observe_inputs(linears) as local_stats:
             float_out = self.forward(index, layer, hidden, self.local, keep=self.kept_inputs)
         ctx.stats = reduce_stats(local_stats, self.group)
+        check_activations(ctx.stats, index)
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
@@ -177,8 +156,10 @@ class _Loop:
                 with observe_inputs(linears) as local_stats:
                     self.forward(index, layer, hidden, self.local)
                 ctx.stats, ctx.modified = reduce_stats(local_stats, self.group), False
+                check_activations(ctx.stats, index)
             entry.apply(proc, ctx)
         records = [ctx.records[name] for name in linears if name in ctx.records]
+        check_records(records, index)
         taken = {f"{r.name}.weight" for r in records} | {f"{r.name}.bias" for r in records}
         float_tensors = {prefix + name: tensor.detach() for name, tensor in layer.state_dict().items()
                          if prefix + name not in taken}
@@ -195,6 +176,7 @@ class _Loop:
         with quantized_layer(layer, prefix, output, self.device) as qlayer:
             quant_out = self.forward(index, qlayer, hidden, samples)
         error = self.relative_error(float_out, quant_out) if output.quantized else None
+        check_error(error, index)
         return (quant_out if quantized else float_out), error
 
     def relative_error(self, reference: dict[int, torch.Tensor], quantized: dict[int, torch.Tensor]) -> float | None:
@@ -222,20 +204,24 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     checkpoint = Checkpoint(job.model_path)
     preflight(job, checkpoint, adapter)
     check_save_path(job.save_path, job.model_path)
+    skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
+    check_layout(skeleton, checkpoint)
     calibration = load_calibration(job.calib_file, job.model_path, samples=job.calib_samples,
                                    max_length=job.max_length, vocab_size=model_config.get("vocab_size"),
                                    trust_remote_code=job.trust_remote_code)
-    skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
     loop = _Loop(job, group, device, skeleton, checkpoint, calibration)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:
         from quantjob.worker.savers import open_saver
 
         open_saver_fn = open_saver
+    group.where = "opening the output"
     saver = open_saver_fn(job.config.spec.save[0], save_path=job.save_path, model_dir=job.model_path,
                           model_config=model_config, run_id=run_id_for(job, model_config, checkpoint, calibration),
                           group=group, overwrite=job.overwrite, num_layers=num_layers)
-    prefetcher = Prefetcher(checkpoint, device)
+    layer_of = {adapter.layer_prefix(i): i for i in range(num_layers)}
+    prefetcher = Prefetcher(checkpoint, device,
+                            verify=lambda key, tensors: check_weights(tensors, layer_of.get(key), checkpoint))
     report = progress if group.is_main else None
     try:
         committed = saver.committed_layers()
@@ -248,6 +234,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                  "next_layer_input": job.next_layer_input,
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
+        group.where = "the finish (assembling the output)"
         saver.write_json(ERRORS_FILE, table)
         saver.finish(loop.outer())
     except BaseException as error:
@@ -272,6 +259,7 @@ def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
     errors: list[tuple[int, float | None]] = []
     with torch.inference_mode():
         for index in range(num_layers):
+            loop.group.where = f"layer {index}"
             prefix = adapter.layer_prefix(index)
             tensors = prefetcher.take(prefix, names[index])
             if index + 1 < num_layers:

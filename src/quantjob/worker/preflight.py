@@ -1,0 +1,96 @@
+"""What the worker checks before any compute, on every rank alike (every rank reads the same
+headers, so every rank refuses the same run with the same message, and none is left waiting).
+
+- ``preflight``: the config against the checkpoint's headers: processors the worker runs,
+  per_group widths, an ``lm_head`` request (also refused at admission, by ``quantjob.api.check``);
+- ``check_layout``: every checkpoint tensor against the model skeleton built from config.json:
+  names and shapes, one floating dtype for the embedding and the decoder layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quantjob.api.globs import names_literally
+from quantjob.worker.adapters import Adapter
+from quantjob.worker.checkpoint import Checkpoint
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.processors import processor_for
+
+if TYPE_CHECKING:
+    from quantjob.worker.decoder import Skeleton
+    from quantjob.worker.runner import WorkerJob
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_FIX = "check --model_type against the checkpoint, or re-copy the model"
+
+
+def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[int, ...]]:
+    """Module name -> weight shape for every 2-D weight under the decoder layers (from headers)."""
+    return {name[:-len(".weight")]: info.shape for name, info in checkpoint.tensors.items()
+            if name.startswith(adapter.layers + ".") and name.endswith(".weight") and len(info.shape) == 2}
+
+
+def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
+    """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
+    shapes = _weight_shapes(checkpoint, adapter)
+    problems: list[str] = []
+    for index, proc in enumerate(job.config.spec.process):
+        try:
+            entry = processor_for(proc.type)
+        except ValueError as error:
+            raise QuantJobError(f"spec.process[{index}].type: {error}") from error
+        problems.extend(entry.check(proc, f"spec.process[{index}]", shapes))
+    for path, lq in job.config.linear_quants():
+        if names_literally(lq.include, adapter.lm_head):
+            problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
+                            f"(remove {adapter.lm_head!r} from include)")
+    if len(job.config.spec.save) != 1:
+        problems.append(f"spec.save: {len(job.config.spec.save)} savers given; list exactly one")
+    if problems:
+        raise QuantJobError("; ".join(problems))
+
+
+def _layer_of(name: str, adapter: Adapter) -> str:
+    rest = name[len(adapter.layers) + 1:] if name.startswith(adapter.layers + ".") else ""
+    index = rest.split(".", 1)[0]
+    return f" (decoder layer {index})" if index.isdigit() else ""
+
+
+def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose tensors do not fit config.json's model: a missing or unexpected
+    decoder-layer tensor, a shape the model does not have, or a dtype other than the model's."""
+    adapter = skeleton.adapter
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.model.state_dict().items()}
+    inside = adapter.layers + "."
+    problems: list[str] = []
+    missing = sorted(name for name in expected if name.startswith(inside) and name not in checkpoint.tensors)
+    unexpected = sorted(name for name in checkpoint.tensors if name.startswith(inside) and name not in expected)
+    embed = f"{adapter.embed}.weight"
+    if embed not in checkpoint.tensors:
+        missing.insert(0, embed)
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}{' and more' if len(unexpected) > 3 else ''}")
+    for name, info in sorted(checkpoint.tensors.items()):
+        shape = expected.get(name)
+        if shape is not None and info.shape != shape:
+            problems.append(f"tensor {name}{_layer_of(name, adapter)} in {info.file.name} has shape "
+                            f"{list(info.shape)}, the model in config.json has {list(shape)}")
+            break
+    if embed in checkpoint.tensors:
+        dtype = checkpoint.tensors[embed].dtype
+        if dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {embed} in {checkpoint.tensors[embed].file.name} is {dtype}; a model to "
+                            f"quantize holds floating weights ({', '.join(FLOAT_DTYPES)})")
+        else:
+            for name, info in sorted(checkpoint.tensors.items()):
+                if name.startswith(inside) and info.dtype != dtype:
+                    problems.append(f"tensor {name}{_layer_of(name, adapter)} in {info.file.name} is {info.dtype} "
+                                    f"but {embed} is {dtype}; every decoder-layer tensor must have the model's "
+                                    "dtype (an already quantized or a damaged checkpoint?)")
+                    break
+    if problems:
+        raise QuantJobError(f"{checkpoint.model_dir}: the checkpoint does not match config.json: "
+                            f"{'; '.join(problems)}; {_FIX}")
