@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,41 @@ def test_console_script_in_a_subprocess(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "world size 2" in done.stdout
+
+
+# --- bounded reading (issue 14, item 11) -----------------------------------------------------------
+
+def _bomb(levels: int = 9) -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for previous, name in zip("abcdefghij", "bcdefghijk"[: levels - 1], strict=False):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("spec: " + "[" * 20000 + "]" * 20000 + "\n", "nest more than 64 deep"),      # was a RecursionError
+    ("spec:\n" + "".join("  " * depth + "- \n" for depth in range(1, 200)), "nest more than 64 deep"),
+    (_bomb(), "more than 20000 values once its aliases are expanded"),             # ran for minutes
+    ("apiversion: modelslim_v1\nmetadata:\n  junk:\n" + "    - x\n" * 1_500_000, "is more than the 1048576"),
+])
+def test_hostile_yaml_is_refused_quickly_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                       text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    started = time.perf_counter()
+    code, out = run(capsys, path)
+    assert code == 1 and needle in out and out.startswith(path), out
+    assert time.perf_counter() - started < 1.0  # a 10 MB file took 30-50 s
+
+
+def test_hostile_yaml_from_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_bomb().encode())))
+    code, out = run(capsys, "-")
+    assert code == 1 and "more than 20000 values" in out
+
+
+def test_anchors_within_the_limits_still_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out = run(capsys, write(tmp_path, _bomb(levels=3) + "apiversion: modelslim_v1\nspec:\n  process:\n"
+                                  "    - {type: linear_quant, qconfig: {weight: {scope: per_channel}}}\n"))
+    assert code == 0, out

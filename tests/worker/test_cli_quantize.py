@@ -46,7 +46,11 @@ def test_config_problems_exit_2_before_loading(tiny_model: Callable[..., Path], 
     assert not out.exists()
     config.write_text("spec: [unclosed\n")
     assert main([*_base(tiny_model("llama", 2), out, calib_jsonl(4)), "--config_path", str(config)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert f"{config}:2: invalid YAML" in capsys.readouterr().err
+    config.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(  # an alias bomb: refused, not built
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)))
+    assert main([*_base(tiny_model("llama", 2), out, calib_jsonl(4)), "--config_path", str(config)]) == 2
+    assert "more than 20000 values once its aliases are expanded" in capsys.readouterr().err
 
 
 def test_argv_round_trips() -> None:

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError, model_validator
 
 from quantjob.api import exit_codes
@@ -29,6 +28,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions
+from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
 
 
 class QuantizeArgs(RunOptions):
@@ -108,11 +108,19 @@ def _load_config(args: QuantizeArgs) -> ModelslimConfig | list[str]:
         return preset(args.quant_type)
     assert args.config_path is not None
     try:
-        data = yaml.safe_load(args.config_path.read_text(encoding="utf-8"))
+        with args.config_path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+        found = too_large(len(raw)) or load_documents(raw.decode("utf-8"))
     except OSError as error:
         return [f"{args.config_path}: cannot read ({error.strerror}); fix --config_path"]
-    except yaml.YAMLError as error:
-        return [f"{args.config_path}: not valid YAML ({str(error).splitlines()[0]})"]
+    except UnicodeDecodeError:
+        return [f"{args.config_path}: not UTF-8 text; give a modelslim_v1 YAML config"]
+    if isinstance(found, YamlProblem):
+        where = f"{args.config_path}:{found.line}" if found.line else str(args.config_path)
+        return [f"{where}: {found.message}"]
+    if len(found) > 1:
+        return [f"{args.config_path}: holds {len(found)} YAML documents; give one modelslim_v1 config"]
+    data = found[0] if found else None
     try:
         return ModelslimConfig.model_validate(data)
     except ValidationError as error:

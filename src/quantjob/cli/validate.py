@@ -2,7 +2,9 @@
 
 Prints one line per problem, ``path: message`` (warnings as ``path: warning: message``), and exits 1
 when any document has an error, 0 otherwise. Multi-document YAML is checked document by document;
-a YAML syntax error prints ``FILE:line: message``. Needs neither torch nor a cluster.
+a YAML syntax error prints ``FILE:line: message``. A file larger than 1 MiB, nested deeper than 64
+or standing for more than 20000 values through aliases is refused the same way, before it is
+built (``quantjob.api.yaml_input``). Needs neither torch nor a cluster.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from quantjob.api.check import check_document
 from quantjob.api.problems import has_errors
+from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
 
 
 def _positive(text: str) -> int:
@@ -41,20 +42,26 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _read(name: str) -> str:
-    return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+def _read(name: str) -> str | YamlProblem:
+    """The text of ``name`` ('-' for stdin), or why not when it is larger than the limit (read no further)."""
+    if name == "-":
+        data = sys.stdin.buffer.read(MAX_BYTES + 1)
+        size = len(data)
+    else:
+        with open(name, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+            size = max(len(data), Path(name).stat().st_size)
+    problem = too_large(size)
+    return problem if problem is not None else data.decode("utf-8")
 
 
 def _load_all(name: str, text: str, out: TextIO) -> list[Any] | None:
-    """The documents of ``text`` (empty ones dropped), or None after printing the syntax error."""
-    try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        line = f"{mark.line + 1}:" if mark is not None else ""
-        reason = getattr(error, "problem", None) or str(error)
-        out.write(f"{name}:{line} invalid YAML: {reason}\n")
+    """The documents of ``text`` (empty ones dropped), or None after printing why they cannot be read."""
+    found = load_documents(text)
+    if isinstance(found, YamlProblem):
+        out.write(f"{name}:{'' if found.line is None else f'{found.line}:'} {found.message}\n")
         return None
+    return found
 
 
 def validate_text(name: str, text: str, devices: int | None, out: TextIO) -> int:
@@ -83,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
         text = _read(args.file)
     except (OSError, UnicodeDecodeError) as error:
         print(f"{args.file}: cannot read: {error}", file=sys.stderr)
+        return 1
+    if isinstance(text, YamlProblem):
+        print(f"{args.file}: {text.message}", file=sys.stderr)
         return 1
     return validate_text(args.file, text, args.devices, sys.stdout)
