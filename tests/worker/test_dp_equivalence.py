@@ -5,17 +5,25 @@
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from dp_runs import (
     assert_same_tree,
     calibration,
+    child_env,
     quantize_argv,
     run_quantize,
     tiny_model,
     tree_digest,
 )
+
+from quantjob.worker.demo import build_demo_model
 
 pytestmark = pytest.mark.slow
 
@@ -36,3 +44,31 @@ def test_output_bytes_do_not_depend_on_world_size(tmp_path: Path, family: str, q
     assert any(name.endswith(".safetensors") for name in files), sorted(files)
     for world in (2, 3):
         assert_same_tree(outputs[1], outputs[world])
+
+
+def _ids_calibration(path: Path, samples: int, max_tokens: int) -> Path:
+    rng = random.Random(1)
+    path.write_text("".join(json.dumps({"input_ids": [rng.randrange(4, 500) for _ in range(rng.randrange(3, max_tokens))]})
+                            + "\n" for _ in range(samples)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("hidden", "max_tokens"), [(64, 12), (256, 400)])
+def test_one_process_and_the_launcher_agree_at_other_thread_counts(tmp_path: Path, hidden: int,
+                                                                   max_tokens: int) -> None:
+    """float32 at 2 threads in one process and 1 thread per rank on two: byte-identical (issue 14, item
+    14). Before, small matrix products (hidden 64, short samples) gave other weights' scales and the
+    error sums over long samples another quant_errors.json."""
+    model = build_demo_model(tmp_path / "model", family="llama", num_layers=2, hidden_size=hidden,
+                             intermediate_size=2 * hidden, num_heads=4, num_kv_heads=2, seed=3, dtype=torch.float32)
+    calib = _ids_calibration(tmp_path / "calib.jsonl", 7, max_tokens)
+    outputs = {}
+    for devices, threads in (("cpu", "2"), ("cpu:0,1", "1")):
+        outputs[devices] = tmp_path / f"out-{devices}"
+        env = {**child_env(), "OMP_NUM_THREADS": threads}
+        env.pop("MKL_CBWR", None)
+        done = subprocess.run([sys.executable, "-m", "quantjob.cli",
+                               *quantize_argv(model, outputs[devices], calib, devices, "w8a8")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert_same_tree(outputs["cpu"], outputs["cpu:0,1"])

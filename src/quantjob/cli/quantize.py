@@ -142,6 +142,9 @@ def _calib_file(args: QuantizeArgs, config: ModelslimConfig) -> Path | None:
 
 
 def run(namespace: argparse.Namespace) -> int:
+    from quantjob.worker.threads import reproducible_math_env
+
+    reproducible_math_env(os.environ)  # before torch is imported, and inherited by launched ranks
     values = {k: v for k, v in vars(namespace).items() if k in QuantizeArgs.model_fields}
     try:
         args = QuantizeArgs.model_validate(values)
@@ -204,6 +207,13 @@ def run(namespace: argparse.Namespace) -> int:
         except ValueError as error:  # the devices do not fit the visible ones: nothing started
             return _fail(str(error), exit_codes.USAGE)
     die_with_launcher()  # a rank of the local launcher (no-op otherwise) goes when the launcher goes
+    import torch
+
+    from quantjob.worker.launcher import available_cores
+    from quantjob.worker.threads import threads_per_rank
+
+    # the launcher's rule for its ranks, for this process too (a pod, or a single --device cpu)
+    torch.set_num_threads(threads_per_rank(1, available_cores(), os.environ))
 
     from quantjob.worker.distributed import (
         close_group,

@@ -26,6 +26,7 @@ from typing import IO, TextIO
 from quantjob.worker.device import DeviceSpec, visible_devices_env
 from quantjob.worker.group_env import LOCAL_DEVICE_ENV
 from quantjob.worker.progress import PIPE_ENV, PIPE_MARKER, ProgressHook, TerminalProgress, replay_event
+from quantjob.worker.threads import threads_per_rank
 
 TAIL_LINES = 20
 GRACE_S = 10.0
@@ -82,8 +83,7 @@ def rank_env(devices: DeviceSpec, rank: int, port: int, base: Mapping[str, str],
     env.update(visible)
     # Visibility restricted to one accelerator: it is index 0 inside the rank.
     env[LOCAL_DEVICE_ENV] = "0" if visible else str(devices.indices[rank])
-    if not base.get("OMP_NUM_THREADS", "").strip():
-        env["OMP_NUM_THREADS"] = str(max(1, (cores or available_cores()) // world))
+    env["OMP_NUM_THREADS"] = str(threads_per_rank(world, cores or available_cores(), base))
     return env
 
 

@@ -54,6 +54,7 @@ from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.records import LayerOutput
 from quantjob.worker.save_path import check_save_path
+from quantjob.worker.threads import sum_of_squares
 
 log = logging.getLogger("quantjob.worker")
 
@@ -182,8 +183,8 @@ class _Loop:
     def relative_error(self, reference: dict[int, torch.Tensor], quantized: dict[int, torch.Tensor]) -> float | None:
         if self.error_count == 0:
             return None
-        partials = {g: torch.stack([(quantized[g].double() - reference[g].double()).pow(2).sum(),
-                                    reference[g].double().pow(2).sum()]) for g in self.error_local}
+        partials = {g: torch.tensor([sum_of_squares(quantized[g].double() - reference[g].double()),
+                                     sum_of_squares(reference[g])], dtype=torch.float64) for g in self.error_local}
         total = self.group.ordered_sum(partials, self.error_count, 2)
         return float((total[0] / total[1]).sqrt()) if total[1] > 0 else 0.0
 
