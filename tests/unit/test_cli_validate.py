@@ -155,3 +155,18 @@ def test_anchors_within_the_limits_still_work(capsys: pytest.CaptureFixture[str]
     code, out = run(capsys, write(tmp_path, _bomb(levels=3) + "apiversion: modelslim_v1\nspec:\n  process:\n"
                                   "    - {type: linear_quant, qconfig: {weight: {scope: per_channel}}}\n"))
     assert code == 0, out
+
+
+@pytest.mark.parametrize(("name", "devices"), [("Qwen", None), ("a.b", None), ("x" * 62, "3")])
+def test_validate_applies_the_webhooks_name_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                  name: str, devices: str | None) -> None:
+    """The webhook refused these names (not DNS labels, or pod hostnames too long for the device
+    count) while validate admitted them: the fuzz test's first disagreement."""
+    code, out = run(capsys, write(tmp_path, MANIFEST.replace("name: qwen", f"name: {name}")),
+                    *(["--devices", devices] if devices else []))
+    assert code == 1 and "metadata.name" in out, out
+
+
+def test_unknown_top_level_keys_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out = run(capsys, write(tmp_path, MANIFEST + "extra: 1\nstatus: {phase: Running}\n"))
+    assert code == 1 and "extra: unknown field 'extra'" in out and "status:" not in out, out

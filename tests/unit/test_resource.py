@@ -131,3 +131,8 @@ def test_explicit_nulls_on_optional_fields_read_as_absent() -> None:
 
 def test_a_null_required_field_is_still_an_error() -> None:
     assert "spec.model" in paths_of(manifest(model=None))
+
+
+def test_null_map_values_are_dropped_as_the_api_server_does() -> None:
+    job = QuantJob.model_validate(manifest(env={"A": "1", "B": None}, resources={"requests": {"cpu": None}}))
+    assert job.spec.env == {"A": "1"} and job.spec.resources.requests == {}
