@@ -136,3 +136,14 @@ def test_a_null_required_field_is_still_an_error() -> None:
 def test_null_map_values_are_dropped_as_the_api_server_does() -> None:
     job = QuantJob.model_validate(manifest(env={"A": "1", "B": None}, resources={"requests": {"cpu": None}}))
     assert job.spec.env == {"A": "1"} and job.spec.resources.requests == {}
+
+
+@pytest.mark.parametrize(("field", "value", "path"), [
+    ("devices", {"count": "4"}, "spec.devices.count"),
+    ("calibration", {"samples": "64"}, "spec.calibration.samples"),
+    ("output", {"pvc": "quantized", "path": "out", "overwrite": "true"}, "spec.output.overwrite"),
+    ("backoffLimit", 3.0, "spec.backoffLimit"),
+])
+def test_values_of_the_wrong_json_type_are_refused_as_the_api_server_does(field: str, value: Any, path: str) -> None:
+    """The CRD schema refuses these; validate coerced them and admitted what the cluster refuses."""
+    assert path in paths_of(manifest(**{field: value}))

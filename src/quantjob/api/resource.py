@@ -30,7 +30,11 @@ DEFAULT_RESOURCE_NAMES: dict[str, str | None] = {
 
 
 class CamelModel(NullsAsDefaults):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """The QuantJob's own objects. Strict: a value of the wrong JSON type (``count: "4"``,
+    ``overwrite: "true"``) is refused, as the API server refuses it against the CRD schema, so
+    ``quantjob validate`` and the cluster agree. (``spec.config`` is msModelSlim's model, not this.)"""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 # A PersistentVolumeClaim name: a DNS-1123 subdomain.
