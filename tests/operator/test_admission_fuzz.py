@@ -192,7 +192,11 @@ def _strict(node: Any) -> Any:
 
 
 CRD_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-SCHEMA = jsonschema.Draft4Validator(_strict(CRD_SCHEMA))
+# the API server takes an integral float (4.0) for an integer, as kube-openapi's type check does
+_TYPES = jsonschema.Draft4Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: (isinstance(value, int) and not isinstance(value, bool))
+    or (isinstance(value, float) and value.is_integer()))
+SCHEMA = jsonschema.validators.extend(jsonschema.Draft4Validator, type_checker=_TYPES)(_strict(CRD_SCHEMA))
 SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 

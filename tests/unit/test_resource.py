@@ -142,8 +142,14 @@ def test_null_map_values_are_dropped_as_the_api_server_does() -> None:
     ("devices", {"count": "4"}, "spec.devices.count"),
     ("calibration", {"samples": "64"}, "spec.calibration.samples"),
     ("output", {"pvc": "quantized", "path": "out", "overwrite": "true"}, "spec.output.overwrite"),
-    ("backoffLimit", 3.0, "spec.backoffLimit"),
+    ("backoffLimit", "3", "spec.backoffLimit"),
+    ("backoffLimit", 3.5, "spec.backoffLimit"),
 ])
 def test_values_of_the_wrong_json_type_are_refused_as_the_api_server_does(field: str, value: Any, path: str) -> None:
     """The CRD schema refuses these; validate coerced them and admitted what the cluster refuses."""
     assert path in paths_of(manifest(**{field: value}))
+
+
+def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
+    job = QuantJob.model_validate(manifest(devices={"count": 4.0}, backoffLimit=3.0))
+    assert job.spec.devices.count == 4 and isinstance(job.spec.devices.count, int) and job.spec.backoffLimit == 3

@@ -32,9 +32,20 @@ DEFAULT_RESOURCE_NAMES: dict[str, str | None] = {
 class CamelModel(NullsAsDefaults):
     """The QuantJob's own objects. Strict: a value of the wrong JSON type (``count: "4"``,
     ``overwrite: "true"``) is refused, as the API server refuses it against the CRD schema, so
-    ``quantjob validate`` and the cluster agree. (``spec.config`` is msModelSlim's model, not this.)"""
+    ``quantjob validate`` and the cluster agree; an integral float counts as an integer there too.
+    (``spec.config`` is msModelSlim's model, not this.)"""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        """``3.0`` for an integer field is an integer to the API server (it sends the webhook ``3``)."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {key: int(value) if isinstance(value, float) and value.is_integer() and key in fields
+                and fields[key].annotation is int else value for key, value in data.items()}
 
 
 # A PersistentVolumeClaim name: a DNS-1123 subdomain.
