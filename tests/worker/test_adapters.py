@@ -98,8 +98,8 @@ def test_model_type_override_by_msmodelslim_name() -> None:
 
 
 def test_gemma3_names_and_settings() -> None:
-    assert adapter_for({}, "gemma3-1b-it") is ADAPTERS["gemma3_text"]
-    assert adapter_for({}, "Gemma-3-270M") is ADAPTERS["gemma3_text"]
+    for name in ("Gemma3-1B", "gemma-3-270m", "gemma3-1b-it"):
+        assert adapter_for({}, name) is ADAPTERS["gemma3_text"]
     with pytest.raises(QuantJobError, match="--model_type 'gemma3n-E4B' is not supported"):
         adapter_for({}, "gemma3n-E4B")  # another architecture with the same prefix
     with pytest.raises(QuantJobError, match=r"/m/config.json: use_bidirectional_attention: True is not supported"):

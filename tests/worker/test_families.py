@@ -25,7 +25,7 @@ from quantjob.worker.adapters import adapter_for, supported_model_types
 from quantjob.worker.calibration import load_calibration
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.demo import FAMILIES, build_demo_model, demo_config
+from quantjob.worker.demo import FAMILIES, build_demo_model, demo_config, write_tokenizer
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
@@ -120,6 +120,12 @@ def test_layer_types_drive_rotary_and_window(tiny_model: Callable[..., Path]) ->
     mistral = tiny_model("mistral", LAYERS, sliding_window=WINDOW, **SHAPE)
     skeleton = build_skeleton(mistral, adapter_for(read_model_config(mistral)), CPU, trust_remote_code=False)
     assert [skeleton.sliding_window(i) for i in range(LAYERS)] == [WINDOW] * LAYERS
+    qwen2 = tiny_model("qwen2", LAYERS, sliding_window=WINDOW, **SHAPE)  # max_window_layers = 2
+    skeleton = build_skeleton(qwen2, adapter_for(read_model_config(qwen2)), CPU, trust_remote_code=False)
+    assert [skeleton.sliding_window(i) for i in range(LAYERS)] == [None, None, WINDOW, WINDOW]
+    llama = tiny_model("llama", LAYERS, **SHAPE)
+    skeleton = build_skeleton(llama, adapter_for(read_model_config(llama)), CPU, trust_remote_code=False)
+    assert [skeleton.sliding_window(i) for i in range(LAYERS)] == [None] * LAYERS
 
 
 def test_unknown_layer_type_is_refused(tmp_path: Path) -> None:
@@ -200,6 +206,7 @@ def _tiny_multimodal_gemma3(path: Path) -> Path:
             if name.endswith("norm.weight") and "language_model" in name:
                 param.normal_(0.0, 0.3)
     model.to(torch.bfloat16).save_pretrained(path)
+    write_tokenizer(path)
     return path
 
 
@@ -214,6 +221,7 @@ def _extract_text_model(source: Path, target: Path) -> None:
     text.lm_head = full.lm_head
     text.config.dtype = torch.bfloat16
     text.save_pretrained(target)
+    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(target)
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +265,7 @@ def test_documented_conversion_gives_the_same_text_model(multimodal_gemma3: Path
     config = read_model_config(target)
     adapter = adapter_for(config)
     assert config["model_type"] == "gemma3_text" and adapter.name == "gemma3_text"
+    assert (target / "tokenizer.json").is_file()
     checkpoint = Checkpoint(target)
     assert checkpoint.names_under(adapter.layer_prefix(0)) and "model.embed_tokens.weight" in checkpoint.tensors
     skeleton = build_skeleton(target, adapter, CPU, trust_remote_code=False)
