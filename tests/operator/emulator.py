@@ -33,12 +33,17 @@ def quantjob_manifest(name: str = "qwen2-w8a8", *, uid: str = "uid-1", count: in
             "metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}, "spec": body}
 
 
+VOLCANO_PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
+
+
 def declare_resources(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
-    """kmock with the built-in resources and QuantJobs (with a status subresource)."""
+    """kmock with the built-in resources, QuantJobs (with a status subresource) and Volcano's PodGroups."""
     kmock.resources.load_bundled()
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
     kmock.resources[QUANTJOBS] = kmocklib.ResourceInfo(
-        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"}, verbs=verbs)
+    kmock.resources[VOLCANO_PODGROUPS] = kmocklib.ResourceInfo(
+        kind="PodGroup", singular="podgroup", namespaced=True, subresources={"status"}, verbs=verbs)
     return kmock
 
 
@@ -94,8 +99,9 @@ async def operator_running(settings: Settings) -> AsyncIterator[None]:
 
 
 def operator_settings(cluster: kmocklib.KubernetesEmulator, **overrides: Any) -> Settings:
-    """Settings that point the operator at ``cluster``; the webhook is off unless overridden."""
-    data: dict[str, Any] = {"api_server": str(cluster.url), "webhook": {"enabled": False}}
+    """Settings that point the operator at ``cluster``; the webhook is off unless overridden, and
+    every QuantJob is reconciled twice a second (what no event announces is seen quickly)."""
+    data: dict[str, Any] = {"api_server": str(cluster.url), "webhook": {"enabled": False}, "resync_seconds": 0.5}
     data.update(overrides)
     return Settings.model_validate(data)
 
