@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 import kmock as kmocklib
 import kopf
 import pytest
 
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
+from quantjob.operator.certificates import write_self_signed
 from quantjob.operator.main import run_operator
 from quantjob.operator.settings import Settings
 
@@ -120,3 +127,43 @@ def start_operator(cluster: kmocklib.KubernetesEmulator) -> Callable[..., contex
     def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return operator_running(operator_settings(cluster, **overrides))
     return start
+
+
+@dataclass
+class TlsFront:
+    """An HTTPS endpoint in front of kmock, as a pod sees the API server in a cluster: host, port and
+    the CA to trust (``ca.crt``); it records the bearer token of every request it forwards."""
+
+    host: str
+    port: int
+    ca_file: Path
+    tokens: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def tls_front(upstream: str, folder: Path) -> AsyncIterator[TlsFront]:
+    """Forward ``https://127.0.0.1:<port>/...`` to ``upstream`` (kmock's plain HTTP URL)."""
+    files = write_self_signed(folder, ["127.0.0.1", "localhost"])
+    front = TlsFront("127.0.0.1", free_port(), files.certfile)
+    base = upstream.rstrip("/")
+
+    async def forward(request: web.Request) -> web.Response:
+        front.tokens.append(request.headers.get("Authorization", ""))
+        headers = {key: value for key, value in request.headers.items() if key in ("Content-Type", "Accept")}
+        async with aiohttp.ClientSession() as session, session.request(
+                request.method, base + request.path_qs, data=await request.read(), headers=headers) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type or "application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.certfile, files.keyfile)
+    site = web.TCPSite(runner, front.host, front.port, ssl_context=context)
+    await site.start()
+    try:
+        yield front
+    finally:
+        await runner.cleanup()
