@@ -149,7 +149,8 @@ async def tls_front(upstream: str, folder: Path) -> AsyncIterator[TlsFront]:
 
     async def forward(request: web.Request) -> web.Response:
         front.tokens.append(request.headers.get("Authorization", ""))
-        headers = {key: value for key, value in request.headers.items() if key in ("Content-Type", "Accept")}
+        headers = {key: value for key, value in request.headers.items()
+                   if key in ("Content-Type", "Accept", "User-Agent")}
         async with aiohttp.ClientSession() as session, session.request(
                 request.method, base + request.path_qs, data=await request.read(), headers=headers) as answer:
             return web.Response(status=answer.status, body=await answer.read(),

@@ -41,6 +41,7 @@ from quantjob.operator.status import (
 
 USER_ERROR, DISRUPTION, FAILURE, DEADLINE = "UserError", "Disruption", "Failure", "DeadlineExceeded"
 _RULE_KINDS = {RULE_USER_ERROR: USER_ERROR, RULE_DISRUPTION: DISRUPTION, RULE_FAILURE: FAILURE}
+OUTCOMES = {USER_ERROR: "UserError", DISRUPTION: "Disrupted", FAILURE: "Failed", DEADLINE: "DeadlineExceeded"}
 _RULE_INDEX = re.compile(r"rule at index (\d+)")
 _POD_IN_MESSAGE = re.compile(r"[Pp]od ([-a-z0-9.]+)/([-a-z0-9.]+)")
 
@@ -231,9 +232,9 @@ def decide(observed: Observed) -> Decision:
             failure = classify_failure(observed.job, observed.pods)
             phase, reason, message = _after_failure(failure, attempt, towards, disruptions, limits)
             if phase == "Failed":
-                finish(entry, failure.kind, failure.message)
+                finish(entry, OUTCOMES[failure.kind], failure.message)
             elif pods_stopped(observed.job, observed.pods):
-                finish(entry, "Disrupted" if failure.kind == DISRUPTION else "Failed", failure.message)
+                finish(entry, OUTCOMES[failure.kind], failure.message)
                 if failure.kind == DISRUPTION:
                     disruptions += 1
                 else:
