@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubelet import KubeletError, container_env, index_ranges, localize
+from kubelet import (
+    FakeNode,
+    IndexedJobRunner,
+    KubeletError,
+    PodRun,
+    container_env,
+    index_ranges,
+    localize,
+)
 
 MOUNTS = [("/mnt/model", Path("/local/models")), ("/mnt/model/calib", Path("/local/calib")),
           ("/tmp", Path("/local/scratch"))]
@@ -43,9 +51,7 @@ def test_index_ranges_as_kubernetes_writes_them() -> None:
     assert index_ranges([0, 2, 3, 4, 7]) == "0,2-4,7"
 
 
-def _runner(rules: list[dict], backoff_limit: int = 0) -> "IndexedJobRunner":
-    from kubelet import FakeNode, IndexedJobRunner
-
+def _runner(rules: list[dict], backoff_limit: int = 0) -> IndexedJobRunner:
     job = {"metadata": {"name": "j-a1"}, "spec": {
         "completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": backoff_limit,
         "podFailurePolicy": {"rules": rules},
@@ -54,9 +60,7 @@ def _runner(rules: list[dict], backoff_limit: int = 0) -> "IndexedJobRunner":
     return IndexedJobRunner(node, None, "ml", job)  # type: ignore[arg-type]
 
 
-def _pod(code: int, conditions: list[dict] | None = None) -> "PodRun":
-    from kubelet import PodRun
-
+def _pod(code: int, conditions: list[dict] | None = None) -> PodRun:
     return PodRun(1, "j-a1-1-x", [], {}, Path("/nonexistent"), exit_code=code, conditions=conditions or [])
 
 

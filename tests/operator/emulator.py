@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-
 import kmock as kmocklib
 import kopf
 import pytest
+from aiohttp import web
 
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
 from quantjob.operator.certificates import write_self_signed

@@ -204,8 +204,8 @@ async def test_in_process_verdict_is_the_webhooks_and_validates(webhook: Any) ->
         assert validated.ok == verdict.allowed, body
     strict = evaluate("CREATE", remote, settings=Settings(allow_trust_remote_code=False))
     assert not strict.allowed and strict.errors == [
-        "spec.model.trustRemoteCode: this operator does not run a model's own Python code "
-        "(QUANTJOB_ALLOW_TRUST_REMOTE_CODE=false); remove trustRemoteCode"]
+        ("spec.model.trustRemoteCode: this operator does not run a model's own Python code "
+         "(QUANTJOB_ALLOW_TRUST_REMOTE_CODE=false); remove trustRemoteCode")]
 
 
 async def _serve_once(server: Any, port: int, trust: Callable[[dict[str, Any]], ssl.SSLContext],

@@ -14,7 +14,14 @@ import kmock
 import kubernetes
 import pytest
 import yaml
-from emulator import NAMESPACE, QUANTJOBS, VOLCANO_PODGROUPS, eventually, quantjob_manifest, stored
+from emulator import (
+    NAMESPACE,
+    QUANTJOBS,
+    VOLCANO_PODGROUPS,
+    eventually,
+    quantjob_manifest,
+    stored,
+)
 
 from quantjob.api.resource import GROUP, PLURAL, VERSION
 

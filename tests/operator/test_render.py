@@ -74,7 +74,7 @@ def test_every_rendered_object_passes_strict_validation(example: Path, option: s
     if gang != "none":
         assert pod["schedulerName"] in ("volcano", "scheduler-plugins-scheduler")
     if option == "driver-host-paths":
-        assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v][0] == "/usr/local/Ascend/driver"
+        assert next(v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v) == "/usr/local/Ascend/driver"
         assert pod["securityContext"]["supplementalGroups"] == [1000]
     if option == "runtime-class" and spec["devices"]["type"] == "npu":
         assert pod["runtimeClassName"] == "ascend"

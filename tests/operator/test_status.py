@@ -5,8 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from quantjob.api.problems import Problem
-from quantjob.operator.lifecycle import Limits, Observed, classify_failure, decide, pending_reason
-from quantjob.operator.status import changed, invalid_status, pod_failure_message, set_condition
+from quantjob.operator.lifecycle import (
+    Limits,
+    Observed,
+    classify_failure,
+    decide,
+    pending_reason,
+)
+from quantjob.operator.status import (
+    changed,
+    invalid_status,
+    pod_failure_message,
+    set_condition,
+)
 
 T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z"
 LIMITS = Limits(world_size=2, max_restarts=2, max_disruptions=1, startup_timeout_s=600, active_deadline_s=3600)

@@ -62,11 +62,10 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
 
 
 def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch, tmp_path) -> None:
+    from quantjob.operator.certificates import write_self_signed
     from quantjob.worker.distributed import Group
     from quantjob.worker.progress import Fanout, TerminalProgress, default_progress
     from quantjob.worker.progress_k8s import KubernetesProgress
-
-    from quantjob.operator.certificates import write_self_signed
 
     # the projected token volume the operator mounts: a token and the cluster CA
     (tmp_path / "token").write_text("x")

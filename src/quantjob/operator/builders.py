@@ -22,6 +22,7 @@ cascades without it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,7 @@ def labels(name: str) -> dict[str, str]:
     }
 
 
-def owner_reference(quantjob: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(quantjob: Mapping[str, Any]) -> dict[str, Any]:
     """Our owner reference to a live QuantJob (no ``blockOwnerDeletion``: see the module doc)."""
     meta = quantjob.get("metadata") or {}
     return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True}

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantjob.api.exit_codes import USER_ERRORS
-from quantjob.operator.builders import RULE_DISRUPTION, RULE_FAILURE, RULE_USER_ERROR, ChildNames
+from quantjob.operator.builders import (
+    RULE_DISRUPTION,
+    RULE_FAILURE,
+    RULE_USER_ERROR,
+    ChildNames,
+)
 from quantjob.operator.status import (
     MAX_MESSAGE,
     TERMINAL_PHASES,
@@ -137,13 +142,18 @@ def _rank(pod: Mapping[str, Any]) -> str:
     return f"rank {index} (pod {name})" if index is not None else f"pod {name}"
 
 
+def _index_or_last(pod: Mapping[str, Any]) -> int:
+    index = pod_index(pod)
+    return index if index is not None else 1 << 30
+
+
 def pending_reason(observed: Observed) -> tuple[str, str]:
     """Why not every rank runs yet, from the Job's events and the pods' conditions and statuses."""
     for event in observed.job_events:
         if event.get("reason") == "FailedCreate":
             return "FailedCreate", str(event.get("message") or "")
     found: list[tuple[int, str, str]] = []
-    for pod in sorted(observed.pods, key=lambda p: pod_index(p) if pod_index(p) is not None else 1 << 30):
+    for pod in sorted(observed.pods, key=_index_or_last):
         status = pod.get("status") or {}
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":

@@ -38,7 +38,8 @@ async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], k
     a pod that became unschedulable, a deadline) is still acted on."""
     while True:
         await asyncio.sleep(interval)
-        for namespace in settings.namespaces or [None]:
+        scopes: list[str | None] = list(settings.namespaces) or [None]
+        for namespace in scopes:
             try:
                 items = await asyncio.to_thread(kube.list_quantjobs, api(), namespace)
             except Exception as error:  # noqa: BLE001  # the loop must survive an unreachable API server
@@ -47,8 +48,8 @@ async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], k
             for item in items:
                 meta = item.get("metadata") or {}
                 try:
-                    await asyncio.to_thread(reconciler.reconcile, meta.get("namespace"), meta.get("name"))
-                except Exception:  # noqa: BLE001  # one QuantJob's trouble must not stop the others
+                    await asyncio.to_thread(reconciler.reconcile, str(meta.get("namespace")), str(meta.get("name")))
+                except Exception:  # one QuantJob's trouble must not stop the others
                     log.exception("resync: reconciling %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 

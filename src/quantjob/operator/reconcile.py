@@ -30,7 +30,13 @@ from quantjob.operator.builders import (
 from quantjob.operator.lifecycle import Limits, Observed, decide
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import Settings
-from quantjob.operator.status import TERMINAL_PHASES, changed, invalid_status, now_iso, set_condition
+from quantjob.operator.status import (
+    TERMINAL_PHASES,
+    changed,
+    invalid_status,
+    now_iso,
+    set_condition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,8 @@ class Reconciler:
         if not resolution.ok or resolution.job is None:
             if previous.get("attempt"):
                 return  # it was admitted and has run; a changed operator policy does not undo that
-            status = invalid_status(resolution.problems, previous, now)
-            self._write(body, previous, status, self._phase_event(previous, status))
+            refused = invalid_status(resolution.problems, previous, now)
+            self._write(body, previous, refused, self._phase_event(previous, refused))
             return
         job = resolution.job
         names = ChildNames(name)
@@ -94,9 +100,9 @@ class Reconciler:
         attempt = int(previous.get("attempt") or 1)
         job_obj = kube.get(api, kube.Ref("batch/v1", "jobs", namespace, names.job(attempt)))
         if job_obj is not None and not kube.owned_by(job_obj, uid):
-            error = kube.ChildConflict(f"Job {names.job(attempt)} already exists and was not created by this "
-                                       "QuantJob; delete it, or give the QuantJob another name")
-            blocked = {**status, **self._blocked(error, previous, now)}
+            conflict = kube.ChildConflict(f"Job {names.job(attempt)} already exists and was not created by this "
+                                          "QuantJob; delete it, or give the QuantJob another name")
+            blocked = {**status, **self._blocked(conflict, previous, now)}
             self._write(body, previous, blocked, self._phase_event(previous, blocked))
             return
         observed = Observed(name=name, status=previous, now=now, job=job_obj, limits=Limits(

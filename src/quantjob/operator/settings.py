@@ -109,7 +109,7 @@ class Settings(BaseModel):
     gang_scheduling: GangScheduler = "none"
     volcano_scheduler: str = "volcano"
     coscheduling_scheduler: str = "scheduler-plugins-scheduler"
-    pod_defaults: PodDefaults = Field(default_factory=lambda: PodDefaults())
+    pod_defaults: PodDefaults = Field(default_factory=lambda: PodDefaults.model_validate({}))
     resync_seconds: float = Field(default=30.0, gt=0, le=3600)
     progress_reporting: bool = True
     network_policy: bool = False
