@@ -23,6 +23,7 @@ from quantjob.operator.settings import Settings
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+TIMEOUT_S = (5.0, 30.0)  # connect, read: a stuck connection must not hold a reconcile forever
 
 # (apiVersion, kind) -> plural, for everything the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
@@ -101,7 +102,7 @@ def request(api: kubernetes.client.ApiClient, method: str, path: str, body: Any 
     serialized = api.param_serialize(method, path, query_params=query or [],
                                      header_params={"Content-Type": content_type, "Accept": "application/json"},
                                      body=body, auth_settings=["BearerToken"])
-    response = api.call_api(*serialized)
+    response = api.call_api(*serialized, _request_timeout=TIMEOUT_S)
     response.read()
     if not 200 <= response.status <= 299:
         raise ApiException.from_response(http_resp=response, body=None, data=None)
