@@ -313,13 +313,15 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
         os.replace(save_path / (FINAL_TMP + name), save_path / name)
     fsync_dir(save_path)  # every file in place before the entry file can name them
 
-    linears = tuple(lin for index in range(num_layers) for lin in read_meta(staging, index)["linears"])
+    metas = [read_meta(staging, index) for index in range(num_layers)]
     scratch = staging / SCRATCH_DIR
     scratch.mkdir(exist_ok=True)
     contents = OutputContents(
         tensors=tuple((item.spec.name, item.tag, item.spec.shape) for item in plan.tensors),
         from_layers=frozenset(item.spec.name for item in plan.tensors if item.sha256 is not None),
-        linears=linears, model_dir=model_dir, scratch=scratch)
+        linears=tuple(lin for meta in metas for lin in meta["linears"]),
+        float_names=tuple(name for meta in metas for name in meta["float_tensors"]),
+        model_dir=model_dir, scratch=scratch)
     data = fmt.entry_bytes(contents)
     atomic_write_bytes(save_path / fmt.entry_file, data)
     checksums[fmt.entry_file] = hashlib.sha256(data).hexdigest()

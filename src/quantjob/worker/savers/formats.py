@@ -38,13 +38,15 @@ class OutputContents:
     ``tensors``: every output tensor in output order as (name, tag, shape); ``from_layers``: the
     names among them that came from the decoder layers (the rest were copied from the source
     checkpoint); ``linears``: the staged description of every quantized linear (name, scheme,
-    dtype, group_size, has_bias, weight_symmetric, act_symmetric), in layer order; ``scratch``: a
-    private directory the format may write in.
+    dtype, group_size, has_bias, weight_symmetric, act_symmetric), in layer and module order;
+    ``float_names``: every layer's float tensors in the order the loop handed them over (module
+    order); ``scratch``: a private directory the format may write in.
     """
 
     tensors: tuple[tuple[str, str, tuple[int, ...]], ...]
     from_layers: frozenset[str]
     linears: tuple[dict[str, Any], ...]
+    float_names: tuple[str, ...]
     model_dir: Path
     scratch: Path
 
