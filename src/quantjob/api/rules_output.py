@@ -294,6 +294,13 @@ def _ascend_problems(entries: list[tuple[str, LinearQuant]], saver_at: str, mode
 
 def _compressed_tensors_problems(config: ModelslimConfig, saver_at: str, prefix: str) -> list[Problem]:
     problems: list[Problem] = []
+    for path, lq in config.linear_quants():
+        if lq.qconfig.act is None and not lq.qconfig.weight.symmetric:
+            problems.append(Problem(f"{prefix}{path}.qconfig.weight.symmetric",
+                                    f"asymmetric weight-only with {saver_at}: vLLM loads the packed zero points, "
+                                    "transformers (compressed-tensors 0.20) cannot (its loader expects them "
+                                    "unpacked: llm-compressor issue 1618); set symmetric: true to load with "
+                                    "transformers too", "warning"))
     for index, proc in enumerate(config.spec.process):
         if isinstance(proc, IterSmooth) and not proc.symmetric:
             problems.append(Problem(f"{prefix}spec.process[{index}].symmetric",

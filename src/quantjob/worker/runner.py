@@ -46,6 +46,7 @@ from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import observe_inputs, reduce_stats
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
+from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
 from quantjob.worker.records import LayerOutput
 
 log = logging.getLogger("quantjob.worker")
@@ -246,9 +247,10 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
         from quantjob.worker.savers import open_savers
 
         open_saver_fn = open_savers
+    run_id = run_id_for(job, model_config, checkpoint, calibration)
     saver = open_saver_fn(job.config.spec.save, save_path=job.save_path, model_dir=job.model_path,
-                          model_config=model_config, run_id=run_id_for(job, model_config, checkpoint, calibration),
-                          group=group, overwrite=job.overwrite, num_layers=num_layers)
+                          model_config=model_config, run_id=run_id, group=group, overwrite=job.overwrite,
+                          num_layers=num_layers)
     if getattr(saver, "already_complete", False):  # a retried pod of a finished run: nothing to redo
         if progress is not None and group.is_main:
             progress.start(num_layers)
@@ -271,6 +273,12 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
         saver.write_json(ERRORS_FILE, table)
+        saver.write_json(PROVENANCE_FILE, provenance_record(
+            config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
+            checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
+            options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
+                                                         "error_samples", "model_type", "trust_remote_code"}),
+            world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
         saver.finish(loop.outer())
     except BaseException as error:
         saver.abort()
