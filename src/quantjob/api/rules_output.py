@@ -228,8 +228,9 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
                 found[at] = (message, [])
             found[at][1].append(layer)
     problems: list[Problem] = []
+    known = _text_config(model_config).get("num_hidden_layers") is not None
     for at, (message, layers) in found.items():
-        more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
+        more = "" if len(layers) == 1 else f" (and {len(layers) - 1} more)" if known else " (and every layer alike)"
         problems.append(Problem(at, f"layer {layers[0]}{more}: {message}"))
     return problems
 
