@@ -100,8 +100,8 @@ def test_w4a16_with_ascendv1_points_to_compressed_tensors() -> None:
 
 
 def test_per_group_w8a16_with_ascendv1() -> None:
-    one(errors(cfg(lq({**W8, "scope": "per_group", "ext": {"group_size": 32}}))), "spec.process[0].qconfig.weight.scope",
-        "per-channel scales [out, 1] only", "compressed_tensors_saver")
+    one(errors(cfg(lq({**W8, "scope": "per_group", "ext": {"group_size": 32}}))),
+        "spec.process[0].qconfig.weight.scope", "per-channel scales [out, 1] only", "compressed_tensors_saver")
 
 
 def test_static_w8a8_of_a_float32_model_needs_the_model_config() -> None:

@@ -114,7 +114,10 @@ def test_transformers_loads_the_output_and_its_logits_stay_close(
 def _library_quantization_config(model_dir: Path, scheme: Any, ignore: list[str], tmp: Path) -> dict[str, Any]:
     """What compressed-tensors itself writes for ``scheme`` applied to the model's Linears."""
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        apply_quantization_config,
+    )
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore))
@@ -135,7 +138,11 @@ def _library_quantization_config(model_dir: Path, scheme: Any, ignore: list[str]
 
 
 def _library_scheme(name: str) -> Any:
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationScheme,
+        preset_name_to_scheme,
+    )
 
     if name == "w8a8_dynamic":
         return preset_name_to_scheme("W8A8", ["Linear"])           # channel weights, per-token dynamic

@@ -19,7 +19,14 @@ from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_saver_ascend_tensors import reference_linear  # noqa: E402
-from test_saver_output import layer_output, open_ascend, outer_source, outer_tensors, run_all, tree  # noqa: E402
+from test_saver_output import (  # noqa: E402
+    layer_output,
+    open_ascend,
+    outer_source,
+    outer_tensors,
+    run_all,
+    tree,
+)
 
 from quantjob.worker.distributed import Group  # noqa: E402
 from quantjob.worker.records import QuantizedLinear  # noqa: E402
