@@ -95,7 +95,7 @@ def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: 
     """Every ``spec.save`` entry: one saver writes ``save_path`` itself; several write one
     sub-directory each (``saver_directories``) and run as one ``SaverSet``."""
     configs = [savers] if isinstance(savers, Saver) else list(savers)
-    problems = saver_directory_problems(configs, "spec.")
+    problems = [p for p in saver_directory_problems(configs, "spec.") if p.severity == "error"]
     if problems:
         raise QuantJobError("; ".join(str(problem) for problem in problems))
     opened: list[OutputSaver] = []
