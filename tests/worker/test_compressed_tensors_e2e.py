@@ -170,3 +170,23 @@ def test_quantization_config_equals_the_librarys(scheme: str, exclude: list[str]
     assert ours == library
     if exclude:
         assert ours["ignore"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+
+
+def test_a_norm_bias_is_written_but_transformers_drops_it(models: dict[str, Path], calib_jsonl: Callable[..., Path],
+                                                          tmp_path: Path) -> None:
+    """Asymmetric smoothing's ``<norm>.bias`` goes through the format like every float tensor, and
+    transformers has no parameter for it (why check refuses asymmetric smoothing with this saver)."""
+    from safetensors.torch import load_file, save_file
+
+    from quantjob.worker.records import LayerOutput
+    from quantjob.worker.savers.format_compressed_tensors import FORMAT
+
+    bias = torch.full((64,), 0.5, dtype=torch.bfloat16)
+    named = FORMAT.layer_tensors(LayerOutput(0, [], {"model.layers.0.input_layernorm.bias": bias}))
+    assert [(t.name, t.tag) for t in named] == [("model.layers.0.input_layernorm.bias", "FLOAT")]
+    out = _quantize(models["llama"], calib_jsonl(16), tmp_path / "out",
+                    _write_config(tmp_path / "c.yaml", SCHEMES["w8a8_dynamic"]))
+    tensors = load_file(out / "model.safetensors")
+    save_file({**tensors, "model.layers.0.input_layernorm.bias": bias}, str(out / "model.safetensors"))
+    _, info = _load(out)
+    assert info["unexpected_keys"] == {"model.layers.0.input_layernorm.bias"}

@@ -87,7 +87,7 @@ def test_a_second_run_on_the_same_save_path_is_refused_naming_the_holder(tmp_pat
     first.save(layer_output(1))
     first.write_json("quant_errors.json", {})
     first.finish(outer_source(tmp_path))
-    # released at the end of the run: the directory is free again
+    assert not (save / ".quantjob-lock").exists()                  # released and removed at the end of the run
     again = open_ascend(save, model_dir, layers=2, run_id="run-holder")
     assert again.already_complete
 
