@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from compressed_tensors.compressors import BaseCompressor, ModelCompressor
-from compressed_tensors.compressors.format import infer_module_format
-from compressed_tensors.config import CompressionFormat
-from compressed_tensors.quantization import (
+from compressed_tensors.compressors import BaseCompressor, ModelCompressor  # type: ignore[import-untyped]
+from compressed_tensors.compressors.format import infer_module_format  # type: ignore[import-untyped]
+from compressed_tensors.config import CompressionFormat  # type: ignore[import-untyped]
+from compressed_tensors.quantization import (  # type: ignore[import-untyped]
     QuantizationArgs,
     QuantizationConfig,
     QuantizationScheme,
