@@ -204,8 +204,13 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
     if not all(_judgeable(lq) for _, lq in entries):
         return []   # the pattern's own problem is reported by the check; nothing is expanded here
     layout = layout_for(model_config)
+    count = _layer_count(model_config)
+    # A pattern without a digit, '?' or '[' cannot tell one layer index from another (only a '*'
+    # can match the index's digits): then layer 0 stands for every layer.
+    alike = not any(char.isdigit() or char in "?[" for _, lq in entries for p in (*lq.include, *lq.exclude)
+                    for char in p)
     found: dict[str, tuple[str, list[int]]] = {}   # field -> (message of its first layer, layers)
-    for layer in range(_layer_count(model_config)):
+    for layer in range(1 if alike else count):
         base = f"{layout.layers}.{layer}."
         for fused, shards in layout.fused:
             chosen: list[tuple[str, str, LinearQuant | None]] = []
@@ -230,7 +235,8 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
     problems: list[Problem] = []
     known = _text_config(model_config).get("num_hidden_layers") is not None
     for at, (message, layers) in found.items():
-        more = "" if len(layers) == 1 else f" (and {len(layers) - 1} more)" if known else " (and every layer alike)"
+        others = count - 1 if alike else len(layers) - 1
+        more = "" if others == 0 else f" (and {others} more)" if known else " (and every layer alike)"
         problems.append(Problem(at, f"layer {layers[0]}{more}: {message}"))
     return problems
 
