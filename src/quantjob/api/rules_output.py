@@ -8,7 +8,8 @@ are cited in ``docs/ascend-format-notes.md`` and ``docs/compressed-tensors-notes
 
 - fused modules: vllm-ascend and vLLM load q/k/v (and gate/up) as one module and refuse shards
   quantized differently (or some float, some not). The check matches ``include``/``exclude`` against
-  the linear names of a decoder layer (``LAYOUTS``, data per model family) without any weight;
+  the fused linears' names of every decoder layer (``LAYOUTS``, data per model family) without any
+  weight;
 - ascendv1 (vllm-ascend): no dense W4A16 linear scheme, W8A16 only per channel, no static W8A8 in
   a float32 model;
 - W8A8 (both formats): per-channel, symmetric weights;
@@ -32,17 +33,15 @@ from quantjob.api.problems import Problem
 
 @dataclass(frozen=True)
 class LayerLayout:
-    """The linears of one decoder layer (relative names) and the groups an engine fuses into one module."""
+    """Where the decoder layers are and which of a layer's linears (relative names) an engine fuses
+    into one module."""
 
     layers: str
-    linears: tuple[str, ...]
     fused: tuple[tuple[str, tuple[str, ...]], ...]   # (fused module, its shards)
 
 
 _DENSE = LayerLayout(
     layers="model.layers",
-    linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
     # vLLM's LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM packed_modules_mapping
     fused=(("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
            ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj"))),

@@ -68,7 +68,10 @@ class OutputLock:
         self._fd = fd
 
     def __del__(self) -> None:  # a saver dropped without finish or abort (the process goes on)
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001, S110  # interpreter shutdown: the kernel drops the lock anyway
+            pass
 
     def release(self) -> None:
         """Remove the lock file and unlock (no-op when not held)."""
