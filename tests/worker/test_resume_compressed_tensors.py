@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp_runs import assert_same_tree, calibration, run_quantize, start_quantize, tiny_model
+from dp_runs import (
+    assert_same_tree,
+    calibration,
+    run_quantize,
+    start_quantize,
+    tiny_model,
+)
 from test_resume import KILL_AFTER, NUM_LAYERS, _committed, _rank_pid
 
 pytestmark = pytest.mark.slow

@@ -74,6 +74,18 @@ def test_overwrite_leaves_look_alike_weight_files_of_the_user(tmp_path: Path, mo
     assert backup.read_bytes() == b"user backup"
 
 
+def test_overwrite_removes_a_link_never_its_target(tmp_path: Path, model_dir: Path) -> None:
+    save = tmp_path / "out"
+    run_all(save, model_dir)
+    target = tmp_path / "precious.json"
+    target.write_text("keep")
+    (save / "quant_errors.json").unlink()
+    (save / "quant_errors.json").symlink_to(target)               # a name the saver writes, as a link
+    run_all(save, model_dir, overwrite=True, run_id="run-b")
+    assert target.read_text() == "keep"
+    assert not (save / "quant_errors.json").is_symlink()
+
+
 # --- item 12: one run at a time on one output directory -----------------------------------------------------
 
 def test_a_second_run_on_the_same_save_path_is_refused_naming_the_holder(tmp_path: Path, model_dir: Path) -> None:
