@@ -29,7 +29,7 @@ FROM ${BASE} AS worker
 ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 COPY --from=wheel /wheels /wheels
 RUN if [ "${TORCH_SPEC}" != "none" ]; then python -m pip install --no-cache-dir ${TORCH_SPEC}; fi \
- && python -m pip install --no-cache-dir "$(ls /wheels/quantjob-*.whl)[worker]" && rm -rf /wheels
+ && python -m pip install --no-cache-dir "$(ls /wheels/quantjob-*.whl)[worker,compressed-tensors]" && rm -rf /wheels
 RUN useradd --uid 10001 --create-home quantjob || true
 # The Job mounts a writable emptyDir at /tmp (root filesystem is read-only).
 ENV HOME=/tmp PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -138,7 +138,7 @@ def test_method_scope_limits_come_from_the_catalogue(monkeypatch: pytest.MonkeyP
     (lq(act={"scope": "per_token", "symmetric": True}, weight={"dtype": "int4"}), "qconfig.weight.dtype", "error"),
 ])
 def test_scheme_rules(entry: dict[str, Any], path: str, severity: str) -> None:
-    problems = check(config(entry), 1, prefix="")
+    problems = check(config(entry, save=[{"type": "compressed_tensors_saver"}]), 1, prefix="")
     assert [(p.path, p.severity) for p in problems] == [(f"spec.process[0].{path}", severity)]
 
 
@@ -147,7 +147,7 @@ def test_scheme_rules(entry: dict[str, Any], path: str, severity: str) -> None:
     lq(weight={"scope": "per_group", "dtype": "int4", "ext": {"group_size": 128}}),
 ])
 def test_supported_schemes_pass(entry: dict[str, Any]) -> None:
-    assert check(config(entry), 2) == []
+    assert check(config(entry, save=[{"type": "compressed_tensors_saver"}]), 2) == []
 
 
 # --- multimodal ------------------------------------------------------------------------------------
@@ -283,12 +283,14 @@ def test_wildcards_that_only_happen_to_match_lm_head_pass() -> None:
 
 
 def test_mixed_group_sizes_are_refused_at_admission() -> None:
+    """They failed only at the very end, with a traceback: the ascendv1 description holds one group
+    size. Per-group weights do not load in vllm-ascend at all, so admission refuses them already."""
     w4 = {"scope": "per_group", "dtype": "int4", "ext": {"group_size": 128}}
     mixed = config(lq(weight=w4, include=["*self_attn*"]),
                    lq(weight={**w4, "ext": {"group_size": 64}}, include=["*mlp*"]))
-    problem = only(check(mixed, 1), "spec.config.spec.process[1].qconfig.weight.ext.group_size")
-    assert "64" in problem.message and "128" in problem.message
-    assert check(config(lq(weight=w4, include=["*self_attn*"]), lq(weight=w4, include=["*mlp*"])), 1) == []
+    problems = check(mixed, 1)
+    assert any(p.path.startswith("spec.config.spec.process[1].qconfig.weight") and p.severity == "error"
+               for p in problems), problems
 
 
 @pytest.mark.parametrize(("model_type", "ok"), [("gpt2", False), ("DeepSeek-V3", False), ("Qwen2.5-7B", True),

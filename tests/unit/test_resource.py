@@ -33,7 +33,7 @@ def paths_of(data: dict[str, Any]) -> list[str]:
 def test_minimal_manifest_and_defaults() -> None:
     job = QuantJob.model_validate(manifest())
     spec = job.spec
-    assert (spec.devices.type, spec.devices.count, spec.backoffLimit) == ("npu", 1, 3)
+    assert (spec.devices.type, spec.devices.count, spec.maxRestarts) == ("npu", 1, 3)
     assert spec.resolved_config().linear_quants()[0][1].qconfig.act.scope == "per_tensor"
     assert spec.calibration.path is None and spec.calibration.samples == 128
 
@@ -113,7 +113,7 @@ def test_explicit_nulls_on_optional_fields_read_as_absent() -> None:
     nulls = manifest(
         model={"pvc": "models", "path": "Qwen2.5-7B", "trustRemoteCode": None, "modelType": None},
         output={"pvc": "quantized", "path": "out", "overwrite": None},
-        devices=None, image=None, resources=None, queueName=None, backoffLimit=None, env=None,
+        devices=None, image=None, resources=None, queueName=None, maxRestarts=None, env=None,
         nextLayerInput=None, quantType=None,
         calibration={"pvc": None, "path": None, "samples": None, "maxLength": None},
         config={"apiversion": "modelslim_v1", "metadata": None, "dataset": None,
@@ -142,8 +142,8 @@ def test_null_map_values_are_dropped_as_the_api_server_does() -> None:
     ("devices", {"count": "4"}, "spec.devices.count"),
     ("calibration", {"samples": "64"}, "spec.calibration.samples"),
     ("output", {"pvc": "quantized", "path": "out", "overwrite": "true"}, "spec.output.overwrite"),
-    ("backoffLimit", "3", "spec.backoffLimit"),
-    ("backoffLimit", 3.5, "spec.backoffLimit"),
+    ("maxRestarts", "3", "spec.maxRestarts"),
+    ("maxRestarts", 3.5, "spec.maxRestarts"),
 ])
 def test_values_of_the_wrong_json_type_are_refused_as_the_api_server_does(field: str, value: Any, path: str) -> None:
     """The CRD schema refuses these; validate coerced them and admitted what the cluster refuses."""
@@ -151,5 +151,5 @@ def test_values_of_the_wrong_json_type_are_refused_as_the_api_server_does(field:
 
 
 def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
-    job = QuantJob.model_validate(manifest(devices={"count": 4.0}, backoffLimit=3.0))
-    assert job.spec.devices.count == 4 and isinstance(job.spec.devices.count, int) and job.spec.backoffLimit == 3
+    job = QuantJob.model_validate(manifest(devices={"count": 4.0}, maxRestarts=3.0))
+    assert job.spec.devices.count == 4 and isinstance(job.spec.devices.count, int) and job.spec.maxRestarts == 3

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from quantjob.api import catalogue
-from quantjob.api.config_rules import lm_head_in_include, one_group_size, pattern_budget
+from quantjob.api.config_rules import lm_head_in_include, pattern_budget
 from quantjob.api.model_types import model_type_problems
 from quantjob.api.modelslim import (
     Group,
@@ -26,6 +26,7 @@ from quantjob.api.modelslim import (
 )
 from quantjob.api.problems import Problem, from_validation_error, has_errors
 from quantjob.api.resource import API_VERSION, GROUP, KIND, QuantJob
+from quantjob.api.rules_output import output_problems
 from quantjob.api.volume_paths import output_over_model
 
 # config.json keys that mark a multimodal model (a vision or audio tower beside the LLM).
@@ -158,7 +159,7 @@ def _convert_savers(config: ModelslimConfig, distributed: bool, prefix: str,
     for index, saver in enumerate(config.spec.save):
         at = f"{prefix}spec.save[{index}]"
         entry = _capability("saver", saver.type, "saver", distributed, f"{at}.type", problems)
-        if saver.save_directory not in (None, "."):
+        if saver.save_directory not in (None, ".") and len(config.spec.save) == 1:  # several: see rules_output
             problems.append(Problem(f"{at}.save_directory", "ignored: files are written to the job's output "
                                                             "location (spec.output)", "warning"))
         if entry is not None and distributed and not entry.distributed and entry.distributed_variant:
@@ -178,12 +179,12 @@ def resolve(config: ModelslimConfig, devices: int, model_config: dict[str, Any] 
     _check_linear_quants(config, distributed, prefix, problems)
     over_budget = pattern_budget(config, prefix)
     problems += over_budget or lm_head_in_include(config, prefix)  # the lm_head rule expands the patterns
-    problems += one_group_size(config, prefix)
     if distributed and (config.multimodal or is_multimodal(model_config)):
         problems.append(Problem(f"{prefix}spec.runner",
                                 "multimodal models (a vision/audio tower) are not supported under "
                                 "dp_layer_wise; use runner layer_wise with one device"))
     resolved = _convert_savers(config, distributed, prefix, problems)
+    problems.extend(output_problems(resolved, model_config, prefix))
     resolved.spec.runner = runner  # type: ignore[assignment]
     world_size = devices if distributed else 1
     return Resolution(runner=runner, world_size=world_size, config=resolved, problems=problems)

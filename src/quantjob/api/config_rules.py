@@ -2,7 +2,6 @@
 function from the config to problems, called by ``quantjob.api.check.resolve``.
 
 - ``lm_head`` named in an ``include`` (quantjob keeps it float);
-- per_group entries with different group sizes (the ascendv1 description holds one);
 - the brace lists of all the config's patterns together past ``MAX_CONFIG_EXPANDED_CHARS``.
 """
 
@@ -18,35 +17,12 @@ from quantjob.api.model_types import LM_HEAD
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth, ModelslimConfig
 from quantjob.api.problems import Problem
 
-# savers whose output describes the whole model with one group_size
-_ONE_GROUP_SIZE_SAVERS = ("ascendv1_saver", "distributed_ascendv1_saver")
-
 
 def lm_head_in_include(config: ModelslimConfig, prefix: str) -> list[Problem]:
     """``include`` may not name the lm_head: quantjob leaves it float, so the request cannot be met."""
     return [Problem(f"{prefix}{path}.include", f"quantizing {LM_HEAD} is not supported; it stays float "
                                                f"(remove {LM_HEAD!r} from include)")
             for path, lq in config.linear_quants() if names_literally(lq.include, LM_HEAD)]
-
-
-def one_group_size(config: ModelslimConfig, prefix: str) -> list[Problem]:
-    """Every per_group entry must use the same group size when the output holds one for the model."""
-    if not any(saver.type in _ONE_GROUP_SIZE_SAVERS for saver in config.spec.save):
-        return []
-    first: tuple[str, int] | None = None
-    problems: list[Problem] = []
-    for path, lq in config.linear_quants():
-        weight = lq.qconfig.weight
-        if weight.scope != "per_group" or weight.group_size is None:
-            continue
-        if first is None:
-            first = (path, weight.group_size)
-        elif weight.group_size != first[1]:
-            problems.append(Problem(f"{prefix}{path}.qconfig.weight.ext.group_size",
-                                    f"group_size {weight.group_size} differs from {first[1]} in {prefix}{first[0]}; "
-                                    "the ascendv1 description holds one group_size for the whole model: use "
-                                    f"{first[1]} here too"))
-    return problems
 
 
 def pattern_budget(config: ModelslimConfig, prefix: str) -> list[Problem]:

@@ -1,6 +1,6 @@
 """The model families quantjob has an adapter for, by name only (the adapters themselves live in
-``quantjob.worker.adapters``), so admission and the CLI refuse an unknown model type before a pod
-or a rank starts.
+``quantjob.worker.adapters``, which reads its name tables from here), so admission and the CLI
+refuse an unknown model type before a pod or a rank starts.
 
 A model's family is config.json's ``model_type``, or an override written as msModelSlim's
 ``--model_type`` is (``Qwen2.5-7B-Instruct``), matched by lowercase prefix.
@@ -14,10 +14,14 @@ from typing import Any
 from quantjob.api.problems import Problem
 
 # config.json ``model_type`` values with an adapter (``quantjob.worker.adapters.ADAPTERS``).
-MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
-# msModelSlim-style names -> family, by lowercase prefix (the first that matches wins).
-NAME_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"))
+MODEL_TYPES: tuple[str, ...] = ("gemma3_text", "llama", "mistral", "qwen2", "qwen3")
+# model_types whose language model sits inside a multimodal wrapper -> the text model_type to save it as.
+WRAPPED_TEXT_MODELS: dict[str, str] = {"gemma3": "gemma3_text"}
+# msModelSlim-style --model_type names (e.g. "Qwen2.5-7B-Instruct") -> adapter, by lowercase prefix
+# (first match wins; None: a different architecture that shares the prefix).
+NAME_PREFIXES: tuple[tuple[str, str | None], ...] = (
+    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"),
+    ("gemma3n", None), ("gemma-3n", None), ("gemma3", "gemma3_text"), ("gemma-3", "gemma3_text"))
 # The output projection every family keeps float (an adapter may name another).
 LM_HEAD = "lm_head"
 
@@ -33,6 +37,11 @@ def model_type_problems(model_config: Mapping[str, Any] | None, model_type: str 
     """A problem when the override, or else config.json's ``model_type`` (when a config is given),
     names no supported family. ``override_at``: the field or flag the override came from."""
     supported = ", ".join(MODEL_TYPES)
+    declared = model_config.get("model_type") if model_config is not None else None
+    if isinstance(declared, str) and declared in WRAPPED_TEXT_MODELS:
+        return [Problem(config_at, f"model_type {declared!r} holds its {WRAPPED_TEXT_MODELS[declared]} language "
+                                   "model inside a multimodal wrapper; save the language model as its own model "
+                                   "directory first (docs/models.md), or start from a text-only checkpoint")]
     if model_type:
         if family_for_name(model_type) is None:
             return [Problem(override_at, f"model type {model_type!r} is not supported; use a name starting with one "
@@ -40,7 +49,6 @@ def model_type_problems(model_config: Mapping[str, Any] | None, model_type: str 
         return []
     if model_config is None:
         return []
-    declared = model_config.get("model_type")
     if not isinstance(declared, str) or not declared:
         return [Problem(config_at, f"config.json has no 'model_type'; add it or set {override_at} "
                                    f"(one of: {supported})")]

@@ -25,7 +25,3 @@ class RunOptions(BaseModel):
     overwrite: bool = False
     next_layer_input: NextLayerInput = "float"
     error_samples: int = Field(8, ge=0)
-    collective_timeout: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
-        description="seconds a collective waits for the slowest rank before the group stops; "
-                    "default QUANTJOB_COLLECTIVE_TIMEOUT, else 600")

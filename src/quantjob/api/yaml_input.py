@@ -67,7 +67,7 @@ def _scan(text: str) -> YamlProblem | None:
             if event.anchor:
                 sizes[event.anchor] = 1
         elif isinstance(event, yaml.AliasEvent):
-            count = sizes.get(event.anchor, 1)
+            count = sizes.get(event.anchor or "", 1)
         elif isinstance(event, yaml.DocumentEndEvent):
             seen, sizes = 0, {}
         if count:

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from quantjob.api import exit_codes
 from quantjob.api.check import resolve
-from quantjob.api.model_types import model_type_problems
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
@@ -37,6 +36,8 @@ class QuantizeArgs(RunOptions):
     device: str = "cpu"
     quant_type: str | None = None
     config_path: Path | None = None
+    rendezvous_timeout: float = Field(600.0, gt=0)
+    collective_timeout: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: the environment's or 600
 
     @model_validator(mode="after")
     def _one_config(self) -> QuantizeArgs:
@@ -78,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
     parser.add_argument("--error_samples", type=int, default=8,
                         help="samples for the per-layer quantization error table (default 8)")
+    parser.add_argument("--rendezvous_timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long a rank waits for rank 0 to answer (default 600)")
     parser.add_argument("--collective_timeout", type=float, metavar="SECONDS",
                         help="how long a rank waits for the others in a collective before the group stops, "
                              "naming the stuck rank (default: $QUANTJOB_COLLECTIVE_TIMEOUT, else 600)")
@@ -158,6 +161,7 @@ def run(namespace: argparse.Namespace) -> int:
     import logging
 
     from quantjob.worker import device as devices
+    from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
     from quantjob.worker.model_config import read_model_config
 
@@ -173,6 +177,7 @@ def run(namespace: argparse.Namespace) -> int:
         return exit_codes.USAGE
     try:
         model_config = read_model_config(args.model_path)
+        adapter_for(model_config, args.model_type, config_file=str(args.model_path / "config.json"))
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
@@ -186,9 +191,6 @@ def run(namespace: argparse.Namespace) -> int:
     in_group = found.world_size > 1 or any(os.environ.get(name, "").strip()
                                            for name in ("RANK", "JOB_COMPLETION_INDEX"))
     world_size = found.world_size if in_group else spec.count
-    unsupported = model_type_problems(model_config, args.model_type, override_at="--model_type")
-    if unsupported:  # a flag the user wrote, or the model itself
-        return _fail(str(unsupported[0]), exit_codes.USAGE if args.model_type else exit_codes.INPUT)
     resolution = resolve(loaded, devices=world_size, model_config=model_config, prefix="")
     problems = resolution.problems
     for problem in problems:
@@ -227,10 +229,9 @@ def run(namespace: argparse.Namespace) -> int:
                     calib_file=_calib_file(args, resolution.config), calib_samples=args.calib_samples,
                     max_length=args.max_length, model_type=args.model_type,
                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-                    next_layer_input=args.next_layer_input, error_samples=args.error_samples,
-                    collective_timeout=timeout_s)
+                    next_layer_input=args.next_layer_input, error_samples=args.error_samples)
     try:
-        group = init_group_from_env(spec.type, collective_timeout_s=timeout_s)
+        group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout, collective_timeout_s=timeout_s)
         device = devices.torch_device(spec.type, local_device_index(spec, group))
     except ValueError as error:
         return _fail(str(error), exit_codes.USAGE)
@@ -257,6 +258,8 @@ def run(namespace: argparse.Namespace) -> int:
 def _summary_text(summary: Any) -> str:
     from quantjob.worker.progress import format_error_table
 
+    if summary.errors.get("already_complete"):
+        return "the output already holds this run's complete result; nothing was rewritten"
     return (f"{format_error_table(summary.errors)}\n"
             f"{summary.num_layers} layers, {summary.samples} samples ({summary.tokens} tokens) in "
             f"{summary.seconds:.1f}s" + (f", resumed at layer {summary.resumed_from}" if summary.resumed_from else ""))

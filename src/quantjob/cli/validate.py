@@ -10,15 +10,15 @@ built (``quantjob.api.yaml_input``). Needs neither torch nor a cluster.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from quantjob.api.check import Resolution, check_document
+from quantjob.api.check import Resolution
 from quantjob.api.problems import Problem, has_errors
+from quantjob.api.resource import KIND
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
-from quantjob.operator.review import CHECKED_KEYS, review_quantjob
+from quantjob.operator.review import CHECKED_KEYS, review_document
 
 
 def _positive(text: str) -> int:
@@ -67,19 +67,13 @@ def _load_all(name: str, text: str, out: TextIO) -> list[Any] | None:
 
 
 def _review(document: Any, devices: int | None) -> Resolution:
-    """A QuantJob gets the admission webhook's own review (the config check plus the rules on the
-    objects it becomes, such as the name), with ``devices`` written into its spec; a bare config
-    gets the config check."""
-    if not (isinstance(document, dict) and ("kind" in document or "apiVersion" in document)):
-        return check_document(document, devices=devices)
-    body = copy.deepcopy(document)
-    spec = body.get("spec")
-    if devices is not None and isinstance(spec, dict) and isinstance(spec.get("devices") or {}, dict):
-        spec["devices"] = {**(spec.get("devices") or {}), "count": devices}
-    result = review_quantjob(body)
-    unknown = [key for key in body if key not in (*CHECKED_KEYS, "status")]
-    result.problems = [Problem(str(key), f"unknown field {key!r}; remove it or check its spelling")
-                       for key in unknown] + result.problems
+    """The webhook's verdict (``review_document``), and, for a QuantJob, its unknown top-level keys,
+    which the API server refuses before any webhook sees the object."""
+    result = review_document(document, devices=devices)
+    if isinstance(document, dict) and document.get("kind") == KIND:
+        unknown = [key for key in document if key not in (*CHECKED_KEYS, "status")]
+        result.problems = [Problem(str(key), f"unknown field {key!r}; remove it or check its spelling")
+                           for key in unknown] + result.problems
     return result
 
 
@@ -93,7 +87,7 @@ def validate_text(name: str, text: str, devices: int | None, out: TextIO) -> int
         return 1
     failed = False
     for index, document in enumerate(documents):
-        result = _review(document, devices)
+        result = _review(document, devices)  # the webhook's verdict
         label = name if len(documents) == 1 else f"{name} (document {index + 1} of {len(documents)})"
         out.writelines(f"{problem}\n" for problem in result.problems)
         if has_errors(result.problems):

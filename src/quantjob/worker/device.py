@@ -192,20 +192,3 @@ def load_extension(kind: str) -> None:
     """Import what a device type needs before its process group starts (torch_npu for npu)."""
     if _check_type(kind) == "npu":
         _import_torch_npu()
-
-
-def device_name(device: torch.device) -> str:
-    """The accelerator's model (``torch.cuda.get_device_name``), or the CPU's model name for cpu."""
-    module = _accelerator_module(device)
-    if module is not None:
-        return str(module.get_device_name(device))  # type: ignore[attr-defined]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

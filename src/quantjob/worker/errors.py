@@ -13,9 +13,15 @@ from quantjob.api.exit_codes import CRASH, INPUT
 
 class QuantJobError(Exception):
     """A bad input the user can fix (model, calibration, output path, non-finite values). The
-    message names the file or field and the fix. A retry cannot help: exit code ``INPUT``."""
+    message names the file or field and the fix. A retry cannot help: exit code ``INPUT``, unless
+    ``exit_code`` says otherwise (another rank's failure passed on keeps that rank's code)."""
 
     exit_code: int = INPUT
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class GroupError(QuantJobError):
@@ -23,3 +29,8 @@ class GroupError(QuantJobError):
     failed. Nothing is wrong with the inputs; a restart of the group resumes: exit code ``CRASH``."""
 
     exit_code: int = CRASH
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code an error leaves with: its own for ours, ``CRASH`` for anything else."""
+    return error.exit_code if isinstance(error, QuantJobError) else CRASH

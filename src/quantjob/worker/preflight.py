@@ -2,7 +2,8 @@
 headers, so every rank refuses the same run with the same message, and none is left waiting).
 
 - ``preflight``: the config against the checkpoint's headers: processors the worker runs,
-  per_group widths, an ``lm_head`` request (also refused at admission, by ``quantjob.api.check``);
+  per_group widths, an ``lm_head`` request and the outputs' load rules with the model's config.json
+  (also refused at admission, by ``quantjob.api.check``);
 - ``check_layout``: every checkpoint tensor against the model skeleton built from config.json:
   names and shapes, one floating dtype for the embedding and the decoder layers.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from quantjob.api.globs import names_literally
+from quantjob.api.rules_output import output_problems
 from quantjob.worker.adapters import Adapter
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model_config import read_model_config
 from quantjob.worker.processors import processor_for
 
 if TYPE_CHECKING:
@@ -45,8 +48,8 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
         if names_literally(lq.include, adapter.lm_head):
             problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
                             f"(remove {adapter.lm_head!r} from include)")
-    if len(job.config.spec.save) != 1:
-        problems.append(f"spec.save: {len(job.config.spec.save)} savers given; list exactly one")
+    problems.extend(str(p) for p in output_problems(job.config, read_model_config(job.model_path), "")
+                    if p.severity == "error")
     if problems:
         raise QuantJobError("; ".join(problems))
 

@@ -52,6 +52,7 @@ from quantjob.worker.observers import observe_inputs, reduce_stats
 from quantjob.worker.preflight import check_layout, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
+from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
 from quantjob.worker.records import LayerOutput
 from quantjob.worker.save_path import check_save_path
 from quantjob.worker.threads import sum_of_squares
@@ -123,8 +124,7 @@ class _Loop:
         name = f"{self.skeleton.adapter.embed}.weight"
         table = self.checkpoint.load([name], self.device)[name]
         check_weights({name: table}, None, self.checkpoint)
-        hidden = {g: torch.nn.functional.embedding(ids.to(self.device), table).unsqueeze(0)
-                  for g, ids in self.input_ids.items()}
+        hidden = {g: self.skeleton.embed(ids.to(self.device), table) for g, ids in self.input_ids.items()}
         del table
         return hidden
 
@@ -213,13 +213,22 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     loop = _Loop(job, group, device, skeleton, checkpoint, calibration)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:
-        from quantjob.worker.savers import open_saver
+        from quantjob.worker.savers import open_savers
 
-        open_saver_fn = open_saver
+        open_saver_fn = open_savers
+    run_id = run_id_for(job, model_config, checkpoint, calibration)
     group.where = "opening the output"
-    saver = open_saver_fn(job.config.spec.save[0], save_path=job.save_path, model_dir=job.model_path,
-                          model_config=model_config, run_id=run_id_for(job, model_config, checkpoint, calibration),
-                          group=group, overwrite=job.overwrite, num_layers=num_layers)
+    saver = open_saver_fn(job.config.spec.save, save_path=job.save_path, model_dir=job.model_path,
+                          model_config=model_config, run_id=run_id, group=group, overwrite=job.overwrite,
+                          num_layers=num_layers)
+    if getattr(saver, "already_complete", False):  # a retried pod of a finished run: nothing to redo
+        if progress is not None and group.is_main:
+            progress.start(num_layers)
+            progress.layer_done(num_layers, num_layers, None)
+            progress.finish(True, f"{job.save_path} already holds this run's complete output; nothing was rewritten")
+        return RunSummary(num_layers, num_layers, len(calibration.samples),
+                          sum(int(ids.numel()) for ids in calibration.samples), time.monotonic() - started,
+                          {"already_complete": True, "samples": 0, "layers": []})
     layer_of = {adapter.layer_prefix(i): i for i in range(num_layers)}
     prefetcher = Prefetcher(checkpoint, device,
                             verify=lambda key, tensors: check_weights(tensors, layer_of.get(key), checkpoint))
@@ -229,7 +238,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
         if committed:
             log.info("resuming at layer %d of %d", committed, num_layers)
         if report:
-            report.start(num_layers)
+            report.start(num_layers, committed)
         layer_errors = _run_layers(loop, saver, prefetcher, committed, report)
         table = {"metric": "relative_output_error", "samples": loop.error_count,
                  "next_layer_input": job.next_layer_input,
@@ -237,6 +246,12 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                             for i, (count, error) in enumerate(layer_errors)]}
         group.where = "the finish (assembling the output)"
         saver.write_json(ERRORS_FILE, table)
+        saver.write_json(PROVENANCE_FILE, provenance_record(
+            config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
+            checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
+            options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
+                                                         "error_samples", "model_type", "trust_remote_code"}),
+            world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
         saver.finish(loop.outer())
     except BaseException as error:
         saver.abort()

@@ -12,7 +12,7 @@ the arithmetic independent of the thread count cheaply, it does:
 
 bfloat16 and float16 products go through oneDNN, which gives no such guarantee on every CPU, so
 ``--device cpu`` and ``--device cpu:0,1`` can still differ there unless ``OMP_NUM_THREADS`` gives
-every rank the same count. ``numerics`` records what a run used, for the output's provenance.
+every rank the same count. The output's provenance records each rank's device kind and threads.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the launcher imports this module without torch
     import torch
@@ -50,14 +50,3 @@ def sum_of_squares(x: torch.Tensor) -> float:
     dimension) is reduced by one thread, and the row sums are added exactly."""
     rows = x.detach().double().pow(2).reshape(-1, x.shape[-1] if x.dim() else 1).sum(dim=-1)
     return math.fsum(rows.tolist())
-
-
-def numerics(device: torch.device) -> dict[str, Any]:
-    """What decides the output bits besides the inputs, for the output's provenance."""
-    import torch
-
-    from quantjob.worker.device import device_name
-
-    return {"device_kind": device.type, "device_name": device_name(device),
-            "threads_per_rank": torch.get_num_threads(), "mkl_cbwr": os.environ.get(MKL_REPRODUCIBLE[0]) or None,
-            "torch": torch.__version__}
