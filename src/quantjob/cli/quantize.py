@@ -51,7 +51,7 @@ class QuantizeArgs(RunOptions):
         return out
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quantize", help="quantize a model layer by layer (msmodelslim quant flags)",
         description="Quantize a Hugging Face model directory one decoder layer at a time.")

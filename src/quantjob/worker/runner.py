@@ -30,7 +30,6 @@ from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
 from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
-from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -39,6 +38,7 @@ from quantjob.worker.decoder import (
     quantized_layer,
     release,
 )
+from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config

@@ -215,7 +215,7 @@ class AscendV1Saver:
         result, failure, message = self._attempt(action) if self.group.is_main else (None, None, None)
         message, result = self.group.broadcast_object((message, result))
         self._agree(failure, [(0, message)] if message else [])
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _on_every_rank(self, action: Callable[[], T]) -> list[T]:
         """Run ``action`` on every rank; every rank gets all results in rank order, or fails when
@@ -229,7 +229,7 @@ class AscendV1Saver:
     def _attempt(action: Callable[[], T]) -> tuple[T | None, BaseException | None, str | None]:
         try:
             return action(), None, None
-        except BaseException as err:  # every rank must reach the collective that follows
+        except BaseException as err:  # noqa: BLE001  # every rank must reach the collective that follows
             return None, err, f"{type(err).__name__}: {err}"
 
     def _agree(self, failure: BaseException | None, failed: list[tuple[int, str]]) -> None:
@@ -244,7 +244,7 @@ class AscendV1Saver:
         """Drop this rank's temporary files; committed layers stay for a resumed run."""
         try:
             self._wait()
-        except BaseException:  # noqa: S110  # already failing: the run's own error is reported
+        except BaseException:  # noqa: BLE001, S110  # already failing: the run's own error is reported
             pass
         self._stop_writer()
         self._remove_own_temporaries()
