@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--webhook-tls", choices=["files", "self-signed", "insecure"],
                         help="files: mounted cert-manager/secret certificate; self-signed: made at start")
     parser.add_argument("--no-webhook", action="store_true", help="do not serve the validating webhook")
+    parser.add_argument("--health-port", type=int, help="port of the liveness endpoint /healthz (0: none; default 8080)")
+    parser.add_argument("--metrics-port", type=int, help="port of the Prometheus endpoint /metrics (0: none, the default)")
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.set_defaults(run=run)
 
@@ -43,6 +45,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "webhook.port": args.webhook_port,
         "webhook.tls": args.webhook_tls,
         "webhook.enabled": False if args.no_webhook else None,
+        "health_port": args.health_port,
+        "metrics_port": args.metrics_port,
     }
     return result
 

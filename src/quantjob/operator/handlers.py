@@ -14,6 +14,7 @@ import kopf
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
 from quantjob.operator import admission, kube
 from quantjob.operator.builders import LABEL_NAME, ChildNames, build_children
+from quantjob.operator.metrics import OperatorMetrics, counted
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import Settings
 from quantjob.operator.status import (
@@ -49,7 +50,7 @@ def _owner_name(body: kopf.Body) -> str | None:
     return None
 
 
-def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+def build_registry(settings: Settings, metrics: OperatorMetrics | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     clients: dict[str, Any] = {}
 
@@ -69,6 +70,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @counted(metrics, "reconcile")
     def reconcile(body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
         if namespace is None:
             raise kopf.PermanentError("QuantJob is a namespaced resource; got one without a namespace")
@@ -96,6 +98,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             logger.warning("%s", warning)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT}, id="mirror-job", registry=registry)
+    @counted(metrics, "mirror-job")
     def mirror(event: Any, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
         owner = _owner_name(body)
         if owner is None or namespace is None or event.get("type") == "DELETED":

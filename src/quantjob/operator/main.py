@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import kopf
 
+from quantjob.operator import metrics as operator_metrics
 from quantjob.operator.handlers import build_registry, kopf_settings
 from quantjob.operator.settings import Settings
 
-LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+LIVENESS_ENDPOINT = Settings().liveness_endpoint
 LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 
@@ -25,19 +26,24 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
     operator_settings = kopf_settings(settings)
     if adjust is not None:
         adjust(operator_settings)
-    await kopf.operator(
-        registry=build_registry(settings),
-        settings=operator_settings,
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
-        clusterwide=settings.cluster_wide,
-        namespaces=settings.namespaces,
-        stop_flag=stop_flag,
-        liveness_endpoint=liveness_endpoint,
-    )
+    metrics = operator_metrics.OperatorMetrics() if settings.metrics_port else None
+    registry = build_registry(settings, metrics=metrics)
+    if metrics is not None:
+        operator_metrics.register(registry, metrics)
+    async with operator_metrics.serve(metrics, "0.0.0.0", settings.metrics_port):
+        await kopf.operator(
+            registry=registry,
+            settings=operator_settings,
+            standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
+            clusterwide=settings.cluster_wide,
+            namespaces=settings.namespaces,
+            stop_flag=stop_flag,
+            liveness_endpoint=liveness_endpoint,
+        )
 
 
 def main(settings: Settings, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=LOG_FORMATS[settings.log_format], log_refkey="quantjob")
     logging.getLogger(__name__).info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
-    asyncio.run(run_operator(settings))
+    asyncio.run(run_operator(settings, liveness_endpoint=settings.liveness_endpoint))
     return 0

@@ -10,6 +10,8 @@ Environment (every variable optional):
 ``QUANTJOB_NPU_RUNTIME_CLASS``     ``runtimeClassName`` of npu pods; empty = none
 ``QUANTJOB_MASTER_PORT``           rendezvous port of rank 0
 ``QUANTJOB_LOG_FORMAT``            ``plain``, ``full`` or ``json``
+``QUANTJOB_HEALTH_PORT``           port of kopf's liveness endpoint ``/healthz``; 0 = none
+``QUANTJOB_METRICS_PORT``          port of the Prometheus endpoint ``/metrics``; 0 (default) = none
 ``QUANTJOB_API_SERVER``            explicit API server URL (out-of-cluster runs, tests)
 ``QUANTJOB_WEBHOOK_ENABLED``       ``true``/``false``: serve the validating webhook
 ``QUANTJOB_WEBHOOK_PORT``          port the webhook server listens on
@@ -27,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantjob.api.resource import DEFAULT_RESOURCE_NAMES
 
@@ -68,12 +70,31 @@ class Settings(BaseModel):
     master_port: int = Field(default=29500, ge=1, le=65535)
     log_format: LogFormat = "full"
     api_server: str | None = None
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     webhook: WebhookSettings = Field(default_factory=lambda: WebhookSettings())
 
     @field_validator("npu_runtime_class", "api_server")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        ports = {"QUANTJOB_HEALTH_PORT": self.health_port, "QUANTJOB_METRICS_PORT": self.metrics_port}
+        if self.webhook.enabled:
+            ports["QUANTJOB_WEBHOOK_PORT"] = self.webhook.port
+        used = [(name, port) for name, port in ports.items() if port]
+        for index, (name, port) in enumerate(used):
+            for other, other_port in used[index + 1:]:
+                if port == other_port:
+                    raise ValueError(f"{name} and {other} are both {port}; each endpoint needs its own port")
+        return self
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        """kopf's liveness endpoint URL, or None when ``health_port`` is 0."""
+        return f"http://0.0.0.0:{self.health_port}/healthz" if self.health_port else None
 
     @property
     def cluster_wide(self) -> bool:
@@ -96,6 +117,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "QUANTJOB_MASTER_PORT": (None, "master_port"),
     "QUANTJOB_LOG_FORMAT": (None, "log_format"),
     "QUANTJOB_API_SERVER": (None, "api_server"),
+    "QUANTJOB_HEALTH_PORT": (None, "health_port"),
+    "QUANTJOB_METRICS_PORT": (None, "metrics_port"),
     "QUANTJOB_WEBHOOK_ENABLED": ("webhook", "enabled"),
     "QUANTJOB_WEBHOOK_PORT": ("webhook", "port"),
     "QUANTJOB_WEBHOOK_TLS": ("webhook", "tls"),
