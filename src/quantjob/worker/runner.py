@@ -1,4 +1,4 @@
-"""The layer-wise loop (DESIGN.md section 5), written once for world size 1 and N.
+"""The layer-wise loop (docs/design.md, section 4), written once for world size 1 and N.
 
 Rank r owns global calibration samples ``shard_indices(n, r, W)`` for the whole run. Per decoder
 layer: load its tensors (the next layer's load runs on a background thread), run the local shard
