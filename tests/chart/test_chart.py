@@ -24,7 +24,10 @@ KUBERNETES_VERSION = "1.31"
 ALL_VALUES = yaml.safe_load((Path(__file__).parent / "values-all.yaml").read_text(encoding="utf-8"))
 # Operator settings the chart already sets that the operator on this branch does not read yet (the
 # operator branch adds them; unknown QUANTJOB_* variables are ignored until then).
-PENDING_SETTINGS = {"QUANTJOB_POD_DEFAULTS"}
+PENDING_SETTINGS = {"QUANTJOB_POD_DEFAULTS", "QUANTJOB_GANG_SCHEDULING", "QUANTJOB_VOLCANO_SCHEDULER",
+                    "QUANTJOB_COSCHEDULING_SCHEDULER", "QUANTJOB_PROGRESS_REPORTING", "QUANTJOB_NETWORK_POLICY",
+                    "QUANTJOB_RESYNC_SECONDS", "QUANTJOB_ALLOW_TRUST_REMOTE_CODE", "QUANTJOB_ALLOW_CUSTOM_IMAGE",
+                    "QUANTJOB_ENV_ALLOW", "QUANTJOB_ENV_DENY", "QUANTJOB_WEBHOOK_FAILURE_POLICY"}
 CASES = {
     "defaults": {},
     "all-options": ALL_VALUES,
@@ -197,9 +200,24 @@ def test_worker_scheduling_and_volumes_reach_the_pod_defaults() -> None:
     worker = ALL_VALUES["worker"]
     assert overlay == {"nodeSelector": worker["nodeSelector"], "tolerations": worker["tolerations"],
                        "affinity": worker["affinity"], "volumes": worker["extraVolumes"],
-                       "volumeMounts": worker["extraVolumeMounts"]}
+                       "volumeMounts": worker["extraVolumeMounts"], "priorityClassName": worker["priorityClassName"],
+                       "labels": worker["podLabels"], "annotations": worker["podAnnotations"],
+                       "supplementalGroups": worker["supplementalGroups"], "env": worker["env"]}
     defaults, _ = render({})
     assert env_of(the(defaults, "Deployment"))["QUANTJOB_POD_DEFAULTS"] == "{}"
+
+
+def test_pending_settings_carry_their_values() -> None:
+    """The settings of the operator branch (PENDING_SETTINGS), as text until this operator reads them."""
+    env = env_of(the(render(ALL_VALUES)[0], "Deployment"))
+    policy, worker = ALL_VALUES["policy"], ALL_VALUES["worker"]
+    assert {name: env[name] for name in sorted(PENDING_SETTINGS - {"QUANTJOB_POD_DEFAULTS"})} == {
+        "QUANTJOB_ALLOW_CUSTOM_IMAGE": "false", "QUANTJOB_ALLOW_TRUST_REMOTE_CODE": "false",
+        "QUANTJOB_COSCHEDULING_SCHEDULER": worker["coschedulingScheduler"],
+        "QUANTJOB_ENV_ALLOW": ",".join(policy["envAllow"]), "QUANTJOB_ENV_DENY": ",".join(policy["envDeny"]),
+        "QUANTJOB_GANG_SCHEDULING": "volcano", "QUANTJOB_NETWORK_POLICY": "true",
+        "QUANTJOB_PROGRESS_REPORTING": "false", "QUANTJOB_RESYNC_SECONDS": "12.5",
+        "QUANTJOB_VOLCANO_SCHEDULER": worker["volcanoScheduler"], "QUANTJOB_WEBHOOK_FAILURE_POLICY": "Fail"}
 
 
 def _rules(role: dict[str, Any]) -> list[dict[str, Any]]:

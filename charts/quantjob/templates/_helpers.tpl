@@ -83,6 +83,11 @@ device-node scheduling and extra volumes, as JSON.
 {{- with $w.affinity }}{{ $_ := set $overlay "affinity" . }}{{ end }}
 {{- with $w.extraVolumes }}{{ $_ := set $overlay "volumes" . }}{{ end }}
 {{- with $w.extraVolumeMounts }}{{ $_ := set $overlay "volumeMounts" . }}{{ end }}
+{{- with $w.priorityClassName }}{{ $_ := set $overlay "priorityClassName" . }}{{ end }}
+{{- with $w.podLabels }}{{ $_ := set $overlay "labels" . }}{{ end }}
+{{- with $w.podAnnotations }}{{ $_ := set $overlay "annotations" . }}{{ end }}
+{{- with $w.supplementalGroups }}{{ $_ := set $overlay "supplementalGroups" . }}{{ end }}
+{{- with $w.env }}{{ $_ := set $overlay "env" . }}{{ end }}
 {{- toJson $overlay }}
 {{- end }}
 
@@ -116,11 +121,33 @@ and tests/chart/test_chart.py loads the rendered list with the operator's own lo
   value: {{ .Values.worker.masterPort | quote }}
 - name: QUANTJOB_POD_DEFAULTS
   value: {{ include "quantjob.podDefaults" . | quote }}
+- name: QUANTJOB_GANG_SCHEDULING
+  value: {{ .Values.worker.gangScheduling | quote }}
+- name: QUANTJOB_VOLCANO_SCHEDULER
+  value: {{ .Values.worker.volcanoScheduler | quote }}
+- name: QUANTJOB_COSCHEDULING_SCHEDULER
+  value: {{ .Values.worker.coschedulingScheduler | quote }}
+- name: QUANTJOB_PROGRESS_REPORTING
+  value: {{ .Values.worker.progressReporting | quote }}
+- name: QUANTJOB_NETWORK_POLICY
+  value: {{ .Values.worker.networkPolicy | quote }}
+- name: QUANTJOB_RESYNC_SECONDS
+  value: {{ .Values.operator.resyncSeconds | quote }}
+- name: QUANTJOB_ALLOW_TRUST_REMOTE_CODE
+  value: {{ .Values.policy.allowTrustRemoteCode | quote }}
+- name: QUANTJOB_ALLOW_CUSTOM_IMAGE
+  value: {{ .Values.policy.allowCustomImage | quote }}
+- name: QUANTJOB_ENV_ALLOW
+  value: {{ join "," .Values.policy.envAllow | quote }}
+- name: QUANTJOB_ENV_DENY
+  value: {{ join "," .Values.policy.envDeny | quote }}
 - name: QUANTJOB_WEBHOOK_ENABLED
   value: {{ .Values.webhook.enabled | quote }}
 {{- if .Values.webhook.enabled }}
 - name: QUANTJOB_WEBHOOK_PORT
   value: {{ .Values.webhook.port | quote }}
+- name: QUANTJOB_WEBHOOK_FAILURE_POLICY
+  value: {{ .Values.webhook.failurePolicy | quote }}
 - name: QUANTJOB_WEBHOOK_TLS
   value: {{ ternary "files" "self-signed" .Values.webhook.certManager.enabled | quote }}
 - name: QUANTJOB_WEBHOOK_CERT_DIR
