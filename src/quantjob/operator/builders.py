@@ -36,7 +36,7 @@ OUTPUT_MOUNT = "/mnt/output"
 CALIBRATION_MOUNT = "/mnt/calibration"
 SCRATCH_MOUNT = "/tmp"
 CONTAINER_NAME = "worker"
-WORKER_UID = 1000
+WORKER_UID = 10001  # the uid of the worker image (Dockerfile: QUANTJOB_UID)
 MAX_LABEL = 63
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
