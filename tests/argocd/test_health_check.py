@@ -121,6 +121,21 @@ def test_invalid_quantjob_is_degraded_with_the_problem() -> None:
     assert health(quantjob(status)) == {"status": "Degraded", "message": str(problem)}
 
 
+@pytest.mark.parametrize("status, generation, expected", [
+    # fields the operator writes beside phase: observedGeneration, reason and message
+    ({"phase": "Succeeded", "observedGeneration": 1}, 2,
+     {"status": "Progressing", "message": "waiting for the operator to see generation 2"}),
+    ({"phase": "Pending", "reason": "Unschedulable", "message": "0/3 nodes have huawei.com/Ascend910"}, 1,
+     {"status": "Progressing", "message": "pending (Unschedulable): 0/3 nodes have huawei.com/Ascend910"}),
+    ({"phase": "Failed", "reason": "UserError", "message": "rank 0: config.json is missing"}, 1,
+     {"status": "Degraded", "message": "rank 0: config.json is missing"}),
+])
+def test_reason_message_and_generation(status: dict[str, Any], generation: int, expected: dict[str, str]) -> None:
+    body = quantjob(status)
+    body["metadata"] = {**body["metadata"], "generation": generation}
+    assert health(body) == expected
+
+
 def test_a_lua_error_in_the_script_fails_here() -> None:
     broken = SCRIPT.read_text(encoding="utf-8").replace("ipairs(", "ipairz(")
     status = invalid_status([Problem("spec.devices.count", "must be at least 1")], {}, NOW)
