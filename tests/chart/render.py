@@ -2,7 +2,7 @@
 
     python3 tests/chart/render.py          # rewrites deploy/*.yaml from the chart
 
-deploy/ holds the chart rendered for `kubectl apply` users, so the chart is the only source:
+deploy/*.yaml is the chart rendered for `kubectl apply` users, so the chart is the only source:
 tests/chart/test_chart.py fails when a deploy/ file differs from a fresh render.
 """
 

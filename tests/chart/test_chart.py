@@ -15,25 +15,19 @@ import yaml
 from crd_schemas import BY_KIND
 from render import CHART, DEPLOY, DEPLOY_FILES, NAMESPACE, ROOT, chart, deploy_text, render
 
-from quantjob.api.resource import QuantJob
-from quantjob.operator import builders
+from quantjob.operator import builders, rbac
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import ENVIRONMENT, load_settings
 
 KUBERNETES_VERSION = "1.31"
 ALL_VALUES = yaml.safe_load((Path(__file__).parent / "values-all.yaml").read_text(encoding="utf-8"))
-# Operator settings the chart already sets that the operator on this branch does not read yet (the
-# operator branch adds them; unknown QUANTJOB_* variables are ignored until then).
-PENDING_SETTINGS = {"QUANTJOB_POD_DEFAULTS", "QUANTJOB_GANG_SCHEDULING", "QUANTJOB_VOLCANO_SCHEDULER",
-                    "QUANTJOB_COSCHEDULING_SCHEDULER", "QUANTJOB_PROGRESS_REPORTING", "QUANTJOB_NETWORK_POLICY",
-                    "QUANTJOB_RESYNC_SECONDS", "QUANTJOB_ALLOW_TRUST_REMOTE_CODE", "QUANTJOB_ALLOW_CUSTOM_IMAGE",
-                    "QUANTJOB_ENV_ALLOW", "QUANTJOB_ENV_DENY", "QUANTJOB_WEBHOOK_FAILURE_POLICY"}
 CASES = {
     "defaults": {},
     "all-options": ALL_VALUES,
     "cert-manager-own-issuer": {"webhook": {"certManager": {"enabled": True}}},
     "no-webhook-no-metrics": {"webhook": {"enabled": False}, "metrics": {"enabled": False}},
     "namespaced": {"watchNamespaces": ["ml"]},
+    "network-policy-gangs": {"worker": {"networkPolicy": True, "gangScheduling": "coscheduling"}},
 }
 
 
@@ -146,7 +140,7 @@ def test_operator_reads_exactly_what_the_chart_sets(values: dict[str, Any]) -> N
     objects, _ = render(values)
     deployment = the(objects, "Deployment")
     env = env_of(deployment)
-    unknown = {name for name in env if name.startswith("QUANTJOB_")} - set(ENVIRONMENT) - PENDING_SETTINGS
+    unknown = {name for name in env if name.startswith("QUANTJOB_")} - set(ENVIRONMENT)
     assert not unknown, f"the chart sets variables the operator does not read: {sorted(unknown)}"
     settings = load_settings(env)  # what `quantjob operator` does with the pod's environment
 
@@ -160,6 +154,17 @@ def test_operator_reads_exactly_what_the_chart_sets(values: dict[str, Any]) -> N
     assert settings.cuda_resource_name == worker["devices"]["cuda"]["resourceName"]
     assert settings.npu_runtime_class == (worker["devices"]["npu"]["runtimeClassName"] or None)
     assert settings.master_port == worker["masterPort"]
+    assert (settings.gang_scheduling, settings.volcano_scheduler, settings.coscheduling_scheduler) == (
+        worker["gangScheduling"], worker["volcanoScheduler"], worker["coschedulingScheduler"])
+    assert (settings.progress_reporting, settings.network_policy) == (worker["progressReporting"],
+                                                                     worker["networkPolicy"])
+    assert settings.resync_seconds == merged["operator"]["resyncSeconds"]
+    policy = merged["policy"]
+    assert (settings.allow_trust_remote_code, settings.allow_custom_image) == (policy["allowTrustRemoteCode"],
+                                                                              policy["allowCustomImage"])
+    assert (settings.env_allow, settings.env_deny) == (policy["envAllow"], policy["envDeny"])
+    overlay = settings.pod_defaults.model_dump(mode="json", exclude_defaults=True)
+    assert overlay == yaml.safe_load(env["QUANTJOB_POD_DEFAULTS"])  # every key taken, nothing dropped
     assert settings.log_format == merged["operator"]["logFormat"]
     assert settings.health_port == merged["operator"]["healthPort"]
     assert settings.metrics_port == (merged["metrics"]["port"] if merged["metrics"]["enabled"] else 0)
@@ -167,6 +172,7 @@ def test_operator_reads_exactly_what_the_chart_sets(values: dict[str, Any]) -> N
     assert settings.webhook.enabled is webhook["enabled"]
     if webhook["enabled"]:
         assert settings.webhook.port == webhook["port"]
+        assert settings.webhook.failure_policy == webhook["failurePolicy"]
         assert settings.webhook.tls == ("files" if webhook["certManager"]["enabled"] else "self-signed")
         service = the(of_kind(objects, "Service"), "Service") if not merged["metrics"]["enabled"] else \
             next(s for s in of_kind(objects, "Service") if s["spec"]["ports"][0]["name"] == "webhook")
@@ -207,19 +213,6 @@ def test_worker_scheduling_and_volumes_reach_the_pod_defaults() -> None:
     assert env_of(the(defaults, "Deployment"))["QUANTJOB_POD_DEFAULTS"] == "{}"
 
 
-def test_pending_settings_carry_their_values() -> None:
-    """The settings of the operator branch (PENDING_SETTINGS), as text until this operator reads them."""
-    env = env_of(the(render(ALL_VALUES)[0], "Deployment"))
-    policy, worker = ALL_VALUES["policy"], ALL_VALUES["worker"]
-    assert {name: env[name] for name in sorted(PENDING_SETTINGS - {"QUANTJOB_POD_DEFAULTS"})} == {
-        "QUANTJOB_ALLOW_CUSTOM_IMAGE": "false", "QUANTJOB_ALLOW_TRUST_REMOTE_CODE": "false",
-        "QUANTJOB_COSCHEDULING_SCHEDULER": worker["coschedulingScheduler"],
-        "QUANTJOB_ENV_ALLOW": ",".join(policy["envAllow"]), "QUANTJOB_ENV_DENY": ",".join(policy["envDeny"]),
-        "QUANTJOB_GANG_SCHEDULING": "volcano", "QUANTJOB_NETWORK_POLICY": "true",
-        "QUANTJOB_PROGRESS_REPORTING": "false", "QUANTJOB_RESYNC_SECONDS": "12.5",
-        "QUANTJOB_VOLCANO_SCHEDULER": worker["volcanoScheduler"], "QUANTJOB_WEBHOOK_FAILURE_POLICY": "Fail"}
-
-
 def _rules(role: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**rule, "apiGroups": rule.get("apiGroups", []), "resourceNames": rule.get("resourceNames")}
             for rule in role["rules"]]
@@ -230,42 +223,47 @@ def _allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, n
                and (rule["resourceNames"] is None or name in rule["resourceNames"]) for rule in rules)
 
 
-def test_rbac_grants_what_the_operator_creates_and_nothing_wider() -> None:
-    example = yaml.safe_load((ROOT / "examples" / "quantjobs" / "qwen2-7b-w8a8-npu4.yaml").read_text())
-    resolution = review_quantjob(example)
-    assert resolution.ok and isinstance(resolution.job, QuantJob)
-    children = builders.build_children(resolution.job, resolution, load_settings({}), "ml")
+def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, resourceName or '*') for every combination a rule list allows."""
+    return {(group, resource, verb, name) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"] for name in rule.get("resourceNames", ["*"])}
 
-    cluster_wide, _ = render({})
-    namespaced_role = next(r for r in of_kind(cluster_wide, "ClusterRole") if not r["metadata"]["name"].endswith(
-        "-cluster"))
-    namespaced, _ = render({"watchNamespaces": ["ml", "team-b"]})
-    roles = of_kind(namespaced, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "team-b"]
-    assert [r["metadata"]["namespace"] for r in of_kind(namespaced, "RoleBinding")] == ["ml", "team-b"]
-    assert all(r["metadata"]["name"].endswith("-cluster") for r in of_kind(namespaced, "ClusterRole")), \
-        "with watchNamespaces no ClusterRole may hold namespaced rules"
-    for rules in (_rules(namespaced_role), *(_rules(r) for r in roles)):
-        for child in children:
-            group = child["apiVersion"].rpartition("/")[0]
-            resource = child["kind"].lower() + "s"
-            assert _allows(rules, group, resource, "create") and _allows(rules, group, resource, "get"), resource
-        # a worker Role grants quantjobs/status get/patch: the operator must hold both to grant them
-        for verb in ("get", "patch"):
-            assert _allows(rules, "quantjob.io", "quantjobs/status", verb)
-        assert _allows(rules, "quantjob.io", "quantjobs", "watch") and _allows(rules, "batch", "jobs", "watch")
-        assert not any(verb in rule["verbs"] for rule in rules for verb in ("delete", "deletecollection", "*"))
-        assert not any("*" in rule["resources"] or "secrets" in rule["resources"] for rule in rules)
 
-    for objects in (cluster_wide, namespaced):
-        (cluster_role,) = [r for r in of_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-cluster")]
-        rules = _rules(cluster_role)
-        configuration = the(objects, "ValidatingWebhookConfiguration")["metadata"]["name"]
-        assert _allows(rules, "admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch",
-                       configuration)
-        assert not _allows(rules, "admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch",
-                           "another-webhook")
-        assert _allows(rules, "", "namespaces", "watch") is (objects is namespaced)
+@pytest.mark.parametrize("values", CASES.values(), ids=CASES.keys())
+def test_rbac_is_the_operators_own_rbac(values: dict[str, Any]) -> None:
+    """The chart's rules are quantjob.operator.rbac's for the settings the chart gives the operator."""
+    objects, _ = render(values)
+    settings = load_settings(env_of(the(objects, "Deployment")))
+    account = the(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    expected = rbac.build_rbac(settings, NAMESPACE)
+    chart = [obj for obj in objects if obj["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    assert sorted((o["kind"], o["metadata"].get("namespace")) for o in chart) == \
+        sorted((o["kind"], o["metadata"].get("namespace")) for o in expected)
+    def rules_of(items: list[dict[str, Any]], kind: str, namespace: str | None, cluster_scoped: bool) -> list[Any]:
+        return sorted(sorted(grants(o["rules"])) for o in items if o["kind"] == kind
+                       and o["metadata"].get("namespace") == namespace
+                       and o["metadata"]["name"].endswith("-cluster") is cluster_scoped)
+
+    for kind in ("ClusterRole", "Role"):
+        for namespace in {o["metadata"].get("namespace") for o in expected if o["kind"] == kind}:
+            for cluster_scoped in (True, False):
+                assert rules_of(chart, kind, namespace, cluster_scoped) == \
+                    rules_of(expected, kind, namespace, cluster_scoped), (kind, namespace, cluster_scoped)
+    for binding in (o for o in chart if o["kind"].endswith("Binding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+        role = binding["roleRef"]
+        assert any(o["kind"] == role["kind"] and o["metadata"]["name"] == role["name"] for o in chart)
+
+
+def test_namespaced_install_holds_no_namespaced_rule_elsewhere() -> None:
+    objects, _ = render({"watchNamespaces": ["ml", "team-b"]})
+    assert sorted(r["metadata"]["namespace"] for r in of_kind(objects, "Role")) == ["ml", "team-b"]
+    (cluster_role,) = of_kind(objects, "ClusterRole")
+    assert not {g for g in grants(cluster_role["rules"]) if g[1] in ("jobs", "configmaps", "roles", "quantjobs")}
+    configuration = the(objects, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    webhook = {g for g in grants(cluster_role["rules"]) if g[1] == "validatingwebhookconfigurations"}
+    assert webhook == {("admissionregistration.k8s.io", "validatingwebhookconfigurations", verb, configuration)
+                       for verb in ("get", "patch")}
 
 
 def test_operator_pod_meets_the_restricted_pod_security_standard() -> None:
@@ -330,5 +328,5 @@ def test_deploy_manifests_are_the_rendered_chart(name: str) -> None:
     header, values = DEPLOY_FILES[name]
     assert (DEPLOY / name).read_text(encoding="utf-8") == deploy_text(header, values), \
         f"deploy/{name} is stale: run python3 tests/chart/render.py"
-    assert sorted(path.name for path in DEPLOY.iterdir()) == sorted(DEPLOY_FILES), \
-        "deploy/ holds only files rendered from the chart"
+    assert sorted(path.name for path in DEPLOY.glob("*.yaml")) == sorted(DEPLOY_FILES), \
+        "the manifests in deploy/ are all rendered from the chart (deploy/pod-defaults/ holds operator inputs)"

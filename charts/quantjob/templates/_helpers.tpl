@@ -161,34 +161,48 @@ and tests/chart/test_chart.py loads the rendered list with the operator's own lo
 {{- end }}
 {{- end }}
 
-{{/* The namespaced rules of the operator: a ClusterRole, or a Role in each watched namespace. */}}
+{{/*
+The namespaced rules of the operator: a ClusterRole, or a Role in each watched namespace. They are
+quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two equal).
+*/}}
 {{- define "quantjob.namespacedRules" -}}
-# the QuantJobs (kopf keeps its progress in annotations; the status is the operator's)
+# the QuantJobs: read them; write only their status (which also lets the operator grant that much)
 - apiGroups: [quantjob.io]
   resources: [quantjobs]
-  verbs: [get, list, watch, patch]
-# get/patch on the status also lets the operator grant exactly that to each QuantJob's worker Role
+  verbs: [get, list, watch]
 - apiGroups: [quantjob.io]
   resources: [quantjobs/status]
   verbs: [get, patch]
-# the children of a QuantJob
+# the children: one Job per attempt (a group that never fully started is deleted), the progress
+# ConfigMap it mirrors (and grants rank 0 patch on), Service, worker ServiceAccount and Role
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
-  resources: [configmaps, services, serviceaccounts]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services, serviceaccounts]
   verbs: [get, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
-# the termination messages of failed ranks
+# the pods' states and termination messages; events about them and about the QuantJobs
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]
-# kopf reports handler outcomes as events on the objects
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [list, create]
+# gangs: Volcano's and scheduler-plugins' PodGroups
+- apiGroups: [scheduling.volcano.sh, scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [get, create]
+{{- if .Values.worker.networkPolicy }}
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create]
+{{- end }}
 {{- end }}
 
 {{/* Checks no JSON schema can express; `helm install` stops with the message. */}}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
@@ -31,6 +31,8 @@ class QuantizeArgs(RunOptions):
     device: str = "cpu"
     quant_type: str | None = None
     config_path: Path | None = None
+    rendezvous_timeout: float = Field(600.0, gt=0)
+    collective_timeout: float = Field(1800.0, gt=0)
 
     @model_validator(mode="after")
     def _one_config(self) -> QuantizeArgs:
@@ -87,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
     parser.add_argument("--error_samples", type=int, default=8,
                         help="samples for the per-layer quantization error table (default 8)")
+    parser.add_argument("--rendezvous_timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long a rank waits for rank 0 to answer (default 600)")
+    parser.add_argument("--collective_timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="a collective (or a peer) that takes longer fails the run (default 1800)")
     parser.set_defaults(run=run)
 
 
@@ -149,6 +155,7 @@ def run(namespace: argparse.Namespace) -> int:
     import logging
 
     from quantjob.worker import device as devices
+    from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
     from quantjob.worker.model_config import read_model_config
 
@@ -164,6 +171,7 @@ def run(namespace: argparse.Namespace) -> int:
         return 2
     try:
         model_config = read_model_config(args.model_path)
+        adapter_for(model_config, args.model_type, config_file=str(args.model_path / "config.json"))
     except QuantJobError as error:
         return _fail(str(error))
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
@@ -206,7 +214,8 @@ def run(namespace: argparse.Namespace) -> int:
                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
                     next_layer_input=args.next_layer_input, error_samples=args.error_samples)
     try:
-        group = init_group_from_env(spec.type)
+        group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout,
+                                    collective_timeout_s=args.collective_timeout)
         device = devices.torch_device(spec.type, local_device_index(spec, group))
     except (ValueError, RuntimeError, TimeoutError) as error:
         return _fail(str(error))

@@ -4,9 +4,10 @@
   (``Unknown`` until the operator has written one). Kept from the watch stream: a kopf event handler
   on QuantJobs records each object's phase and forgets deleted ones, so the numbers follow the
   cluster without listing it.
-- ``quantjob_reconcile_errors_total{handler}`` (counter): exceptions raised by a handler (an API
-  call refused, a timeout), each of which kopf logs and retries. A QuantJob that fails the
-  compatibility check is not an error of the operator and is not counted.
+- ``quantjob_reconcile_errors_total{handler}`` (counter): reconciles that raised (an API call
+  refused, a timeout): ``quantjob`` and ``child`` for those run by a watch event, ``resync`` for
+  the periodic ones; the next event or resync tries again. A QuantJob that fails the review is not
+  an error of the operator and is not counted.
 
 Served at ``http://<pod>:<QUANTJOB_METRICS_PORT>/metrics`` in the text exposition format, by an
 aiohttp server in the operator's event loop (kopf already runs on aiohttp).
@@ -74,7 +75,7 @@ class OperatorMetrics:
                  "# TYPE quantjob_quantjobs gauge"]
         lines += [f'quantjob_quantjobs{{phase="{_label(phase)}"}} {count}'
                   for phase, count in self.phase_counts().items()]
-        lines += ["# HELP quantjob_reconcile_errors_total Exceptions raised by the operator's handlers (each is retried).",
+        lines += ["# HELP quantjob_reconcile_errors_total Reconciles that raised, by what ran them (each is retried).",
                   "# TYPE quantjob_reconcile_errors_total counter"]
         lines += [f'quantjob_reconcile_errors_total{{handler="{_label(handler)}"}} {count}'
                   for handler, count in sorted(self.errors().items())]

@@ -157,8 +157,7 @@ class _Loop:
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
         table = self.checkpoint.load([name], self.device)[name]
-        hidden = {g: torch.nn.functional.embedding(ids.to(self.device), table).unsqueeze(0)
-                  for g, ids in self.input_ids.items()}
+        hidden = {g: self.skeleton.embed(ids.to(self.device), table) for g, ids in self.input_ids.items()}
         del table
         return hidden
 
@@ -255,7 +254,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
         if committed:
             log.info("resuming at layer %d of %d", committed, num_layers)
         if report:
-            report.start(num_layers)
+            report.start(num_layers, committed)
         layer_errors = _run_layers(loop, saver, prefetcher, committed, report)
         table = {"metric": "relative_output_error", "samples": loop.error_count,
                  "next_layer_input": job.next_layer_input,
