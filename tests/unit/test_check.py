@@ -1,4 +1,4 @@
-"""One test per compatibility rule (DESIGN.md section 4), each asserting the exact problem path."""
+"""One test per compatibility rule (docs/design.md, section 3), each asserting the exact problem path."""
 
 from __future__ import annotations
 

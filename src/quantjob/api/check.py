@@ -1,4 +1,4 @@
-"""The compatibility check (DESIGN.md section 4): one function, three callers (webhook, CLI, worker).
+"""The compatibility check (docs/design.md, section 3): one function, three callers (webhook, CLI, worker).
 
 ``resolve`` decides the runner and converts savers for it; ``check`` returns only the problems.
 ``check_document`` parses raw YAML data (a QuantJob manifest or a modelslim_v1 config) first,

@@ -95,11 +95,11 @@ class QuantSpec(Strict):
 
 
 class ActQuantSpec(QuantSpec):
-    scope: ActScope = "per_tensor"  # type: ignore[assignment]
+    scope: ActScope = "per_tensor"
 
 
 class WeightQuantSpec(QuantSpec):
-    scope: WeightScope = "per_channel"  # type: ignore[assignment]
+    scope: WeightScope = "per_channel"
 
 
 class QConfig(Strict):

@@ -1,4 +1,4 @@
-"""The layer-wise loop (DESIGN.md section 5), written once for world size 1 and N.
+"""The layer-wise loop (docs/design.md, section 4), written once for world size 1 and N.
 
 Rank r owns global calibration samples ``shard_indices(n, r, W)`` for the whole run. Per decoder
 layer: load its tensors (the next layer's load runs on a background thread), run the local shard
@@ -31,7 +31,6 @@ from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
 from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
-from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -40,6 +39,7 @@ from quantjob.worker.decoder import (
     quantized_layer,
     release,
 )
+from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
