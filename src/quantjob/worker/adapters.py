@@ -75,6 +75,8 @@ class Adapter:
     ``norm_offset``: the layer norms multiply by ``norm_offset + weight`` (0 for Llama-style norms,
     1 for Gemma's), so a smoothing fold of ``1/s`` writes ``(norm_offset + w) / s - norm_offset``.
     ``subgraph_specs``: the smoothing sites of every decoder layer, in the order they are processed.
+    ``norm_bias``: vllm-ascend's norm for this family adds a saved ``<norm>.bias`` (its RMSNorm does;
+    its GemmaRMSNorm does not), so asymmetric smoothing may write one.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Adapter:
     subgraph_specs: tuple[SubgraphSpec, ...] = _LLAMA_SUBGRAPHS
     norm_offset: float = 0.0
     extra_norms: tuple[str, ...] = field(default=())  # norms inside attention (q/k norms)
+    norm_bias: bool = True
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."

@@ -1,0 +1,174 @@
+"""Smoothing math (SmoothQuant-style outlier migration) as plain functions over tensors.
+
+A smoothing site feeds activations ``x`` (``[tokens, d]``) into linears ``y = x W^T + b``. For any
+positive per-channel scale ``s`` (and, in the asymmetric mode, a per-channel shift ``z``)::
+
+    y = ((x - z) / s) (W diag(s))^T + (b + W z)
+
+so dividing the producer of ``x`` by ``s`` (and subtracting ``z / s``) while multiplying the
+columns of every consumer by ``s`` (and adding ``W z`` to its bias) leaves the function unchanged
+and moves the activation outliers into the weights. The scales follow SmoothQuant
+(Xiao et al. 2023, eq. 4) with msModelSlim's generalisation to separate exponents::
+
+    s_j = max(|x_j|)^alpha / max(|W_:,j|)^beta            (iter_smooth: beta = 1 - alpha)
+
+Everything is float32; folded weights are rounded once to their own dtype. The derivation, the
+sources and the choices made here are in ``docs/algorithms.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from quantjob.worker.adapters import AttentionHeads
+from quantjob.worker.observers import ActivationStats
+
+WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
+SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0
+QMAX = 127                # the search fake-quantizes both sides to symmetric int8 ([-127, 127])
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+def act_absmax(stats: ActivationStats) -> torch.Tensor:
+    """Per-channel ``max |x|`` from the observed range (float32 ``[d]``)."""
+    return torch.maximum(stats.minimum.abs(), stats.maximum.abs())
+
+
+def act_midpoint(stats: ActivationStats) -> torch.Tensor:
+    """Per-channel midpoint of the observed range: the asymmetric mode's shift ``z``."""
+    return (stats.minimum + stats.maximum) / 2
+
+
+def shifted_absmax(stats: ActivationStats, shift: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``max |x - z|`` over every observed token, exactly: the range's far end."""
+    return torch.maximum(stats.maximum - shift, shift - stats.minimum)
+
+
+def mapped_stats(stats: ActivationStats, scale: torch.Tensor, shift: torch.Tensor | None = None) -> ActivationStats:
+    """The range of ``(x - z) / s`` given the range of ``x`` (``s > 0`` keeps min below max)."""
+    lo, hi = stats.minimum, stats.maximum
+    if shift is not None:
+        lo, hi = lo - shift, hi - shift
+    return ActivationStats(lo / scale, hi / scale)
+
+
+def weight_absmax(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-input-channel ``max |W|`` over the rows of every weight (``[out, d]`` each), at least
+    ``WEIGHT_FLOOR`` (float32 ``[d]``)."""
+    columns = torch.stack([w.detach().abs().amax(dim=0).float() for w in weights]).amax(dim=0)
+    return columns.clamp(min=WEIGHT_FLOOR)
+
+
+# --- scales -----------------------------------------------------------------------------------
+
+def smoothing_scales(act: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float,
+                     floor: float) -> torch.Tensor:
+    """``act^alpha / weight^beta``, at least ``floor`` (float32)."""
+    return (act.float().pow(alpha) / weight.float().pow(beta)).clamp(min=floor)
+
+
+def _groups(values: torch.Tensor, heads: AttentionHeads) -> torch.Tensor:
+    """``[num_heads * head_dim]`` viewed as ``[num_kv_heads, heads per kv head, head_dim]``."""
+    ratio = heads.num_heads // heads.num_kv_heads
+    return values.reshape(heads.num_kv_heads, ratio, heads.head_dim)
+
+
+def _expand(per_kv: torch.Tensor, heads: AttentionHeads) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o scales ``[num_heads * head_dim]``, v scales ``[num_kv_heads * head_dim]``) from ``[kv, head_dim]``."""
+    ratio = heads.num_heads // heads.num_kv_heads
+    o_scales = per_kv.unsqueeze(1).expand(heads.num_kv_heads, ratio, heads.head_dim).reshape(-1)
+    return o_scales.contiguous(), per_kv.reshape(-1).contiguous()
+
+
+def ov_scales_mean(scales: torch.Tensor, heads: AttentionHeads) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scales of ``o_proj``'s input made consistent with grouped-query attention: every
+    query head reading one value head gets their mean (iter_smooth's reduction)."""
+    return _expand(_groups(scales, heads).mean(dim=1), heads)
+
+
+def ov_scales_max(act: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float,
+                  heads: AttentionHeads, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same from the maxima over the query heads of each group (flex_smooth_quant's reduction)."""
+    act_kv = _groups(act.float(), heads).amax(dim=1)
+    weight_kv = _groups(weight.float(), heads).amax(dim=1)
+    return _expand(smoothing_scales(act_kv, weight_kv, alpha, beta, floor), heads)
+
+
+# --- folds (float32 math, rounded once to the tensor's dtype) ------------------------------------
+
+def scale_columns(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``W diag(s)``: a consumer's input channels multiplied by the scales."""
+    return (weight.float() * scale.float()).to(weight.dtype)
+
+
+def divide_rows(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``diag(1/s) W``: a producer's output channels divided by the scales."""
+    return (weight.float() / scale.float().unsqueeze(1)).to(weight.dtype)
+
+
+def divide_vector(vector: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A producer's bias divided by the scales."""
+    return (vector.float() / scale.float()).to(vector.dtype)
+
+
+def shifted_bias(weight: torch.Tensor, bias: torch.Tensor | None, shift: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """``b + W z``: what a consumer adds back for an input shifted by ``-z`` (``W`` before scaling)."""
+    added = weight.float() @ shift.float()
+    return (added if bias is None else bias.float() + added).to(dtype)
+
+
+def shifted_norm_bias(bias: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """``(b - z) / s``: the bias of a norm whose output is shifted by ``-z`` and divided by ``s``."""
+    base = -shift.float() if bias is None else bias.float() - shift.float()
+    return (base / scale.float()).to(dtype)
+
+
+# --- flex_smooth_quant's search -----------------------------------------------------------------
+
+def _fake_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of a float32 matrix, in place: (integers as float32, row steps)."""
+    step = x.abs().amax(dim=1, keepdim=True).div_(QMAX).clamp_(min=torch.finfo(torch.float32).tiny)
+    return x.div_(step).round_().clamp_(-QMAX, QMAX), step
+
+
+class SearchProblem:
+    """One subgraph's search data: activations ``x`` ``[T, d]`` (a bounded subset of tokens), the
+    rows ``w_rows`` ``[R, d]`` of its consumers' weights that the error is measured on, and the
+    per-channel maxima over all tokens (``act``) and all rows (``weight``) that form the scales.
+
+    ``error(alpha, beta)``: the relative output error ``||Q(x/s) Q(W s)^T - x W^T||^2 / ||x W^T||^2``
+    with both sides fake-quantized to symmetric int8 (per token, per output row), as msModelSlim's
+    search measures it. Deterministic: the same inputs give the same bits on any rank.
+    """
+
+    def __init__(self, x: torch.Tensor, w_rows: torch.Tensor, act: torch.Tensor, weight: torch.Tensor) -> None:
+        self.x = x.float()
+        self.w_rows = w_rows.float()
+        self.act = act.float()
+        self.weight = weight.float()
+        self.golden = self.x @ self.w_rows.T
+        self.norm = float(self.golden.double().square().sum())
+
+    def error(self, alpha: float, beta: float) -> float:
+        scale = smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR)
+        qx, step_x = _fake_quant_rows(self.x / scale)
+        qw, step_w = _fake_quant_rows(self.w_rows * scale)
+        out = (qx @ qw.T).mul_(step_x).mul_(step_w.T)
+        err = float(out.sub_(self.golden).double().square().sum())
+        return err / self.norm if self.norm > 0 else err
+
+
+def grid_choice(errors: Sequence[float], start: int = 0) -> int:
+    """The grid index to keep: scanning upward from a running best that starts at ``start``, every
+    index whose error is at most the best so far replaces it (ties go to the later grid value).
+    Phase 1 starts at 0; phase 2 starts at beta = 1 - alpha, the candidate phase 1 chose."""
+    best = start
+    for index, value in enumerate(errors):
+        if value <= errors[best]:
+            best = index
+    return best
