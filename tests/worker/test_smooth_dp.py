@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
-from dp_runs import assert_same_tree, calibration, run_quantize, start_quantize, tiny_model
+from dp_runs import (
+    assert_same_tree,
+    calibration,
+    run_quantize,
+    start_quantize,
+    tiny_model,
+)
 
 pytestmark = pytest.mark.slow
 

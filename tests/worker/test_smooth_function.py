@@ -14,11 +14,22 @@ from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.added_biases import added_bias_modules
 from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import build_skeleton, layer_forward, materialise, quantized_layer, release
+from quantjob.worker.decoder import (
+    build_skeleton,
+    layer_forward,
+    materialise,
+    quantized_layer,
+    release,
+)
 from quantjob.worker.demo import FAMILIES
 from quantjob.worker.distributed import Group
 from quantjob.worker.model_config import read_model_config
-from quantjob.worker.observers import observe_inputs, probes_per_sample, record_probes, reduce_stats
+from quantjob.worker.observers import (
+    observe_inputs,
+    probes_per_sample,
+    record_probes,
+    reduce_stats,
+)
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.records import LayerOutput
 

@@ -7,11 +7,14 @@ import itertools
 import pytest
 import torch
 
-from quantjob.worker.adapters import AttentionHeads
+from quantjob.worker.adapters import AttentionHeads, Subgraph
 from quantjob.worker.distributed import Group
 from quantjob.worker.observers import ActivationStats, evenly_spaced, probes_per_sample
-from quantjob.worker.processors.flex_smooth import independent_batches, search_alpha_beta, shared_scores
-from quantjob.worker.adapters import Subgraph
+from quantjob.worker.processors.flex_smooth import (
+    independent_batches,
+    search_alpha_beta,
+    shared_scores,
+)
 from quantjob.worker.smoothing import (
     SEARCH_GRID,
     SearchProblem,

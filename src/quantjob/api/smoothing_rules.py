@@ -43,7 +43,7 @@ def smoothing_problems(config: ModelslimConfig, prefix: str) -> list[Problem]:
         if not isinstance(proc, SMOOTHING):
             continue
         if first_quant is not None:
-            problems.append(Problem(f"{at}.type", f"{proc.type} after the linear_quant at spec.process[{first_quant}] "
+            problems.append(Problem(at, f"{proc.type} after the linear_quant at spec.process[{first_quant}] "
                                                   "would change weights that are already quantized; move it before "
                                                   "every linear_quant and group"))
         if isinstance(proc, IterSmooth):
