@@ -18,6 +18,7 @@ from quantjob.worker.processors.flex_smooth import (
 from quantjob.worker.smoothing import (
     SEARCH_GRID,
     SearchProblem,
+    SearchScheme,
     act_absmax,
     act_midpoint,
     divide_rows,
@@ -105,12 +106,20 @@ def test_grid_and_choice_rules() -> None:
 
 
 def _reference_error(x: torch.Tensor, w: torch.Tensor, act: torch.Tensor, weight: torch.Tensor,
-                     alpha: float, beta: float) -> float:
-    """msModelSlim's evaluate_alpha_beta, written plainly in float64 (per token, per row)."""
+                     alpha: float, beta: float, per_tensor: bool = False) -> float:
+    """msModelSlim's evaluate_alpha_beta, written plainly in float64 (per token, per row); with
+    ``per_tensor``, static asymmetric int8 activations over the range of ``x`` instead."""
     s = (act.double() ** alpha / weight.double() ** beta).clamp(min=1e-5)
     a, b = x.double() / s, w.double() * s
-    step_a, step_b = a.abs().amax(dim=1, keepdim=True) / 127, b.abs().amax(dim=1, keepdim=True) / 127
-    qa = torch.round(a / step_a).clamp(-127, 127) * step_a   # dequantized, per token
+    if per_tensor:
+        lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+        step = (hi - lo) / 255
+        zero = round(-lo / step) - 128
+        qa = (torch.round(a / step) + zero).clamp(-128, 127).sub(zero) * step
+    else:
+        step_a = a.abs().amax(dim=1, keepdim=True) / 127
+        qa = torch.round(a / step_a).clamp(-127, 127) * step_a   # dequantized, per token
+    step_b = b.abs().amax(dim=1, keepdim=True) / 127
     qb = torch.round(b / step_b).clamp(-127, 127) * step_b   # dequantized, per output row
     golden = x.double() @ w.double().T
     return float(((qa @ qb.T - golden) ** 2).sum() / (golden ** 2).sum())
@@ -121,7 +130,8 @@ def _outlier_problem(seed: int = 0) -> tuple[SearchProblem, torch.Tensor, torch.
     x = torch.randn(48, 32, generator=generator)
     x[:, 3] *= 40.0  # one outlier channel: smoothing pays off
     w = torch.randn(24, 32, generator=generator) * 0.05
-    return SearchProblem(x, w, x.abs().amax(dim=0), w.abs().amax(dim=0)), x, w
+    stats = ActivationStats(x.amin(dim=0), x.amax(dim=0))
+    return SearchProblem(x, w, stats, w.abs().amax(dim=0)), x, w
 
 
 def test_search_error_matches_the_reference_definition() -> None:
@@ -129,6 +139,16 @@ def test_search_error_matches_the_reference_definition() -> None:
     for alpha, beta in ((0.0, 0.0), (0.5, 0.5), (0.85, 0.15), (1.0, 0.3)):
         assert problem.error(alpha, beta) == pytest.approx(
             _reference_error(x, w, problem.act, problem.weight, alpha, beta), rel=1e-4)
+
+
+def test_static_per_tensor_scheme_matches_the_reference() -> None:
+    problem, x, w = _outlier_problem()
+    static = SearchProblem(x, w, problem.stats, problem.weight, SearchScheme(act="per_tensor", act_symmetric=False))
+    for alpha, beta in ((0.0, 0.0), (0.5, 0.5), (0.9, 0.1)):
+        assert static.error(alpha, beta) == pytest.approx(
+            _reference_error(x, w, problem.act, problem.weight, alpha, beta, per_tensor=True), rel=1e-3)
+    # outliers hurt a per-tensor range far more than per-token scales: smoothing matters more there
+    assert static.error(0.0, 0.0) > 3 * problem.error(0.0, 0.0)
 
 
 def test_two_phase_search_finds_the_reference_optimum() -> None:

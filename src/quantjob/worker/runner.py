@@ -204,7 +204,7 @@ class _Loop:
         linears = {prefix + name: module for name, module in layer.named_modules()
                    if isinstance(module, torch.nn.Linear)}
         ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter, group=self.group,
-                           subgraphs=self.subgraphs, num_samples=self.num_samples)
+                           subgraphs=self.subgraphs, num_samples=self.num_samples, config=self.job.config)
 
         def reobserve() -> None:
             if len(hidden) < len(self.local):  # a processor's entry lacks modifies_weights=True

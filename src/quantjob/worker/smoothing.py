@@ -19,15 +19,23 @@ sources and the choices made here are in ``docs/algorithms.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from quantjob.worker.adapters import AttentionHeads
 from quantjob.worker.observers import ActivationStats
+from quantjob.worker.quantizers import (
+    dequantize_weight,
+    fake_quantize,
+    quantize_weight,
+    scale_offset,
+)
 
 WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
 SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0
-QMAX = 127                # the search fake-quantizes both sides to symmetric int8 ([-127, 127])
+QMAX = 127                # per-token search quantization: symmetric int8 in [-127, 127], as msModelSlim's
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -130,35 +138,68 @@ def shifted_norm_bias(bias: torch.Tensor | None, shift: torch.Tensor, scale: tor
 
 # --- flex_smooth_quant's search -----------------------------------------------------------------
 
-def _fake_quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row of a float32 matrix, in place: (integers as float32, row steps)."""
+@dataclass(frozen=True)
+class SearchScheme:
+    """How the subgraph's consumers will be quantized: the search scores the error of exactly that.
+    The default is msModelSlim's search scheme (int8 per token, symmetric; int8 weights per channel)."""
+
+    act: Literal["per_token", "per_tensor", "none"] = "per_token"
+    act_symmetric: bool = True
+    weight_bits: int = 8
+    weight_symmetric: bool = True
+    group_size: int | None = None
+
+
+def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per row (token) of a float32 matrix, dequantized, in place."""
     step = x.abs().amax(dim=1, keepdim=True).div_(QMAX).clamp_(min=torch.finfo(torch.float32).tiny)
-    return x.div_(step).round_().clamp_(-QMAX, QMAX), step
+    return x.div_(step).round_().clamp_(-QMAX, QMAX).mul_(step)
 
 
 class SearchProblem:
     """One subgraph's search data: activations ``x`` ``[T, d]`` (a bounded subset of tokens), the
-    rows ``w_rows`` ``[R, d]`` of its consumers' weights that the error is measured on, and the
-    per-channel maxima over all tokens (``act``) and all rows (``weight``) that form the scales.
+    rows ``w_rows`` ``[R, d]`` of its consumers' weights that the error is measured on, the range
+    of the activations over every calibration token (``stats``) and the consumers' per-column
+    weight maxima over all rows (``weight``).
 
     ``error(alpha, beta)``: the relative output error ``||Q(x/s) Q(W s)^T - x W^T||^2 / ||x W^T||^2``
-    with both sides fake-quantized to symmetric int8 (per token, per output row), as msModelSlim's
-    search measures it. Deterministic: the same inputs give the same bits on any rank.
+    of the subgraph quantized as ``scheme`` says (a static per-tensor range is the one the smoothed
+    activations will have over all tokens: ``stats`` mapped by ``s``). Deterministic: the same
+    inputs give the same bits on any rank.
     """
 
-    def __init__(self, x: torch.Tensor, w_rows: torch.Tensor, act: torch.Tensor, weight: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, w_rows: torch.Tensor, stats: ActivationStats, weight: torch.Tensor,
+                 scheme: SearchScheme = SearchScheme()) -> None:
         self.x = x.float()
         self.w_rows = w_rows.float()
-        self.act = act.float()
+        self.stats = stats
+        self.act = act_absmax(stats)
         self.weight = weight.float()
+        self.scheme = scheme
         self.golden = self.x @ self.w_rows.T
         self.norm = float(self.golden.double().square().sum())
 
+    def _activations(self, scale: torch.Tensor) -> torch.Tensor:
+        x = self.x / scale
+        if self.scheme.act == "per_token":
+            return _fake_quant_tokens(x)
+        if self.scheme.act == "per_tensor":
+            smoothed = mapped_stats(self.stats, scale)
+            step, offset = scale_offset(smoothed.minimum.amin().reshape(1), smoothed.maximum.amax().reshape(1), 8,
+                                        self.scheme.act_symmetric)
+            return fake_quantize(x, step, offset, 8)
+        return x
+
+    def _weights(self, scale: torch.Tensor) -> torch.Tensor:
+        scheme = self.scheme
+        scope = "per_group" if scheme.group_size else "per_channel"
+        q, step, offset = quantize_weight(self.w_rows * scale, scope, scheme.weight_bits, scheme.weight_symmetric,
+                                          scheme.group_size)
+        return dequantize_weight(q, step, offset)
+
     def error(self, alpha: float, beta: float) -> float:
         scale = smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR)
-        qx, step_x = _fake_quant_rows(self.x / scale)
-        qw, step_w = _fake_quant_rows(self.w_rows * scale)
-        out = (qx @ qw.T).mul_(step_x).mul_(step_w.T)
+        out = self._activations(scale) @ self._weights(scale).T
         err = float(out.sub_(self.golden).double().square().sum())
         return err / self.norm if self.norm > 0 else err
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker.adapters import Adapter, Subgraph
 from quantjob.worker.distributed import Group
 from quantjob.worker.observers import ActivationStats, Probes
@@ -33,6 +34,7 @@ class LayerContext:
     group: Group = field(default_factory=Group)
     subgraphs: list[Subgraph] = field(default_factory=list)  # the model's smoothing sites (relative paths)
     num_samples: int = 0                           # calibration samples over all ranks
+    config: ModelslimConfig | None = None          # the whole run's config (what later entries will do)
     # this rank's probe rows: linear -> global sample -> input rows (see observers.record_probes);
     # filled only when a processor's entry sets uses_probes
     probes: Probes = field(default_factory=dict)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from quantjob.api.modelslim import FlexSmoothQuant
+from quantjob.api.modelslim import FlexSmoothQuant, LinearQuant
 from quantjob.worker.adapters import Subgraph
 from quantjob.worker.distributed import Group
 from quantjob.worker.observers import evenly_spaced
@@ -41,6 +41,7 @@ from quantjob.worker.smoothing import (
     SEARCH_GRID,
     WEIGHT_FLOOR,
     SearchProblem,
+    SearchScheme,
     act_absmax,
     grid_choice,
     ov_scales_max,
@@ -94,7 +95,20 @@ def _problem(ctx: LayerContext, site: Subgraph, x: torch.Tensor) -> SearchProble
     weights = consumer_weights(ctx, site)
     stacked = torch.cat(weights) if len(weights) > 1 else weights[0]
     rows = stacked[evenly_spaced(SEARCH_ROWS, stacked.shape[0]).to(stacked.device)]
-    return SearchProblem(x, rows, act_absmax(stats), weight_absmax(weights))
+    entry = ctx.config.linear_quant_for(ctx.full_name(site.targets[0])) if ctx.config is not None else None
+    return SearchProblem(x, rows, stats, weight_absmax(weights), search_scheme(entry))
+
+
+def search_scheme(entry: LinearQuant | None) -> SearchScheme:
+    """The quantization the search scores: that of the linear_quant entry that will quantize the
+    subgraph's first consumer; msModelSlim's (int8 per token and per channel) when none will."""
+    if entry is None:
+        return SearchScheme()
+    act, weight = entry.qconfig.act, entry.qconfig.weight
+    mode = "none" if act is None else "per_tensor" if act.scope == "per_tensor" else "per_token"
+    return SearchScheme(act=mode, act_symmetric=act is None or act.symmetric, weight_bits=weight.bits,
+                        weight_symmetric=weight.symmetric,
+                        group_size=weight.group_size if weight.scope == "per_group" else None)
 
 
 def independent_batches(sites: Sequence[Subgraph]) -> list[list[Subgraph]]:

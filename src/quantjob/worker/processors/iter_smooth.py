@@ -71,7 +71,7 @@ def check_iter_smooth(entry: IterSmooth, path: str, view: Preflight) -> list[str
             source = f"{prefix}{layer}.{spec.source}"
             if relative not in spec.targets or not matches(source, entry.include, entry.exclude):
                 continue
-            lq = view.linear_quant_for(name)
+            lq = view.config.linear_quant_for(name)
             static = lq is not None and lq.qconfig.act is not None and lq.qconfig.act.scope == "per_tensor"
             if not static and f"{name}.bias" not in view.tensor_names:
                 dropped.append(name)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quantjob.api.globs import matches
-from quantjob.api.modelslim import LinearQuant, ModelslimConfig
+from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker.adapters import Adapter
 
 
@@ -16,10 +15,3 @@ class Preflight:
     config: ModelslimConfig
     adapter: Adapter
     tensor_names: frozenset[str]         # every tensor of the checkpoint
-
-    def linear_quant_for(self, module: str) -> LinearQuant | None:
-        """The linear_quant entry that quantizes ``module`` (the first that selects it), or None."""
-        for _, entry in self.config.linear_quants():
-            if matches(module, entry.include, entry.exclude):
-                return entry
-        return None
