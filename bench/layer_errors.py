@@ -24,7 +24,13 @@ from safetensors import safe_open
 
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import build_skeleton, layer_forward, materialise, quantized_layer, release
+from quantjob.worker.decoder import (
+    build_skeleton,
+    layer_forward,
+    materialise,
+    quantized_layer,
+    release,
+)
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 

@@ -26,7 +26,8 @@ def venv_python(path: Path = VENV_DIR) -> Path:
 def _usable(python: Path) -> bool:
     if not python.is_file():
         return False
-    probe = subprocess.run([str(python), "-c", "import llmcompressor, torch"], capture_output=True, timeout=600)
+    probe = subprocess.run([str(python), "-c", "import llmcompressor, torch"], capture_output=True, timeout=600,
+                           check=False)
     return probe.returncode == 0
 
 
@@ -43,7 +44,7 @@ def ensure_venv(path: Path = VENV_DIR, *, log: Path | None = None) -> tuple[Path
         with log.open("w", encoding="utf-8") as out:
             for packages in ([TORCH], [LLMCOMPRESSOR]):
                 done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], stdout=out,
-                                      stderr=subprocess.STDOUT, timeout=3600)
+                                      stderr=subprocess.STDOUT, timeout=3600, check=False)
                 if done.returncode != 0:
                     return None, f"pip install {' '.join(packages)} failed in {path} (log: {log})"
     except (OSError, subprocess.SubprocessError) as error:

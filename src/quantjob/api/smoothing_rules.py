@@ -64,21 +64,19 @@ def smoothing_problems(config: ModelslimConfig, prefix: str) -> list[Problem]:
 
 def _asymmetric(proc: IterSmooth, index: int, config: ModelslimConfig, prefix: str) -> list[Problem]:
     """symmetric: false gives every linear after a smoothed norm a bias (``W z``), which vllm-ascend
-    keeps only in W8A8's ``quant_bias``: dynamic, weight-only and float linears built without a bias
-    drop it, and the model would silently change."""
+    keeps only in W8A8's ``quant_bias`` or where the model has a bias of its own: dynamic,
+    weight-only and float linears built without one drop it, and the model would silently change.
+    Which linears follow a smoothed norm, and whether they have a bias, depends on the model: the
+    worker refuses those cases before any compute; here, a warning names the entries at risk."""
     if proc.symmetric or "norm-linear" not in proc.enable_subgraph_type:
         return []
-    at = f"{prefix}spec.process[{index}].symmetric"
-    quants = config.linear_quants()
-    if not any(_static(lq) for _, lq in quants):
-        return [Problem(at, "false shifts each smoothed norm's output and adds W*shift as a bias to the linears "
-                            "after it; vllm-ascend keeps that bias only for W8A8 static (in quant_bias) and no "
-                            "linear_quant here is static, so it would be dropped: use symmetric: true, or static "
-                            "per_tensor activations")]
-    others = [(path, lq) for path, lq in quants if not _static(lq)]
+    others = [(path, lq) for path, lq in config.linear_quants() if not _static(lq)]
     if not others:
         return []
     path, lq = others[0]
-    return [Problem(at, f"false adds a bias to the linears after each smoothed norm, which {path} "
-                        f"({_scheme(lq)}) would drop in vllm-ascend if it selects one of them; the worker refuses "
-                        "the run before any compute in that case", "warning")]
+    return [Problem(f"{prefix}spec.process[{index}].symmetric",
+                    f"false adds W*shift as a bias to the linears after each smoothed norm; vllm-ascend keeps it "
+                    f"only for W8A8 static (in quant_bias) or where the model has a bias of its own, and {path} "
+                    f"({_scheme(lq)}) would drop it: the worker refuses the run before any compute if such a "
+                    "linear follows a smoothed norm (use symmetric: true, or static per_tensor activations)",
+                    "warning")]
