@@ -26,12 +26,7 @@ import torch
 
 from quantjob.worker.adapters import AttentionHeads
 from quantjob.worker.observers import ActivationStats
-from quantjob.worker.quantizers import (
-    dequantize_weight,
-    fake_quantize,
-    quantize_weight,
-    scale_offset,
-)
+from quantjob.worker.quantizers import dequantize_weight, int_range, quantize_weight, scale_offset
 
 WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
 SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0
@@ -150,10 +145,9 @@ class SearchScheme:
     group_size: int | None = None
 
 
-def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per row (token) of a float32 matrix, dequantized, in place."""
-    step = x.abs().amax(dim=1, keepdim=True).div_(QMAX).clamp_(min=torch.finfo(torch.float32).tiny)
-    return x.div_(step).round_().clamp_(-QMAX, QMAX).mul_(step)
+def _row_absmax(x: torch.Tensor) -> torch.Tensor:
+    """``max |x|`` per row, as ``[rows, 1]`` (two reductions, no ``abs`` copy of ``x``)."""
+    return torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
 
 
 class SearchProblem:
@@ -164,8 +158,9 @@ class SearchProblem:
 
     ``error(alpha, beta)``: the relative output error ``||Q(x/s) Q(W s)^T - x W^T||^2 / ||x W^T||^2``
     of the subgraph quantized as ``scheme`` says (a static per-tensor range is the one the smoothed
-    activations will have over all tokens: ``stats`` mapped by ``s``). Deterministic: the same
-    inputs give the same bits on any rank.
+    activations will have over all tokens: ``stats`` mapped by ``s``). Both sides are kept as
+    integers and their steps applied to the small ``[T, R]`` product, which costs a few passes over
+    each side per candidate. Deterministic: the same inputs give the same bits on any rank.
     """
 
     def __init__(self, x: torch.Tensor, w_rows: torch.Tensor, stats: ActivationStats, weight: torch.Tensor,
@@ -179,27 +174,38 @@ class SearchProblem:
         self.golden = self.x @ self.w_rows.T
         self.norm = float(self.golden.double().square().sum())
 
-    def _activations(self, scale: torch.Tensor) -> torch.Tensor:
+    def _activations(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integers, or the smoothed activations when unquantized; their step per token or tensor)."""
         x = self.x / scale
         if self.scheme.act == "per_token":
-            return _fake_quant_tokens(x)
+            step = _row_absmax(x).div_(QMAX).clamp_(min=torch.finfo(torch.float32).tiny)
+            return x.div_(step).round_(), step   # |x / step| <= 127: no clamp needed
         if self.scheme.act == "per_tensor":
             smoothed = mapped_stats(self.stats, scale)
             step, offset = scale_offset(smoothed.minimum.amin().reshape(1), smoothed.maximum.amax().reshape(1), 8,
                                         self.scheme.act_symmetric)
-            return fake_quantize(x, step, offset, 8)
-        return x
+            qmin, qmax = int_range(8)
+            centred = x.div_(step).round_().clamp_(qmin - float(offset), qmax - float(offset))
+            return centred, step.reshape(1, 1)   # (q - offset) * step
+        return x, torch.ones(1, 1)
 
-    def _weights(self, scale: torch.Tensor) -> torch.Tensor:
+    def _weights(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integers or dequantized rows, their step per row as ``[1, R]``)."""
         scheme = self.scheme
+        w = self.w_rows * scale
+        if scheme.weight_symmetric and not scheme.group_size:
+            step, _ = scale_offset(w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True), scheme.weight_bits, True)
+            qmin, qmax = int_range(scheme.weight_bits)
+            return w.div_(step).round_().clamp_(qmin, qmax), step.T
         scope = "per_group" if scheme.group_size else "per_channel"
-        q, step, offset = quantize_weight(self.w_rows * scale, scope, scheme.weight_bits, scheme.weight_symmetric,
-                                          scheme.group_size)
-        return dequantize_weight(q, step, offset)
+        q, step, offset = quantize_weight(w, scope, scheme.weight_bits, scheme.weight_symmetric, scheme.group_size)
+        return dequantize_weight(q, step, offset), torch.ones(1, 1)
 
     def error(self, alpha: float, beta: float) -> float:
         scale = smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR)
-        out = self._activations(scale) @ self._weights(scale).T
+        acts, act_step = self._activations(scale)
+        weights, weight_step = self._weights(scale)
+        out = (acts @ weights.T).mul_(act_step).mul_(weight_step)
         err = float(out.sub_(self.golden).double().square().sum())
         return err / self.norm if self.norm > 0 else err
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -146,11 +147,33 @@ def search_alpha_beta(problems: Sequence[SearchProblem], group: Group) -> list[t
 def shared_scores(tasks: Sequence[tuple[SearchProblem, float, float]], group: Group,
                   score: Callable[[SearchProblem, float, float], float] = SearchProblem.error) -> list[float]:
     """``score`` of every task, each computed by rank ``index % world_size`` and gathered in task order."""
-    mine = {t: score(*tasks[t]) for t in range(group.rank, len(tasks), group.world_size)}
+    mine = score_locally(tasks, range(group.rank, len(tasks), group.world_size), score)
     found: dict[int, float] = {}
     for part in group.all_gather_object(mine):
         found.update(part)
     return [found[t] for t in range(len(tasks))]
+
+
+def score_locally(tasks: Sequence[tuple[SearchProblem, float, float]], indices: Sequence[int],
+                  score: Callable[[SearchProblem, float, float], float]) -> dict[int, float]:
+    """Score ``tasks[i]`` for every ``i`` in ``indices`` on this rank's threads, one candidate per
+    thread, each single-threaded: a candidate is a few hundred small tensor operations, which
+    threads inside one operation would only slow down, and its bits then never depend on how
+    many threads the rank has."""
+    threads = max(1, torch.get_num_threads())
+
+    def single_threaded() -> None:
+        torch.set_num_threads(1)
+
+    def one(index: int) -> tuple[int, float]:
+        with torch.inference_mode():
+            return index, score(*tasks[index])
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=single_threaded) as pool:
+            return dict(pool.map(one, indices))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Tensor]:
