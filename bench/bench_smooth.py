@@ -169,16 +169,16 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
     skipped = ""
     if llmc and (not only or LLMC_NAME in only):
         say(f"{LLMC_NAME}: quantize (its own venv)")
-        result, save, skipped = run_llmc(model, calib, workload, threads=threads, outputs=outputs, work=work,
-                                         timeout_s=timeout_s)
-        if result is not None and save is not None:
-            say(f"  {result.wall_s:.1f} s; its layer errors from the saved files")
-            errors = layer_errors(model, in_sample, compressed_tensors_layer(save), chained=False)
-            e2e = layer_errors(model, held, compressed_tensors_layer(save), chained=True)[-1] if held else None
+        measured, kept, skipped = run_llmc(model, calib, workload, threads=threads, outputs=outputs, work=work,
+                                           timeout_s=timeout_s)
+        if measured is not None and kept is not None:
+            say(f"  {measured.wall_s:.1f} s; its layer errors from the saved files")
+            errors = layer_errors(model, in_sample, compressed_tensors_layer(kept), chained=False)
+            e2e = layer_errors(model, held, compressed_tensors_layer(kept), chained=True)[-1] if held else None
             rows.append({"name": LLMC_NAME, "ranks": 1, "threads": threads, "next_layer_input": "-",
-                         "wall_s": result.wall_s, "loop_s": None, "peak_rss_bytes": result.max_rss_bytes,
+                         "wall_s": measured.wall_s, "loop_s": None, "peak_rss_bytes": measured.max_rss_bytes,
                          "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
-                         "output": str(save)})
+                         "output": str(kept)})
         else:
             say(f"  skipped: {skipped}")
     elif not llmc:

@@ -33,8 +33,8 @@ RECIPES = ("w8a8-static", "smoothquant-w8a8-static", "w8a8-dynamic", "smoothquan
 
 
 def recipe(name: str, smoothing_strength: float) -> list[Any]:
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier  # type: ignore[import-not-found]
+    from llmcompressor.modifiers.smoothquant import SmoothQuantModifier  # type: ignore[import-not-found]
 
     if name not in RECIPES:
         raise SystemExit(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
@@ -51,7 +51,7 @@ def recipe(name: str, smoothing_strength: float) -> list[Any]:
 def calibration(path: Path, tokenizer: Any, samples: int, seq: int) -> Any:
     """A datasets.Dataset of ``input_ids`` / ``attention_mask`` from a jsonl of ``{"input_ids"}`` or
     ``{"text"}`` lines (the first ``samples``, at most ``seq`` tokens each)."""
-    from datasets import Dataset
+    from datasets import Dataset  # type: ignore[import-not-found]
 
     rows: list[list[int]] = []
     with path.open(encoding="utf-8") as handle:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from llmcompressor import oneshot
+    from llmcompressor import oneshot  # type: ignore[import-not-found]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()

@@ -26,7 +26,9 @@ def _reads_bias(module: torch.nn.Module) -> bool:
 
 
 def _add_to_output(module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-    return output + module.bias
+    bias = module.bias
+    assert isinstance(bias, torch.Tensor)
+    return output + bias
 
 
 def has_bias(module: torch.nn.Module) -> bool:

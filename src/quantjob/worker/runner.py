@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -192,8 +192,9 @@ class _Loop:
                 ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
         """One pass of the local samples observing every linear's inputs: the statistics reduced over
         all ranks, this rank's probe rows (when a processor uses them) and the layer outputs."""
-        probing = record_probes(linears, self.local, self.probes_per_sample) if self.probes_per_sample \
-            else nullcontext({})
+        probing: AbstractContextManager[Probes] = nullcontext({})
+        if self.probes_per_sample:
+            probing = record_probes(linears, self.local, self.probes_per_sample)
         with observe_inputs(linears) as local_stats, probing as probes:
             out = self.forward(index, layer, hidden, self.local, keep=keep)
         return reduce_stats(local_stats, self.group), probes, out

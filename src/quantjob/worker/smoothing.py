@@ -26,7 +26,12 @@ import torch
 
 from quantjob.worker.adapters import AttentionHeads
 from quantjob.worker.observers import ActivationStats
-from quantjob.worker.quantizers import dequantize_weight, int_range, quantize_weight, scale_offset
+from quantjob.worker.quantizers import (
+    dequantize_weight,
+    int_range,
+    quantize_weight,
+    scale_offset,
+)
 
 WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
 SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import torch
 
@@ -106,7 +107,8 @@ def search_scheme(entry: LinearQuant | None) -> SearchScheme:
     if entry is None:
         return SearchScheme()
     act, weight = entry.qconfig.act, entry.qconfig.weight
-    mode = "none" if act is None else "per_tensor" if act.scope == "per_tensor" else "per_token"
+    mode: Literal["per_token", "per_tensor", "none"] = (
+        "none" if act is None else "per_tensor" if act.scope == "per_tensor" else "per_token")
     return SearchScheme(act=mode, act_symmetric=act is None or act.symmetric, weight_bits=weight.bits,
                         weight_symmetric=weight.symmetric,
                         group_size=weight.group_size if weight.scope == "per_group" else None)
@@ -187,7 +189,7 @@ def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Te
     for part in ctx.group.all_gather_object(local):
         for name, rows in part.items():
             merged[name].update(rows)
-    device = ctx.layer.parameters().__next__().device
+    device = next(ctx.layer.parameters()).device
     return {name: torch.cat([merged[name][g] for g in sorted(merged[name])]).to(device) for name in wanted}
 
 

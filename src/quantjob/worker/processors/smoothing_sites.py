@@ -49,8 +49,16 @@ def consumer_stats(ctx: LayerContext, site: Subgraph) -> ActivationStats | None:
     return stats if stats is not None and stats.observed else None
 
 
+def tensor_of(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """A module's parameter (``weight``, ``bias``) as a plain tensor."""
+    value = getattr(module, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is not a tensor")
+    return value.detach()
+
+
 def consumer_weights(ctx: LayerContext, site: Subgraph) -> list[torch.Tensor]:
-    return [ctx.module(target).weight.detach() for target in site.targets]
+    return [tensor_of(ctx.module(target), "weight") for target in site.targets]
 
 
 def _set_weight(module: torch.nn.Module, weight: torch.Tensor) -> None:
@@ -76,9 +84,9 @@ def _mapped_rows(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | Non
 def _scale_consumers(ctx: LayerContext, site: Subgraph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
     for target in site.targets:
         module = ctx.module(target)
-        weight = module.weight.detach()
+        weight = tensor_of(module, "weight")
         if shift is not None:
-            bias = module.bias.detach() if has_bias(module) else None
+            bias = tensor_of(module, "bias") if has_bias(module) else None
             add_bias(module, shifted_bias(weight, bias, shift.to(weight.device), weight.dtype))
         _set_weight(module, scale_columns(weight, scale.to(weight.device)))
 
@@ -88,9 +96,9 @@ def fold_norm_linear(ctx: LayerContext, site: Subgraph, scale: torch.Tensor,
     """Divide the norm's output by ``scale`` (after subtracting ``shift``: a norm bias) and multiply
     the consumers' input channels by it (adding ``W shift`` to their biases)."""
     norm = ctx.module(site.source)
-    weight = norm.weight.detach()
+    weight = tensor_of(norm, "weight")
     device = weight.device
-    old_bias = norm.bias.detach() if has_bias(norm) else None
+    old_bias = tensor_of(norm, "bias") if has_bias(norm) else None
     _set_weight(norm, ctx.adapter.folded_norm_weight(weight, scale.to(device)))
     if shift is not None:
         add_bias(norm, shifted_norm_bias(old_bias, shift.to(device), scale.to(device), weight.dtype))
@@ -106,9 +114,9 @@ def fold_linear_pair(ctx: LayerContext, site: Subgraph, consumer_scale: torch.Te
     the consumers' input channels by ``consumer_scale`` (the same values, repeated over the query
     heads of a key/value head for ``ov``)."""
     source = ctx.module(site.source)
-    weight = source.weight.detach()
+    weight = tensor_of(source, "weight")
     _set_weight(source, divide_rows(weight, source_scale.to(weight.device)))
     if has_bias(source):
-        add_bias(source, divide_vector(source.bias.detach(), source_scale.to(weight.device)))
+        add_bias(source, divide_vector(tensor_of(source, "bias"), source_scale.to(weight.device)))
     _scale_consumers(ctx, site, consumer_scale, None)
     _map_consumers(ctx, site, consumer_scale, None)
