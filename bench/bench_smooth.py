@@ -42,10 +42,11 @@ W8A8_STATIC = {"act": {"scope": "per_tensor", "dtype": "int8", "symmetric": Fals
                "weight": {"scope": "per_channel", "dtype": "int8", "symmetric": True, "method": "minmax"}}
 TARGETS = {"flex_over_minmax_time": 1.5, "llmc_over_flex_time": 3.0, "two_rank_speedup": 1.8}
 
-# Columns computed from a kept quantjob output directory: name -> fn(output dir, model dir,
-# held-out token ids) -> a number. Add one with ``add_saved_column`` (e.g. the error recomputed
-# with vllm-ascend's W8A8 arithmetic, quantjob.worker.ascend_forward, once that module exists).
-SavedColumn = Callable[[Path, Path, list[list[int]]], float]
+# Columns computed from a kept quantjob output directory: name -> fn(output dir, model dir, the
+# error samples' token ids (the first --error-samples calibration samples, as quant_errors.json),
+# the held-out samples' ids) -> a number. Add one with ``add_saved_column``, e.g. the mean layer
+# error recomputed with vllm-ascend's W8A8 arithmetic (quantjob.worker.ascend_forward).
+SavedColumn = Callable[[Path, Path, list[list[int]], list[list[int]]], float]
 SAVED_COLUMNS: dict[str, SavedColumn] = {}
 
 
@@ -164,7 +165,7 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
                "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
                "output": str(save)}
         for column, compute in SAVED_COLUMNS.items():
-            row[column] = compute(save, model, held)
+            row[column] = compute(save, model, in_sample, held)
         rows.append(row)
     skipped = ""
     if llmc and (not only or LLMC_NAME in only):
