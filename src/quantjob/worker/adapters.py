@@ -105,6 +105,8 @@ class Adapter:
     and k_proj output channels are not free to rescale.
     ``output_norms``: norms on a block's output before the residual add (Gemma3's post-attention and
     post-feed-forward norms): they follow o_proj / down_proj and feed no linear.
+    ``norm_bias``: vllm-ascend's norm for this family adds a saved ``<norm>.bias`` (its RMSNorm does;
+    its GemmaRMSNorm does not), so asymmetric smoothing may write one.
     """
 
     name: str
@@ -119,6 +121,7 @@ class Adapter:
     rotary_per_layer_type: bool = False
     qk_norms: tuple[str, ...] = field(default=())
     output_norms: tuple[str, ...] = field(default=())
+    norm_bias: bool = True
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
@@ -169,7 +172,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS),
     "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
                            embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
-                           output_norms=("post_attention_layernorm", "post_feedforward_layernorm")),
+                           output_norms=("post_attention_layernorm", "post_feedforward_layernorm"), norm_bias=False),
 }
 
 # model_types whose language model sits inside a multimodal wrapper -> the text model_type to save it as.
