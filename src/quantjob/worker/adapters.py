@@ -143,9 +143,40 @@ class Adapter:
                 for spec in self.subgraph_specs]
 
     def folded_norm_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The norm weight that divides the norm's output by ``scale`` (float32 math, weight's dtype)."""
-        w = weight.float()
-        return ((w + self.norm_offset) / scale.float() - self.norm_offset).to(weight.dtype)
+        """The norm weight that divides the norm's output by ``scale`` (float32 math, weight's dtype).
+
+        A multiplier ``norm_offset + w`` that is not zero never rounds to zero: with ``norm_offset``
+        1 a large scale takes ``(1 + w) / s - 1`` next to -1, where the dtype's step is coarse, and
+        a zero would cut the channel off. It keeps the smallest multiplier of its sign instead.
+        """
+        import torch
+
+        offset = self.norm_offset
+        target = (weight.float() + offset) / scale.float()
+        folded = (target - offset).to(weight.dtype)
+        dead = ((folded.float() + offset) == 0) & (target != 0)
+        if bool(dead.any()):
+            edge = torch.full_like(folded, -offset)
+            toward = torch.where(target > 0, torch.full_like(folded, float("inf")),
+                                 torch.full_like(folded, float("-inf")))
+            folded = torch.where(dead, torch.nextafter(edge, toward), folded)
+        return folded
+
+    def applied_norm_scale(self, weight: torch.Tensor, folded: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The scale a fold really applied, ``(offset + w) / (offset + w')`` per channel (float32), from
+        the weight before and after ``folded_norm_weight`` (``scale`` where the multiplier is zero).
+
+        The folded weight is rounded to its dtype; scaling the consumers by the applied scale rather
+        than the requested one keeps the subgraph's function to the consumers' own rounding, which is
+        relative. Near -1 (Gemma's ``1 + w`` norms under a large scale) the requested scale would be
+        off by several percent.
+        """
+        import torch
+
+        before = weight.float() + self.norm_offset
+        after = folded.float() + self.norm_offset
+        exact = (before != 0) & (after != 0)
+        return torch.where(exact, before / torch.where(exact, after, torch.ones_like(after)), scale.float())
 
     def embed_tokens(self, ids: torch.Tensor, table: torch.Tensor, config: Any) -> torch.Tensor:
         """The embedding of ``ids`` with this family's arithmetic: a lookup in ``table``, times the

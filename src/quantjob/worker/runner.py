@@ -162,7 +162,7 @@ class _Loop:
         # may change the weights and observe again. The others are dropped as soon as their
         # output exists (at 64 samples of 512 x 1024 bf16 that is 56 MB less at every layer's peak).
         keep_all = job.next_layer_input == "quantized" or any(
-            processor_for(proc.type).modifies_weights for proc in job.config.spec.process)
+            processor_for(proc.type).reobserves for proc in job.config.spec.process)
         self.kept_inputs = set(self.local) if keep_all else set(self.error_local)
         # probe rows (a bounded, rank-independent subset of every linear's inputs) only when a
         # processor searches on activations (flex_smooth_quant)
@@ -209,9 +209,9 @@ class _Loop:
                            subgraphs=self.subgraphs, num_samples=self.num_samples, config=self.job.config)
 
         def reobserve() -> None:
-            if len(hidden) < len(self.local):  # a processor's entry lacks modifies_weights=True
+            if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
                 raise RuntimeError("spec.process: statistics of changed weights are needed, but a processor "
-                                   "changed them without declaring modifies_weights")
+                                   "changed them without declaring reobserves")
             ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden)
             ctx.modified = False
 

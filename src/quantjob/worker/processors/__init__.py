@@ -27,14 +27,17 @@ class ProcessorEntry:
     """``apply(config_entry, ctx)`` does the work. ``needs_stats(config_entry)``: it reads
     ``ctx.stats``, which the loop refreshes when an earlier processor changed the float weights.
     ``check(config_entry, path, Preflight)`` finds problems before any compute.
-    ``modifies_weights``: it may change the float weights, so the loop keeps every layer input
-    until the processors are done, to observe them again (``ctx.reobserve``) when needed.
+    ``reobserves``: it may observe the layer's inputs again (``ctx.reobserve``, or leaving
+    ``ctx.modified`` set for a later processor that reads statistics), so the loop keeps every layer
+    input until the processors are done. The smoothing processors change weights but keep
+    ``ctx.stats`` current themselves (each fold maps its consumers' statistics), so they need no
+    second pass and the loop drops inputs as soon as their outputs exist.
     ``uses_probes``: it reads ``ctx.probes``, so the loop records them in its observation pass."""
 
     apply: Callable[[Any, LayerContext], None]
     needs_stats: Callable[[Any], bool]
     check: Callable[[Any, str, Preflight], list[str]]
-    modifies_weights: bool = False
+    reobserves: bool = False
     uses_probes: bool = False
 
 
@@ -45,9 +48,8 @@ def _always(_entry: Any) -> bool:
 PROCESSORS: dict[str, ProcessorEntry] = {
     "linear_quant": ProcessorEntry(apply_linear_quant, static_activations, check_shapes),
     "group": ProcessorEntry(apply_group, static_activations, check_shapes),
-    "iter_smooth": ProcessorEntry(apply_iter_smooth, _always, check_iter_smooth, modifies_weights=True),
-    "flex_smooth_quant": ProcessorEntry(apply_flex_smooth, _always, check_flex_smooth, modifies_weights=True,
-                                        uses_probes=True),
+    "iter_smooth": ProcessorEntry(apply_iter_smooth, _always, check_iter_smooth),
+    "flex_smooth_quant": ProcessorEntry(apply_flex_smooth, _always, check_flex_smooth, uses_probes=True),
 }
 
 

@@ -94,12 +94,16 @@ def _scale_consumers(ctx: LayerContext, site: Subgraph, scale: torch.Tensor, shi
 def fold_norm_linear(ctx: LayerContext, site: Subgraph, scale: torch.Tensor,
                      shift: torch.Tensor | None = None) -> None:
     """Divide the norm's output by ``scale`` (after subtracting ``shift``: a norm bias) and multiply
-    the consumers' input channels by it (adding ``W shift`` to their biases)."""
+    the consumers' input channels by it (adding ``W shift`` to their biases). The scale used for the
+    consumers, the norm bias and the statistics is the one the rounded norm weight really applies."""
     norm = ctx.module(site.source)
     weight = tensor_of(norm, "weight")
     device = weight.device
     old_bias = tensor_of(norm, "bias") if has_bias(norm) else None
-    _set_weight(norm, ctx.adapter.folded_norm_weight(weight, scale.to(device)))
+    folded = ctx.adapter.folded_norm_weight(weight, scale.to(device))
+    # the folded weight is rounded: what it really divides by is what the consumers must multiply by
+    scale = ctx.adapter.applied_norm_scale(weight, folded, scale.to(device))
+    _set_weight(norm, folded)
     if shift is not None:
         add_bias(norm, shifted_norm_bias(old_bias, shift.to(device), scale.to(device), weight.dtype))
     elif old_bias is not None:
