@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import re
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest

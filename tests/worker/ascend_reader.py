@@ -91,7 +91,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118  # safe_open is not iterable
                 if key in tensors:
                     raise NotLoadable(f"{key} in two weight files")
                 tensors[key] = handle.get_tensor(key)

@@ -118,3 +118,18 @@ def test_admission_knows_exactly_the_families_with_an_adapter() -> None:
     assert sorted(MODEL_TYPES) == supported_model_types()
     assert all(family_for_name(name) == name for name in MODEL_TYPES)
     assert {adapter.lm_head for adapter in ADAPTERS.values()} == {LM_HEAD}
+
+
+def test_gemma_fold_never_cuts_a_channel_and_reports_the_scale_it_applied() -> None:
+    """(1 + w) / s - 1 for a large s lies next to -1, where bf16's step is 2^-8: the folded multiplier
+    must not round to zero, and the applied scale (what the consumers get) is the one stored."""
+    adapter = ADAPTERS["gemma3_text"]
+    weight = torch.tensor([0.0, 0.5, -0.25, 2.0], dtype=torch.bfloat16)
+    scale = torch.tensor([1000.0, 3.0, 40.0, 1.0])
+    folded = adapter.folded_norm_weight(weight, scale)
+    multiplier = folded.float() + 1
+    assert bool((multiplier > 0).all())
+    applied = adapter.applied_norm_scale(weight, folded, scale)
+    assert torch.allclose(multiplier * applied, weight.float() + 1, rtol=1e-6)
+    # the requested scale is off by more than bf16's relative step where (1 + w) / s is small
+    assert (applied / scale - 1).abs().max() > 2.0 ** -8

@@ -18,12 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).parent))
-import ascend_reader  # noqa: E402
+import ascend_reader
 
-from quantjob.api.check import check  # noqa: E402
-from quantjob.api.modelslim import ModelslimConfig  # noqa: E402
-from quantjob.api.problems import Problem  # noqa: E402
-from quantjob.cli import main  # noqa: E402
+from quantjob.api.check import check
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.problems import Problem
+from quantjob.cli import main
 
 W8 = {"scope": "per_channel", "dtype": "int8", "symmetric": True}
 STATIC = {"scope": "per_tensor", "dtype": "int8", "symmetric": False}

@@ -1,4 +1,4 @@
-"""1, 2 and 3 gloo ranks write byte-identical output directories (DESIGN.md section 5).
+"""1, 2 and 3 gloo ranks write byte-identical output directories (docs/design.md, section 5).
 
 7 calibration samples: uneven shards on 2 and 3 ranks ([0, 3, 6], [1, 4], [2, 5] on 3). Gemma3's
 sliding layers (window 16) cut 5 of the 7 samples (14 to 49 tokens).
@@ -71,6 +71,6 @@ def test_one_process_and_the_launcher_agree_at_other_thread_counts(tmp_path: Pat
         env.pop("MKL_CBWR", None)
         done = subprocess.run([sys.executable, "-m", "quantjob.cli",
                                *quantize_argv(model, outputs[devices], calib, devices, "w8a8_dynamic")],
-                              env=env, capture_output=True, text=True, timeout=300)
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
     assert_same_tree(outputs["cpu"], outputs["cpu:0,1"])

@@ -15,8 +15,7 @@ from dp_runs import (
     tiny_model,
 )
 
-from quantjob.api import exit_codes
-from quantjob.api import catalogue
+from quantjob.api import catalogue, exit_codes
 from quantjob.api.presets import preset
 from quantjob.cli import main
 

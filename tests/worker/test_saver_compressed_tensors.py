@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_saver_ascend_tensors import reference_linear  # noqa: E402
-from test_saver_output import (  # noqa: E402
+from test_saver_ascend_tensors import reference_linear
+from test_saver_output import (
     layer_output,
     open_ascend,
     outer_source,
@@ -28,11 +28,11 @@ from test_saver_output import (  # noqa: E402
     tree,
 )
 
-from quantjob.worker.distributed import Group  # noqa: E402
-from quantjob.worker.records import QuantizedLinear  # noqa: E402
-from quantjob.worker.savers.assemble import COMPLETE  # noqa: E402
-from quantjob.worker.savers.format_compressed_tensors import linear_tensors, scheme_for  # noqa: E402
-from quantjob.worker.savers.staging import STAGING_DIR  # noqa: E402
+from quantjob.worker.distributed import Group
+from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.format_compressed_tensors import linear_tensors, scheme_for
+from quantjob.worker.savers.staging import STAGING_DIR
 
 CT = "compressed_tensors_saver"
 
@@ -112,7 +112,7 @@ def _tensors(save: Path) -> dict[str, torch.Tensor]:
     found: dict[str, torch.Tensor] = {}
     for file in sorted(save.glob("model*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            found.update({key: handle.get_tensor(key) for key in handle.keys()})
+            found.update({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118
     return found
 
 

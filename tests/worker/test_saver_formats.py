@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_saver_output import layer_output, open_ascend, outer_source, run_all  # noqa: E402
+from test_saver_output import layer_output, open_ascend, outer_source, run_all
 
-from quantjob.api import catalogue  # noqa: E402
-from quantjob.api.catalogue import Algorithm  # noqa: E402
-from quantjob.worker.records import LayerOutput  # noqa: E402
-from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents  # noqa: E402
+from quantjob.api import catalogue
+from quantjob.api.catalogue import Algorithm
+from quantjob.worker.records import LayerOutput
+from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
 
 class PlainFormat:

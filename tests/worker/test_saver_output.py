@@ -19,18 +19,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_saver_ascend_tensors import reference_linear  # noqa: E402
+from test_saver_ascend_tensors import reference_linear
 
-from quantjob.api.modelslim import Saver  # noqa: E402
-from quantjob.worker.checkpoint import TensorInfo, read_header  # noqa: E402
-from quantjob.worker.distributed import Group  # noqa: E402
-from quantjob.worker.errors import QuantJobError  # noqa: E402
-from quantjob.worker.records import LayerOutput  # noqa: E402
-from quantjob.worker.savers import OutputSaver, open_saver  # noqa: E402
-from quantjob.worker.savers.ascend_tensors import ascend_tensors  # noqa: E402
-from quantjob.worker.savers.assemble import COMPLETE  # noqa: E402
-from quantjob.worker.savers.format_ascendv1 import DESCRIPTION  # noqa: E402
-from quantjob.worker.savers.staging import STAGING_DIR  # noqa: E402
+from quantjob.api.modelslim import Saver
+from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.distributed import Group
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.records import LayerOutput
+from quantjob.worker.savers import OutputSaver, open_saver
+from quantjob.worker.savers.ascend_tensors import ascend_tensors
+from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
+from quantjob.worker.savers.staging import STAGING_DIR
 
 HIDDEN = 64
 META_KEYS = {"version", "model_quant_type", "metadata", "group_size", "optional"}
@@ -103,7 +103,7 @@ def weight_tensors(save: Path) -> dict[str, torch.Tensor]:
     found: dict[str, torch.Tensor] = {}
     for file in sorted(save.glob("quant_model_weights*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118  # safe_open handles cannot be iterated
                 assert key not in found, f"{key} in two weight files"
                 found[key] = handle.get_tensor(key)
     return found

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_saver_output import layer_output, open_ascend, outer_source, run_all, tree  # noqa: E402
+from test_saver_output import layer_output, open_ascend, outer_source, run_all, tree
 
-from quantjob.worker.errors import QuantJobError  # noqa: E402
-from quantjob.worker.savers.assemble import COMPLETE  # noqa: E402
-from quantjob.worker.savers.format_ascendv1 import DESCRIPTION  # noqa: E402
-from quantjob.worker.savers.staging import STAGING_DIR  # noqa: E402
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
+from quantjob.worker.savers.staging import STAGING_DIR
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,15 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dp_runs import assert_same_tree, calibration, run_quantize, tiny_model, tree_digest  # noqa: E402
-from test_saver_output import layer_output, outer_source, run_all, tree  # noqa: E402
+from dp_runs import assert_same_tree, calibration, run_quantize, tiny_model, tree_digest
+from test_saver_output import layer_output, outer_source, run_all, tree
 
-from quantjob.api.modelslim import Saver  # noqa: E402
-from quantjob.worker.distributed import Group  # noqa: E402
-from quantjob.worker.errors import QuantJobError  # noqa: E402
-from quantjob.worker.savers import OutputSaver, open_savers  # noqa: E402
-from quantjob.worker.savers.assemble import COMPLETE  # noqa: E402
-from quantjob.worker.savers.staging import STAGING_DIR  # noqa: E402
+from quantjob.api.modelslim import Saver
+from quantjob.worker.distributed import Group
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.savers import OutputSaver, open_savers
+from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.staging import STAGING_DIR
 
 BOTH = [Saver(type="ascendv1_saver"), Saver(type="compressed_tensors_saver")]
 

@@ -1,4 +1,4 @@
-"""The compatibility check (DESIGN.md section 4): one function, three callers (webhook, CLI, worker).
+"""The compatibility check (docs/design.md, section 3): one function, three callers (webhook, CLI, worker).
 
 ``resolve`` decides the runner and converts savers for it; ``check`` returns only the problems.
 ``check_document`` parses raw YAML data (a QuantJob manifest or a modelslim_v1 config) first,
@@ -27,6 +27,7 @@ from quantjob.api.modelslim import (
 from quantjob.api.problems import Problem, from_validation_error, has_errors
 from quantjob.api.resource import API_VERSION, GROUP, KIND, QuantJob
 from quantjob.api.rules_output import output_problems
+from quantjob.api.smoothing_rules import smoothing_problems
 from quantjob.api.volume_paths import output_over_model
 
 # config.json keys that mark a multimodal model (a vision or audio tower beside the LLM).
@@ -179,6 +180,7 @@ def resolve(config: ModelslimConfig, devices: int, model_config: dict[str, Any] 
     _check_linear_quants(config, distributed, prefix, problems)
     over_budget = pattern_budget(config, prefix)
     problems += over_budget or lm_head_in_include(config, prefix)  # the lm_head rule expands the patterns
+    problems.extend(smoothing_problems(config, prefix))
     if distributed and (config.multimodal or is_multimodal(model_config)):
         problems.append(Problem(f"{prefix}spec.runner",
                                 "multimodal models (a vision/audio tower) are not supported under "

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatchcase, translate
 from functools import lru_cache
+from typing import Any
 
 MAX_PATTERN_LENGTH = 1024
 MAX_BRACE_DEPTH = 16
@@ -141,15 +142,19 @@ def _tokens(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
             index += 1
 
 
-def _parse(pattern: str) -> list[str | list[list]]:  # type: ignore[type-arg]
-    """The pattern as a sequence of literal tokens and brace groups (a list of alternatives, each a
-    sequence); ``pattern`` is known to be valid, so nesting is at most ``MAX_BRACE_DEPTH``."""
-    root: list[str | list[list]] = []  # type: ignore[type-arg]
-    stack: list[list[str | list[list]]] = [root]  # type: ignore[type-arg]
-    groups: list[list[list]] = []  # type: ignore[type-arg]
+# A parsed pattern: literal tokens and brace groups; a group is a list of alternatives, each a sequence.
+Sequence_ = list[Any]
+
+
+def _parse(pattern: str) -> Sequence_:
+    """The pattern as a sequence of literal tokens and brace groups; ``pattern`` is known to be
+    valid, so nesting is at most ``MAX_BRACE_DEPTH``."""
+    root: Sequence_ = []
+    stack: list[Sequence_] = [root]
+    groups: list[list[Sequence_]] = []
     for _, token in _tokens(pattern):
         if token == "{":
-            group: list[list] = [[]]  # type: ignore[type-arg]
+            group: list[Sequence_] = [[]]
             stack[-1].append(group)
             groups.append(group)
             stack.append(group[0])
@@ -164,7 +169,7 @@ def _parse(pattern: str) -> list[str | list[list]]:  # type: ignore[type-arg]
     return root
 
 
-def _expand_sequence(sequence: list[str | list[list]]) -> list[str]:  # type: ignore[type-arg]
+def _expand_sequence(sequence: Sequence_) -> list[str]:
     """Every string a parsed sequence stands for, in order, duplicates removed."""
     results = [""]
     for item in sequence:

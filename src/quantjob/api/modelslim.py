@@ -28,7 +28,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from quantjob.api import catalogue
-from quantjob.api.globs import pattern_error
+from quantjob.api.globs import matches, pattern_error
 from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.problems import field_error
 
@@ -96,11 +96,11 @@ class QuantSpec(Strict):
 
 
 class ActQuantSpec(QuantSpec):
-    scope: ActScope = "per_tensor"  # type: ignore[assignment]
+    scope: ActScope = "per_tensor"
 
 
 class WeightQuantSpec(QuantSpec):
-    scope: WeightScope = "per_channel"  # type: ignore[assignment]
+    scope: WeightScope = "per_channel"
 
 
 class QConfig(Strict):
@@ -298,3 +298,7 @@ class ModelslimConfig(NullsAsDefaults):
             elif isinstance(proc, Group):
                 found.extend((f"spec.process[{index}].configs[{j}]", lq) for j, lq in enumerate(proc.configs))
         return found
+
+    def linear_quant_for(self, module: str) -> LinearQuant | None:
+        """The linear_quant entry that quantizes ``module`` (the first that selects it), or None."""
+        return next((lq for _, lq in self.linear_quants() if matches(module, lq.include, lq.exclude)), None)

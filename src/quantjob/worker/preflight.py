@@ -18,7 +18,7 @@ from quantjob.worker.adapters import Adapter
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
-from quantjob.worker.processors import processor_for
+from quantjob.worker.processors import Preflight, processor_for
 
 if TYPE_CHECKING:
     from quantjob.worker.decoder import Skeleton
@@ -37,13 +37,14 @@ def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[
 def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
     """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
     shapes = _weight_shapes(checkpoint, adapter)
+    view = Preflight(shapes, job.config, adapter, frozenset(checkpoint.tensors))
     problems: list[str] = []
     for index, proc in enumerate(job.config.spec.process):
         try:
             entry = processor_for(proc.type)
         except ValueError as error:
             raise QuantJobError(f"spec.process[{index}].type: {error}") from error
-        problems.extend(entry.check(proc, f"spec.process[{index}]", shapes))
+        problems.extend(entry.check(proc, f"spec.process[{index}]", view))
     for path, lq in job.config.linear_quants():
         if names_literally(lq.include, adapter.lm_head):
             problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "

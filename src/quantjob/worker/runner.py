@@ -1,4 +1,4 @@
-"""The layer-wise loop (DESIGN.md section 5), written once for world size 1 and N.
+"""The layer-wise loop (docs/design.md, section 4), written once for world size 1 and N.
 
 Rank r owns global calibration samples ``shard_indices(n, r, W)`` for the whole run. Per decoder
 layer: load its tensors (the next layer's load runs on a background thread), run the local shard
@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +26,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
-from quantjob.worker.checkpoint import (
-    Checkpoint,
-    Prefetcher,
-    TensorInfo,
-    file_fingerprint,
-)
+from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -48,7 +44,14 @@ from quantjob.worker.finite import (
     check_weights,
 )
 from quantjob.worker.model_config import read_model_config
-from quantjob.worker.observers import observe_inputs, reduce_stats
+from quantjob.worker.observers import (
+    ActivationStats,
+    Probes,
+    observe_inputs,
+    probes_per_sample,
+    record_probes,
+    reduce_stats,
+)
 from quantjob.worker.preflight import check_layout, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
@@ -117,8 +120,14 @@ class _Loop:
         # may change the weights and observe again. The others are dropped as soon as their
         # output exists (at 64 samples of 512 x 1024 bf16 that is 56 MB less at every layer's peak).
         keep_all = job.next_layer_input == "quantized" or any(
-            processor_for(proc.type).modifies_weights for proc in job.config.spec.process)
+            processor_for(proc.type).reobserves for proc in job.config.spec.process)
         self.kept_inputs = set(self.local) if keep_all else set(self.error_local)
+        # probe rows (a bounded, rank-independent subset of every linear's inputs) only when a
+        # processor searches on activations (flex_smooth_quant)
+        self.num_samples = n
+        self.probes_per_sample = probes_per_sample(n) if any(
+            processor_for(proc.type).uses_probes for proc in job.config.spec.process) else 0
+        self.subgraphs = skeleton.adapter.subgraphs(skeleton.config.to_dict())
 
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
@@ -138,26 +147,41 @@ class _Loop:
                 del hidden[g]
         return out
 
+    def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
+                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None
+                ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
+        """One pass of the local samples observing every linear's inputs: the statistics reduced over
+        all ranks, this rank's probe rows (when a processor uses them) and the layer outputs."""
+        probing: AbstractContextManager[Probes] = nullcontext({})
+        if self.probes_per_sample:
+            probing = record_probes(linears, self.local, self.probes_per_sample)
+        with observe_inputs(linears) as local_stats, probing as probes:
+            out = self.forward(index, layer, hidden, self.local, keep=keep)
+        stats = reduce_stats(local_stats, self.group)
+        check_activations(stats, index)  # reduced: every rank stops here alike
+        return stats, probes, out
+
     def process(self, index: int, prefix: str, layer: torch.nn.Module,
                 hidden: dict[int, torch.Tensor]) -> tuple[LayerOutput, dict[int, torch.Tensor]]:
         """Observe, reduce, run the processors; returns the layer's records and its float outputs."""
         linears = {prefix + name: module for name, module in layer.named_modules()
                    if isinstance(module, torch.nn.Linear)}
-        ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter)
-        with observe_inputs(linears) as local_stats:
-            float_out = self.forward(index, layer, hidden, self.local, keep=self.kept_inputs)
-        ctx.stats = reduce_stats(local_stats, self.group)
-        check_activations(ctx.stats, index)
+        ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter, group=self.group,
+                           subgraphs=self.subgraphs, num_samples=self.num_samples, config=self.job.config)
+
+        def reobserve() -> None:
+            if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
+                raise RuntimeError("spec.process: statistics of changed weights are needed, but a processor "
+                                   "changed them without declaring reobserves")
+            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden)
+            ctx.modified = False
+
+        ctx.reobserve = reobserve
+        ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs)
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
-                if len(hidden) < len(self.local):  # a processor's entry lacks modifies_weights=True
-                    raise RuntimeError(f"spec.process: {proc.type!r} needs statistics of changed weights, but an "
-                                       "earlier processor changed them without declaring modifies_weights")
-                with observe_inputs(linears) as local_stats:
-                    self.forward(index, layer, hidden, self.local)
-                ctx.stats, ctx.modified = reduce_stats(local_stats, self.group), False
-                check_activations(ctx.stats, index)
+                ctx.reobserve()
             entry.apply(proc, ctx)
         records = [ctx.records[name] for name in linears if name in ctx.records]
         check_records(records, index)

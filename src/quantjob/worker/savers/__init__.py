@@ -78,7 +78,7 @@ def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, model_conf
         try:
             prepared = prepare_output(Path(save_path), model_dir=Path(model_dir), run_id=run_id,
                                       num_layers=num_layers, overwrite=overwrite, fmt=fmt, lock=lock)
-        except BaseException as err:  # every rank must leave the broadcast below
+        except BaseException as err:  # noqa: BLE001  # every rank must leave the broadcast below
             failure, message, code = err, str(err), exit_code_of(err)
     prepared, message, code = group.broadcast_object((prepared, message, code))
     if failure is not None:

@@ -278,7 +278,7 @@ class DirectorySaver:
         code = exit_code_of(failure) if failure is not None else 0
         message, result, code = self.group.broadcast_object((message, result, code))
         self._agree(failure, [(0, message, code)] if message else [])
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _on_every_rank(self, action: Callable[[], T]) -> list[T]:
         """Run ``action`` on every rank; every rank gets all results in rank order, or fails when
@@ -293,7 +293,7 @@ class DirectorySaver:
     def _attempt(action: Callable[[], T]) -> tuple[T | None, BaseException | None, str | None]:
         try:
             return action(), None, None
-        except BaseException as err:  # every rank must reach the collective that follows
+        except BaseException as err:  # noqa: BLE001  # every rank must reach the collective that follows
             return None, err, f"{type(err).__name__}: {err}"
 
     def _agree(self, failure: BaseException | None, failed: list[tuple[int, str, int]]) -> None:
@@ -310,7 +310,7 @@ class DirectorySaver:
         resumed run."""
         try:
             self._wait()
-        except BaseException:  # noqa: S110  # already failing: the run's own error is reported
+        except BaseException:  # noqa: BLE001, S110  # already failing: the run's own error is reported
             pass
         self._stop_writer()
         try:

@@ -51,7 +51,7 @@ class SaverSet:
         for saver in self.savers:
             try:
                 saver.abort()
-            except BaseException as error:  # abort every saver; report the first failure
+            except BaseException as error:  # noqa: BLE001  # abort every saver; report the first failure
                 failure = failure or error
         if failure is not None:
             raise failure

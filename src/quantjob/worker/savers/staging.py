@@ -81,7 +81,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _dtype_of(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
+        raise ValueError(f"unknown dtype {name!r}")  # noqa: TRY004  # a bad name, not a bad type
     return dtype
 
 
