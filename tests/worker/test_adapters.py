@@ -1,4 +1,5 @@
-"""Adapters: one declarative entry per family, and their names exist in the real decoder layers."""
+"""Adapters: one declarative entry per family; its names exist in the real decoder layers, and its
+behaviour (norm convention, embedding scale) is the one transformers computes."""
 
 from __future__ import annotations
 
@@ -30,8 +31,55 @@ def test_adapter_names_exist_in_the_model(family: str) -> None:
             assert source.out_features == subgraph.heads.num_kv_heads * subgraph.heads.head_dim
             assert layer.get_submodule(subgraph.targets[0]).in_features == \
                 subgraph.heads.num_heads * subgraph.heads.head_dim
-    for norm in adapter.extra_norms:
-        layer.get_submodule(norm)
+    norms = {name for name, module in layer.named_modules() if type(module).__name__.endswith("RMSNorm")}
+    assert set(adapter.norms) == norms and len(adapter.norms) == len(norms)  # every norm, each once
+    assert set(adapter.input_norms) | set(adapter.output_norms) | set(adapter.qk_norms) == norms
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folded_norm_weight_divides_every_norm_by_the_scale(family: str) -> None:
+    """The norm convention (weight or 1 + weight) is the one the family's norm modules compute."""
+    config = demo_config(family, num_layers=1)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    adapter = adapter_for(config.to_dict())
+    generator = torch.Generator().manual_seed(0)
+    for name in adapter.norms:
+        norm = model.get_submodule(adapter.layer_prefix(0) + name)
+        width = norm.weight.shape[0]
+        x = torch.randn(3, width, generator=generator)
+        scale = torch.exp(torch.randn(width, generator=generator))
+        with torch.no_grad():
+            norm.weight.copy_(0.3 * torch.randn(width, generator=generator))
+            before = norm(x)
+            norm.weight.copy_(adapter.folded_norm_weight(norm.weight, scale))
+            after = norm(x)
+        assert torch.allclose(after * scale, before, rtol=1e-5, atol=1e-6), f"{family}: {name}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embedding_is_the_models_own(family: str) -> None:
+    """Lookup, then (Gemma) the sqrt(hidden) scale rounded to the weight dtype: bit for bit."""
+    config = demo_config(family, num_layers=1, hidden_size=80)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
+    adapter = adapter_for(config.to_dict())
+    embedding = model.get_submodule(adapter.embed)
+    ids = torch.arange(0, config.vocab_size, 7).unsqueeze(0)
+    got = adapter.embed_tokens(ids, embedding.weight.detach(), config)
+    assert torch.equal(got, embedding(ids))
+    assert (adapter.embed_scale is None) == (family != "gemma3_text")
+
+
+@pytest.mark.parametrize("hidden", [640, 1152, 2560, 3840, 5376])  # Gemma3 270M, 1B, 4B, 12B, 27B
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemma3_embedding_scale_at_real_sizes(hidden: int, dtype: torch.dtype) -> None:
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3TextScaledWordEmbedding
+
+    module = Gemma3TextScaledWordEmbedding(16, hidden, 0, embed_scale=hidden ** 0.5).to(dtype)
+    config = transformers.Gemma3TextConfig(hidden_size=hidden, num_attention_heads=4, head_dim=hidden // 4)
+    ids = torch.arange(16).unsqueeze(0)
+    got = ADAPTERS["gemma3_text"].embed_tokens(ids, module.weight.detach(), config)
+    assert torch.equal(got, module(ids))
 
 
 def test_unsupported_architecture_lists_supported() -> None:
@@ -47,6 +95,15 @@ def test_model_type_override_by_msmodelslim_name() -> None:
     assert adapter_for({}, "Qwen3-8B") is ADAPTERS["qwen3"]
     with pytest.raises(QuantJobError, match="--model_type 'DeepSeek-V3'"):
         adapter_for({"model_type": "llama"}, "DeepSeek-V3")
+
+
+def test_gemma3_names_and_settings() -> None:
+    for name in ("Gemma3-1B", "gemma-3-270m", "gemma3-1b-it"):
+        assert adapter_for({}, name) is ADAPTERS["gemma3_text"]
+    with pytest.raises(QuantJobError, match="--model_type 'gemma3n-E4B' is not supported"):
+        adapter_for({}, "gemma3n-E4B")  # another architecture with the same prefix
+    with pytest.raises(QuantJobError, match=r"/m/config.json: use_bidirectional_attention: True is not supported"):
+        adapter_for({"model_type": "gemma3_text", "use_bidirectional_attention": True}, config_file="/m/config.json")
 
 
 def test_missing_model_type() -> None:

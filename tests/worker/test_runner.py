@@ -164,7 +164,7 @@ def test_sliding_window_shorter_than_sample(tmp_path: Path) -> None:
     # hidden_states[-1] has the final norm applied; compare before it
     assert torch.allclose(hf.model.norm(got).float(), expected[-1].float(), atol=2e-2)
     with torch.no_grad():
-        unmasked = layer(embedded, position_embeddings=skeleton.position_embeddings(12, torch.bfloat16))
+        unmasked = layer(embedded, position_embeddings=skeleton.position_embeddings(0, 12, torch.bfloat16))
     assert not torch.allclose(unmasked.float(), got.float(), atol=1e-3)  # the window matters here
 
 

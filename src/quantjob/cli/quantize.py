@@ -134,6 +134,7 @@ def run(namespace: argparse.Namespace) -> int:
     import logging
 
     from quantjob.worker import device as devices
+    from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
     from quantjob.worker.model_config import read_model_config
 
@@ -149,6 +150,7 @@ def run(namespace: argparse.Namespace) -> int:
         return 2
     try:
         model_config = read_model_config(args.model_path)
+        adapter_for(model_config, args.model_type, config_file=str(args.model_path / "config.json"))
     except QuantJobError as error:
         return _fail(str(error))
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts

@@ -1,20 +1,24 @@
-"""Model adapters: where each supported architecture keeps its parts, as declarative entries.
+"""Model adapters: where each supported architecture keeps its parts and how it behaves, as entries.
 
 An adapter names module paths (embedding, decoder layers, final norm, rotary embedding, lm_head),
-says how the family behaves where families differ (the norm convention), and lists, per decoder
-layer, the smoothing subgraphs (``norm-linear``, ``linear-linear``, ``ov``, ``up-down``) that the
-smoothing processors work on. The loop reads these entries; it never branches on the architecture.
+says how the family behaves where families differ (the embedding scale, whether the rotary
+embedding depends on the layer type, the norm convention, the norms of a decoder layer), and lists,
+per decoder layer, the smoothing subgraphs (``norm-linear``, ``linear-linear``, ``ov``, ``up-down``)
+that the smoothing processors work on. The loop reads these entries; it never branches on the
+architecture. Adding a family is one entry in ``ADAPTERS`` (plus a tiny config in
+``quantjob.worker.demo`` for its tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from quantjob.worker.errors import QuantJobError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI picks the adapter before launching ranks
+    import torch
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _MLP_IN = ("mlp.gate_proj", "mlp.up_proj")
@@ -58,6 +62,22 @@ _LLAMA_SUBGRAPHS: tuple[SubgraphSpec, ...] = (
     SubgraphSpec("norm-linear", "post_attention_layernorm", _MLP_IN),
     SubgraphSpec("up-down", "mlp.up_proj", ("mlp.down_proj",)),
 )
+# Gemma3: post_attention_layernorm normalises the attention output before the residual add, so
+# the MLP reads pre_feedforward_layernorm (and post_feedforward_layernorm follows down_proj).
+_GEMMA3_SUBGRAPHS: tuple[SubgraphSpec, ...] = (
+    SubgraphSpec("norm-linear", "input_layernorm", _ATTN),
+    SubgraphSpec("ov", "self_attn.v_proj", ("self_attn.o_proj",)),
+    SubgraphSpec("norm-linear", "pre_feedforward_layernorm", _MLP_IN),
+    SubgraphSpec("up-down", "mlp.up_proj", ("mlp.down_proj",)),
+)
+_QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def sqrt_hidden_size(config: Any) -> float:
+    """Gemma's embedding multiplier: ``hidden_size ** 0.5``, as transformers computes it."""
+    return float(config.hidden_size ** 0.5)
 
 
 def attention_heads(model_config: Mapping[str, Any]) -> AttentionHeads:
@@ -70,11 +90,21 @@ def attention_heads(model_config: Mapping[str, Any]) -> AttentionHeads:
 
 @dataclass(frozen=True)
 class Adapter:
-    """Where an architecture keeps its parts and how they behave. Paths are relative to the CausalLM model.
+    """Where an architecture keeps its parts and how they behave. Paths are relative to the CausalLM model;
+    norm and subgraph paths are relative to one decoder layer.
 
+    ``embed_scale``: the embedding lookup is multiplied by ``embed_scale(config)`` rounded to the
+    embedding's dtype (Gemma: ``sqrt(hidden_size)``); None for a plain lookup.
+    ``rotary_per_layer_type``: the rotary embedding takes the layer type (``full_attention`` or
+    ``sliding_attention``) and gives each its own frequencies (Gemma3: local and global rope bases).
     ``norm_offset``: the layer norms multiply by ``norm_offset + weight`` (0 for Llama-style norms,
     1 for Gemma's), so a smoothing fold of ``1/s`` writes ``(norm_offset + w) / s - norm_offset``.
-    ``subgraph_specs``: the smoothing sites of every decoder layer, in the order they are processed.
+    ``subgraph_specs``: the smoothing sites of every decoder layer, in the order they are processed;
+    their ``norm-linear`` sources are the layer's input norms.
+    ``qk_norms``: per-head norms on the query and key projections' outputs (Qwen3, Gemma3): q_proj
+    and k_proj output channels are not free to rescale.
+    ``output_norms``: norms on a block's output before the residual add (Gemma3's post-attention and
+    post-feed-forward norms): they follow o_proj / down_proj and feed no linear.
     """
 
     name: str
@@ -85,10 +115,23 @@ class Adapter:
     lm_head: str = "lm_head"
     subgraph_specs: tuple[SubgraphSpec, ...] = _LLAMA_SUBGRAPHS
     norm_offset: float = 0.0
-    extra_norms: tuple[str, ...] = field(default=())  # norms inside attention (q/k norms)
+    embed_scale: Callable[[Any], float] | None = None
+    rotary_per_layer_type: bool = False
+    qk_norms: tuple[str, ...] = field(default=())
+    output_norms: tuple[str, ...] = field(default=())
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
+
+    @property
+    def input_norms(self) -> tuple[str, ...]:
+        """The norms whose output feeds linears (the ``norm-linear`` sources), in layer order."""
+        return tuple(spec.source for spec in self.subgraph_specs if spec.kind == "norm-linear")
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        """Every norm of a decoder layer; all of them multiply by ``norm_offset + weight``."""
+        return self.input_norms + self.output_norms + self.qk_norms
 
     def subgraphs(self, model_config: Mapping[str, Any]) -> list[Subgraph]:
         """The smoothing sites of one decoder layer of this model (``ov`` ones carry head counts)."""
@@ -101,34 +144,87 @@ class Adapter:
         w = weight.float()
         return ((w + self.norm_offset) / scale.float() - self.norm_offset).to(weight.dtype)
 
+    def embed_tokens(self, ids: torch.Tensor, table: torch.Tensor, config: Any) -> torch.Tensor:
+        """The embedding of ``ids`` with this family's arithmetic: a lookup in ``table``, times the
+        scale as a float32 scalar rounded to the table's dtype (what transformers multiplies by)."""
+        import torch
+
+        hidden = torch.nn.functional.embedding(ids, table)
+        if self.embed_scale is None:
+            return hidden
+        return hidden * torch.tensor(self.embed_scale(config), dtype=torch.float32).to(table.dtype)
+
+    def position_embeddings(self, rotary: torch.nn.Module, probe: torch.Tensor, positions: torch.Tensor,
+                            layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for ``positions`` from the model's rotary module, for a layer of ``layer_type``."""
+        if self.rotary_per_layer_type:
+            return rotary(probe, positions, layer_type)  # type: ignore[no-any-return]
+        return rotary(probe, positions)  # type: ignore[no-any-return]
+
 
 ADAPTERS: dict[str, Adapter] = {
     "llama": Adapter("llama"),
     "mistral": Adapter("mistral"),
     "qwen2": Adapter("qwen2"),  # attention biases: kept as float tensors / record biases
-    "qwen3": Adapter("qwen3", extra_norms=("self_attn.q_norm", "self_attn.k_norm")),
+    "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS),
+    "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
+                           embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
+                           output_norms=("post_attention_layernorm", "post_feedforward_layernorm")),
 }
 
-# msModelSlim-style --model_type names (e.g. "Qwen2.5-7B-Instruct") -> adapter, by lowercase prefix.
-_NAME_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"))
+# model_types whose language model sits inside a multimodal wrapper -> the text model_type to save it as.
+WRAPPED_TEXT_MODELS: dict[str, str] = {"gemma3": "gemma3_text"}
+
+# msModelSlim-style --model_type names (e.g. "Qwen2.5-7B-Instruct") -> adapter, by lowercase prefix
+# (first match wins; None: a different architecture that shares the prefix).
+_NAME_PREFIXES: tuple[tuple[str, str | None], ...] = (
+    ("qwen3", "qwen3"), ("qwen2", "qwen2"), ("llama", "llama"), ("mistral", "mistral"),
+    ("gemma3n", None), ("gemma-3n", None), ("gemma3", "gemma3_text"), ("gemma-3", "gemma3_text"))
 
 
 def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
 
 
+# config.json settings no family is run with (key -> why, and what to do instead).
+UNSUPPORTED_SETTINGS: dict[str, str] = {
+    "use_bidirectional_attention": "an embedding model attends both ways; quantjob runs causal language "
+                                   "models only: quantize a causal checkpoint of the family",
+}
+
+
 def adapter_for(model_config: dict[str, Any], model_type: str | None = None, *,
                 config_file: str = "config.json") -> Adapter:
     """The adapter for a model's ``config.json`` (or an explicit ``--model_type`` override)."""
+    declared = model_config.get("model_type")
+    if declared in WRAPPED_TEXT_MODELS:
+        archs = ", ".join(model_config.get("architectures") or []) or "a multimodal model"
+        text_type = WRAPPED_TEXT_MODELS[declared]
+        raise QuantJobError(
+            f"{config_file}: model_type {declared!r} ({archs}) holds its {text_type} language model inside a "
+            "multimodal wrapper (text_config, tensors under language_model); quantjob quantizes text-only "
+            f"checkpoints: save the language model as its own {text_type} model directory first "
+            "(docs/models.md, 'Multimodal Gemma3 checkpoints'), or start from a text-only checkpoint")
+    adapter = _override(model_type) if model_type else _declared(model_config, config_file)
+    for key, fix in UNSUPPORTED_SETTINGS.items():
+        if model_config.get(key):
+            raise QuantJobError(f"{config_file}: {key}: {model_config[key]!r} is not supported; {fix}")
+    return adapter
+
+
+def _override(model_type: str) -> Adapter:
+    lowered = model_type.strip().lower()
+    for prefix, key in _NAME_PREFIXES:
+        if lowered.startswith(prefix):
+            if key is None:
+                break
+            return ADAPTERS[key]
+    raise QuantJobError(f"--model_type {model_type!r} is not supported; supported model types: "
+                        f"{', '.join(supported_model_types())} (or omit --model_type to use config.json's model_type)")
+
+
+def _declared(model_config: dict[str, Any], config_file: str) -> Adapter:
     supported = ", ".join(supported_model_types())
-    if model_type:
-        lowered = model_type.strip().lower()
-        for prefix, key in _NAME_PREFIXES:
-            if lowered.startswith(prefix):
-                return ADAPTERS[key]
-        raise QuantJobError(f"--model_type {model_type!r} is not supported; supported model types: {supported} "
-                            "(or omit --model_type to use config.json's model_type)")
     declared = model_config.get("model_type")
     if not declared:
         raise QuantJobError(f"{config_file} has no 'model_type'; add it or pass --model_type (one of: {supported})")

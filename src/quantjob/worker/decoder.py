@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from quantjob.worker.adapters import Adapter
+from quantjob.worker.adapters import LAYER_TYPES, Adapter
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
 from quantjob.worker.records import LayerOutput, QuantizedLinear
@@ -24,14 +24,18 @@ from quantjob.worker.records import LayerOutput, QuantizedLinear
 
 @dataclass
 class Skeleton:
-    """The model on the meta device (no memory), its config, and the rotary embedding on ``device``."""
+    """The model on the meta device (no memory), its config, and the rotary embedding on ``device``.
+
+    Everything a family does differently (the embedding scale, the rotary embedding per layer type)
+    comes from its ``Adapter``; the layer types and the sliding window come from the config.
+    """
 
     config: Any
     model: torch.nn.Module
     adapter: Adapter
     rotary: torch.nn.Module
     device: torch.device
-    _positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _positions: dict[tuple[int, torch.dtype, str | None], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -41,20 +45,48 @@ class Skeleton:
     def layers(self) -> torch.nn.ModuleList:
         return self.model.get_submodule(self.adapter.layers)  # type: ignore[return-value]
 
-    def position_embeddings(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) for positions 0..length-1, computed once per length."""
-        if length not in self._positions:
+    def embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """One sample's token ids ``[L]`` -> its layer-0 input ``[1, L, H]`` (the family's embedding scale included)."""
+        return self.adapter.embed_tokens(ids, table, self.config).unsqueeze(0)
+
+    def layer_type(self, index: int) -> str:
+        """``full_attention`` or ``sliding_attention``: the config's ``layer_types`` when it has them,
+        else every layer slides when the config sets a ``sliding_window`` (Mistral)."""
+        layer_types = getattr(self.config, "layer_types", None)
+        if layer_types is not None:
+            return str(layer_types[index])
+        return "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
+
+    def position_embeddings(self, index: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of layer ``index`` for positions 0..length-1, computed once per length and dtype
+        (and per layer type when the family's rotary embedding depends on it)."""
+        layer_type = self.layer_type(index)
+        key = (length, dtype, layer_type if self.adapter.rotary_per_layer_type else None)
+        if key not in self._positions:
             probe = torch.empty(1, length, 1, dtype=dtype, device=self.device)
             positions = torch.arange(length, device=self.device).unsqueeze(0)
-            self._positions[length] = self.rotary(probe, positions)
-        return self._positions[length]
+            self._positions[key] = self.adapter.position_embeddings(self.rotary, probe, positions, layer_type)
+        return self._positions[key]
 
     def sliding_window(self, index: int) -> int | None:
+        """The attention window of layer ``index`` (None: the layer attends to every earlier token)."""
         window = getattr(self.config, "sliding_window", None)
-        layer_types = getattr(self.config, "layer_types", None)
-        if layer_types is not None and layer_types[index] != "sliding_attention":
+        if self.layer_type(index) != "sliding_attention" or not window:
             return None
-        return int(window) if window else None
+        return int(window)
+
+
+def _check_layer_types(config: Any, config_file: Path) -> None:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return
+    if len(layer_types) < config.num_hidden_layers:
+        raise QuantJobError(f"{config_file}: layer_types lists {len(layer_types)} layers for num_hidden_layers "
+                            f"{config.num_hidden_layers}; give one type per layer")
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown:
+        raise QuantJobError(f"{config_file}: layer_types {', '.join(map(repr, unknown))} are not supported "
+                            f"(supported: {', '.join(LAYER_TYPES)})")
 
 
 def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, trust_remote_code: bool) -> Skeleton:
@@ -65,6 +97,7 @@ def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, t
     except (OSError, ValueError, KeyError) as error:
         raise QuantJobError(f"{model_dir / 'config.json'}: transformers cannot read it "
                             f"({str(error).splitlines()[0]}); check the file or pass --trust_remote_code") from error
+    _check_layer_types(config, model_dir / "config.json")
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
@@ -104,7 +137,7 @@ def layer_forward(skeleton: Skeleton, index: int, layer: torch.nn.Module, hidden
         distance = rows.unsqueeze(1) - rows.unsqueeze(0)
         mask = ((distance >= 0) & (distance < window)).view(1, 1, length, length)
     out = layer(hidden, attention_mask=mask, position_ids=position_ids,
-                position_embeddings=skeleton.position_embeddings(length, hidden.dtype))
+                position_embeddings=skeleton.position_embeddings(index, length, hidden.dtype))
     return out[0] if isinstance(out, tuple) else out
 
 

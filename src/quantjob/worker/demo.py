@@ -2,8 +2,8 @@
 
 Used by ``quantjob demo``, the tests and the benchmarks. Everything is seeded: the same
 arguments give the same bytes. Activation outliers are injected by scaling a few channels of
-every RMSNorm weight, so the inputs of the norm-fed linears carry the large channels that
-smoothing algorithms exist for (and that per-tensor activation quantization suffers from).
+every norm that feeds linears, so the inputs of the norm-fed linears carry the large channels
+that smoothing algorithms exist for (and that per-tensor activation quantization suffers from).
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ import torch
 if TYPE_CHECKING:  # imported where used: building a config does not need it at module import
     import transformers
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 DEFAULT_VOCAB = 512
+# Gemma3 always has sliding-window layers: a window shorter than most calibration samples, so
+# the window really cuts attention (the shipped samples run from 8 to 64 words).
+GEMMA3_DEMO_WINDOW = 16
 
 
 def corpus_text() -> str:
@@ -65,12 +68,19 @@ def write_tokenizer(directory: Path, vocab_size: int = DEFAULT_VOCAB) -> None:
 def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
                 intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                 vocab_size: int = DEFAULT_VOCAB, tie_word_embeddings: bool = False,
+                sliding_window: int | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> transformers.PretrainedConfig:
-    """A transformers config of one of the supported families."""
+    """A transformers config of one of the supported families.
+
+    ``sliding_window``: attention window of the sliding layers. Mistral slides in every layer,
+    Qwen2/Qwen3 in the upper half of the layers (``max_window_layers``), Gemma3 in every other
+    layer starting with the first (``GEMMA3_DEMO_WINDOW`` when not given); Llama has none.
+    """
     import transformers
 
     classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-               "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig}
+               "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig,
+               "gemma3_text": transformers.Gemma3TextConfig}
     if family not in classes:
         raise ValueError(f"unknown demo family {family!r}; choose one of: {', '.join(FAMILIES)}")
     kwargs: dict[str, Any] = {
@@ -79,35 +89,53 @@ def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int 
         "max_position_embeddings": 4096, "tie_word_embeddings": tie_word_embeddings,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "rms_norm_eps": 1e-6,
     }
-    if family == "qwen3":
+    if family in ("qwen3", "gemma3_text"):
         kwargs["head_dim"] = hidden_size // num_heads
+    if family == "llama" and sliding_window is not None:
+        raise ValueError("llama has no sliding-window attention; leave sliding_window unset")
     if family == "mistral":
-        kwargs["sliding_window"] = None
+        kwargs["sliding_window"] = sliding_window
+    if family in ("qwen2", "qwen3") and sliding_window is not None:
+        kwargs.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=num_layers // 2)
+    if family == "gemma3_text":
+        kwargs.update(sliding_window=sliding_window or GEMMA3_DEMO_WINDOW, query_pre_attn_scalar=hidden_size // num_heads,
+                      layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)])
     config = classes[family](**kwargs)
     config.dtype = dtype
     return config
 
 
-def _inject_outliers(model: torch.nn.Module, channels: int, scale: float, seed: int) -> None:
-    """Scale a few fixed channels of every RMSNorm weight: activation outliers after each norm."""
+def _inject_outliers(model: torch.nn.Module, family: str, channels: int, scale: float, seed: int) -> None:
+    """Spread the layer norms a little (trained norms are not all ones) and scale a few fixed
+    channels of every norm that feeds linears: activation outliers after each of them. Gemma's
+    norms multiply by ``1 + weight``: the multiplier is what gets spread and scaled."""
     if channels <= 0:
         return
+    from quantjob.worker.adapters import ADAPTERS
+
+    adapter = ADAPTERS[family]
+    offset = adapter.norm_offset
+    spread = tuple(f".{norm}.weight" for norm in adapter.input_norms + adapter.output_norms)
+    outliers = tuple(f".{norm}.weight" for norm in adapter.input_norms)
     generator = torch.Generator().manual_seed(seed + 7919)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if not name.endswith("layernorm.weight"):
+            if not name.endswith(spread):
                 continue
-            # norms start at exactly 1.0: spread them a little, as trained norms are
-            param.mul_(1.0 + 0.2 * torch.randn(param.shape, generator=generator).to(param.dtype))
-            picked = torch.randperm(param.numel(), generator=generator)[:channels]
-            param[picked] *= scale
+            multiplier = param + offset
+            multiplier.mul_(1.0 + 0.2 * torch.randn(param.shape, generator=generator).to(param.dtype))
+            if name.endswith(outliers):
+                picked = torch.randperm(param.numel(), generator=generator)[:channels]
+                multiplier[picked] *= scale
+            param.copy_(multiplier - offset)
 
 
 def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int = 2, hidden_size: int = 64,
                      intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                      dtype: torch.dtype = torch.bfloat16, seed: int = 0, outlier_channels: int = 2,
                      outlier_scale: float = 20.0, max_shard_bytes: int | None = None,
-                     tie_word_embeddings: bool = False, vocab_size: int = DEFAULT_VOCAB) -> Path:
+                     tie_word_embeddings: bool = False, vocab_size: int = DEFAULT_VOCAB,
+                     sliding_window: int | None = None) -> Path:
     """Write a random-weight model directory (config, safetensors, tokenizer) and return its path.
 
     ``max_shard_bytes`` splits the weights into shards with a ``model.safetensors.index.json``.
@@ -118,7 +146,8 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
     path.mkdir(parents=True, exist_ok=True)
     config = demo_config(family, num_layers=num_layers, hidden_size=hidden_size,
                          intermediate_size=intermediate_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                         vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings, dtype=dtype)
+                         vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
+                         sliding_window=sliding_window, dtype=dtype)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if family in ("qwen2",):  # Qwen2 attention biases start at zero: make them matter
@@ -126,7 +155,7 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
             for name, param in model.named_parameters():
                 if name.endswith("proj.bias"):
                     param.normal_(0.0, 0.02)
-    _inject_outliers(model, outlier_channels, outlier_scale, seed)
+    _inject_outliers(model, family, outlier_channels, outlier_scale, seed)
     model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_bytes} if max_shard_bytes else {}
     transformers.utils.logging.disable_progress_bar()

@@ -157,8 +157,7 @@ class _Loop:
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
         table = self.checkpoint.load([name], self.device)[name]
-        hidden = {g: torch.nn.functional.embedding(ids.to(self.device), table).unsqueeze(0)
-                  for g, ids in self.input_ids.items()}
+        hidden = {g: self.skeleton.embed(ids.to(self.device), table) for g, ids in self.input_ids.items()}
         del table
         return hidden
 
