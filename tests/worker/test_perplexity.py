@@ -109,10 +109,15 @@ def _fake_quant_patch(output: Path) -> Callable[[torch.nn.Module], None]:
     return patch
 
 
+def _model(tiny_model: Callable[..., Path], family: str) -> Path:
+    # large norm outliers: static per-tensor activations lose precision, so quantization shows in the NLL;
+    # gemma3_text's sliding layers (window 16) see windows of 48 tokens, so their masks are exercised
+    return tiny_model(family, 2, outlier_channels=4, outlier_scale=60.0)
+
+
 @pytest.fixture(scope="module")
 def llama(tiny_model: Callable[..., Path]) -> Path:
-    # large norm outliers: static per-tensor activations lose precision, so quantization shows in the NLL
-    return tiny_model("llama", 2, outlier_channels=4, outlier_scale=60.0)
+    return _model(tiny_model, "llama")
 
 
 @pytest.fixture(scope="module")
@@ -145,23 +150,28 @@ def test_windows_score_every_token_once() -> None:
         make_windows(ids, 8, 8, None)                        # a window scores at most 7 tokens
 
 
-def test_float_model_equals_the_whole_model_forward(llama: Path, windows: list[Window]) -> None:
-    mine, kind = evaluate_windows(llama, windows, torch.device("cpu"))
-    reference = _reference_nll(llama, windows)
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_float_model_equals_the_whole_model_forward(tiny_model: Callable[..., Path], windows: list[Window],
+                                                    family: str) -> None:
+    model = _model(tiny_model, family)
+    mine, kind = evaluate_windows(model, windows, torch.device("cpu"))
+    reference = _reference_nll(model, windows)
     assert kind == "float"
     assert len(windows) > 3 and windows[1].first_scored > 1  # overlapping windows: the stride matters
     for a, b in zip(mine, reference):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-6)
 
 
-@pytest.mark.parametrize("quant_type", ["w8a8", "w8a8_dynamic", "w8a16"])
+@pytest.mark.parametrize(("family", "quant_type"), [("llama", "w8a8"), ("llama", "w8a8_dynamic"),
+                                                    ("llama", "w8a16"), ("gemma3_text", "w8a8")])
 def test_fake_quantized_output_equals_the_whole_model_reference(
-        llama: Path, windows: list[Window], calib_jsonl: Callable[..., Path], tmp_path: Path,
-        quant_type: str) -> None:
-    out = _quantize(llama, calib_jsonl(8), tmp_path / quant_type, quant_type)
+        tiny_model: Callable[..., Path], windows: list[Window], calib_jsonl: Callable[..., Path], tmp_path: Path,
+        family: str, quant_type: str) -> None:
+    model = _model(tiny_model, family)
+    out = _quantize(model, calib_jsonl(8), tmp_path / quant_type, quant_type)
     mine, kind = evaluate_windows(out, windows, torch.device("cpu"))
-    reference = _reference_nll(llama, windows, _fake_quant_patch(out))
-    float_nll = _reference_nll(llama, windows)
+    reference = _reference_nll(model, windows, _fake_quant_patch(out))
+    float_nll = _reference_nll(model, windows)
     assert kind == "ascendv1"
     gap = max(abs(a - b) for a, b in zip(mine, reference))
     quantization = max(abs(a - b) for a, b in zip(reference, float_nll))

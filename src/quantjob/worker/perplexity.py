@@ -201,10 +201,6 @@ def tokenize_text(text_file: Path, model_dir: Path, *, trust_remote_code: bool =
     return ids, (int(bos) if bos is not None else None)
 
 
-def _embed(skeleton: Skeleton, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.embedding(ids.to(table.device), table).unsqueeze(0)
-
-
 def _head_weight(source: ModelSource, skeleton: Skeleton, device: torch.device) -> torch.Tensor:
     adapter = skeleton.adapter
     name = f"{adapter.lm_head}.weight"
@@ -252,7 +248,7 @@ def evaluate_windows(model_dir: Path, windows: list[Window], device: torch.devic
     with torch.inference_mode():
         name = f"{adapter.embed}.weight"
         table = source.load([name], device)[name]
-        hidden = [_embed(skeleton, table, window.ids) for window in windows]
+        hidden = [skeleton.embed(window.ids.to(device), table) for window in windows]
         del table
         for index in range(skeleton.num_layers):
             with source.layer(skeleton, index, device) as layer:
