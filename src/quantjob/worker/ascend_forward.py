@@ -33,8 +33,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -217,6 +218,32 @@ class AscendLinear(torch.nn.Module):
 # An output directory, read
 
 
+@dataclass
+class SavedLinear:
+    """One quantized linear as saved: its scheme, its tensors by suffix (``weight``, ``deq_scale``,
+    ...) and its float bias (None when none was saved)."""
+
+    scheme: str
+    tensors: dict[str, torch.Tensor]
+    bias: torch.Tensor | None = None
+
+
+@dataclass
+class LayerTensors:
+    """One decoder layer of a saved model: quantized linears by module name, float tensors by name."""
+
+    quantized: dict[str, SavedLinear]
+    float_tensors: dict[str, torch.Tensor]
+
+
+class SavedModel(Protocol):
+    """A quantized output that :func:`saved_layer` can rebuild layers from."""
+
+    directory: Path
+
+    def layer_tensors(self, prefix: str, device: torch.device) -> LayerTensors: ...
+
+
 class AscendOutput:
     """An ascendv1 output directory opened for reading: its description and every tensor of its
     weight files (headers only until :meth:`load`)."""
@@ -268,25 +295,22 @@ class AscendOutput:
         return sorted(name[:-len(".weight")] for name in self.names_under(prefix)
                       if name.endswith(".weight") and self.quant_type(name[:-len(".weight")]) != FLOAT)
 
-
-def _split_layer(output: AscendOutput, prefix: str, tensors: dict[str, torch.Tensor],
-                 ) -> tuple[dict[str, tuple[str, dict[str, torch.Tensor], torch.Tensor | None]],
-                            dict[str, torch.Tensor]]:
-    """Quantized modules (scheme, suffix -> tensor, bias) and the remaining float tensors."""
-    quantized: dict[str, tuple[str, dict[str, torch.Tensor], torch.Tensor | None]] = {}
-    for module in output.quantized_modules(prefix):
-        scheme = output.quant_type(module)
-        own = {name[len(module) + 1:]: tensor for name, tensor in tensors.items()
-               if name.startswith(module + ".") and "." not in name[len(module) + 1:]}
-        bias = own.pop("bias", None)
-        quantized[module] = (scheme, own, bias)
-    taken = {f"{module}.{suffix}" for module, (_, own, bias) in quantized.items()
-             for suffix in [*own, *(["bias"] if bias is not None else [])]}
-    return quantized, {name: tensor for name, tensor in tensors.items() if name not in taken}
+    def layer_tensors(self, prefix: str, device: torch.device) -> LayerTensors:
+        """Every tensor under ``prefix``: quantized linears by module, the rest by full name."""
+        tensors = self.load(self.names_under(prefix), device)
+        quantized: dict[str, SavedLinear] = {}
+        for module in self.quantized_modules(prefix):
+            own = {name[len(module) + 1:]: tensor for name, tensor in tensors.items()
+                   if name.startswith(module + ".") and "." not in name[len(module) + 1:]}
+            bias = own.pop("bias", None)
+            quantized[module] = SavedLinear(self.quant_type(module), own, bias)
+        taken = {f"{module}.{suffix}" for module, linear in quantized.items()
+                 for suffix in [*linear.tensors, *(["bias"] if linear.bias is not None else [])]}
+        return LayerTensors(quantized, {name: t for name, t in tensors.items() if name not in taken})
 
 
 @contextmanager
-def saved_layer(skeleton: Skeleton, index: int, output: AscendOutput, device: torch.device, *,
+def saved_layer(skeleton: Skeleton, index: int, output: SavedModel, device: torch.device, *,
                 divide: bool = False) -> Iterator[torch.nn.Module]:
     """Decoder layer ``index`` rebuilt from ``output``'s files alone, on ``device``.
 
@@ -298,12 +322,12 @@ def saved_layer(skeleton: Skeleton, index: int, output: AscendOutput, device: to
     """
     prefix = skeleton.adapter.layer_prefix(index)
     layer = skeleton.layers[index]
-    tensors = output.load(output.names_under(prefix), device)
-    quantized, float_tensors = _split_layer(output, prefix, tensors)
+    saved = output.layer_tensors(prefix, device)
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     hooks: list[Any] = []
     try:
-        for module, (scheme, own, bias) in quantized.items():
+        for module, linear in saved.quantized.items():
+            scheme, own, bias = linear.scheme, linear.tensors, linear.bias
             local = module[len(prefix):]
             try:
                 original = layer.get_submodule(local)
@@ -321,7 +345,7 @@ def saved_layer(skeleton: Skeleton, index: int, output: AscendOutput, device: to
             engine_bias = bias if original.bias is not None else None
             setattr(parent, child, AscendLinear(module, scheme, own, engine_bias, divide=divide))
             swapped.append((parent, child, original))
-        float_tensors, hooks = _norm_biases(layer, prefix, float_tensors)
+        float_tensors, hooks = _norm_biases(layer, prefix, saved.float_tensors)
         materialise(layer, prefix, float_tensors)
         yield layer
     finally:
