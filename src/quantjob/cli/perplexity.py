@@ -1,7 +1,8 @@
 """``quantjob perplexity``: score a model directory on a text, one decoder layer at a time.
 
-Works for a float Hugging Face model directory and for an ascendv1 output (each quantized linear
-computes what vllm-ascend computes from the saved tensors). Prints one line, and with ``--json``
+Works for a float Hugging Face model directory, an ascendv1 output (each quantized linear computes
+what vllm-ascend computes from the saved tensors) and a compressed-tensors output (converted to the
+same tensors layer by layer). Prints one line, and with ``--json``
 writes every figure to a file. Exit codes: 2 for bad flags, 3 for bad input (model, text).
 """
 
@@ -46,9 +47,11 @@ class PerplexityArgs(BaseModel):
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "perplexity", help="perplexity of a float model or a quantized output on a text, layer by layer",
-        description="Perplexity of a model directory (float Hugging Face, or an ascendv1 output scored with "
-                    "vllm-ascend's arithmetic) on a UTF-8 text, computed one decoder layer at a time.")
-    parser.add_argument("--model_path", required=True, help="model directory or ascendv1 output directory")
+        description="Perplexity of a model directory (float Hugging Face, or an ascendv1 or compressed-tensors "
+                    "output scored with vllm-ascend's arithmetic) on a UTF-8 text, computed one decoder layer "
+                    "at a time.")
+    parser.add_argument("--model_path", required=True,
+                        help="float model directory, or an ascendv1 or compressed-tensors output directory")
     parser.add_argument("--text", required=True, help="UTF-8 text file to score")
     parser.add_argument("--max_length", type=int, default=512, help="tokens per window, BOS included (default 512)")
     parser.add_argument("--stride", type=int, help="tokens between window starts (default: max_length - 1, "

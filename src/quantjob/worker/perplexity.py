@@ -17,7 +17,10 @@ Model directories (:func:`open_model`):
 
 - a float Hugging Face directory (``config.json`` + safetensors): the layers as they are;
 - an ascendv1 output (``quant_model_description.json``): each layer rebuilt from the saved files
-  with the arithmetic vllm-ascend applies (``quantjob.worker.ascend_forward``).
+  with the arithmetic vllm-ascend applies (``quantjob.worker.ascend_forward``);
+- a compressed-tensors output (llm-compressor's): converted layer by layer to the tensors the
+  ascendv1 saver would write for the same integers (``quantjob.worker.compressed_tensors_read``),
+  then computed the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ import torch
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.ascend_forward import DESCRIPTION, AscendOutput, saved_layer
 from quantjob.worker.checkpoint import Checkpoint
+from quantjob.worker.compressed_tensors_read import (
+    CompressedTensorsOutput,
+    is_compressed_tensors,
+)
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -100,7 +107,7 @@ class PerplexityResult:
     windows: int
     max_length: int
     stride: int
-    kind: str              # "float" or "ascendv1"
+    kind: str              # "float", "ascendv1" or "compressed-tensors"
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,37 +152,40 @@ class FloatSource:
             release(module)
 
 
-class AscendSource:
-    """An ascendv1 output directory; ``divide`` selects the fused norm-quantize arithmetic."""
+class SavedSource:
+    """A quantized output (ascendv1, or compressed-tensors read as ascendv1): each layer rebuilt by
+    ``saved_layer``; ``divide`` selects the fused norm-quantize arithmetic for static W8A8."""
 
-    kind = "ascendv1"
-
-    def __init__(self, model_dir: Path, *, divide: bool = False) -> None:
-        self.output = AscendOutput(model_dir)
-        self.divide = divide
+    def __init__(self, output: AscendOutput | CompressedTensorsOutput, kind: str, *, divide: bool = False) -> None:
+        self.output, self.kind, self.divide = output, kind, divide
+        self._tensors = output.tensors if isinstance(output, AscendOutput) else output.checkpoint.tensors
+        self._load = output.load if isinstance(output, AscendOutput) else output.checkpoint.load
 
     def has(self, name: str) -> bool:
-        return name in self.output.tensors
+        return name in self._tensors
 
     def load(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        return self.output.load(names, device)
+        return self._load(names, device)
 
     def layer(self, skeleton: Skeleton, index: int, device: torch.device) -> Any:
         return saved_layer(skeleton, index, self.output, device, divide=self.divide)
 
 
 def open_model(model_dir: Path, *, divide: bool = False) -> ModelSource:
-    """The source for a model directory: an ascendv1 output when it has the description file,
-    a float Hugging Face directory otherwise (one with a foreign ``quantization_config`` is refused)."""
+    """The source for a model directory: an ascendv1 output when it has the description file, a
+    compressed-tensors one when its config says so, a float Hugging Face directory otherwise (one
+    with another ``quantization_config`` is refused)."""
     if (model_dir / DESCRIPTION).is_file():
-        return AscendSource(model_dir, divide=divide)
+        return SavedSource(AscendOutput(model_dir), "ascendv1", divide=divide)
     config = read_model_config(model_dir)
+    if is_compressed_tensors(config):
+        return SavedSource(CompressedTensorsOutput(model_dir), "compressed-tensors", divide=divide)
     quantization = config.get("quantization_config")
     if isinstance(quantization, dict) and quantization:
         method = quantization.get("quant_method", "unknown")
         raise QuantJobError(f"{model_dir / 'config.json'}: quantization_config with quant_method {method!r}; "
-                            "quantjob perplexity reads float models and ascendv1 outputs "
-                            f"({DESCRIPTION})")
+                            "quantjob perplexity reads float models, ascendv1 outputs "
+                            f"({DESCRIPTION}) and compressed-tensors outputs")
     return FloatSource(model_dir)
 
 
@@ -235,7 +245,7 @@ def evaluate_windows(model_dir: Path, windows: list[Window], device: torch.devic
                      divide: bool = False, trust_remote_code: bool = False,
                      model_type: str | None = None) -> tuple[list[float], str]:
     """The summed NLL of every window (float64 sums, in window order) under the model in
-    ``model_dir``, and the source kind (``float`` / ``ascendv1``)."""
+    ``model_dir``, and the source kind (``float`` / ``ascendv1`` / ``compressed-tensors``)."""
     model_config = read_model_config(model_dir)
     adapter = adapter_for(model_config, model_type, config_file=str(model_dir / "config.json"))
     source = open_model(model_dir, divide=divide)
