@@ -3,9 +3,21 @@
 ``run_indexed_job(node, namespace, name)`` does over HTTP what the cluster would do for the Job the
 operator created: it reads the Job and the ConfigMaps its pods mount, creates one Pod per completion
 index in the API (labels and annotations as the Job controller sets them), starts each pod's single
-container command as a local process with the container's env, records every pod's termination in
-its Pod status, and writes the Job's status (``active``, then ``succeeded`` + ``Complete`` or
-``failed`` + ``Failed``) so the operator can mirror it.
+container as a local process (the image's entry point, ``deploy/worker-entrypoint.sh``, with the
+container's ``args``) with the container's env, records every pod's termination in its Pod status,
+and writes the Job's status (``active`` and ``ready``, then ``succeeded`` + ``Complete``, or
+``failed`` + ``Failed`` with the reason Kubernetes gives) so the operator can follow it.
+
+Pod failure policy, as the Job controller applies it: a failed pod is matched against
+``podFailurePolicy.rules`` in order (``onExitCodes`` with ``In``/``NotIn`` on the container's exit
+code, ``onPodConditions`` on the pod's conditions); ``FailJob`` fails the Job at once with reason
+``PodFailurePolicy`` and Kubernetes' message (``... matching FailJob rule at index N``), ``Count`` or
+no match counts against ``backoffLimit`` (then ``BackoffLimitExceeded``). The other ranks are then
+terminated (SIGTERM, then SIGKILL) and deleted. A process killed by a signal exits with 128 + the
+signal number, as a container does.
+
+``faults``: an optional coroutine run beside the pods; it gets the runner and may stop or kill the
+pods' processes (``signal_pod``) to play a crash, an OOM kill or a lost node.
 
 What is faked, because there is no node:
 
@@ -15,15 +27,19 @@ What is faked, because there is no node:
   those directories (longest mount path first). ``readOnly`` and ``subPath`` are not enforced.
 - Network: there is no cluster DNS, so ``MASTER_ADDR`` (``<job>-0.<service>``) is rewritten to
   127.0.0.1, and ``MASTER_PORT`` to a free local port because all ranks share one host; ``status.podIP``
-  is 127.0.0.1. The pods reach the API server through ``QUANTJOB_API_SERVER`` (kmock's URL) instead of
-  ``KUBERNETES_SERVICE_HOST`` and a ServiceAccount token.
+  is 127.0.0.1. ``KUBERNETES_SERVICE_HOST``/``_PORT`` name an HTTPS front of kmock (as the kubelet
+  names the cluster's API service), and a ``projected`` volume gets a fake token, that front's CA as
+  ``ca.crt`` and the namespace: the worker talks to it exactly as in a cluster. RBAC is not checked.
+- Readiness: a running pod counts as ready (the worker has no readiness probe), so ``ready`` follows
+  the running pods.
 - Termination message: the worker writes ``/dev/termination-log`` only when that file exists, which
   it does in a real container and not here; with ``terminationMessagePolicy: FallbackToLogsOnError``
   Kubernetes would then use the log tail, so this kubelet takes the last non-empty stderr line.
-- Retries: the first failed pod fails the Job, which is what Kubernetes does with ``backoffLimit: 0``;
-  a Job with a larger ``backoffLimit`` whose pod fails is reported as unsupported rather than guessed.
-- Security context, resources, image and scheduling are ignored: the command runs with this
-  interpreter's ``bin`` directory on ``PATH`` (where the image has its entry points).
+- Retries: a failed pod that counts against ``backoffLimit`` fails the Job only when the limit is 0
+  (the operator's Jobs); replacing a pod (``backoffLimit`` > 0, ``Ignore`` rules) is reported as
+  unsupported rather than guessed. ``activeDeadlineSeconds`` and ``suspend`` are not emulated.
+- Security context, resources, image, scheduling and gang scheduling are ignored: the entry point
+  runs with this interpreter's ``bin`` directory on ``PATH`` (where the image has its entry points).
 """
 
 from __future__ import annotations
@@ -34,13 +50,16 @@ import datetime
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from emulator import free_port
+
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "worker-entrypoint.sh"
+FAKE_TOKEN = "e2e-token"
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -63,7 +82,11 @@ class FakeNode:
     api_url: str
     claims: Mapping[str, Path]
     workdir: Path
+    api_host: str = ""       # the HTTPS front pods reach as the in-cluster API server
+    api_port: int = 0
+    api_ca: Path | None = None
     bin_dir: Path = Path(sys.executable).parent
+    entrypoint: tuple[str, ...] = ("bash", str(ENTRYPOINT))
     pod_timeout_s: float = 180.0
 
 
@@ -78,6 +101,7 @@ class PodRun:
     directory: Path
     exit_code: int | None = None
     killed: bool = False  # terminated (and deleted) by the Job controller after another pod failed
+    conditions: list[dict[str, str]] = field(default_factory=list)  # e.g. DisruptionTarget, set by a fault
 
     @property
     def stdout(self) -> Path:
@@ -222,6 +246,9 @@ class IndexedJobRunner:
             raise KubeletError(f"Job {self.name}: exactly one container and no init containers are emulated")
         self.container = containers[0]
         self.backoff_limit = int(spec.get("backoffLimit", 6))
+        self.rules = list((spec.get("podFailurePolicy") or {}).get("rules") or [])
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.pods: list[PodRun] = []
 
     async def volume_dir(self, volume: Mapping[str, Any], pod_dir: Path) -> Path:
         name = volume["name"]
@@ -244,7 +271,25 @@ class IndexedJobRunner:
             return local
         if "emptyDir" in volume:
             return local
-        raise KubeletError(f"volume {name}: only persistentVolumeClaim, configMap and emptyDir are emulated")
+        if "projected" in volume:
+            for source in volume["projected"].get("sources") or []:
+                if "serviceAccountToken" in source:
+                    (local / source["serviceAccountToken"]["path"]).write_text(FAKE_TOKEN)
+                elif source.get("configMap", {}).get("name") == "kube-root-ca.crt":
+                    if self.node.api_ca is None:
+                        raise KubeletError("the pod mounts the cluster CA but FakeNode.api_ca is not set")
+                    for item in source["configMap"].get("items") or []:
+                        (local / item["path"]).write_bytes(self.node.api_ca.read_bytes())
+                elif "downwardAPI" in source:
+                    for item in source["downwardAPI"].get("items") or []:
+                        if item.get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
+                            raise KubeletError(f"projected downwardAPI {item!r} is not emulated")
+                        (local / item["path"]).write_text(self.namespace)
+                else:
+                    raise KubeletError(f"volume {name}: projected source {sorted(source)} is not emulated")
+            return local
+        raise KubeletError(f"volume {name}: only persistentVolumeClaim, configMap, emptyDir and projected "
+                           "are emulated")
 
     async def mounts(self, pod_dir: Path) -> list[tuple[str, Path]]:
         volumes = {volume["name"]: await self.volume_dir(volume, pod_dir)
@@ -265,6 +310,14 @@ class IndexedJobRunner:
             raise KubeletError(f"command {program!r} is not in {self.node.bin_dir} (the image's PATH here)")
         return str(local)
 
+    def argv(self, mounts: Sequence[tuple[str, Path]]) -> list[str]:
+        """``command`` replaces the image's entry point; without it the entry point runs with ``args``."""
+        args = [localize(arg, mounts) for arg in self.container.get("args") or []]
+        command = self.container.get("command") or []
+        if command:
+            return [self.executable(command[0]), *(localize(arg, mounts) for arg in command[1:]), *args]
+        return [*self.node.entrypoint, *args]
+
     async def prepare_pod(self, index: int, master_port: int) -> PodRun:
         name = f"{self.name}-{index}-e2e{index:02d}"  # the Job controller adds a random suffix
         pod_dir = self.node.workdir / name
@@ -281,13 +334,14 @@ class IndexedJobRunner:
             env["MASTER_ADDR"] = LOCALHOST
         if "MASTER_PORT" in env:
             env["MASTER_PORT"] = str(master_port)
-        env["QUANTJOB_API_SERVER"] = self.node.api_url  # in place of the in-cluster service and token
+        if self.node.api_host:  # what the kubelet sets for the cluster's API service
+            env["KUBERNETES_SERVICE_HOST"] = self.node.api_host
+            env["KUBERNETES_SERVICE_PORT"] = str(self.node.api_port)
         env["OMP_NUM_THREADS"] = "1"  # a shared CI machine
         env["PATH"] = f"{self.node.bin_dir}:/usr/local/bin:/usr/bin:/bin"
-        raw = [*(self.container.get("command") or []), *(self.container.get("args") or [])]
-        if not raw:
-            raise KubeletError(f"Job {self.name}: the container has no command; the image entry point is unknown")
-        command = [self.executable(raw[0]), *(localize(arg, mounts) for arg in raw[1:])]
+        if os.environ.get("PYTHONPATH"):  # the "image" is this interpreter with this checkout's sources
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        command = self.argv(mounts)
         await self.api.create(Api.path("v1", "pods", self.namespace), {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels,
@@ -310,13 +364,14 @@ class IndexedJobRunner:
         return process
 
     async def record_exit(self, pod: PodRun, code: int) -> None:
+        code = 128 - code if code < 0 else code  # killed by signal N: a container reports 128 + N
         pod.exit_code = code
         terminated: dict[str, Any] = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                                       "finishedAt": now_iso()}
         if code != 0:
             terminated["message"] = pod.termination_message()
         await self.api.patch_status(Api.path("v1", "pods", self.namespace, pod.name), {
-            "phase": "Succeeded" if code == 0 else "Failed",
+            "phase": "Succeeded" if code == 0 else "Failed", "conditions": list(pod.conditions),
             "containerStatuses": [{"name": self.container["name"], "ready": False, "restartCount": 0,
                                    "state": {"terminated": terminated}}]})
 
@@ -330,10 +385,33 @@ class IndexedJobRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
-        pod.exit_code, pod.killed = process.returncode, True
+        code = process.returncode or 0
+        pod.exit_code, pod.killed = (128 - code if code < 0 else code), True
         await self.api.delete(Api.path("v1", "pods", self.namespace, pod.name))
 
-    async def run(self) -> JobRun:
+    def signal_pod(self, index: int, sig: signal.Signals) -> None:
+        """Send ``sig`` to rank ``index``'s process group (a fault)."""
+        process = self.processes[self.pods[index].name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+
+    def failure_rule(self, pod: PodRun) -> tuple[int, str] | None:
+        """The first podFailurePolicy rule matching failed ``pod``: (index, action), or None."""
+        for index, rule in enumerate(self.rules):
+            codes = rule.get("onExitCodes")
+            if codes is not None:
+                if codes.get("containerName") not in (None, self.container["name"]):
+                    continue
+                listed = pod.exit_code in codes["values"]
+                if listed == (codes["operator"] == "In"):
+                    return index, rule["action"]
+            for pattern in rule.get("onPodConditions") or []:
+                if any(c.get("type") == pattern["type"] and c.get("status") == pattern["status"]
+                       for c in pod.conditions):
+                    return index, rule["action"]
+        return None
+
+    async def run(self, faults: Callable[[IndexedJobRunner], Awaitable[None]] | None = None) -> JobRun:
         """Start every index, follow the pods, and write the Job's status the way the controller does.
 
         Terminal states take two status writes, as in Kubernetes 1.31+: ``SuccessCriteriaMet`` (with
@@ -341,10 +419,11 @@ class IndexedJobRunner:
         and deleted, ``Failed``. Observers must already treat the first one as the outcome.
         """
         master_port = free_port()
-        pods = [await self.prepare_pod(index, master_port) for index in range(self.completions)]
-        processes = {pod.name: await self.start(pod) for pod in pods}
-        await self.api.patch_status(self.job_path, {"active": len(pods), "startTime": now_iso()})
+        self.pods = pods = [await self.prepare_pod(index, master_port) for index in range(self.completions)]
+        self.processes = processes = {pod.name: await self.start(pod) for pod in pods}
+        await self.api.patch_status(self.job_path, {"active": len(pods), "ready": len(pods), "startTime": now_iso()})
         waits = {asyncio.ensure_future(processes[pod.name].wait()): pod for pod in pods}
+        fault = asyncio.ensure_future(faults(self)) if faults is not None else None
         succeeded: list[int] = []
         failed: list[PodRun] = []
         target: dict[str, str] = {}  # FailureTarget or SuccessCriteriaMet, once reached
@@ -356,23 +435,18 @@ class IndexedJobRunner:
                 if not done:
                     raise KubeletError(f"Job {self.name}: pods still running after {self.node.pod_timeout_s:.0f}s"
                                        f"\n{JobRun(self.name, False, pods).describe()}")
-                for future in done:
+                for future in sorted(done, key=lambda f: waits[f].index):
                     pod = waits.pop(future)
                     await self.record_exit(pod, future.result())
                     if pod.exit_code == 0:
                         succeeded.append(pod.index)
                     else:
                         failed.append(pod)
-                counts = {"active": len(waits), "succeeded": len(succeeded), "failed": len(failed),
-                          "completedIndexes": index_ranges(succeeded)}
-                if failed and self.backoff_limit > 0:
-                    raise KubeletError(f"Job {self.name}: pod {failed[0].name} failed and backoffLimit is "
-                                       f"{self.backoff_limit}; retries are not emulated (use backoffLimit: 0)"
-                                       f"\n{JobRun(self.name, False, pods).describe()}")
+                counts: dict[str, Any] = {"active": len(waits), "ready": len(waits), "succeeded": len(succeeded),
+                                          "failed": len(failed), "completedIndexes": index_ranges(succeeded)}
                 if failed:
+                    target = self.failure_target(failed[0], pods)
                     counts["terminating"] = len(waits)
-                    target = job_condition("FailureTarget", "BackoffLimitExceeded",
-                                           "Job has reached the specified backoff limit")
                 elif not waits:
                     target = job_condition("SuccessCriteriaMet", "CompletionsReached",
                                            "Reached expected number of succeeded pods")
@@ -380,6 +454,10 @@ class IndexedJobRunner:
                     counts["conditions"] = [target]
                 await self.api.patch_status(self.job_path, counts)
         finally:
+            if fault is not None:
+                fault.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fault
             for future, pod in waits.items():
                 if future.done():  # it ended on its own at the same moment: keep its own exit
                     await self.record_exit(pod, future.result())
@@ -389,13 +467,32 @@ class IndexedJobRunner:
         if failed:
             outcome = job_condition("Failed", target["reason"], target["message"])
             await self.api.patch_status(self.job_path, {
-                "active": 0, "terminating": 0, "failed": sum(1 for pod in pods if pod.exit_code and not pod.killed),
-                "conditions": [target, outcome]})
+                "active": 0, "ready": 0, "terminating": 0,
+                "failed": sum(1 for pod in pods if pod.exit_code and not pod.killed), "conditions": [target, outcome]})
             return JobRun(self.name, False, pods)
         outcome = job_condition("Complete", target["reason"], target["message"])
         await self.api.patch_status(self.job_path, {"completionTime": outcome["lastTransitionTime"],
                                                     "conditions": [target, outcome]})
         return JobRun(self.name, True, pods)
+
+    def failure_target(self, pod: PodRun, pods: Sequence[PodRun]) -> dict[str, str]:
+        """The Job's FailureTarget condition after ``pod`` failed (pod failure policy, then backoffLimit)."""
+        matched = self.failure_rule(pod)
+        if matched is not None and matched[1] == "FailJob":
+            index = matched[0]
+            rule = self.rules[index]
+            what = (f"Container {self.container['name']} for pod {self.namespace}/{pod.name} failed with exit code "
+                    f"{pod.exit_code}" if "onExitCodes" in rule else
+                    f"Pod {self.namespace}/{pod.name} has condition {rule['onPodConditions'][0]['type']}")
+            return job_condition("FailureTarget", "PodFailurePolicy", f"{what} matching FailJob rule at index {index}")
+        if matched is not None and matched[1] != "Count":
+            raise KubeletError(f"Job {self.name}: pod failure policy action {matched[1]} (a replacement pod) is not "
+                               f"emulated\n{JobRun(self.name, False, list(pods)).describe()}")
+        if self.backoff_limit > 0:
+            raise KubeletError(f"Job {self.name}: pod {pod.name} failed and backoffLimit is {self.backoff_limit}; "
+                               f"retries are not emulated (use backoffLimit: 0)\n"
+                               f"{JobRun(self.name, False, list(pods)).describe()}")
+        return job_condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
 
 
 def job_condition(type_: str, reason: str, message: str) -> dict[str, str]:
@@ -415,7 +512,8 @@ def index_ranges(indexes: Sequence[int]) -> str:
     return ",".join(str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}-{b}" for a, b in runs)
 
 
-async def run_indexed_job(node: FakeNode, namespace: str, name: str, *, wait_s: float = 20.0) -> JobRun:
+async def run_indexed_job(node: FakeNode, namespace: str, name: str, *, wait_s: float = 20.0,
+                          faults: Callable[[IndexedJobRunner], Awaitable[None]] | None = None) -> JobRun:
     """Wait (up to ``wait_s``) for Job ``namespace/name`` in the API, run its pods to the end, return how."""
     async with aiohttp.ClientSession() as session:
         api = Api(node.api_url, session)
@@ -424,4 +522,4 @@ async def run_indexed_job(node: FakeNode, namespace: str, name: str, *, wait_s: 
             if asyncio.get_running_loop().time() > deadline:
                 raise KubeletError(f"Job {namespace}/{name} did not appear within {wait_s:.0f}s")
             await asyncio.sleep(0.2)
-        return await IndexedJobRunner(node, api, namespace, job).run()
+        return await IndexedJobRunner(node, api, namespace, job).run(faults)

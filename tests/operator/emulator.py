@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock as kmocklib
 import kopf
 import pytest
+from aiohttp import web
 
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
+from quantjob.operator.certificates import write_self_signed
 from quantjob.operator.main import run_operator
 from quantjob.operator.settings import Settings
 
@@ -33,12 +39,17 @@ def quantjob_manifest(name: str = "qwen2-w8a8", *, uid: str = "uid-1", count: in
             "metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}, "spec": body}
 
 
+VOLCANO_PODGROUPS = "scheduling.volcano.sh/v1beta1/podgroups"
+
+
 def declare_resources(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
-    """kmock with the built-in resources and QuantJobs (with a status subresource)."""
+    """kmock with the built-in resources, QuantJobs (with a status subresource) and Volcano's PodGroups."""
     kmock.resources.load_bundled()
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
     kmock.resources[QUANTJOBS] = kmocklib.ResourceInfo(
-        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+        kind=KIND, singular="quantjob", namespaced=True, subresources={"status"}, verbs=verbs)
+    kmock.resources[VOLCANO_PODGROUPS] = kmocklib.ResourceInfo(
+        kind="PodGroup", singular="podgroup", namespaced=True, subresources={"status"}, verbs=verbs)
     return kmock
 
 
@@ -94,8 +105,9 @@ async def operator_running(settings: Settings) -> AsyncIterator[None]:
 
 
 def operator_settings(cluster: kmocklib.KubernetesEmulator, **overrides: Any) -> Settings:
-    """Settings that point the operator at ``cluster``; the webhook is off unless overridden."""
-    data: dict[str, Any] = {"api_server": str(cluster.url), "webhook": {"enabled": False}}
+    """Settings that point the operator at ``cluster``; the webhook is off unless overridden, and
+    every QuantJob is reconciled twice a second (what no event announces is seen quickly)."""
+    data: dict[str, Any] = {"api_server": str(cluster.url), "webhook": {"enabled": False}, "resync_seconds": 0.5}
     data.update(overrides)
     return Settings.model_validate(data)
 
@@ -114,3 +126,44 @@ def start_operator(cluster: kmocklib.KubernetesEmulator) -> Callable[..., contex
     def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[None]:
         return operator_running(operator_settings(cluster, **overrides))
     return start
+
+
+@dataclass
+class TlsFront:
+    """An HTTPS endpoint in front of kmock, as a pod sees the API server in a cluster: host, port and
+    the CA to trust (``ca.crt``); it records the bearer token of every request it forwards."""
+
+    host: str
+    port: int
+    ca_file: Path
+    tokens: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def tls_front(upstream: str, folder: Path) -> AsyncIterator[TlsFront]:
+    """Forward ``https://127.0.0.1:<port>/...`` to ``upstream`` (kmock's plain HTTP URL)."""
+    files = write_self_signed(folder, ["127.0.0.1", "localhost"])
+    front = TlsFront("127.0.0.1", free_port(), files.certfile)
+    base = upstream.rstrip("/")
+
+    async def forward(request: web.Request) -> web.Response:
+        front.tokens.append(request.headers.get("Authorization", ""))
+        headers = {key: value for key, value in request.headers.items()
+                   if key in ("Content-Type", "Accept", "User-Agent")}
+        async with aiohttp.ClientSession() as session, session.request(
+                request.method, base + request.path_qs, data=await request.read(), headers=headers) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type or "application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.certfile, files.keyfile)
+    site = web.TCPSite(runner, front.host, front.port, ssl_context=context)
+    await site.start()
+    try:
+        yield front
+    finally:
+        await runner.cleanup()

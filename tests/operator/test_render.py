@@ -12,8 +12,24 @@ import yaml
 
 from quantjob.cli import main
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "quantjobs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "quantjobs").glob("*.yaml"))
+POD_DEFAULTS = ROOT / "deploy" / "pod-defaults" / "ascend-driver-hostpath.yaml"
 KUBERNETES_VERSION = "1.31"
+BUILT_IN = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job", "NetworkPolicy")
+# PodGroups are custom resources without a schema here: their fields, as Volcano and the
+# scheduler-plugins coscheduling plugin define them, are checked by name.
+POD_GROUP_FIELDS = {"scheduling.volcano.sh/v1beta1": {"minMember", "queue", "priorityClassName", "minResources"},
+                    "scheduling.x-k8s.io/v1alpha1": {"minMember", "scheduleTimeoutSeconds", "minResources"}}
+
+
+def validate_strictly(obj: dict) -> None:
+    if obj["kind"] == "PodGroup":
+        assert set(obj["spec"]) <= POD_GROUP_FIELDS[obj["apiVersion"]], obj["spec"]
+        assert isinstance(obj["spec"]["minMember"], int) and obj["spec"]["minMember"] >= 1
+        return
+    assert obj["kind"] in BUILT_IN, obj["kind"]
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
 def rendered(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict], str]:
@@ -22,19 +38,48 @@ def rendered(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[
     return code, [doc for doc in yaml.safe_load_all(out) if doc], err
 
 
-def test_examples_include_npu4_and_cuda2() -> None:
-    specs = [yaml.safe_load(path.read_text())["spec"]["devices"] for path in EXAMPLES]
-    assert {"type": "npu", "count": 4} in [{k: d[k] for k in ("type", "count")} for d in specs]
-    assert {"type": "cuda", "count": 2} in [{k: d[k] for k in ("type", "count")} for d in specs]
+def test_examples_include_npu4_cuda2_mindcluster_and_hami() -> None:
+    specs = {path.stem: yaml.safe_load(path.read_text())["spec"] for path in EXAMPLES}
+    devices = [{k: spec["devices"][k] for k in ("type", "count")} for spec in specs.values()]
+    assert {"type": "npu", "count": 4} in devices and {"type": "cuda", "count": 2} in devices
+    assert any(spec.get("scheduling", {}).get("gang") == "volcano" for spec in specs.values())  # MindCluster
+    assert any(spec.get("pod", {}).get("schedulerName") == "hami-scheduler" for spec in specs.values())  # HAMi
 
 
+OPTIONS = {
+    "defaults": [],
+    "runtime-class": ["--npu-runtime-class", "ascend"],
+    "volcano": ["--gang-scheduling", "volcano"],
+    "coscheduling": ["--gang-scheduling", "coscheduling"],
+    "driver-host-paths": ["--pod-defaults", str(POD_DEFAULTS)],
+    "network-policy": ["--network-policy"],
+}
+
+
+@pytest.mark.parametrize("option", OPTIONS)
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_every_rendered_object_passes_strict_validation(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, objects, err = rendered(capsys, "-f", str(example))
+def test_every_rendered_object_passes_strict_validation(example: Path, option: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, objects, err = rendered(capsys, "-f", str(example), *OPTIONS[option])
     assert code == 0, err
-    assert [o["kind"] for o in objects] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Job"]
+    kinds = [o["kind"] for o in objects]
+    assert kinds[:6] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Service"]
+    assert kinds[-1] == "Job"
     for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_strictly(obj)
+    spec = yaml.safe_load(example.read_text())["spec"]
+    pod = objects[-1]["spec"]["template"]["spec"]
+    gang = spec.get("scheduling", {}).get("gang") or (option if option in ("volcano", "coscheduling") else "none")
+    assert ("PodGroup" in kinds) == (gang != "none")
+    if gang != "none":
+        assert pod["schedulerName"] in ("volcano", "scheduler-plugins-scheduler")
+    if option == "driver-host-paths":
+        assert next(v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v) == "/usr/local/Ascend/driver"
+        assert pod["securityContext"]["supplementalGroups"] == [1000]
+    if option == "runtime-class" and spec["devices"]["type"] == "npu":
+        assert pod["runtimeClassName"] == "ascend"
+    if option == "network-policy":
+        assert "NetworkPolicy" in kinds
 
 
 def test_strict_validation_catches_a_bad_field() -> None:
@@ -62,7 +107,9 @@ def test_multi_document_stream_and_namespace_flag(tmp_path: Path, capsys: pytest
     path.write_text(yaml.safe_dump_all(docs))
     code, objects, err = rendered(capsys, "-f", str(path), "--namespace", "team-b")
     assert code == 0, err
-    assert len(objects) == 12 and {o["metadata"]["namespace"] for o in objects} == {"team-b"}
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Job"] == [
+        f"{doc['metadata']['name']}-a1" for doc in docs]
+    assert {o["metadata"]["namespace"] for o in objects} == {"team-b"}
 
 
 def test_kubernetes_validate_cli_accepts_the_stream(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,9 @@ def test_defaults_watch_the_whole_cluster() -> None:
     assert settings.resource_name("cuda", None) == "nvidia.com/gpu"
     assert settings.resource_name("cpu", None) is None
     assert settings.resource_name("npu", "huawei.com/Ascend910B3") == "huawei.com/Ascend910B3"
-    assert settings.npu_runtime_class == "ascend"
+    assert settings.npu_runtime_class is None  # MindCluster installs no RuntimeClass: none unless configured
+    assert settings.gang_scheduling == "none" and settings.webhook.failure_policy == "Ignore"
+    assert settings.progress_reporting and not settings.network_policy
 
 
 def test_environment() -> None:
@@ -32,6 +35,40 @@ def test_environment() -> None:
     assert settings.npu_resource_name == "huawei.com/Ascend910B4" and settings.npu_runtime_class is None
     assert settings.webhook.port == 8443 and settings.webhook.tls == "self-signed"
     assert settings.webhook.namespace == "ops"
+
+
+def test_new_settings_from_the_environment() -> None:
+    settings = load_settings({
+        "QUANTJOB_NPU_RUNTIME_CLASS": "ascend", "QUANTJOB_GANG_SCHEDULING": "volcano",
+        "QUANTJOB_VOLCANO_SCHEDULER": "volcano-npu", "QUANTJOB_RESYNC_SECONDS": "10",
+        "QUANTJOB_PROGRESS_REPORTING": "false", "QUANTJOB_NETWORK_POLICY": "true",
+        "QUANTJOB_ALLOW_TRUST_REMOTE_CODE": "false", "QUANTJOB_ALLOW_CUSTOM_IMAGE": "false",
+        "QUANTJOB_ENV_ALLOW": "HCCL_*, ASCEND_*", "QUANTJOB_ENV_DENY": "LD_*",
+        "QUANTJOB_WEBHOOK_FAILURE_POLICY": "Fail",
+        "QUANTJOB_POD_DEFAULTS": "schedulerName: volcano-npu\nsupplementalGroups: [1001]\n"
+                                 "volumes: [{name: driver, hostPath: {path: /usr/local/Ascend/driver}}]\n"
+                                 "volumeMounts: [{name: driver, mountPath: /usr/local/Ascend/driver, readOnly: true}]\n"
+                                 "env: {ASCEND_GLOBAL_LOG_LEVEL: '3'}"})
+    assert settings.npu_runtime_class == "ascend" and settings.gang_scheduling == "volcano"
+    assert settings.volcano_scheduler == "volcano-npu" and settings.resync_seconds == 10
+    assert not settings.progress_reporting and settings.network_policy
+    assert not settings.allow_trust_remote_code and not settings.allow_custom_image
+    assert settings.env_allow == ["HCCL_*", "ASCEND_*"] and settings.env_deny == ["LD_*"]
+    assert settings.webhook.failure_policy == "Fail"
+    assert settings.pod_defaults.supplementalGroups == [1001]
+    assert settings.pod_defaults.volumes[0]["hostPath"] == {"path": "/usr/local/Ascend/driver"}
+    assert settings.pod_defaults.env == {"ASCEND_GLOBAL_LOG_LEVEL": "3"}
+
+
+def test_pod_defaults_file_flag(tmp_path: Path) -> None:
+    path = tmp_path / "defaults.yaml"
+    path.write_text("nodeSelector: {accelerator-type: module-910b-8}\n")
+    args = build_parser().parse_args(["operator", "--pod-defaults", str(path), "--gang-scheduling", "coscheduling",
+                                      "--network-policy", "true", "--env-deny", "LD_*,PYTHON*"])
+    settings = load_settings({}, overrides_from(args))
+    assert settings.pod_defaults.nodeSelector == {"accelerator-type": "module-910b-8"}
+    assert settings.gang_scheduling == "coscheduling" and settings.network_policy
+    assert settings.env_deny == ["LD_*", "PYTHON*"]
 
 
 def test_flags_override_the_environment() -> None:
@@ -48,6 +85,11 @@ def test_flags_override_the_environment() -> None:
     ({"QUANTJOB_LOG_FORMAT": "yaml"}, "QUANTJOB_LOG_FORMAT"),
     ({"QUANTJOB_WEBHOOK_PORT": "http"}, "QUANTJOB_WEBHOOK_PORT"),
     ({"QUANTJOB_MASTER_PORT": "70000"}, "QUANTJOB_MASTER_PORT"),
+    ({"QUANTJOB_GANG_SCHEDULING": "yunikorn"}, "QUANTJOB_GANG_SCHEDULING"),
+    ({"QUANTJOB_NPU_RUNTIME_CLASS": "Ascend_RT"}, "QUANTJOB_NPU_RUNTIME_CLASS"),
+    ({"QUANTJOB_POD_DEFAULTS": "volumes: [{name: model, emptyDir: {}}]"}, "QUANTJOB_POD_DEFAULTS"),
+    ({"QUANTJOB_POD_DEFAULTS": "{unclosed"}, "QUANTJOB_POD_DEFAULTS"),
+    ({"QUANTJOB_WEBHOOK_FAILURE_POLICY": "ignore"}, "QUANTJOB_WEBHOOK_FAILURE_POLICY"),
 ])
 def test_bad_values_name_their_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):

@@ -1,20 +1,26 @@
-"""Job status -> QuantJob phase and conditions: pure functions."""
+"""What a QuantJob should do, from what is observed: ``lifecycle.decide`` and its helpers (pure)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from quantjob.api.problems import Problem
+from quantjob.operator.lifecycle import (
+    Limits,
+    Observed,
+    classify_failure,
+    decide,
+    pending_reason,
+)
 from quantjob.operator.status import (
     changed,
     invalid_status,
-    job_phase,
-    mirror_job,
     pod_failure_message,
     set_condition,
 )
 
 T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z"
+LIMITS = Limits(world_size=2, max_restarts=2, max_disruptions=1, startup_timeout_s=600, active_deadline_s=3600)
 
 
 def cond(type_: str, reason: str = "", message: str = "", status: str = "True") -> dict[str, Any]:
@@ -25,64 +31,152 @@ def by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status["conditions"]}
 
 
-def test_phase_from_job_status() -> None:
-    assert job_phase({}) == "Pending"
-    assert job_phase({"active": 2}) == "Running"
-    assert job_phase({"active": 2, "conditions": [cond("Suspended")]}) == "Pending"
-    assert job_phase({"succeeded": 2, "conditions": [cond("Complete")]}) == "Succeeded"
-    assert job_phase({"succeeded": 2, "conditions": [cond("SuccessCriteriaMet")]}) == "Succeeded"  # k8s 1.31+
-    assert job_phase({"active": 1, "conditions": [cond("FailureTarget")]}) == "Failed"
-    assert job_phase({"conditions": [cond("Failed", status="False")], "active": 1}) == "Running"
-    # started, between pods (a failed rank being replaced, last pods being counted): still Running
-    assert job_phase({"startTime": "2026-01-01T00:00:00Z", "active": 0, "failed": 1}) == "Running"
+def pod(index: int, code: int | None = None, message: str = "", phase: str | None = None,
+        conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": code, "message": message}} if code is not None else {"running": {}}
+    return {"metadata": {"name": f"q-a1-{index}-x", "labels": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": {"phase": phase or ("Running" if code is None else "Failed" if code else "Succeeded"),
+                       "conditions": conditions or [], "containerStatuses": [{"name": "worker", "state": state}]}}
 
 
-def test_mirror_fills_times_and_conditions() -> None:
-    running = mirror_job({"active": 2, "startTime": T0}, 2, {}, None, T1)
-    assert running["phase"] == "Running" and running["startTime"] == T0 and "completionTime" not in running
-    assert by_type(running)["Running"]["status"] == "True"
-    done = mirror_job({"succeeded": 2, "startTime": T0, "completionTime": T1, "conditions": [cond("Complete")]},
-                      2, running, None, T1)
-    assert done["phase"] == "Succeeded" and done["completionTime"] == T1
-    assert by_type(done)["Complete"]["status"] == "True" and by_type(done)["Running"]["status"] == "False"
+def job(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "q-a1"}, "status": status}
 
 
-def test_failed_prefers_the_pod_message() -> None:
-    job = {"failed": 3, "conditions": [cond("Failed", "BackoffLimitExceeded", "backoff limit reached")]}
-    failed = by_type(mirror_job(job, 2, {}, "rank 1 (pod p) exited with code 3: bad header", T1))["Failed"]
-    assert failed["reason"] == "BackoffLimitExceeded" and "bad header" in failed["message"]
-    assert by_type(mirror_job(job, 2, {}, None, T1))["Failed"]["message"] == "backoff limit reached"
+def observe(status: dict[str, Any] | None = None, **kwargs: Any) -> Observed:
+    default = {"phase": "Pending", "attempt": 1, "attempts": [{"attempt": 1, "job": "q-a1", "startTime": T0}]}
+    return Observed(name="q", status=default if status is None else status,
+                    limits=LIMITS, now=T1, **kwargs)
 
 
-def test_transition_time_moves_only_on_a_flip() -> None:
-    first = set_condition([], "Running", True, "PodsActive", "", T0)
-    same = set_condition(first, "Running", True, "PodsActive", "2 running", T1)
-    assert same[0]["lastTransitionTime"] == T0
-    flipped = set_condition(same, "Running", False, "NoPodsActive", "", T1)
-    assert flipped[0]["lastTransitionTime"] == T1
+def test_first_look_creates_attempt_one() -> None:
+    decision = decide(observe(status={}))
+    assert decision.create_attempt == 1
+    assert decision.status["phase"] == "Pending" and decision.status["reason"] == "Creating"
+    assert decision.status["attempts"] == [{"attempt": 1, "job": "q-a1", "startTime": T1}]
+    assert decision.status["readySummary"] == "0/2"
 
 
-def test_mirror_is_stable_so_repeated_events_patch_nothing() -> None:
-    job = {"active": 2, "startTime": T0}
-    first = mirror_job(job, 2, {}, None, T0)
-    again = mirror_job(job, 2, first, None, T1)
-    assert not changed(again, first)
-    assert "progress" not in again  # rank 0 owns it
+def test_missing_runtime_class_creates_nothing() -> None:
+    decision = decide(observe(status={}, missing_runtime_class="ascend"))
+    assert decision.create_attempt is None and decision.status["reason"] == "RuntimeClassNotFound"
 
 
-def test_pod_failure_message_picks_the_lowest_failed_rank() -> None:
-    def pod(index: int, code: int, message: str) -> dict[str, Any]:
-        return {"metadata": {"name": f"j-{index}-x", "labels": {"batch.kubernetes.io/job-completion-index": str(index)}},
-                "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": code, "message": message}}}]}}
-    assert pod_failure_message([pod(0, 0, "")]) is None
-    message = pod_failure_message([pod(2, 1, "oom"), pod(1, 3, "bad header"), pod(0, 0, "")])
-    assert message == "rank 1 (pod j-1-x) exited with code 3: bad header"
+def test_running_needs_every_rank() -> None:
+    recent = "2025-01-01T00:59:00Z"  # within startupTimeoutSeconds of now (T1)
+    half = decide(observe(job=job(active=2, ready=1, startTime=recent)))
+    assert half.status["phase"] == "Pending" and half.status["readySummary"] == "1/2"
+    full = decide(observe(job=job(active=2, ready=2, startTime=recent)))
+    assert full.status["phase"] == "Running" and full.status["attempts"][0]["readyTime"] == T1
+    assert by_type(full.status)["Running"]["status"] == "True"
+    assert full.events == [("Normal", "Running", "2 of 2 rank(s) running")]
 
 
-def test_invalid_status() -> None:
-    status = invalid_status([Problem("spec.devices.count", "must be >= 1"),
-                             Problem("spec.config.spec.runner", "falls back", "warning")], {}, T0)
-    assert status["phase"] == "Failed"
-    assert by_type(status)["Failed"]["reason"] == "Invalid"
-    assert "spec.devices.count: must be >= 1" in by_type(status)["Failed"]["message"]
-    assert status["warnings"] == ["spec.config.spec.runner: warning: falls back"]
+def test_ranks_finishing_one_by_one_stay_running() -> None:
+    status = {"phase": "Running", "reason": "Running", "attempt": 1,
+              "attempts": [{"attempt": 1, "job": "q-a1", "startTime": T0, "readyTime": T0}]}
+    assert decide(observe(status=status, job=job(active=1, ready=1, succeeded=1))).status["phase"] == "Running"
+
+
+def test_user_error_fails_at_once_with_the_workers_message() -> None:
+    failed = job(conditions=[cond("Failed", "PodFailurePolicy", "Container worker for pod ml/q-a1-1-x failed with "
+                                                                 "exit code 3 matching FailJob rule at index 0")])
+    decision = decide(observe(job=failed, pods=[pod(0, 143, "terminated"), pod(1, 3, "corrupt header")]))
+    assert decision.status["phase"] == "Failed" and decision.status["reason"] == "UserError"
+    assert decision.status["message"] == "rank 1 (pod q-a1-1-x) exited with code 3: corrupt header"
+    assert decision.create_attempt is None
+
+
+def test_failure_restarts_once_the_old_pods_stopped() -> None:
+    target = job(active=1, conditions=[cond("FailureTarget", "PodFailurePolicy", "Container worker for pod "
+                                            "ml/q-a1-1-x failed with exit code 1 matching FailJob rule at index 2")])
+    waiting = decide(observe(job=target, pods=[pod(0), pod(1, 1, "lost peer")]))
+    assert waiting.create_attempt is None and waiting.status["reason"] == "Restarting"
+    final = job(conditions=[cond("FailureTarget", "PodFailurePolicy", "... rule at index 2"),
+                            cond("Failed", "PodFailurePolicy", "... rule at index 2")])
+    decision = decide(observe(job=final, pods=[pod(0, 143, "terminated"), pod(1, 1, "lost peer")]))
+    assert decision.create_attempt == 2
+    status = decision.status
+    assert status["attempt"] == 2 and status["job"] == "q-a2" and status["restartsCountTowardsMax"] == 1
+    assert status["attempts"][0]["outcome"] == "Failed" and status["attempts"][1]["attempt"] == 2
+    assert decision.events and decision.events[0][1] == "Restarting"
+
+
+def test_restarts_exhausted_and_disruptions_counted_apart() -> None:
+    failed = job(conditions=[cond("Failed", "PodFailurePolicy", "... rule at index 2")])
+    spent = {"phase": "Pending", "attempt": 3, "restartsCountTowardsMax": 2, "disruptions": 0,
+             "attempts": [{"attempt": 3, "job": "q-a3", "startTime": T0}]}
+    decision = decide(observe(status=spent, job=failed, pods=[pod(0, 1, "boom")]))
+    assert decision.status["reason"] == "RestartsExhausted" and "maxRestarts 2" in decision.status["message"]
+    evicted = job(conditions=[cond("Failed", "PodFailurePolicy", "Pod ml/q-a3-0-x has condition DisruptionTarget "
+                                                                 "matching FailJob rule at index 1")])
+    restart = decide(observe(status=spent, job=evicted, pods=[pod(0, 143)]))
+    assert restart.create_attempt == 4 and restart.status["disruptions"] == 1
+    assert restart.status["restartsCountTowardsMax"] == 2  # a disruption is not counted in maxRestarts
+    again = {**spent, "disruptions": 1}
+    assert decide(observe(status=again, job=evicted, pods=[pod(0, 143)])).status["reason"] == "DisruptionsExhausted"
+
+
+def test_deadline_exceeded_is_final() -> None:
+    failed = job(conditions=[cond("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")])
+    decision = decide(observe(job=failed, pods=[]))
+    assert decision.status["reason"] == "DeadlineExceeded" and decision.create_attempt is None
+
+
+def test_classification_without_a_policy_message_reads_the_pods() -> None:
+    plain = job(conditions=[cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")])
+    assert classify_failure(plain, [pod(0, 2, "bad flag")]).kind == "UserError"
+    disrupted = pod(0, 143, conditions=[cond("DisruptionTarget", "PreemptionByScheduler")])
+    assert classify_failure(plain, [disrupted]).kind == "Disruption"
+    assert classify_failure(plain, [pod(0, 1, "segfault")]).kind == "Failure"
+
+
+def test_startup_timeout_fails_and_stops_the_job() -> None:
+    decision = decide(observe(job=job(active=2, ready=1, startTime="2024-12-31T23:00:00Z"), pods=[
+        pod(0), pod(1, phase="Pending", conditions=[cond("PodScheduled", "Unschedulable", "Insufficient npu",
+                                                         status="False")])]))
+    assert decision.status["phase"] == "Failed" and decision.status["reason"] == "StartupTimeout"
+    assert "Insufficient npu" in decision.status["message"] and decision.delete_job == "q-a1"
+
+
+def test_pending_reason_priority() -> None:
+    unschedulable = pod(1, phase="Pending", conditions=[cond("PodScheduled", "Unschedulable", "no npu",
+                                                             status="False")])
+    events = [{"reason": "FailedCreate", "message": "forbidden: exceeded quota"}]
+    assert pending_reason(observe(job=job(), pods=[unschedulable], job_events=events))[0] == "FailedCreate"
+    assert pending_reason(observe(job=job(), pods=[unschedulable])) == ("Unschedulable", "rank 1 (pod q-a1-1-x): no npu")
+    assert pending_reason(observe(job=job(ready=0), pods=[])) == ("Starting", "0 of 2 rank(s) running")
+
+
+def test_finished_quantjob_only_mirrors_progress() -> None:
+    done = {"phase": "Succeeded", "reason": "Completed", "attempt": 1, "attempts": [{"attempt": 1, "job": "q-a1"}]}
+    decision = decide(observe(status=done, job=None, progress={"attempt": 1, "layersDone": 4, "layersTotal": 4}))
+    assert set(decision.status) == {"progress", "attempts"} and decision.create_attempt is None
+
+
+def test_set_condition_moves_transition_time_only_on_flip() -> None:
+    first = set_condition([], "Running", True, "AllRanksRunning", "1 running", T0)
+    same = set_condition(first, "Running", True, "AllRanksRunning", "2 running", T1)
+    assert same[0]["lastTransitionTime"] == T0 and same[0]["message"] == "2 running"
+    flipped = set_condition(same, "Running", False, "NotAllRanksRunning", "", T1)
+    assert flipped[0]["lastTransitionTime"] == T1 and flipped[0]["status"] == "False"
+
+
+def test_invalid_status_lists_every_error_with_its_path() -> None:
+    problems = [Problem("spec.devices.count", "must be at least 1"), Problem("spec.x", "careful", "warning")]
+    status = invalid_status(problems, {}, T0)
+    assert status["phase"] == "Failed" and status["reason"] == "Invalid"
+    assert by_type(status)["Failed"]["message"] == "spec.devices.count: must be at least 1"
+    assert status["warnings"] == ["spec.x: warning: careful"]
+
+
+def test_pod_failure_message_prefers_the_named_pod() -> None:
+    pods = [pod(0, 1, "lost peer"), pod(1, 137, "OOMKilled")]
+    assert pod_failure_message(pods) == "rank 0 (pod q-a1-0-x) exited with code 1: lost peer"
+    assert pod_failure_message(pods, prefer="q-a1-1-x") == "rank 1 (pod q-a1-1-x) exited with code 137: OOMKilled"
+    assert pod_failure_message([pod(0)]) is None
+
+
+def test_changed() -> None:
+    assert not changed({"phase": "Running"}, {"phase": "Running", "runner": "x"})
+    assert changed({"phase": "Failed"}, {"phase": "Running"})

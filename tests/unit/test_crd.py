@@ -67,8 +67,10 @@ def test_names_subresource_and_printer_columns() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Runner": ".status.runner", "Devices": ".spec.devices.count",
-                       "Progress": ".status.progress.summary", "Age": ".metadata.creationTimestamp"}
+    assert columns == {"Phase": ".status.phase", "Ready": ".status.readySummary", "Devices": ".spec.devices.count",
+                       "Attempt": ".status.attempt", "Progress": ".status.progress.summary",
+                       "Reason": ".status.reason", "Runner": ".status.runner",
+                       "Age": ".metadata.creationTimestamp"}
     schema = root_schema(crd)
     for column in version["additionalPrinterColumns"][:-1]:  # every column path exists in the schema
         node = schema

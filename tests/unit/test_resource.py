@@ -33,7 +33,7 @@ def paths_of(data: dict[str, Any]) -> list[str]:
 def test_minimal_manifest_and_defaults() -> None:
     job = QuantJob.model_validate(manifest())
     spec = job.spec
-    assert (spec.devices.type, spec.devices.count, spec.backoffLimit) == ("npu", 1, 3)
+    assert (spec.devices.type, spec.devices.count, spec.maxRestarts) == ("npu", 1, 3)
     assert spec.resolved_config().linear_quants()[0][1].qconfig.act.scope == "per_tensor"
     assert spec.calibration.path is None and spec.calibration.samples == 128
 

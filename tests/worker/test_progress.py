@@ -14,8 +14,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def start(self, total_layers: int) -> None:
-        self.calls.append(("start", total_layers))
+    def start(self, total_layers: int, resumed_from: int = 0) -> None:
+        self.calls.append(("start", total_layers, resumed_from))
 
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
         self.calls.append(("layer", done, total, layer_error))
@@ -27,7 +27,7 @@ class Recorder:
 def test_pipe_events_replay_to_the_same_calls() -> None:
     stream = io.StringIO()
     sender = PipeProgress(stream)
-    sender.start(3)
+    sender.start(3, 1)
     sender.layer_done(1, 3, 0.125)
     sender.layer_done(2, 3, None)
     sender.finish(False, "rank 1 lost")
@@ -35,7 +35,7 @@ def test_pipe_events_replay_to_the_same_calls() -> None:
     lines = stream.getvalue().splitlines()
     assert all(line.startswith(PIPE_MARKER) for line in lines)
     assert all(replay_event(line, receiver) for line in lines)
-    assert receiver.calls == [("start", 3), ("layer", 1, 3, 0.125), ("layer", 2, 3, None),
+    assert receiver.calls == [("start", 3, 1), ("layer", 1, 3, 0.125), ("layer", 2, 3, None),
                               ("finish", False, "rank 1 lost")]
     assert not replay_event("an ordinary log line", receiver)
 
@@ -61,18 +61,25 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
     assert "layer 2/2 done" in caplog.text
 
 
-def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch) -> None:
+def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch, tmp_path) -> None:
+    from quantjob.operator.certificates import write_self_signed
     from quantjob.worker.distributed import Group
     from quantjob.worker.progress import Fanout, TerminalProgress, default_progress
     from quantjob.worker.progress_k8s import KubernetesProgress
 
+    # the projected token volume the operator mounts: a token and the cluster CA
+    (tmp_path / "token").write_text("x")
+    write_self_signed(tmp_path / "ca", ["127.0.0.1"]).certfile.rename(tmp_path / "ca.crt")
     monkeypatch.delenv("QUANTJOB_PROGRESS_PIPE", raising=False)
-    monkeypatch.setenv("QUANTJOB_NAME", "qwen2-w8a8")
+    monkeypatch.setenv("QUANTJOB_PROGRESS_CONFIGMAP", "qwen2-w8a8-progress")
     monkeypatch.setenv("QUANTJOB_NAMESPACE", "ml")
-    monkeypatch.setenv("QUANTJOB_API_SERVER", "http://127.0.0.1:9")
+    monkeypatch.setenv("QUANTJOB_SERVICE_ACCOUNT_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "9")
     hook = default_progress(Group(0, 4))
     assert isinstance(hook, Fanout)
     assert [type(h) for h in hook.hooks] == [TerminalProgress, KubernetesProgress]
     assert default_progress(Group(1, 4)) is None  # only rank 0 reports
-    monkeypatch.delenv("QUANTJOB_NAME")
+    monkeypatch.delenv("QUANTJOB_PROGRESS_CONFIGMAP")
     assert isinstance(default_progress(Group(0, 1)), TerminalProgress)
+

@@ -285,8 +285,8 @@ def test_at_most_one_layer_resident_and_progress(tiny_model: Callable[..., Path]
     events: list[tuple[Any, ...]] = []
 
     class Recorder:
-        def start(self, total_layers: int) -> None:
-            events.append(("start", total_layers))
+        def start(self, total_layers: int, resumed_from: int = 0) -> None:
+            events.append(("start", total_layers, resumed_from))
 
         def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
             events.append(("layer", done, total, layer_error is not None))
@@ -298,4 +298,4 @@ def test_at_most_one_layer_resident_and_progress(tiny_model: Callable[..., Path]
                     calib_file=calib_jsonl(3), calib_samples=3, max_length=32)
     run_quantization(job, Group(), CPU, Recorder(), open_saver_fn=memory_saver)
     assert peaks == [0, 0, 0, 0] and resident() == 0
-    assert events == [("start", 4), *[("layer", i, 4, True) for i in (1, 2, 3, 4)], ("finish", True)]
+    assert events == [("start", 4, 0), *[("layer", i, 4, True) for i in (1, 2, 3, 4)], ("finish", True)]

@@ -42,12 +42,21 @@ _KEEP = {"type", "description", "enum", "format", "minimum", "maximum", "exclusi
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Runner", "type": "string", "jsonPath": ".status.runner"},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.readySummary", "description": "ranks running / world size"},
     {"name": "Devices", "type": "integer", "jsonPath": ".spec.devices.count"},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary",
      "description": "decoder layers done / total"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+    {"name": "Runner", "type": "string", "jsonPath": ".status.runner", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
+
+# The spec cannot change once created, checked by the API server itself (a CEL transition rule), so
+# it holds while the webhook is down or not installed. Metadata (labels, annotations) may change.
+SPEC_IMMUTABLE_RULE = {"rule": "self == oldSelf",
+                       "message": "spec is immutable; delete the QuantJob and create it again (or under a new "
+                                  "name) to change it"}
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -114,7 +123,8 @@ def spec_schema() -> dict[str, Any]:
     schema["properties"]["config"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                                       "description": _CONFIG_DESCRIPTION}
     schema["description"] = ("What to quantize, where to write it, on which devices, and how "
-                             "(quantType preset or a modelslim_v1 config).")
+                             "(quantType preset or a modelslim_v1 config). Immutable.")
+    schema["x-kubernetes-validations"] = [dict(SPEC_IMMUTABLE_RULE)]
     return schema
 
 

@@ -71,6 +71,6 @@ def from_validation_error(error: ValidationError, prefix: str = "") -> list[Prob
 def split_path(path: str) -> tuple[int | str, ...]:
     """``process[1].type`` -> ('process', 1, 'type')."""
     parts: list[int | str] = []
-    for name, index in re.findall(r"([A-Za-z_][\w-]*)|\[(\d+)\]", path):
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):  # names may be map keys: 1BAD, a/b
         parts.append(int(index) if index else name)
     return tuple(parts)

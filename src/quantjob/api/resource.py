@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quantjob.api import kube_rules
 from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.pod_layout import OWN_MOUNT_PATHS, OWN_VOLUMES, reserved_env, under
 from quantjob.api.presets import QUANT_TYPES
 from quantjob.api.problems import field_error
 
@@ -110,6 +112,201 @@ class ResourceRequirements(CamelModel):
     def _as_strings(cls, value: dict[str, Any]) -> dict[str, str]:
         return {key: _quantity(item) for key, item in value.items()}
 
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> ResourceRequirements:
+        """What the API server checks on a container's resources, so a Job create is never refused."""
+        for side, values in (("requests", self.requests), ("limits", self.limits)):
+            for key, raw in values.items():
+                error = kube_rules.resource_name(key)
+                if error:
+                    raise field_error(f"{side}.{key}", error)
+                amount = kube_rules.parse_quantity(str(raw))
+                if amount is None:
+                    raise field_error(f"{side}.{key}", kube_rules.quantity(str(raw)) or "")
+                if amount < 0:
+                    raise field_error(f"{side}.{key}", f"{raw!r} is negative; resources are zero or more")
+                if kube_rules.is_extended_resource(key) and amount != amount.to_integral_value():
+                    raise field_error(f"{side}.{key}", f"{key} is counted in whole units; {raw!r} is fractional")
+        for key in set(self.requests) & set(self.limits):
+            request = kube_rules.parse_quantity(str(self.requests[key]))
+            limit = kube_rules.parse_quantity(str(self.limits[key]))
+            assert request is not None and limit is not None
+            if kube_rules.is_extended_resource(key) and request != limit:
+                raise field_error(f"requests.{key}", f"an extended resource's request must equal its limit "
+                                                     f"({self.requests[key]} != {self.limits[key]}); set only the limit")
+            if request > limit:
+                raise field_error(f"requests.{key}", f"request {self.requests[key]} exceeds the limit "
+                                                     f"{self.limits[key]}; raise the limit or lower the request")
+        return self
+
+
+class Toleration(CamelModel):
+    """A pod toleration (the ``core/v1`` Toleration fields)."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Toleration:
+        if self.key:
+            error = kube_rules.qualified_name(self.key)
+            if error:
+                raise field_error("key", error)
+        elif self.operator != "Exists":
+            raise field_error("operator", "a toleration without key must use operator Exists (it tolerates "
+                                          "every taint); add a key or set operator: Exists")
+        if self.operator == "Exists" and self.value:
+            raise field_error("value", "operator Exists takes no value; remove value or use operator Equal")
+        if self.value:
+            error = kube_rules.label_value(self.value)
+            if error:
+                raise field_error("value", error)
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise field_error("tolerationSeconds", "tolerationSeconds only applies to effect NoExecute")
+        return self
+
+
+class VolumeMount(CamelModel):
+    name: str = Field(description="one of spec.pod.volumes")
+    mountPath: str = Field(description="absolute path in the container, outside the worker's own mounts")
+    readOnly: bool = False
+    subPath: str | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> VolumeMount:
+        if not self.mountPath.startswith("/") or ":" in self.mountPath:
+            raise field_error("mountPath", f"{self.mountPath!r} must be an absolute path without ':'")
+        for own in OWN_MOUNT_PATHS:
+            if under(self.mountPath, own) or under(own, self.mountPath):
+                raise field_error("mountPath", f"{self.mountPath!r} overlaps the worker's own mount {own}; "
+                                               "choose another path")
+        if self.subPath is not None and (self.subPath.startswith("/") or ".." in self.subPath.split("/")):
+            raise field_error("subPath", f"{self.subPath!r} must be relative and stay inside the volume")
+        return self
+
+
+_RESERVED_LABEL_PREFIXES = ("quantjob.io/", "app.kubernetes.io/", "batch.kubernetes.io/", "scheduling.x-k8s.io/",
+                            "scheduling.k8s.io/", "kueue.x-k8s.io/")
+_RESERVED_LABELS = ("job-name", "controller-uid")
+
+
+def _check_labels(labels: dict[str, str], where: str, *, values: bool) -> None:
+    for key, value in labels.items():
+        error = kube_rules.qualified_name(key) or (kube_rules.label_value(value) if values else None)
+        if error:
+            raise field_error(f"{where}.{key}", error)
+
+
+class PodOverlay(CamelModel):
+    """Additions to every worker pod: scheduling, metadata, groups, volumes.
+
+    In a QuantJob (``spec.pod``) volumes are limited to the kinds the Pod Security "restricted"
+    profile allows (no hostPath); host paths such as the Ascend driver belong in the operator's
+    pod defaults, which the cluster administrator writes.
+    """
+
+    ALLOWED_VOLUME_SOURCES: ClassVar[tuple[str, ...]] = (
+        "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret")
+
+    schedulerName: str | None = Field(None, description="e.g. volcano, hami-scheduler")
+    priorityClassName: str | None = None
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(None, description="a core/v1 Affinity")
+    labels: dict[str, str] = Field(default_factory=dict, description="extra pod labels")
+    annotations: dict[str, str] = Field(default_factory=dict, description="extra pod annotations")
+    supplementalGroups: list[int] = Field(default_factory=list, description="e.g. the driver's HwHiAiUser gid")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="core/v1 Volumes")
+    volumeMounts: list[VolumeMount] = Field(default_factory=list, description="mounts of those volumes")
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> PodOverlay:
+        for field in ("schedulerName", "priorityClassName"):
+            value = getattr(self, field)
+            if value is not None:
+                error = kube_rules.dns1123_subdomain(value)
+                if error:
+                    raise field_error(field, error)
+        _check_labels(self.nodeSelector, "nodeSelector", values=True)
+        _check_labels(self.labels, "labels", values=True)
+        _check_labels(self.annotations, "annotations", values=False)
+        for key in self.labels:
+            if key.startswith(_RESERVED_LABEL_PREFIXES) or key in _RESERVED_LABELS:
+                raise field_error(f"labels.{key}", f"{key!r} is set by the operator or the Job controller; "
+                                                   "use another key")
+        if self.affinity is not None:
+            unknown = sorted(set(self.affinity) - {"nodeAffinity", "podAffinity", "podAntiAffinity"})
+            if unknown:
+                raise field_error(f"affinity.{unknown[0]}", "affinity holds nodeAffinity, podAffinity and "
+                                                            "podAntiAffinity only")
+        for index, gid in enumerate(self.supplementalGroups):
+            error = kube_rules.group_id(gid)
+            if error:
+                raise field_error(f"supplementalGroups[{index}]", error)
+        names: list[str] = []
+        for index, volume in enumerate(self.volumes):
+            names.append(self._check_volume(index, volume))
+        if len(set(names)) != len(names):
+            raise field_error("volumes", "volume names must be unique")
+        for index, mount in enumerate(self.volumeMounts):
+            if mount.name not in names:
+                raise field_error(f"volumeMounts[{index}].name", f"no volume named {mount.name!r} in volumes")
+        paths = [mount.mountPath.rstrip("/") for mount in self.volumeMounts]
+        if len(set(paths)) != len(paths):
+            raise field_error("volumeMounts", "two mounts use the same mountPath")
+        return self
+
+    def _check_volume(self, index: int, volume: dict[str, Any]) -> str:
+        name = volume.get("name")
+        if not isinstance(name, str):
+            raise field_error(f"volumes[{index}].name", "every volume needs a name")
+        error = kube_rules.dns1123_label(name)
+        if error:
+            raise field_error(f"volumes[{index}].name", error)
+        if name in OWN_VOLUMES:
+            raise field_error(f"volumes[{index}].name", f"{name!r} is one of the worker's own volumes; rename it")
+        sources = [key for key in volume if key != "name"]
+        if len(sources) != 1:
+            raise field_error(f"volumes[{index}]", "a volume has a name and exactly one source "
+                                                   f"(one of {', '.join(self.ALLOWED_VOLUME_SOURCES)})")
+        if sources[0] not in self.ALLOWED_VOLUME_SOURCES:
+            raise field_error(f"volumes[{index}].{sources[0]}",
+                              f"{sources[0]} volumes are not allowed here; use one of "
+                              f"{', '.join(self.ALLOWED_VOLUME_SOURCES)} (host paths belong in the operator's "
+                              "pod defaults)")
+        if not isinstance(volume[sources[0]], dict):
+            raise field_error(f"volumes[{index}].{sources[0]}", "must be a mapping")
+        return name
+
+
+GangScheduler = Literal["none", "volcano", "coscheduling"]
+
+
+class Scheduling(CamelModel):
+    """Gang scheduling: all ranks placed at once or none (a partial group would hold devices)."""
+
+    gang: GangScheduler | None = Field(None, description="none, volcano or coscheduling; default: the operator's")
+    queue: str | None = Field(None, description="Volcano queue of the PodGroup")
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None:
+            error = kube_rules.dns1123_subdomain(value)
+            if error:
+                raise ValueError(error)
+        return value
+
+    @model_validator(mode="after")
+    def _queue_needs_volcano(self) -> Scheduling:
+        if self.queue is not None and self.gang != "volcano":
+            raise field_error("queue", "a Volcano queue needs gang: volcano (set it here); for Kueue use "
+                                       "spec.queueName")
+        return self
+
 
 class QuantJobSpec(CamelModel):
     model: ModelSource
@@ -121,10 +318,74 @@ class QuantJobSpec(CamelModel):
     config: ModelslimConfig | None = Field(None, description="a modelslim_v1 config, verbatim")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     queueName: str | None = Field(None, description="Kueue LocalQueue; the Job starts suspended")
-    backoffLimit: int = Field(3, ge=0, le=100)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    pod: PodOverlay = Field(default_factory=PodOverlay, description="additions to every worker pod")
+    shmSize: Quantity = Field("1Gi", description="size limit of the memory-backed /dev/shm")
+    maxRestarts: int = Field(3, ge=0, le=100, description="restarts of the whole group after a rank fails; "
+                                                          "each attempt resumes at the last committed layer")
+    maxDisruptions: int = Field(10, ge=0, le=1000, description="restarts after preemption, eviction or a node "
+                                                               "drain; not counted in maxRestarts")
+    activeDeadlineSeconds: int = Field(86_400, ge=60, description="each attempt's Job is stopped after this long")
+    startupTimeoutSeconds: int = Field(1_800, ge=30, description="fail when not every rank runs within this "
+                                                                 "long of an attempt's start (queue time excluded)")
+    rendezvousTimeoutSeconds: int = Field(600, ge=10, le=7_200, description="how long ranks wait for rank 0 "
+                                                                            "and for each other (HCCL_CONNECT_TIMEOUT)")
+    collectiveTimeoutSeconds: int = Field(1_800, ge=60, le=17_340, description="a collective that takes longer "
+                                                                                "fails the attempt (HCCL_EXEC_TIMEOUT)")
     env: dict[str, str] = Field(default_factory=dict, description="extra worker environment, e.g. HCCL_SOCKET_IFNAME")
     nextLayerInput: Literal["float", "quantized"] = Field(
         "float", description="inputs of layer i+1: outputs of the float or of the quantized layer i")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backoffLimit" in data:
+            raise field_error("backoffLimit", "replaced by maxRestarts (a failed rank restarts the whole group, "
+                                              "which resumes at the last committed layer); rename the field")
+        return data
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None:
+            error = kube_rules.image_reference(value)
+            if error:
+                raise ValueError(error)
+        return value
+
+    @field_validator("queueName")
+    @classmethod
+    def _queue_label(cls, value: str | None) -> str | None:
+        if value is not None:
+            error = kube_rules.label_value(value) if value else "queueName must not be empty; remove it instead"
+            if error:
+                raise ValueError(f"{error} (it becomes the label kueue.x-k8s.io/queue-name)")
+        return value
+
+    @field_validator("shmSize", mode="before")
+    @classmethod
+    def _shm(cls, value: Any) -> Any:
+        value = _quantity(value)
+        if isinstance(value, str):
+            amount = kube_rules.parse_quantity(value)
+            if amount is None:
+                raise ValueError(kube_rules.quantity(value))
+            if amount <= 0:
+                raise ValueError(f"shmSize {value!r} must be positive")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            error = kube_rules.env_name(name)
+            if error:
+                raise field_error(name, error)
+            if reserved_env(name):
+                raise field_error(name, f"{name} is set by the operator or read by the worker and cannot be "
+                                        "set in spec.env (QUANTJOB_*, KUBERNETES_*, the group's rendezvous, "
+                                        "device selection and offline variables are reserved)")
+        return value
 
     @field_validator("quantType")
     @classmethod
@@ -163,6 +424,7 @@ class Progress(CamelModel):
     currentLayer: int | None = None
     lastLayerError: float | None = None
     summary: str | None = Field(None, description="layersDone/layersTotal, e.g. 3/16 (printer column)")
+    attempt: int | None = Field(None, description="the attempt that reported it")
 
     @model_validator(mode="after")
     def _summarise(self) -> Progress:
@@ -171,12 +433,36 @@ class Progress(CamelModel):
         return self
 
 
+class Attempt(CamelModel):
+    """One run of the whole group: its Job, where it resumed, how it ended."""
+
+    attempt: int = Field(ge=1)
+    job: str
+    resumedFromLayer: int | None = Field(None, description="committed layers found at the start (worker)")
+    startTime: str | None = Field(None, description="when the operator created the attempt's Job")
+    readyTime: str | None = Field(None, description="when every rank first ran")
+    completionTime: str | None = None
+    outcome: str | None = Field(None, description="Succeeded, Failed, Disrupted, UserError, DeadlineExceeded, "
+                                                  "StartupTimeout")
+    message: str | None = None
+
+
 class QuantJobStatus(CamelModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)  # kopf keeps its own keys here
+    observedGeneration: int | None = None
     phase: Phase | None = None
+    reason: str | None = Field(None, description="why the phase, e.g. Unschedulable, RuntimeClassNotFound")
+    message: str | None = None
     runner: str | None = None
     worldSize: int | None = None
-    job: str | None = None
+    job: str | None = Field(None, description="the current attempt's Job")
+    attempt: int | None = None
+    restarts: int | None = Field(None, description="group restarts so far (failures and disruptions)")
+    restartsCountTowardsMax: int | None = Field(None, description="restarts after failures (limit maxRestarts)")
+    disruptions: int | None = Field(None, description="restarts after preemption or eviction (maxDisruptions)")
+    ready: int | None = Field(None, description="ranks of the current attempt running and ready")
+    readySummary: str | None = Field(None, description="ready/worldSize (printer column)")
+    attempts: list[Attempt] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     startTime: str | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
@@ -31,6 +31,8 @@ class QuantizeArgs(RunOptions):
     device: str = "cpu"
     quant_type: str | None = None
     config_path: Path | None = None
+    rendezvous_timeout: float = Field(600.0, gt=0)
+    collective_timeout: float = Field(1800.0, gt=0)
 
     @model_validator(mode="after")
     def _one_config(self) -> QuantizeArgs:
@@ -72,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
     parser.add_argument("--error_samples", type=int, default=8,
                         help="samples for the per-layer quantization error table (default 8)")
+    parser.add_argument("--rendezvous_timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long a rank waits for rank 0 to answer (default 600)")
+    parser.add_argument("--collective_timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="a collective (or a peer) that takes longer fails the run (default 1800)")
     parser.set_defaults(run=run)
 
 
@@ -193,7 +199,8 @@ def run(namespace: argparse.Namespace) -> int:
                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
                     next_layer_input=args.next_layer_input, error_samples=args.error_samples)
     try:
-        group = init_group_from_env(spec.type)
+        group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout,
+                                    collective_timeout_s=args.collective_timeout)
         device = devices.torch_device(spec.type, local_device_index(spec, group))
     except (ValueError, RuntimeError, TimeoutError) as error:
         return _fail(str(error))

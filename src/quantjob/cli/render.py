@@ -1,7 +1,8 @@
 """``quantjob render -f quantjob.yaml``: print the objects the operator would create, as a YAML stream.
 
-No cluster needed: for review and GitOps diffs. Owner references are left out (they need the live
-QuantJob's uid); the operator adds them when it creates the objects.
+No cluster needed: for review and GitOps diffs. The objects of the first attempt are printed (a
+restart creates the next attempt's Job and PodGroup, ``<name>-a2``, ...). Owner references are left
+out (they need the live QuantJob's uid); the operator adds them when it creates the objects.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--namespace", "-n", help="namespace for QuantJobs that name none")
     parser.add_argument("--worker-image", help="worker image for QuantJobs without spec.image")
     parser.add_argument("--npu-runtime-class", help="runtimeClassName of npu pods; '' for none")
+    parser.add_argument("--gang-scheduling", choices=["none", "volcano", "coscheduling"],
+                        help="the operator's default gang scheduler")
+    parser.add_argument("--pod-defaults", metavar="FILE", help="the operator's pod defaults (YAML overlay)")
+    parser.add_argument("--network-policy", action="store_true", help="include the per-QuantJob NetworkPolicy")
     parser.set_defaults(run=run)
 
 
@@ -57,7 +62,7 @@ def render(documents: list[tuple[str, Any]], settings: Any, namespace: str | Non
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             errors.append(f"{source}: not a {KIND} (kind: {doc.get('kind') if isinstance(doc, dict) else doc!r})")
             continue
-        resolution = review_quantjob(doc)
+        resolution = review_quantjob(doc, settings)
         for problem in resolution.problems:
             if problem.severity == "warning":
                 print(f"{source}: {problem}", file=sys.stderr)
@@ -76,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
     from quantjob.operator.settings import SettingsError, load_settings
 
     try:
+        pod_defaults = Path(args.pod_defaults).read_text(encoding="utf-8") if args.pod_defaults else None
         settings = load_settings(os.environ, {"worker_image": args.worker_image,
-                                              "npu_runtime_class": args.npu_runtime_class})
+                                              "npu_runtime_class": args.npu_runtime_class,
+                                              "gang_scheduling": args.gang_scheduling,
+                                              "pod_defaults": pod_defaults,
+                                              "network_policy": True if args.network_policy else None})
         documents = [doc for name in args.filename for doc in _documents(name)]
     except (SettingsError, OSError, yaml.YAMLError) as error:
         print(f"quantjob render: {error}", file=sys.stderr)

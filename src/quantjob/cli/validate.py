@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from quantjob.api.check import check_document
 from quantjob.api.problems import has_errors
+from quantjob.operator.review import review_document
 
 
 def _positive(text: str) -> int:
@@ -67,7 +67,7 @@ def validate_text(name: str, text: str, devices: int | None, out: TextIO) -> int
         return 1
     failed = False
     for index, document in enumerate(documents):
-        result = check_document(document, devices=devices)
+        result = review_document(document, devices=devices)  # the webhook's verdict
         label = name if len(documents) == 1 else f"{name} (document {index + 1} of {len(documents)})"
         out.writelines(f"{problem}\n" for problem in result.problems)
         if has_errors(result.problems):

@@ -1,4 +1,8 @@
-"""The validating webhook: the same check as the CLI and the create handler, served by kopf.
+"""The validating webhook: the same review as ``quantjob validate`` and the reconciler, served by kopf.
+
+``evaluate(operation, new, old, settings)`` is the whole decision, callable in-process (the
+fuzz test compares it with ``quantjob validate``); the kopf handler only turns its answer into an
+AdmissionResponse.
 
 TLS, two ways (``QUANTJOB_WEBHOOK_TLS``):
 
@@ -7,15 +11,23 @@ TLS, two ways (``QUANTJOB_WEBHOOK_TLS``):
 - ``self-signed``: the operator makes its own certificate at start (no cert-manager needed);
 - ``insecure``: plain HTTP, for tests and local development only.
 
-Either way the registration (kopf manages the ValidatingWebhookConfiguration when
-``QUANTJOB_WEBHOOK_CONFIGURATION`` names it) points at the webhook Service with the ``caBundle``,
-never at a URL the API server may not resolve.
+The registration (``registration.keep_registered``) patches the ValidatingWebhookConfiguration
+named by ``QUANTJOB_WEBHOOK_CONFIGURATION`` (created by the deploy manifests) with the Service
+reference and the ``caBundle``: the operator needs ``get``/``patch`` on that one object only.
+
+Failure policy: ``Ignore`` by default. The CRD's own schema and its CEL rule (the spec is
+immutable) hold without the webhook, and the reconciler runs the same review (settings included)
+before it creates anything, so a QuantJob written while the webhook is down ends Failed with the
+same message instead of being blocked; ``Fail`` refuses every QuantJob write while the operator is
+unreachable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +37,63 @@ from quantjob.api.problems import Problem
 from quantjob.api.resource import GROUP, PLURAL, VERSION
 from quantjob.operator.certificates import service_hostnames, write_self_signed
 from quantjob.operator.review import review_quantjob, spec_changes
-from quantjob.operator.settings import WebhookSettings
+from quantjob.operator.settings import Settings, WebhookSettings
 
 VALIDATE_ID = "validate-quantjob"
 
 
-def admission_problems(operation: str, new: dict[str, Any], old: dict[str, Any] | None) -> list[Problem]:
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.errors)
+
+
+def admission_problems(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None,
+                       settings: Settings | None = None) -> list[Problem]:
     """Errors and warnings for a CREATE or UPDATE of a QuantJob."""
-    problems = list(review_quantjob(new).problems)
+    problems = list(review_quantjob(new, settings).problems)
     if operation == "UPDATE" and old is not None:
         problems.extend(spec_changes(old, new))
     return problems
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def evaluate(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None = None,
+             settings: Settings | None = None) -> Verdict:
+    """The webhook's verdict on an AdmissionRequest's objects, without HTTP or kopf."""
+    problems = admission_problems(operation or "CREATE", new, old, settings)
+    errors = [str(p) for p in problems if p.severity == "error"]
+    return Verdict(not errors, errors, [str(p) for p in problems if p.severity == "warning"])
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     @kopf.on.validate(GROUP, VERSION, PLURAL, id=VALIDATE_ID, operations=["CREATE", "UPDATE"],
-                      registry=registry)
+                      ignore_failures=settings.webhook.failure_policy == "Ignore", registry=registry)
     def validate(body: kopf.Body, warnings: list[str], old: Any = None, operation: Any = "CREATE", **_: Any) -> None:
-        problems = admission_problems(operation or "CREATE", dict(body),
-                                      dict(old) if old is not None else None)
-        warnings.extend(str(p) for p in problems if p.severity == "warning")
-        errors = [str(p) for p in problems if p.severity == "error"]
-        if errors:
-            raise kopf.AdmissionError("; ".join(errors), code=422)
+        verdict = evaluate(operation or "CREATE", dict(body), dict(old) if old is not None else None, settings)
+        warnings.extend(verdict.warnings)
+        if not verdict.allowed:
+            raise kopf.AdmissionError(verdict.message, code=422)
 
 
 class ServiceWebhookServer(kopf.WebhookServer):
-    """Kopf's webhook server, registered through a Service reference plus ``caBundle`` (not a URL)."""
+    """Kopf's webhook server, advertised through a Service reference plus ``caBundle`` (not a URL).
+
+    The latest client config is kept in ``client_config`` (and ``configured`` is set) for the
+    registration task.
+    """
 
     def __init__(self, *, service: str, namespace: str, service_port: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.service = service
         self.service_namespace = namespace
         self.service_port = service_port
+        self.client_config: dict[str, Any] | None = None
+        self.configured = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf's WebhookFn -> WebhookClientConfig
         async for config in super().__call__(fn):
@@ -65,6 +101,8 @@ class ServiceWebhookServer(kopf.WebhookServer):
                                                   "port": self.service_port, "path": self.path or ""}}
             if config.get("caBundle"):
                 client["caBundle"] = config["caBundle"]
+            self.client_config = client
+            self.configured.set()
             yield client
 
 

@@ -2,43 +2,64 @@
 
 Children of QuantJob ``<name>`` (all deterministic, so a restarted operator finds them again):
 
-- ServiceAccount, Role, RoleBinding ``<name>-worker``: rank 0 may ``get``/``patch`` the status of
-  this one QuantJob and nothing else;
+- ServiceAccount ``<name>-worker`` (no token mounted by default); with progress reporting, a
+  Role and RoleBinding ``<name>-worker``: ``get``/``patch`` of the ConfigMap ``<name>-progress``
+  and nothing else (the worker never writes the QuantJob itself);
 - ConfigMap ``<name>-config``: ``config.yaml`` = the resolved modelslim_v1 config;
-- Service ``<name>``: headless, gives pod ``i`` the DNS name ``<name>-i.<name>``;
-- Job ``<name>``: Indexed, one pod per device, pod ``i`` = rank ``i``.
+- ConfigMap ``<name>-progress``: written by rank 0, mirrored into ``status.progress`` by the operator;
+- Service ``<name>``: headless, gives pod ``i`` of attempt ``N`` the DNS name ``<name>-aN-i.<name>``;
+- Job ``<name>-a<N>``: attempt N, Indexed, one pod per device, pod ``i`` = rank ``i``. A new attempt
+  is a new Job, so its rank 0 has a new hostname: a rank of the new attempt can never reach the
+  old attempt's rendezvous store;
+- optionally a PodGroup ``<name>-a<N>`` (gang scheduling) and a NetworkPolicy ``<name>``.
 
-Owner references are not set here (they need the live object's uid): the handlers call
-``kopf.adopt`` on these dicts.
+Every child carries our labels only (never the QuantJob's) and, when built for a live QuantJob, an
+owner reference with ``controller: true`` and no ``blockOwnerDeletion`` (that flag would need
+``update`` on ``quantjobs/finalizers`` under OwnerReferencesPermissionEnforcement; deletion
+cascades without it).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from quantjob.api.check import Resolution
+from quantjob.api.exit_codes import USER_ERRORS
+from quantjob.api.pod_layout import (
+    CALIBRATION_MOUNT,
+    CONFIG_DIR,
+    MODEL_MOUNT,
+    OUTPUT_MOUNT,
+    SCRATCH_MOUNT,
+    SERVICE_ACCOUNT_DIR,
+    SHM_MOUNT,
+)
 from quantjob.api.problems import Problem
-from quantjob.api.resource import GROUP, PLURAL, QuantJob
+from quantjob.api.resource import API_VERSION, KIND, QuantJob
+from quantjob.operator import gang, pod_overlay
 from quantjob.operator.settings import Settings
 
 Manifest = dict[str, Any]
 
 LABEL_NAME = "quantjob.io/name"
+LABEL_ATTEMPT = "quantjob.io/attempt"
+LABEL_COMPONENT = "quantjob.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_FILE = "config.yaml"
-CONFIG_DIR = "/etc/quantjob"
-MODEL_MOUNT = "/mnt/model"
-OUTPUT_MOUNT = "/mnt/output"
-CALIBRATION_MOUNT = "/mnt/calibration"
-SCRATCH_MOUNT = "/tmp"
+PROGRESS_KEY = "progress.json"
 CONTAINER_NAME = "worker"
 WORKER_UID = 1000
 MAX_LABEL = 63
+TOKEN_SECONDS = 3600
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+# podFailurePolicy rule order; the operator reads the index back from the Job's failure message.
+RULE_USER_ERROR, RULE_DISRUPTION, RULE_FAILURE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -47,9 +68,11 @@ class ChildNames:
 
     quantjob: str
 
-    @property
-    def job(self) -> str:
-        return self.quantjob
+    def job(self, attempt: int) -> str:
+        return f"{self.quantjob}-a{attempt}"
+
+    def pod_group(self, attempt: int) -> str:
+        return self.job(attempt)
 
     @property
     def service(self) -> str:
@@ -60,19 +83,28 @@ class ChildNames:
         return f"{self.quantjob}-config"
 
     @property
+    def progress(self) -> str:
+        return f"{self.quantjob}-progress"
+
+    @property
     def worker(self) -> str:
         return f"{self.quantjob}-worker"
 
-    def master_addr(self) -> str:
-        return f"{self.job}-0.{self.service}"
+    @property
+    def network_policy(self) -> str:
+        return self.quantjob
+
+    def master_addr(self, attempt: int) -> str:
+        return f"{self.job(attempt)}-0.{self.service}"
 
 
-def check_name(name: str, world_size: int) -> list[Problem]:
-    """The QuantJob name becomes a Service name (DNS-1035 label) and pod hostnames ``<name>-<index>``."""
+def check_name(name: str, world_size: int, max_attempts: int = 1) -> list[Problem]:
+    """The name becomes a Service name (DNS-1035 label) and pod hostnames ``<name>-a<attempt>-<index>``
+    for attempts up to ``max_attempts`` (``maxRestarts + maxDisruptions + 1``)."""
     if not _DNS_LABEL.match(name or ""):
         return [Problem("metadata.name", f"name {name!r} must be a DNS label: lowercase letters, digits and "
                                          "'-', starting with a letter and ending with a letter or digit")]
-    longest_host = f"{name}-{max(world_size, 1) - 1}"
+    longest_host = f"{ChildNames(name).job(max(max_attempts, 1))}-{max(world_size, 1) - 1}"
     if len(longest_host) > MAX_LABEL:
         limit = MAX_LABEL - (len(longest_host) - len(name))
         return [Problem("metadata.name", f"name {name!r} is {len(name)} characters; with {world_size} devices "
@@ -90,8 +122,14 @@ def labels(name: str) -> dict[str, str]:
     }
 
 
-def _metadata(name: str, owner: str, namespace: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": labels(owner)}
+def owner_reference(quantjob: Mapping[str, Any]) -> dict[str, Any]:
+    """Our owner reference to a live QuantJob (no ``blockOwnerDeletion``: see the module doc)."""
+    meta = quantjob.get("metadata") or {}
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True}
+
+
+def _metadata(name: str, owner: str, namespace: str | None, **extra_labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {**labels(owner), **extra_labels}}
     if namespace:
         meta["namespace"] = namespace
     return meta
@@ -105,9 +143,17 @@ def build_config_map(job: QuantJob, resolution: Resolution, namespace: str | Non
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(ChildNames(name).config, name, namespace),
+        "metadata": _metadata(ChildNames(name).config, name, namespace, **{LABEL_COMPONENT: "config"}),
         "data": {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)},
     }
+
+
+def build_progress_config_map(job: QuantJob, namespace: str | None) -> Manifest:
+    """Where rank 0 writes its progress (the only object its account may write)."""
+    name = job.metadata["name"]
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _metadata(ChildNames(name).progress, name, namespace, **{LABEL_COMPONENT: "progress"}),
+            "data": {PROGRESS_KEY: "{}"}}
 
 
 def build_service(job: QuantJob, settings: Settings, namespace: str | None) -> Manifest:
@@ -126,89 +172,131 @@ def build_service(job: QuantJob, settings: Settings, namespace: str | None) -> M
     }
 
 
-def build_worker_access(job: QuantJob, namespace: str | None) -> list[Manifest]:
-    """ServiceAccount + Role + RoleBinding: get/patch ``quantjobs/status`` of this QuantJob only."""
+def build_worker_access(job: QuantJob, settings: Settings, namespace: str | None) -> list[Manifest]:
+    """The pods' ServiceAccount (no automatic token) and, with progress reporting, a Role that may
+    only ``get``/``patch`` the progress ConfigMap of this QuantJob."""
     name = job.metadata["name"]
-    worker = ChildNames(name).worker
+    names = ChildNames(name)
     account: Manifest = {"apiVersion": "v1", "kind": "ServiceAccount",
-                         "metadata": _metadata(worker, name, namespace)}
+                         "metadata": _metadata(names.worker, name, namespace),
+                         "automountServiceAccountToken": False}
+    if not settings.progress_reporting:
+        return [account]
     role: Manifest = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(worker, name, namespace),
-        "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name],
+        "metadata": _metadata(names.worker, name, namespace),
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.progress],
                    "verbs": ["get", "patch"]}],
     }
-    subject: dict[str, str] = {"kind": "ServiceAccount", "name": worker}
+    subject: dict[str, str] = {"kind": "ServiceAccount", "name": names.worker}
     if namespace:
         subject["namespace"] = namespace
     binding: Manifest = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(worker, name, namespace),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": worker},
+        "metadata": _metadata(names.worker, name, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.worker},
         "subjects": [subject],
     }
     return [account, role, binding]
 
 
-def worker_command(job: QuantJob) -> list[str]:
-    """The pod command: the worker's ``quantjob quantize`` flags (the contract with the worker)."""
+def build_network_policy(job: QuantJob, namespace: str | None) -> Manifest:
+    """Only this QuantJob's own pods may connect to its pods (the rendezvous port, gloo's and HCCL's
+    host sockets); everything else is refused. Egress is not restricted."""
+    name = job.metadata["name"]
+    own = {"matchLabels": {LABEL_NAME: name}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _metadata(ChildNames(name).network_policy, name, namespace),
+            "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]}}
+
+
+def worker_args(job: QuantJob) -> list[str]:
+    """The container's args: ``quantjob`` subcommand and flags (the contract with the worker CLI).
+
+    They are ``args``, not ``command``: the image's entry point runs first (it sets up CANN's
+    environment on Ascend images, see ``deploy/worker-entrypoint.sh``) and then ``quantjob "$@"``.
+    """
     spec = job.spec
-    command = [
-        "quantjob", "quantize",
+    args = [
+        "quantize",
         "--model_path", f"{MODEL_MOUNT}/{spec.model.path}",
         "--save_path", f"{OUTPUT_MOUNT}/{spec.output.path}",
         "--config_path", f"{CONFIG_DIR}/{CONFIG_FILE}",
         "--device", spec.devices.type,
     ]
     if spec.calibration.path:
-        command += ["--calib_file", f"{CALIBRATION_MOUNT}/{spec.calibration.path}"]
-    command += ["--calib_samples", str(spec.calibration.samples), "--max_length", str(spec.calibration.maxLength)]
+        args += ["--calib_file", f"{CALIBRATION_MOUNT}/{spec.calibration.path}"]
+    args += ["--calib_samples", str(spec.calibration.samples), "--max_length", str(spec.calibration.maxLength)]
     if spec.model.trustRemoteCode:
-        command.append("--trust_remote_code")
+        args.append("--trust_remote_code")
     if spec.model.modelType:
-        command += ["--model_type", spec.model.modelType]
+        args += ["--model_type", spec.model.modelType]
     if spec.output.overwrite:
-        command.append("--overwrite")
-    command += ["--next_layer_input", spec.nextLayerInput]
-    return command
+        args.append("--overwrite")
+    args += ["--next_layer_input", spec.nextLayerInput,
+             "--rendezvous_timeout", str(spec.rendezvousTimeoutSeconds),
+             "--collective_timeout", str(spec.collectiveTimeoutSeconds)]
+    return args
 
 
-def worker_env(job: QuantJob, world_size: int, settings: Settings, namespace: str | None) -> list[dict[str, Any]]:
-    """Group env (rank comes from ``JOB_COMPLETION_INDEX``, set by the Job controller) plus user env."""
+def hccl_timeouts(job: QuantJob) -> dict[str, str]:
+    """HCCL's link-setup and execution timeouts from the worker's own rendezvous and collective ones,
+    inside the ranges CANN accepts ([120, 7200] and [68, 17340] seconds)."""
+    spec = job.spec
+    return {"HCCL_CONNECT_TIMEOUT": str(min(max(spec.rendezvousTimeoutSeconds, 120), 7200)),
+            "HCCL_EXEC_TIMEOUT": str(min(max(spec.collectiveTimeoutSeconds, 68), 17340))}
+
+
+def worker_env(job: QuantJob, world_size: int, settings: Settings, attempt: int,
+               default_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The operator's variables (rank from ``JOB_COMPLETION_INDEX``), then the defaults' and the
+    user's; the operator's win, then the user's over the defaults'."""
     name = job.metadata["name"]
+    names = ChildNames(name)
     env: list[dict[str, Any]] = [
-        {"name": "MASTER_ADDR", "value": ChildNames(name).master_addr()},
+        {"name": "MASTER_ADDR", "value": names.master_addr(attempt)},
         {"name": "MASTER_PORT", "value": str(settings.master_port)},
         {"name": "WORLD_SIZE", "value": str(world_size)},
         {"name": "QUANTJOB_NAME", "value": name},
         {"name": "QUANTJOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "QUANTJOB_ATTEMPT", "value": str(attempt)},
         {"name": "HOME", "value": SCRATCH_MOUNT},
         {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+        {"name": "HF_DATASETS_OFFLINE", "value": "1"},
     ]
-    if job.spec.devices.type == "npu" and "HCCL_SOCKET_IFNAME" not in job.spec.env:
-        env.append({"name": "HCCL_IF_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    if settings.progress_reporting:
+        env += [{"name": "QUANTJOB_PROGRESS_CONFIGMAP", "value": names.progress},
+                {"name": "QUANTJOB_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_DIR}]
+    others = {**(default_env or {}), **job.spec.env}
+    if job.spec.devices.type == "npu":
+        env += [{"name": key, "value": value} for key, value in hccl_timeouts(job).items()]
+        if "HCCL_SOCKET_IFNAME" not in others:
+            env.append({"name": "HCCL_IF_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     ours = {item["name"] for item in env}
-    env += [{"name": key, "value": value} for key, value in sorted(job.spec.env.items()) if key not in ours]
+    env += [{"name": key, "value": value} for key, value in sorted(others.items()) if key not in ours]
     return env
 
 
-def _volumes(job: QuantJob, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(job: QuantJob, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = job.spec
+    name = job.metadata["name"]
     volumes: list[dict[str, Any]] = [
         {"name": "model", "persistentVolumeClaim": {"claimName": spec.model.pvc, "readOnly": True}},
         {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc}},
         {"name": "config", "configMap": {"name": ChildNames(name).config}},
         {"name": "scratch", "emptyDir": {}},
-        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.shmSize)}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
         {"name": "output", "mountPath": OUTPUT_MOUNT},
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
-        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "shm", "mountPath": SHM_MOUNT},
     ]
     if spec.calibration.path:
         claim = spec.calibration.pvc or spec.model.pvc
@@ -216,6 +304,15 @@ def _volumes(job: QuantJob, name: str) -> tuple[list[dict[str, Any]], list[dict[
         if volume == "calibration":
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": volume, "mountPath": CALIBRATION_MOUNT, "readOnly": True})
+    if settings.progress_reporting:
+        # A short-lived, audience-bound token instead of the automatic one. A Job has one pod template,
+        # so every rank mounts it, but it only lets rank 0's reporter patch this QuantJob's progress.
+        volumes.append({"name": "api-token", "projected": {"defaultMode": 0o440, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+        ]}})
+        mounts.append({"name": "api-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -229,16 +326,30 @@ def _resources(job: QuantJob, settings: Settings) -> dict[str, dict[str, str]]:
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
 
 
-def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None) -> Manifest:
+def pod_failure_policy() -> dict[str, Any]:
+    """Any rank's end other than success ends the attempt at once (with ``backoffLimit: 0``); the
+    rule that matched tells the operator what to do next: a user error (the worker's exit codes 2
+    and 3) fails the QuantJob, a disruption or a crash restarts the whole group."""
+    return {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
+                                              "values": sorted(USER_ERRORS)}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "NotIn", "values": [0]}},
+    ]}
+
+
+def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
+              attempt: int = 1) -> Manifest:
     name = job.metadata["name"]
     names = ChildNames(name)
     world_size = resolution.world_size
-    volumes, mounts = _volumes(job, name)
+    overlay = pod_overlay.merge(settings.pod_defaults, job.spec.pod)
+    volumes, mounts = _volumes(job, settings)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": job.spec.image or settings.worker_image,
-        "command": worker_command(job),
-        "env": worker_env(job, world_size, settings, namespace),
+        "args": worker_args(job),
+        "env": worker_env(job, world_size, settings, attempt, overlay.env),
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -256,11 +367,13 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
         "restartPolicy": "Never",
         "subdomain": names.service,
         "serviceAccountName": names.worker,
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": WORKER_UID,
             "runAsGroup": WORKER_UID,
             "fsGroup": WORKER_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",  # no recursive chown of a large model volume per pod
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -268,16 +381,18 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
     }
     if job.spec.devices.type == "npu" and settings.npu_runtime_class:
         pod_spec["runtimeClassName"] = settings.npu_runtime_class
-    metadata = _metadata(names.job, name, namespace)
+    pod_metadata: dict[str, Any] = {"labels": {**labels(name), LABEL_ATTEMPT: str(attempt)}}
+    pod_overlay.apply(overlay, pod_metadata, pod_spec, container)
+    gang.mark_pods(job, names.pod_group(attempt), settings, pod_metadata, pod_spec)
+    metadata = _metadata(names.job(attempt), name, namespace, **{LABEL_ATTEMPT: str(attempt)})
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": world_size,
         "parallelism": world_size,
-        "backoffLimit": job.spec.backoffLimit,
-        # Preemption, eviction and node drains mark pods with DisruptionTarget: retry without counting them.
-        "podFailurePolicy": {"rules": [{"action": "Ignore",
-                                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-        "template": {"metadata": {"labels": labels(name)}, "spec": pod_spec},
+        "backoffLimit": 0,
+        "podFailurePolicy": pod_failure_policy(),
+        "activeDeadlineSeconds": job.spec.activeDeadlineSeconds,
+        "template": {"metadata": pod_metadata, "spec": pod_spec},
     }
     if job.spec.queueName:
         metadata["labels"][KUEUE_QUEUE_LABEL] = job.spec.queueName
@@ -285,13 +400,37 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def build_children(job: QuantJob, resolution: Resolution, settings: Settings,
-                   namespace: str | None = None) -> list[Manifest]:
-    """All children in creation order (access and config before the Job that uses them)."""
+def build_pod_group(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
+                    attempt: int = 1) -> Manifest | None:
+    name = job.metadata["name"]
+    group = ChildNames(name).pod_group(attempt)
+    return gang.build_pod_group(job, group, resolution.world_size, settings,
+                                _metadata(group, name, namespace, **{LABEL_ATTEMPT: str(attempt)}))
+
+
+def build_setup(job: QuantJob, resolution: Resolution, settings: Settings,
+                namespace: str | None = None) -> list[Manifest]:
+    """The children every attempt shares, in creation order (access and config before any Job)."""
     namespace = namespace or job.metadata.get("namespace")
-    return [
-        *build_worker_access(job, namespace),
-        build_config_map(job, resolution, namespace),
-        build_service(job, settings, namespace),
-        build_job(job, resolution, settings, namespace),
-    ]
+    children = [*build_worker_access(job, settings, namespace), build_config_map(job, resolution, namespace)]
+    if settings.progress_reporting:
+        children.append(build_progress_config_map(job, namespace))
+    children.append(build_service(job, settings, namespace))
+    if settings.network_policy:
+        children.append(build_network_policy(job, namespace))
+    return children
+
+
+def build_attempt(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None = None,
+                  attempt: int = 1) -> list[Manifest]:
+    """An attempt's own children: its PodGroup (with gang scheduling), then its Job."""
+    namespace = namespace or job.metadata.get("namespace")
+    group = build_pod_group(job, resolution, settings, namespace, attempt)
+    return [*([group] if group else []), build_job(job, resolution, settings, namespace, attempt)]
+
+
+def build_children(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None = None,
+                   attempt: int = 1) -> list[Manifest]:
+    """All children of one attempt, in creation order (what ``quantjob render`` prints)."""
+    return [*build_setup(job, resolution, settings, namespace), *build_attempt(job, resolution, settings,
+                                                                               namespace, attempt)]

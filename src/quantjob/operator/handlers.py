@@ -1,8 +1,12 @@
-"""Kopf handlers: reconcile a new QuantJob into its children, mirror its Job's status back.
+"""Kopf wiring: every event that may change what a QuantJob should do calls the reconciler.
 
-``build_registry(settings)`` returns a fresh ``kopf.OperatorRegistry`` (no module-level state), so
-tests and ``quantjob operator`` run the same handlers with different settings. Handlers are sync
-functions: kopf runs them in its thread pool, where the blocking ``kubernetes`` client belongs.
+``build_registry(settings, reconciler)`` returns a fresh ``kopf.OperatorRegistry`` (no module-level
+state). Only ``on.event`` handlers are used: they observe without writing anything onto the objects
+(no progress annotations, no finalizers), so the operator needs neither ``patch`` on QuantJobs nor
+``update`` on ``quantjobs/finalizers``, and a QuantJob can be deleted while the operator is down.
+Handlers are sync functions: kopf runs them in its thread pool, where the blocking client belongs.
+The periodic resync (``main.resync``) covers what no event announces (a deleted Service, a pod that
+became unschedulable, the startup deadline).
 """
 
 from __future__ import annotations
@@ -12,55 +16,32 @@ from typing import Any
 import kopf
 
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
-from quantjob.operator import admission, kube
-from quantjob.operator.builders import LABEL_NAME, ChildNames, build_children
-from quantjob.operator.review import review_quantjob
+from quantjob.operator import admission
+from quantjob.operator.builders import LABEL_COMPONENT, LABEL_NAME
+from quantjob.operator.reconcile import Reconciler
 from quantjob.operator.settings import Settings
-from quantjob.operator.status import (
-    accepted_status,
-    changed,
-    invalid_status,
-    mirror_job,
-    now_iso,
-    pod_failure_message,
-)
-
-ANNOTATION_PREFIX = "kopf.quantjob.io"
 
 
-def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
-    """Kopf's own settings for our operator: progress in annotations (status stays ours), webhook."""
+def kopf_settings(settings: Settings, webhook_server: Any = None) -> kopf.OperatorSettings:
+    """Kopf's own settings: our webhook server, registered by us (``registration``), not by kopf."""
     result = kopf.OperatorSettings()
-    result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
     result.persistence.finalizer = f"{GROUP}/finalizer"
-    if settings.webhook.enabled:
-        result.admission.server = admission.build_webhook_server(settings.webhook)
-        result.admission.managed = settings.webhook.configuration or None
+    if webhook_server is not None:
+        result.admission.server = webhook_server
+        result.admission.managed = None  # kopf would need create on every webhook configuration
     return result
 
 
-def _owner_name(body: kopf.Body) -> str | None:
-    """The QuantJob that owns this Job, or None for Jobs that merely carry our label."""
+def owner_name(body: kopf.Body) -> str | None:
+    """The QuantJob that controls this child, or None for objects that merely carry our label."""
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return str(ref.get("name"))
     return None
 
 
-def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+def build_registry(settings: Settings, reconciler: Reconciler) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    clients: dict[str, Any] = {}
-
-    def api() -> Any:
-        if "api" not in clients:
-            clients["api"] = kube.make_api_client(settings)
-        return clients["api"]
-
-    def _fresh_status(namespace: str, name: str, body: kopf.Body) -> dict[str, Any]:
-        current = kube.get_quantjob(api(), namespace, name)
-        return dict((current if current is not None else body).get("status") or {})
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -68,52 +49,22 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             return kopf.ConnectionInfo(server=settings.api_server)
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile(body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
-        if namespace is None:
-            raise kopf.PermanentError("QuantJob is a namespaced resource; got one without a namespace")
-        resolution = review_quantjob(body)
-        if not resolution.ok or resolution.job is None:
-            previous = _fresh_status(namespace, name, body)
-            status = invalid_status(resolution.problems, previous, now_iso())
-            if changed(status, previous):
-                kube.patch_quantjob_status(api(), namespace, name, status)
-            logger.error("QuantJob rejected, nothing created: %s", status["conditions"][-1]["message"])
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="quantjob", registry=registry)
+    def quantjob_event(event: Any, namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None or event.get("type") == "DELETED":
             return
-        children = build_children(resolution.job, resolution, settings, namespace)
-        kopf.adopt(children, owner=body)
-        *setup, job = children
-        for child in setup:
-            kube.create_if_absent(api(), child)
-        # Status before the Job, so the Job's first events find runner and conditions in place. Read
-        # fresh: a re-run (operator restart, a stale watch event) must not roll back mirrored conditions.
-        previous = _fresh_status(namespace, name, body)
-        status = accepted_status(resolution, ChildNames(name).job, previous, now_iso())
-        if changed(status, previous):
-            kube.patch_quantjob_status(api(), namespace, name, status)
-        kube.create_if_absent(api(), job)
-        for warning in (p for p in resolution.problems if p.severity == "warning"):
-            logger.warning("%s", warning)
+        reconciler.reconcile(namespace, name)
 
-    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT}, id="mirror-job", registry=registry)
-    def mirror(event: Any, body: kopf.Body, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
-        owner = _owner_name(body)
-        if owner is None or namespace is None or event.get("type") == "DELETED":
-            return
-        quantjob = kube.get_quantjob(api(), namespace, owner)
-        if quantjob is None:
-            return  # the owner is gone; garbage collection takes the Job
-        previous = quantjob.get("status") or {}
-        job_status = dict(body.get("status") or {})
-        world_size = int(body.spec.get("completions") or previous.get("worldSize") or 1)
-        failed = any(c.get("type") in ("Failed", "FailureTarget") and c.get("status") == "True"
-                     for c in job_status.get("conditions") or [])
-        pod_message = pod_failure_message(kube.list_worker_pods(api(), namespace, owner)) if failed else None
-        update = mirror_job(job_status, world_size, previous, pod_message, now_iso())
-        if changed(update, previous):
-            kube.patch_quantjob_status(api(), namespace, owner, update)
-            logger.info("QuantJob %s is %s", owner, update["phase"])
+    def child_event(event: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        owner = owner_name(body)
+        if owner is not None and namespace is not None:
+            reconciler.reconcile(namespace, owner)
 
+    kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT}, id="child-job",
+                  registry=registry)(child_event)
+    if settings.progress_reporting:
+        kopf.on.event("v1", "configmaps", labels={LABEL_COMPONENT: "progress"}, id="progress",
+                      registry=registry)(child_event)
     if settings.webhook.enabled:  # kopf refuses validate handlers without a webhook server
-        admission.register(registry)
+        admission.register(registry, settings)
     return registry

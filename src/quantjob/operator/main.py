@@ -1,18 +1,56 @@
-"""Run the operator: kopf with our registry and settings (``quantjob operator``)."""
+"""Run the operator: kopf with our handlers, the periodic resync and the webhook registration."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import kopf
+import kubernetes
 
+from quantjob.operator import admission, kube, registration
 from quantjob.operator.handlers import build_registry, kopf_settings
+from quantjob.operator.reconcile import Reconciler
 from quantjob.operator.settings import Settings
 
 LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
 LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
+log = logging.getLogger(__name__)
+
+
+def api_factory(settings: Settings) -> Callable[[], kubernetes.client.ApiClient]:
+    """One client, made on first use (kopf has logged in by then)."""
+    clients: dict[str, Any] = {}
+
+    def api() -> kubernetes.client.ApiClient:
+        if "api" not in clients:
+            clients["api"] = kube.make_api_client(settings)
+        return clients["api"]
+    return api
+
+
+async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], kubernetes.client.ApiClient],
+                 interval: float) -> None:
+    """Reconcile every QuantJob every ``interval`` seconds: what no event announces (a deleted child,
+    a pod that became unschedulable, a deadline) is still acted on."""
+    while True:
+        await asyncio.sleep(interval)
+        scopes: list[str | None] = list(settings.namespaces) or [None]
+        for namespace in scopes:
+            try:
+                items = await asyncio.to_thread(kube.list_quantjobs, api(), namespace)
+            except Exception as error:  # noqa: BLE001  # the loop must survive an unreachable API server
+                log.warning("resync: cannot list QuantJobs in %s: %s", namespace or "all namespaces", error)
+                continue
+            for item in items:
+                meta = item.get("metadata") or {}
+                try:
+                    await asyncio.to_thread(reconciler.reconcile, str(meta.get("namespace")), str(meta.get("name")))
+                except Exception:  # one QuantJob's trouble must not stop the others
+                    log.exception("resync: reconciling %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
 async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = None,
@@ -22,18 +60,31 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
 
     ``adjust`` may change kopf's settings before the start (tests disable namespace scanning).
     """
-    operator_settings = kopf_settings(settings)
+    api = api_factory(settings)
+    reconciler = Reconciler(settings, api)
+    server = admission.build_webhook_server(settings.webhook) if settings.webhook.enabled else None
+    operator_settings = kopf_settings(settings, server)
     if adjust is not None:
         adjust(operator_settings)
-    await kopf.operator(
-        registry=build_registry(settings),
-        settings=operator_settings,
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
-        clusterwide=settings.cluster_wide,
-        namespaces=settings.namespaces,
-        stop_flag=stop_flag,
-        liveness_endpoint=liveness_endpoint,
-    )
+    tasks = [asyncio.create_task(resync(reconciler, settings, api, settings.resync_seconds))]
+    if server is not None and settings.webhook.configuration:
+        tasks.append(asyncio.create_task(registration.keep_registered(server, settings, api)))
+    try:
+        await kopf.operator(
+            registry=build_registry(settings, reconciler),
+            settings=operator_settings,
+            standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
+            clusterwide=settings.cluster_wide,
+            namespaces=settings.namespaces,
+            stop_flag=stop_flag,
+            liveness_endpoint=liveness_endpoint,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def main(settings: Settings, verbose: bool = False) -> int:

@@ -21,7 +21,7 @@ log = logging.getLogger("quantjob.worker")
 
 
 class ProgressHook(Protocol):
-    def start(self, total_layers: int) -> None: ...
+    def start(self, total_layers: int, resumed_from: int = 0) -> None: ...
 
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None: ...
 
@@ -37,7 +37,7 @@ class TerminalProgress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._started = time.monotonic()
 
-    def start(self, total_layers: int) -> None:
+    def start(self, total_layers: int, resumed_from: int = 0) -> None:
         self._started = time.monotonic()
         if self.tty:
             self._bar(0, total_layers, None)
@@ -83,8 +83,8 @@ class PipeProgress:
         self.stream.write(PIPE_MARKER + json.dumps(event) + "\n")
         self.stream.flush()
 
-    def start(self, total_layers: int) -> None:
-        self._send(event="start", total=total_layers)
+    def start(self, total_layers: int, resumed_from: int = 0) -> None:
+        self._send(event="start", total=total_layers, resumed_from=resumed_from)
 
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
         self._send(event="layer", done=done, total=total, error=layer_error)
@@ -99,7 +99,7 @@ def replay_event(line: str, hook: ProgressHook) -> bool:
         return False
     event = json.loads(line[len(PIPE_MARKER):])
     if event["event"] == "start":
-        hook.start(event["total"])
+        hook.start(event["total"], event.get("resumed_from", 0))
     elif event["event"] == "layer":
         hook.layer_done(event["done"], event["total"], event["error"])
     else:
@@ -113,9 +113,9 @@ class Fanout:
     def __init__(self, *hooks: ProgressHook) -> None:
         self.hooks = hooks
 
-    def start(self, total_layers: int) -> None:
+    def start(self, total_layers: int, resumed_from: int = 0) -> None:
         for hook in self.hooks:
-            hook.start(total_layers)
+            hook.start(total_layers, resumed_from)
 
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
         for hook in self.hooks:

@@ -1,9 +1,15 @@
-"""Rank 0's progress reporter: merge-patches ``status.progress`` of its own QuantJob.
+"""Rank 0's progress reporter: merge-patches its QuantJob's progress ConfigMap.
 
-Standard library only (no torch, no kubernetes client): it runs in the worker image. It talks to
-the API server with the pod's ServiceAccount (token and CA under
-``/var/run/secrets/kubernetes.io/serviceaccount``), whose Role allows ``get``/``patch`` on this
-QuantJob's ``status`` and nothing else. A failed patch is logged and never stops the quantization.
+Standard library only (no torch, no kubernetes client): it runs in the worker image. The worker
+never writes the QuantJob itself: its Role allows ``get``/``patch`` on one ConfigMap
+(``QUANTJOB_PROGRESS_CONFIGMAP``), and the operator mirrors that into ``status.progress`` and the
+attempt's resume point into ``status.attempts``.
+
+It talks to the API server only through the in-cluster configuration: ``https://`` +
+``KUBERNETES_SERVICE_HOST``/``_PORT`` (set by the kubelet; a QuantJob cannot set ``KUBERNETES_*``)
+with the projected token and the cluster CA from the account directory; without that CA it sends
+nothing (no token ever goes over an unverified or plain connection). A failed patch is logged and
+never stops the quantization.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-GROUP_VERSION = "quantjob.io/v1alpha1"
-PLURAL = "quantjobs"
+PROGRESS_KEY = "progress.json"
 MIN_INTERVAL_S = 2.0
 TIMEOUT_S = 5.0
 
@@ -32,90 +37,93 @@ TIMEOUT_S = 5.0
 class KubernetesProgress:
     """A ``ProgressHook``: ``start``, ``layer_done`` (rate-limited), ``finish`` (always sent)."""
 
-    def __init__(self, name: str, namespace: str, server: str, *, token_file: Path | None = None,
-                 ca_file: Path | None = None, min_interval: float = MIN_INTERVAL_S, timeout: float = TIMEOUT_S,
+    def __init__(self, config_map: str, namespace: str, server: str, *, token_file: Path, ca_file: Path,
+                 attempt: int = 1, min_interval: float = MIN_INTERVAL_S, timeout: float = TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = (f"{server.rstrip('/')}/apis/{GROUP_VERSION}/namespaces/{urllib.parse.quote(namespace)}/"
-                    f"{PLURAL}/{urllib.parse.quote(name)}/status")
+        if not server.startswith("https://"):
+            raise ValueError(f"progress is reported over https only, not {server!r}")
+        self.url = (f"{server.rstrip('/')}/api/v1/namespaces/{urllib.parse.quote(namespace)}/configmaps/"
+                    f"{urllib.parse.quote(config_map)}")
         self.token_file = token_file
-        self.context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+        self.context = ssl.create_default_context(cafile=str(ca_file))
         self.min_interval = min_interval
         self.timeout = timeout
         self.clock = clock
+        self.state: dict[str, Any] = {"attempt": attempt}
         self.last_sent: float | None = None
-        self.pending: dict[str, Any] | None = None
+        self.dirty = False
         self.failures = 0
 
-    def start(self, total_layers: int) -> None:
-        self._send({"layersDone": 0, "layersTotal": total_layers, "summary": f"0/{total_layers}",
-                    "currentLayer": 0 if total_layers else None, "lastLayerError": None}, force=True)
+    def start(self, total_layers: int, resumed_from: int = 0) -> None:
+        self.state.update(layersDone=0, layersTotal=total_layers, currentLayer=0 if total_layers else None,
+                          lastLayerError=None, resumedFrom=resumed_from)
+        self._send(force=True)
 
     def layer_done(self, done: int, total: int, layer_error: float | None = None) -> None:
-        progress: dict[str, Any] = {"layersDone": done, "layersTotal": total, "summary": f"{done}/{total}",
-                                    "currentLayer": done if done < total else None}
+        self.state.update(layersDone=done, layersTotal=total, currentLayer=done if done < total else None)
         if layer_error is not None:
-            progress["lastLayerError"] = float(layer_error)
-        self._send(progress, force=done >= total)
+            self.state["lastLayerError"] = float(layer_error)
+        self.dirty = True
+        self._send(force=done >= total)
 
     def finish(self, ok: bool, message: str = "") -> None:
-        if self.pending is not None:
-            self._send({}, force=True)
+        if self.dirty:
+            self._send(force=True)
         if not ok:
             log.info("quantization failed (%s); the operator reports it from the pod's termination message",
                      message or "no message")
 
-    def _send(self, progress: dict[str, Any], force: bool) -> None:
-        self.pending = {**(self.pending or {}), **progress}
+    def _send(self, force: bool) -> None:
         now = self.clock()
         if not force and self.last_sent is not None and now - self.last_sent < self.min_interval:
             return
-        body, self.pending = self.pending, None
         self.last_sent = now
-        self._patch(body)
+        self.dirty = False
+        self._patch()
 
-    def _patch(self, progress: dict[str, Any]) -> None:
-        data = json.dumps({"status": {"progress": progress}}).encode()
+    def _patch(self) -> None:
+        data = json.dumps({"data": {PROGRESS_KEY: json.dumps(self.state, sort_keys=True)}}).encode()
         request = urllib.request.Request(self.url, data=data, method="PATCH",
                                          headers={"Content-Type": "application/merge-patch+json",
                                                   "Accept": "application/json"})
         try:
-            if self.token_file is not None:  # re-read: projected tokens rotate
-                request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
+            # re-read every time: projected tokens rotate
+            request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
             with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             self.failures += 1
             log.warning("progress patch to %s refused: HTTP %s %s (check the worker Role allows patch on "
-                        "quantjobs/status)", self.url, error.code, error.reason)
+                        "this ConfigMap)", self.url, error.code, error.reason)
         except (OSError, ValueError) as error:
             self.failures += 1
             log.warning("progress patch to %s failed: %s; quantization continues", self.url, error)
 
 
 def progress_from_environment(environ: Mapping[str, str] = os.environ,
-                              account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubernetesProgress | None:
-    """The reporter for the QuantJob named by ``QUANTJOB_NAME``, or None outside a QuantJob pod.
-
-    The server is ``QUANTJOB_API_SERVER`` if set, else ``https://$KUBERNETES_SERVICE_HOST:$..._PORT``
-    with the ServiceAccount's token and CA.
-    """
-    name = environ.get("QUANTJOB_NAME")
-    if not name:
+                              account_dir: Path | None = None) -> KubernetesProgress | None:
+    """The reporter for the ConfigMap named by ``QUANTJOB_PROGRESS_CONFIGMAP``, or None (outside a
+    QuantJob pod, or when the in-cluster configuration is incomplete: then a warning says what)."""
+    config_map = environ.get("QUANTJOB_PROGRESS_CONFIGMAP")
+    if not config_map:
         return None
+    folder = account_dir or Path(environ.get("QUANTJOB_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
     namespace = environ.get("QUANTJOB_NAMESPACE")
-    if not namespace and (account_dir / "namespace").is_file():
-        namespace = (account_dir / "namespace").read_text().strip()
-    server = environ.get("QUANTJOB_API_SERVER")
-    if not server and environ.get("KUBERNETES_SERVICE_HOST"):
-        host = environ["KUBERNETES_SERVICE_HOST"]
-        host = f"[{host}]" if ":" in host else host
-        server = f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}"
-    if not namespace or not server:
-        log.warning("QUANTJOB_NAME=%s is set but %s is unknown; progress is not reported", name,
-                    "the namespace (QUANTJOB_NAMESPACE)" if not namespace else
-                    "the API server (KUBERNETES_SERVICE_HOST or QUANTJOB_API_SERVER)")
+    if not namespace and (folder / "namespace").is_file():
+        namespace = (folder / "namespace").read_text().strip()
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
+    token, ca = folder / "token", folder / "ca.crt"
+    missing = [what for what, ok in (("the namespace (QUANTJOB_NAMESPACE)", bool(namespace)),
+                                     ("the API server (KUBERNETES_SERVICE_HOST)", bool(host)),
+                                     (f"a token ({token})", token.is_file()),
+                                     (f"the cluster CA ({ca})", ca.is_file())) if not ok]
+    if missing:
+        log.warning("progress is not reported: %s missing", ", ".join(missing))
         return None
-    token = account_dir / "token"
-    ca = account_dir / "ca.crt"
-    return KubernetesProgress(name, namespace, server, token_file=token if token.is_file() else None,
-                              ca_file=ca if ca.is_file() and server.startswith("https") else None)
+    assert host is not None and namespace is not None
+    server = f"https://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        attempt = int(environ.get("QUANTJOB_ATTEMPT") or 1)
+    except ValueError:
+        attempt = 1
+    return KubernetesProgress(config_map, namespace, server, token_file=token, ca_file=ca, attempt=attempt)

@@ -254,7 +254,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
         if committed:
             log.info("resuming at layer %d of %d", committed, num_layers)
         if report:
-            report.start(num_layers)
+            report.start(num_layers, committed)
         layer_errors = _run_layers(loop, saver, prefetcher, committed, report)
         table = {"metric": "relative_output_error", "samples": loop.error_count,
                  "next_layer_input": job.next_layer_input,
