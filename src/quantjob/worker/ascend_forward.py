@@ -31,7 +31,7 @@ Typical use (the per-layer error of a saved model, float inputs ``hidden``)::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,9 +237,13 @@ class LayerTensors:
 
 
 class SavedModel(Protocol):
-    """A quantized output that :func:`saved_layer` can rebuild layers from."""
+    """A quantized output that :func:`saved_layer` can rebuild layers from: its tensors by name
+    (headers), loading some of them, and one decoder layer's tensors split by linear."""
 
     directory: Path
+    tensors: dict[str, TensorInfo]
+
+    def load(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]: ...
 
     def layer_tensors(self, prefix: str, device: torch.device) -> LayerTensors: ...
 
@@ -277,7 +281,7 @@ class AscendOutput:
     def names_under(self, prefix: str) -> list[str]:
         return sorted(name for name in self.tensors if name.startswith(prefix))
 
-    def load(self, names: Iterable[str], device: torch.device) -> dict[str, torch.Tensor]:
+    def load(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name in names:
             if name not in self.tensors:

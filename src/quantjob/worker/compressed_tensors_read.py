@@ -73,6 +73,10 @@ class CompressedTensorsOutput:
         dtype_name = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16").removeprefix("torch.")
         self.dtype = getattr(torch, dtype_name)
         self.checkpoint = Checkpoint(self.directory)
+        self.tensors = self.checkpoint.tensors
+
+    def load(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        return self.checkpoint.load(names, device)
 
     def group_for(self, module: str) -> dict[str, Any]:
         named = [g for g in self.groups if module in (g.get("targets") or [])]
@@ -83,7 +87,7 @@ class CompressedTensorsOutput:
         return matched[0]
 
     def layer_tensors(self, prefix: str, device: torch.device) -> LayerTensors:
-        tensors = self.checkpoint.load(self.checkpoint.names_under(prefix), device)
+        tensors = self.load(self.checkpoint.names_under(prefix), device)
         modules = sorted(name[:-len(".weight_scale")] for name in tensors if name.endswith(".weight_scale"))
         quantized: dict[str, SavedLinear] = {}
         taken: set[str] = set()

@@ -36,7 +36,12 @@ from typing import Any, Protocol
 import torch
 
 from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import DESCRIPTION, AscendOutput, saved_layer
+from quantjob.worker.ascend_forward import (
+    DESCRIPTION,
+    AscendOutput,
+    SavedModel,
+    saved_layer,
+)
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.compressed_tensors_read import (
     CompressedTensorsOutput,
@@ -156,16 +161,14 @@ class SavedSource:
     """A quantized output (ascendv1, or compressed-tensors read as ascendv1): each layer rebuilt by
     ``saved_layer``; ``divide`` selects the fused norm-quantize arithmetic for static W8A8."""
 
-    def __init__(self, output: AscendOutput | CompressedTensorsOutput, kind: str, *, divide: bool = False) -> None:
+    def __init__(self, output: SavedModel, kind: str, *, divide: bool = False) -> None:
         self.output, self.kind, self.divide = output, kind, divide
-        self._tensors = output.tensors if isinstance(output, AscendOutput) else output.checkpoint.tensors
-        self._load = output.load if isinstance(output, AscendOutput) else output.checkpoint.load
 
     def has(self, name: str) -> bool:
-        return name in self._tensors
+        return name in self.output.tensors
 
     def load(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        return self._load(names, device)
+        return self.output.load(names, device)
 
     def layer(self, skeleton: Skeleton, index: int, device: torch.device) -> Any:
         return saved_layer(skeleton, index, self.output, device, divide=self.divide)
