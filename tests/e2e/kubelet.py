@@ -3,7 +3,7 @@
 ``run_indexed_job(node, namespace, name)`` does over HTTP what the cluster would do for the Job the
 operator created: it reads the Job and the ConfigMaps its pods mount, creates one Pod per completion
 index in the API (labels and annotations as the Job controller sets them), starts each pod's single
-container as a local process (the image's entry point, ``deploy/worker-entrypoint.sh``, with the
+container as a local process (the image's entry point, ``docker/worker-entrypoint.sh``, with the
 container's ``args``) with the container's env, records every pod's termination in its Pod status,
 and writes the Job's status (``active`` and ``ready``, then ``succeeded`` + ``Complete``, or
 ``failed`` + ``Failed`` with the reason Kubernetes gives) so the operator can follow it.
@@ -58,7 +58,7 @@ from typing import Any
 import aiohttp
 from emulator import free_port
 
-ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "worker-entrypoint.sh"
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "docker" / "worker-entrypoint.sh"
 FAKE_TOKEN = "e2e-token"
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"

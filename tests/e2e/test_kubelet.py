@@ -85,5 +85,5 @@ def test_pod_failure_policy_as_the_job_controller_applies_it() -> None:
 
 def test_args_run_through_the_image_entry_point() -> None:
     runner = _runner([])
-    assert runner.argv([]) == ["bash", str(Path(__file__).resolve().parents[2] / "deploy" / "worker-entrypoint.sh"),
+    assert runner.argv([]) == ["bash", str(Path(__file__).resolve().parents[2] / "docker" / "worker-entrypoint.sh"),
                                "quantize"]

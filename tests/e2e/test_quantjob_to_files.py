@@ -112,7 +112,7 @@ async def test_quantjob_runs_to_quantized_files(cluster: kmocklib.KubernetesEmul
 
     # the pods: one per rank, the operator's args through the image's entry point, as the worker CLI takes them
     assert [pod.index for pod in run.pods] == [0, 1]
-    assert all(pod.command[:2] == ["bash", str(Path(__file__).resolve().parents[2] / "deploy" /
+    assert all(pod.command[:2] == ["bash", str(Path(__file__).resolve().parents[2] / "docker" /
                                                  "worker-entrypoint.sh")] for pod in run.pods)
     assert all(pod.env["WORLD_SIZE"] == "2" and pod.env["QUANTJOB_NAME"] == NAME
                and pod.env["QUANTJOB_NAMESPACE"] == NAMESPACE and pod.env["HF_HUB_OFFLINE"] == "1"

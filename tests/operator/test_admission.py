@@ -55,7 +55,7 @@ def webhook_poster(cluster: kmock.KubernetesEmulator, start_operator: Any, **ove
     port = free_port()
     settings = {"webhook": {"enabled": True, "tls": "insecure", "listen_addr": "127.0.0.1", "port": port,
                             "service": "quantjob-webhook", "namespace": "quantjob-system"}, **overrides}
-    # created by deploy/operator.yaml (or the chart); the operator only patches it
+    # created by the chart (deploy/quantjob.yaml); the operator only patches it
     cluster.objects[kmock.resource(CONFIGURATIONS), None, "quantjob.io"] = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "quantjob.io"}, "webhooks": []}

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "worker-entrypoint.sh"
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "docker" / "worker-entrypoint.sh"
 
 
 def run(tmp_path: Path, ascend_home: Path) -> dict[str, str]:

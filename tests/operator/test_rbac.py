@@ -14,9 +14,9 @@ from emulator import quantjob_manifest
 from quantjob.operator.builders import build_children
 from quantjob.operator.rbac import build_rbac, cluster_rules, namespaced_rules
 from quantjob.operator.review import review_quantjob
-from quantjob.operator.settings import Settings
+from quantjob.operator.settings import Settings, load_settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "operator.yaml"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "quantjob.yaml"
 RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
@@ -70,11 +70,21 @@ def test_network_policy_rule_only_when_enabled() -> None:
 
 
 def test_deploy_manifests_carry_the_generated_rbac() -> None:
-    committed = [doc for doc in yaml.safe_load_all(DEPLOY.read_text()) if doc and doc["kind"] in RBAC_KINDS]
-    assert committed == build_rbac(Settings()), "deploy/operator.yaml is stale: paste `quantjob operator --print-rbac`"
-    configurations = [doc for doc in yaml.safe_load_all(DEPLOY.read_text())
-                      if doc and doc["kind"] == "ValidatingWebhookConfiguration"]
-    assert [c["metadata"]["name"] for c in configurations] == ["quantjob.io"]  # the operator only patches it
+    """deploy/quantjob.yaml is the chart rendered (tests/chart checks every chart configuration)."""
+    docs = [doc for doc in yaml.safe_load_all(DEPLOY.read_text()) if doc]
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    env = {item["name"]: item.get("value", deployment["metadata"]["namespace"])
+           for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = load_settings(env)
+    committed = [doc for doc in docs if doc["kind"] in RBAC_KINDS]
+    expected = build_rbac(settings, deployment["metadata"]["namespace"])
+    def summary(objects: list[dict[str, Any]]) -> list[tuple[str, str, list[tuple[str, str, str, str]]]]:
+        return sorted((o["kind"], o["metadata"]["name"], sorted(grants(o.get("rules", [])))) for o in objects)
+
+    assert summary(committed) == summary(expected), \
+        "deploy/quantjob.yaml differs from quantjob.operator.rbac: fix the chart, then python3 tests/chart/render.py"
+    configurations = [doc for doc in docs if doc["kind"] == "ValidatingWebhookConfiguration"]
+    assert [c["metadata"]["name"] for c in configurations] == [settings.webhook.configuration]  # only patched
 
 
 def test_print_rbac_command() -> None:

@@ -123,7 +123,7 @@ def test_kubernetes_validate_cli_accepts_the_stream(tmp_path: Path) -> None:
 
 
 def test_deploy_manifests_pass_strict_validation() -> None:
-    deploy = Path(__file__).resolve().parents[2] / "deploy" / "operator.yaml"
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "quantjob.yaml"  # the chart, rendered
     objects = [doc for doc in yaml.safe_load_all(deploy.read_text()) if doc]
     assert {o["kind"] for o in objects} >= {"Deployment", "ClusterRole", "Service", "ServiceAccount"}
     for obj in objects:

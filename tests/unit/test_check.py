@@ -1,4 +1,4 @@
-"""One test per compatibility rule (DESIGN.md section 4), each asserting the exact problem path."""
+"""One test per compatibility rule (docs/design.md, section 3), each asserting the exact problem path."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_method_scope_limits_come_from_the_catalogue(monkeypatch: pytest.MonkeyP
     (lq(act={"scope": "per_token", "symmetric": True}, weight={"dtype": "int4"}), "qconfig.weight.dtype", "error"),
 ])
 def test_scheme_rules(entry: dict[str, Any], path: str, severity: str) -> None:
-    problems = check(config(entry), 1, prefix="")
+    problems = check(config(entry, save=[{"type": "compressed_tensors_saver"}]), 1, prefix="")
     assert [(p.path, p.severity) for p in problems] == [(f"spec.process[0].{path}", severity)]
 
 
@@ -147,7 +147,7 @@ def test_scheme_rules(entry: dict[str, Any], path: str, severity: str) -> None:
     lq(weight={"scope": "per_group", "dtype": "int4", "ext": {"group_size": 128}}),
 ])
 def test_supported_schemes_pass(entry: dict[str, Any]) -> None:
-    assert check(config(entry), 2) == []
+    assert check(config(entry, save=[{"type": "compressed_tensors_saver"}]), 2) == []
 
 
 # --- multimodal ------------------------------------------------------------------------------------

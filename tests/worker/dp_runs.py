@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -53,8 +54,25 @@ def tree_digest(root: Path) -> dict[str, str]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def assert_same_tree(expected: Path, actual: Path) -> None:
+PROVENANCE = "quant_provenance.json"   # records the world size, runner and threads: the one file that differs
+MARKER = ".quantjob-complete"
+
+
+def _marker_without_provenance(root: Path) -> dict[str, object]:
+    marker = json.loads((root / MARKER).read_text())
+    marker["files"] = {name: digest for name, digest in marker["files"].items() if not name.endswith(PROVENANCE)}
+    return marker
+
+
+def assert_same_tree(expected: Path, actual: Path, *, same_layout: bool = False) -> None:
+    """Every file byte-identical, but for ``quant_provenance.json`` (and the marker's line for it)
+    unless ``same_layout`` (the same world size, runner and threads made both)."""
     want, got = tree_digest(expected), tree_digest(actual)
     assert sorted(got) == sorted(want), f"{actual} has other files than {expected}"
-    differ = [name for name in want if want[name] != got[name]]
+    loose = set() if same_layout else {name for name in want if name.endswith((PROVENANCE, MARKER))}
+    differ = [name for name in want if want[name] != got[name] and name not in loose]
     assert not differ, f"{actual} differs from {expected} in: {differ}"
+    for name in loose:
+        if name.endswith(MARKER):
+            root = name.removesuffix(MARKER)
+            assert _marker_without_provenance(expected / root) == _marker_without_provenance(actual / root), name

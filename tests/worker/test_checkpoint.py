@@ -87,7 +87,7 @@ def test_bad_header_entry(tmp_path: Path) -> None:
 
 def test_missing_shard_and_missing_weights(tiny_model: Callable[..., Path], tmp_path: Path) -> None:
     model = _copy(tiny_model("qwen2", 2, max_shard_bytes=60_000), tmp_path)
-    shard = sorted(model.glob("model-*.safetensors"))[0]
+    shard = min(model.glob("model-*.safetensors"))
     shard.unlink()
     with pytest.raises(QuantJobError, match=shard.name):
         Checkpoint(model)

@@ -1,5 +1,6 @@
 """``quantjob quantize``: argument checks, config problems before any weight is read, and a real
-end-to-end run through the ascendv1 saver (refusing a complete output unless --overwrite)."""
+end-to-end run through the ascendv1 saver (the same run again is a no-op; another run on a
+complete output is refused unless --overwrite)."""
 
 from __future__ import annotations
 
@@ -80,11 +81,17 @@ def test_end_to_end_with_the_ascend_saver(tiny_model: Callable[..., Path], calib
     assert description["model.layers.0.mlp.down_proj.weight"] == "FLOAT"
     assert description["model.layers.1.self_attn.q_norm.weight"] == "FLOAT"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
-    assert main([*_base(model, out, calib), "--config_path", str(config)]) == 1
+    # the same run again (a retried pod of a finished job): success, nothing rewritten (issue 14, item 13)
+    assert main([*_base(model, out, calib), "--config_path", str(config)]) == 0
+    assert "nothing was rewritten" in capsys.readouterr().out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    # another run is refused unless --overwrite
+    other = [*_base(model, out, calib), "--config_path", str(config), "--calib_samples", "3"]
+    assert main(other) == 1
     err = capsys.readouterr().err
     assert "quantjob: error:" in err and "--overwrite" in err
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
-    assert main([*_base(model, out, calib), "--config_path", str(config), "--overwrite"]) == 0
+    assert main([*other, "--overwrite"]) == 0
 
 
 def test_progress_lines_and_error_table(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""1, 2 and 3 gloo ranks write byte-identical output directories (DESIGN.md section 5).
+"""1, 2 and 3 gloo ranks write byte-identical output directories (docs/design.md, section 5).
 
 7 calibration samples: uneven shards on 2 and 3 ranks ([0, 3, 6], [1, 4], [2, 5] on 3). Gemma3's
 sliding layers (window 16) cut 5 of the 7 samples (14 to 49 tokens).

@@ -74,7 +74,7 @@ def test_reduction_over_ranks_is_one_collective_with_exact_bits() -> None:
     group = Recording()
     reduced = reduce_stats(stats, group)
     assert len(group.calls) == 1 and list(reduced) == ["a", "b"]
-    for name in stats:
+    for name, stat in stats.items():
         for field in ("minimum", "maximum"):
-            got, want = getattr(reduced[name], field), getattr(stats[name], field)
+            got, want = getattr(reduced[name], field), getattr(stat, field)
             assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (name, field)  # same bits

@@ -94,7 +94,7 @@ def test_scales_are_representable_in_the_model_dtype_and_the_integers_use_them()
 
     torch.manual_seed(0)
     weight = (torch.randn(16, 32) * 0.05).to(torch.bfloat16)
-    q, scale, offset = quantize_weight(weight, "per_channel", 8, True)
+    q, scale, _offset = quantize_weight(weight, "per_channel", 8, True)
     assert torch.equal(scale, scale.to(torch.bfloat16).float())  # saved bf16 == used scale
     assert torch.equal(q, torch.clamp(torch.round(weight.float() / scale), -128, 127).to(torch.int8))
     assert torch.all((q.float() * scale - weight.float()).abs() <= scale / 2 + 1e-7)

@@ -174,18 +174,18 @@ def test_group_include_exclude(tiny_model: Callable[..., Path], calib_jsonl: Cal
     w8a16 = preset_dict("w8a16")["spec"]["process"][0]["qconfig"]
     data = preset_dict("w8a8")
     data["spec"]["process"] = [{"type": "group", "configs": [
-        {"type": "linear_quant", "qconfig": w8a8, "include": ["*self_attn*"], "exclude": ["*.{0}.self_attn.k_proj"]},
+        {"type": "linear_quant", "qconfig": w8a8, "include": ["*self_attn*"], "exclude": ["*.{0}.self_attn.o_proj"]},
         {"type": "linear_quant", "qconfig": w8a16, "include": ["*mlp.{gate,up}_proj"]}]}]
     config = resolve(ModelslimConfig.model_validate(data), 1).config
     model = tiny_model("llama", 2)
     _run(model, calib_jsonl(4), config, memory_saver, tmp_path, calib_samples=4)
     saver = memory_saver.last
     schemes = {r.name.split(".", 3)[3]: r.scheme for r in saver.layers[0].quantized}
-    assert schemes == {"self_attn.q_proj": "W8A8", "self_attn.v_proj": "W8A8", "self_attn.o_proj": "W8A8",
+    assert schemes == {"self_attn.q_proj": "W8A8", "self_attn.k_proj": "W8A8", "self_attn.v_proj": "W8A8",
                        "mlp.gate_proj": "W8A16", "mlp.up_proj": "W8A16"}
-    assert "model.layers.0.self_attn.k_proj.weight" in saver.layers[0].float_tensors
+    assert "model.layers.0.self_attn.o_proj.weight" in saver.layers[0].float_tensors
     assert "model.layers.0.mlp.down_proj.weight" in saver.layers[0].float_tensors
-    assert len(saver.layers[1].quantized) == 6  # layer 1 keeps k_proj quantized
+    assert len(saver.layers[1].quantized) == 6  # layer 1 keeps o_proj quantized
     source = _source(model)
     assert torch.equal(saver.layers[0].float_tensors["model.layers.0.mlp.down_proj.weight"],
                        source["model.layers.0.mlp.down_proj.weight"])

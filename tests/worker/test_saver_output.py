@@ -19,17 +19,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_saver_ascend_tensors import reference_linear  # noqa: E402
+from test_saver_ascend_tensors import reference_linear
 
-from quantjob.api.modelslim import Saver  # noqa: E402
-from quantjob.worker.checkpoint import TensorInfo, read_header  # noqa: E402
-from quantjob.worker.distributed import Group  # noqa: E402
-from quantjob.worker.errors import QuantJobError  # noqa: E402
-from quantjob.worker.records import LayerOutput  # noqa: E402
-from quantjob.worker.savers import OutputSaver, open_saver  # noqa: E402
-from quantjob.worker.savers.ascend_tensors import ascend_tensors  # noqa: E402
-from quantjob.worker.savers.assemble import COMPLETE, DESCRIPTION  # noqa: E402
-from quantjob.worker.savers.staging import STAGING_DIR  # noqa: E402
+from quantjob.api.modelslim import Saver
+from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.distributed import Group
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.records import LayerOutput
+from quantjob.worker.savers import OutputSaver, open_saver
+from quantjob.worker.savers.ascend_tensors import ascend_tensors
+from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
+from quantjob.worker.savers.staging import STAGING_DIR
 
 HIDDEN = 64
 META_KEYS = {"version", "model_quant_type", "metadata", "group_size", "optional"}
@@ -83,10 +84,14 @@ def open_ascend(save: Path, model: Path, *, layers: int, run_id: str = "run-a", 
 
 def run_all(save: Path, model: Path, *, layers: int = 3, start: int = 0, **kwargs: object) -> OutputSaver:
     saver = open_ascend(save, model, layers=layers, **kwargs)  # type: ignore[arg-type]
-    for index in range(start, layers):
-        saver.save(layer_output(index))
-    saver.write_json("quant_errors.json", {"layers": layers})
-    saver.finish(outer_source(save.parent))
+    try:
+        for index in range(start, layers):
+            saver.save(layer_output(index))
+        saver.write_json("quant_errors.json", {"layers": layers})
+        saver.finish(outer_source(save.parent))
+    except BaseException:
+        saver.abort()                        # as the runner does: temporaries go, the directory is released
+        raise
     return saver
 
 
@@ -98,7 +103,7 @@ def weight_tensors(save: Path) -> dict[str, torch.Tensor]:
     found: dict[str, torch.Tensor] = {}
     for file in sorted(save.glob("quant_model_weights*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118  # safe_open handles cannot be iterated
                 assert key not in found, f"{key} in two weight files"
                 found[key] = handle.get_tensor(key)
     return found
@@ -239,7 +244,7 @@ def test_a_complete_output_is_refused_without_overwrite(tmp_path: Path, model_di
     run_all(save, model_dir)
     before = tree(save)
     with pytest.raises(QuantJobError, match=rf"{save}.*already holds a complete.*--overwrite"):
-        open_ascend(save, model_dir, layers=3)
+        open_ascend(save, model_dir, layers=3, run_id="run-other")   # (the same run is complete: test_saver_safety)
     assert tree(save) == before                                     # nothing touched
     run_all(save, model_dir, overwrite=True, run_id="run-b")
     after = tree(save)
@@ -248,14 +253,14 @@ def test_a_complete_output_is_refused_without_overwrite(tmp_path: Path, model_di
 
 def test_an_interrupted_finish_never_looks_complete(tmp_path: Path, model_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantjob.worker.savers import assemble
+    from quantjob.worker.savers import format_ascendv1
 
     save = tmp_path / "out"
 
     def crash(*args: object, **kwargs: object) -> int:
         raise OSError("disk full")
 
-    monkeypatch.setattr(assemble, "group_size_of", crash)        # after the weight files, before the description
+    monkeypatch.setattr(format_ascendv1, "group_size_of", crash)  # after the weight files, before the description
     with pytest.raises(OSError, match="disk full"):
         run_all(save, model_dir)
     assert (save / "quant_model_weights.safetensors").exists()
@@ -310,7 +315,8 @@ def test_the_plan_shares_the_bytes_out_without_gaps_or_overlaps(tmp_path: Path, 
         saver.save(layer_output(index))
     saver.abort()                                                  # (commits are written in the background)
     source = outer_source(tmp_path)
-    plan = plan_output(save / STAGING_DIR, num_layers=4, source_tensors=source, part_file_size=3e-5, world_size=3)
+    plan = plan_output(save / STAGING_DIR, num_layers=4, source_tensors=source, part_file_size=3e-5, world_size=3,
+                       weights_prefix="quant_model_weights")
     assert len(plan.parts) > 1
     for part in plan.parts:
         end = len(part.header)
@@ -368,12 +374,12 @@ def test_bytes_lost_by_the_output_volume_are_caught_before_the_commit(
 
 def test_a_failed_background_commit_fails_the_next_save_or_the_finish(
         tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantjob.worker.savers import ascend
+    from quantjob.worker.savers import directory
 
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ascend, "write_record", disk_full)
+    monkeypatch.setattr(directory, "write_record", disk_full)
     saver = open_ascend(tmp_path / "a", model_dir, layers=2)
     saver.save(layer_output(0))                                     # fails on the writer thread
     with pytest.raises(QuantJobError, match=r"save path .* is not writable \(No space left on device\)"):

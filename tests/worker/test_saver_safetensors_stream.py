@@ -49,9 +49,8 @@ def test_safe_open_reads_streamed_file(tmp_path: Path) -> None:
 
 def test_writer_refuses_a_tensor_that_differs_from_its_spec(tmp_path: Path) -> None:
     specs = library_order([TensorSpec("x", "F32", (2,))])
-    with pytest.raises(ValueError, match="expected"):
-        with StreamWriter(tmp_path / "bad.safetensors", specs) as writer:
-            writer.write("x", torch.zeros(3))
+    with pytest.raises(ValueError, match="expected"), StreamWriter(tmp_path / "bad.safetensors", specs) as writer:
+        writer.write("x", torch.zeros(3))
     writer = StreamWriter(tmp_path / "short.safetensors", specs)
     with pytest.raises(ValueError, match="not written"):
         writer.close()

@@ -23,6 +23,8 @@ class Algorithm:
     ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
     ``options``: the keys its config entry accepts besides ``type`` (for observers: ``ext`` keys).
     ``scopes``: for observers, the scopes it supports (empty = all).
+    ``format``: for savers, the output format the worker writes (module
+    ``quantjob.worker.savers.format_<format>``); a saver without one is not implemented.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Algorithm:
     distributed_variant: str | None = None
     options: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
+    format: str | None = None
 
 
 _SMOOTH_OPTIONS = ("enable_subgraph_type", "include", "exclude")
@@ -71,11 +74,15 @@ _ENTRIES: tuple[Algorithm, ...] = (
     Algorithm("histogram", "observer", "histogram (KL / percentile)", implemented=False),
     # --- savers ----------------------------------------------------------------------------
     Algorithm("ascendv1_saver", "saver", "msModelSlim ascendv1 layout (vllm-ascend)",
-              distributed_variant="distributed_ascendv1_saver", options=("part_file_size",)),
+              distributed_variant="distributed_ascendv1_saver", options=("part_file_size", "save_directory"),
+              format="ascendv1"),
     Algorithm("distributed_ascendv1_saver", "saver", "ascendv1 layout written by several ranks",
-              distributed=True, options=("part_file_size",)),
-    Algorithm("compressed_tensors_saver", "saver", "compressed-tensors layout (vLLM, transformers)",
-              implemented=False),
+              distributed=True, options=("part_file_size", "save_directory"), format="ascendv1"),
+    Algorithm("compressed_tensors_saver", "saver", "compressed-tensors layout (vLLM, transformers on GPUs and CPUs)",
+              distributed_variant="distributed_compressed_tensors_saver",
+              options=("part_file_size", "save_directory"), format="compressed_tensors"),
+    Algorithm("distributed_compressed_tensors_saver", "saver", "compressed-tensors layout written by several ranks",
+              distributed=True, options=("part_file_size", "save_directory"), format="compressed_tensors"),
     Algorithm("mindie_format_saver", "saver", "MindIE format", implemented=False),
 )
 

@@ -1,4 +1,4 @@
-"""The compatibility check (DESIGN.md section 4): one function, three callers (webhook, CLI, worker).
+"""The compatibility check (docs/design.md, section 3): one function, three callers (webhook, CLI, worker).
 
 ``resolve`` decides the runner and converts savers for it; ``check`` returns only the problems.
 ``check_document`` parses raw YAML data (a QuantJob manifest or a modelslim_v1 config) first,
@@ -24,6 +24,7 @@ from quantjob.api.modelslim import (
 )
 from quantjob.api.problems import Problem, from_validation_error, has_errors
 from quantjob.api.resource import API_VERSION, GROUP, KIND, QuantJob
+from quantjob.api.rules_output import output_problems
 
 # config.json keys that mark a multimodal model (a vision or audio tower beside the LLM).
 MULTIMODAL_KEYS = ("vision_config", "audio_config", "visual", "vision_tower", "mm_vision_tower", "speech_config")
@@ -155,7 +156,7 @@ def _convert_savers(config: ModelslimConfig, distributed: bool, prefix: str,
     for index, saver in enumerate(config.spec.save):
         at = f"{prefix}spec.save[{index}]"
         entry = _capability("saver", saver.type, "saver", distributed, f"{at}.type", problems)
-        if saver.save_directory not in (None, "."):
+        if saver.save_directory not in (None, ".") and len(config.spec.save) == 1:  # several: see rules_output
             problems.append(Problem(f"{at}.save_directory", "ignored: files are written to the job's output "
                                                             "location (spec.output)", "warning"))
         if entry is not None and distributed and not entry.distributed and entry.distributed_variant:
@@ -178,6 +179,7 @@ def resolve(config: ModelslimConfig, devices: int, model_config: dict[str, Any] 
                                 "multimodal models (a vision/audio tower) are not supported under "
                                 "dp_layer_wise; use runner layer_wise with one device"))
     resolved = _convert_savers(config, distributed, prefix, problems)
+    problems.extend(output_problems(resolved, model_config, prefix))
     resolved.spec.runner = runner  # type: ignore[assignment]
     world_size = devices if distributed else 1
     return Resolution(runner=runner, world_size=world_size, config=resolved, problems=problems)

@@ -95,11 +95,11 @@ class QuantSpec(Strict):
 
 
 class ActQuantSpec(QuantSpec):
-    scope: ActScope = "per_tensor"  # type: ignore[assignment]
+    scope: ActScope = "per_tensor"
 
 
 class WeightQuantSpec(QuantSpec):
-    scope: WeightScope = "per_channel"  # type: ignore[assignment]
+    scope: WeightScope = "per_channel"
 
 
 class QConfig(Strict):
@@ -207,7 +207,8 @@ class Saver(Strict):
 
     type: str = "ascendv1_saver"
     part_file_size: float | None = Field(default=None, ge=0, description="GB per weight file; 0 or absent = one file")
-    save_directory: str | None = Field(default=None, description="ignored: the output location comes from the job")
+    save_directory: str | None = Field(default=None, description="with several savers: the sub-directory of the "
+                                       "output this saver writes; ignored with one (the job's output decides)")
     ext: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("type")

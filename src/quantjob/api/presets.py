@@ -20,6 +20,9 @@ _QCONFIGS: dict[str, dict[str, Any]] = {
                          "ext": {"group_size": 128}}},
 }
 
+# vllm-ascend loads no dense W4A16 linear (quantjob.api.rules_output): w4a16 is written for vLLM/transformers.
+_SAVERS: dict[str, str] = {"w4a16": "compressed_tensors_saver"}
+
 QUANT_TYPES: tuple[str, ...] = tuple(_QCONFIGS)
 
 
@@ -34,7 +37,7 @@ def preset_dict(quant_type: str) -> dict[str, Any]:
         "spec": {
             "runner": "auto",
             "process": [{"type": "linear_quant", "qconfig": _QCONFIGS[key], "include": ["*"]}],
-            "save": [{"type": "ascendv1_saver"}],
+            "save": [{"type": _SAVERS.get(key, "ascendv1_saver")}],
         },
     }
 

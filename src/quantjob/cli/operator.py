@@ -58,6 +58,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--webhook-failure-policy", choices=["Ignore", "Fail"],
                         help="failurePolicy of the webhook registration (Ignore)")
     parser.add_argument("--no-webhook", action="store_true", help="do not serve the validating webhook")
+    parser.add_argument("--health-port", type=int, help="port of the liveness endpoint /healthz (0: none; default 8080)")
+    parser.add_argument("--metrics-port", type=int, help="port of the Prometheus endpoint /metrics (0: none, the default)")
     parser.add_argument("--print-rbac", action="store_true",
                         help="print the RBAC these settings need (namespaced Roles with -n) and exit")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -93,6 +95,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "webhook.tls": args.webhook_tls,
         "webhook.failure_policy": args.webhook_failure_policy,
         "webhook.enabled": False if args.no_webhook else None,
+        "health_port": args.health_port,
+        "metrics_port": args.metrics_port,
     }
     return result
 

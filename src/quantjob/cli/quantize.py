@@ -53,10 +53,22 @@ class QuantizeArgs(RunOptions):
         return out
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def msmodelslim_bool(text: str) -> bool:
+    """A boolean flag value as msModelSlim takes it: ``True`` or ``False`` (any letter case)."""
+    value = {"true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: write True or False (as msmodelslim does), "
+                                         "or give the flag without a value for True")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # "quant" is msmodelslim's name for this command, so its command lines run with only the program
+    # name changed: `msmodelslim quant ...` -> `quantjob quant ...` (or `quantjob quantize ...`).
     parser = subparsers.add_parser(
-        "quantize", help="quantize a model layer by layer (msmodelslim quant flags)",
-        description="Quantize a Hugging Face model directory one decoder layer at a time.")
+        "quantize", aliases=["quant"], help="quantize a model layer by layer (msmodelslim quant flags)",
+        description="Quantize a Hugging Face model directory one decoder layer at a time. Takes "
+                    "msmodelslim quant's command line as it is.")
     parser.add_argument("--model_path", required=True, help="model directory (config.json, safetensors, tokenizer)")
     parser.add_argument("--save_path", required=True, help="output directory")
     parser.add_argument("--device", default="cpu", help="cpu | cpu:0,1 | npu | npu:0,1,2,3 | cuda:0,1 (default cpu)")
@@ -68,7 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--calib_samples", type=int, default=128, help="samples to use (default 128)")
     parser.add_argument("--max_length", type=int, default=2048, help="tokens per sample at most (default 2048)")
     parser.add_argument("--model_type", help="override config.json's model_type (e.g. Qwen2.5-7B, llama)")
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow the model's own Python code")
+    parser.add_argument("--trust_remote_code", type=msmodelslim_bool, nargs="?", const=True, default=False,
+                        metavar="True|False",
+                        help="allow the model's own Python code: True or False as in msmodelslim, or the bare flag "
+                             "for True (default False)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output at --save_path")
     parser.add_argument("--next_layer_input", choices=("float", "quantized"), default="float",
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
@@ -218,6 +233,8 @@ def run(namespace: argparse.Namespace) -> int:
 def _summary_text(summary: Any) -> str:
     from quantjob.worker.progress import format_error_table
 
+    if summary.errors.get("already_complete"):
+        return "the output already holds this run's complete result; nothing was rewritten"
     return (f"{format_error_table(summary.errors)}\n"
             f"{summary.num_layers} layers, {summary.samples} samples ({summary.tokens} tokens) in "
             f"{summary.seconds:.1f}s" + (f", resumed at layer {summary.resumed_from}" if summary.resumed_from else ""))

@@ -53,7 +53,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_FILE = "config.yaml"
 PROGRESS_KEY = "progress.json"
 CONTAINER_NAME = "worker"
-WORKER_UID = 1000
+WORKER_UID = 10001  # the uid of the worker image (Dockerfile: QUANTJOB_UID)
 MAX_LABEL = 63
 TOKEN_SECONDS = 3600
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -216,7 +216,7 @@ def worker_args(job: QuantJob) -> list[str]:
     """The container's args: ``quantjob`` subcommand and flags (the contract with the worker CLI).
 
     They are ``args``, not ``command``: the image's entry point runs first (it sets up CANN's
-    environment on Ascend images, see ``deploy/worker-entrypoint.sh``) and then ``quantjob "$@"``.
+    environment on Ascend images, see ``docker/worker-entrypoint.sh``) and then ``quantjob "$@"``.
     """
     spec = job.spec
     args = [

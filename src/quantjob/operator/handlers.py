@@ -18,6 +18,7 @@ import kopf
 from quantjob.api.resource import GROUP, KIND, PLURAL, VERSION
 from quantjob.operator import admission
 from quantjob.operator.builders import LABEL_COMPONENT, LABEL_NAME
+from quantjob.operator.metrics import OperatorMetrics, counted
 from quantjob.operator.reconcile import Reconciler
 from quantjob.operator.settings import Settings
 
@@ -40,7 +41,8 @@ def owner_name(body: kopf.Body) -> str | None:
     return None
 
 
-def build_registry(settings: Settings, reconciler: Reconciler) -> kopf.OperatorRegistry:
+def build_registry(settings: Settings, reconciler: Reconciler,
+                   metrics: OperatorMetrics | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -50,11 +52,13 @@ def build_registry(settings: Settings, reconciler: Reconciler) -> kopf.OperatorR
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="quantjob", registry=registry)
+    @counted(metrics, "quantjob")
     def quantjob_event(event: Any, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None or event.get("type") == "DELETED":
             return
         reconciler.reconcile(namespace, name)
 
+    @counted(metrics, "child")
     def child_event(event: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owner = owner_name(body)
         if owner is not None and namespace is not None:

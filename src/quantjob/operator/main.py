@@ -12,11 +12,12 @@ import kopf
 import kubernetes
 
 from quantjob.operator import admission, kube, registration
+from quantjob.operator import metrics as operator_metrics
 from quantjob.operator.handlers import build_registry, kopf_settings
 from quantjob.operator.reconcile import Reconciler
 from quantjob.operator.settings import Settings
 
-LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+LIVENESS_ENDPOINT = Settings().liveness_endpoint
 LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def api_factory(settings: Settings) -> Callable[[], kubernetes.client.ApiClient]
 
 
 async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], kubernetes.client.ApiClient],
-                 interval: float) -> None:
+                 interval: float, metrics: operator_metrics.OperatorMetrics | None = None) -> None:
     """Reconcile every QuantJob every ``interval`` seconds: what no event announces (a deleted child,
     a pod that became unschedulable, a deadline) is still acted on."""
     while True:
@@ -50,6 +51,8 @@ async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], k
                 try:
                     await asyncio.to_thread(reconciler.reconcile, str(meta.get("namespace")), str(meta.get("name")))
                 except Exception:  # one QuantJob's trouble must not stop the others
+                    if metrics is not None:
+                        metrics.count_error("resync")
                     log.exception("resync: reconciling %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
@@ -66,19 +69,24 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
     operator_settings = kopf_settings(settings, server)
     if adjust is not None:
         adjust(operator_settings)
-    tasks = [asyncio.create_task(resync(reconciler, settings, api, settings.resync_seconds))]
+    metrics = operator_metrics.OperatorMetrics() if settings.metrics_port else None
+    registry = build_registry(settings, reconciler, metrics)
+    if metrics is not None:
+        operator_metrics.register(registry, metrics)
+    tasks = [asyncio.create_task(resync(reconciler, settings, api, settings.resync_seconds, metrics))]
     if server is not None and settings.webhook.configuration:
         tasks.append(asyncio.create_task(registration.keep_registered(server, settings, api)))
     try:
-        await kopf.operator(
-            registry=build_registry(settings, reconciler),
-            settings=operator_settings,
-            standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
-            clusterwide=settings.cluster_wide,
-            namespaces=settings.namespaces,
-            stop_flag=stop_flag,
-            liveness_endpoint=liveness_endpoint,
-        )
+        async with operator_metrics.serve(metrics, "0.0.0.0", settings.metrics_port):
+            await kopf.operator(
+                registry=registry,
+                settings=operator_settings,
+                standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
+                clusterwide=settings.cluster_wide,
+                namespaces=settings.namespaces,
+                stop_flag=stop_flag,
+                liveness_endpoint=liveness_endpoint,
+            )
     finally:
         for task in tasks:
             task.cancel()
@@ -90,5 +98,5 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
 def main(settings: Settings, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=LOG_FORMATS[settings.log_format], log_refkey="quantjob")
     logging.getLogger(__name__).info("watching %s", ", ".join(settings.namespaces) or "all namespaces")
-    asyncio.run(run_operator(settings))
+    asyncio.run(run_operator(settings, liveness_endpoint=settings.liveness_endpoint))
     return 0

@@ -1,4 +1,4 @@
-"""The operator's RBAC, in one place: ``deploy/operator.yaml`` and the Helm chart follow it.
+"""The operator's RBAC, in one place: the Helm chart (and ``deploy/``, rendered from it) follows it.
 
 - Namespaced rules (QuantJobs and their children): a ClusterRole bound cluster-wide when the
   operator watches the whole cluster, or one Role + RoleBinding per watched namespace otherwise

@@ -1,6 +1,6 @@
 """Keep the ValidatingWebhookConfiguration pointing at this operator's webhook server.
 
-The configuration object itself is created by the deploy manifests (``deploy/operator.yaml``, the
+The configuration object itself is created by the deploy manifests (``deploy/quantjob.yaml``, the
 Helm chart) with no webhooks; the operator only patches its ``webhooks`` (RBAC: ``get``/``patch``
 on that one name). Kopf's own management would also need ``create`` on every webhook
 configuration in the cluster, which could register a webhook that sees any object.
@@ -69,7 +69,7 @@ async def keep_registered(server: ServiceWebhookServer, settings: Settings,
             await asyncio.to_thread(kube.request, api(), "PATCH", ref.path(),
                                     {"webhooks": webhooks(config, settings)}, None, kube.MERGE_PATCH)
         except ApiException as error:
-            hint = (" (create it: deploy/operator.yaml and the chart do, with webhooks: [])"
+            hint = (" (create it: the chart and deploy/quantjob.yaml do)"
                     if error.status == 404 else "")
             log.error("cannot register the webhook in ValidatingWebhookConfiguration %s: HTTP %s%s; retrying",
                       settings.webhook.configuration, error.status, hint)

@@ -25,6 +25,8 @@ Environment (every variable optional):
 ``QUANTJOB_ENV_DENY``              comma-separated globs ``spec.env`` keys must not match (e.g. ``LD_*,PYTHON*``)
 ``QUANTJOB_LOG_FORMAT``            ``plain``, ``full`` or ``json``
 ``QUANTJOB_API_SERVER``            explicit API server URL for the operator (out-of-cluster runs, tests)
+``QUANTJOB_HEALTH_PORT``           port of kopf's liveness endpoint ``/healthz``; 0 = none
+``QUANTJOB_METRICS_PORT``          port of the Prometheus endpoint ``/metrics``; 0 (default) = none
 ``QUANTJOB_WEBHOOK_ENABLED``       ``true``/``false``: serve the validating webhook
 ``QUANTJOB_WEBHOOK_FAILURE_POLICY`` ``Ignore`` (default: the CRD's own rules and the reconcile still hold)
                                    or ``Fail`` (no QuantJob write while the webhook is unreachable)
@@ -45,7 +47,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantjob.api import kube_rules
 from quantjob.api.problems import field_error
@@ -119,6 +121,8 @@ class Settings(BaseModel):
     env_deny: list[str] = Field(default_factory=list)
     log_format: LogFormat = "full"
     api_server: str | None = None
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     webhook: WebhookSettings = Field(default_factory=lambda: WebhookSettings())
 
     @field_validator("npu_runtime_class", "api_server")
@@ -146,6 +150,23 @@ class Settings(BaseModel):
             if value is None:
                 return {}
         return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        ports = {"QUANTJOB_HEALTH_PORT": self.health_port, "QUANTJOB_METRICS_PORT": self.metrics_port}
+        if self.webhook.enabled:
+            ports["QUANTJOB_WEBHOOK_PORT"] = self.webhook.port
+        used = [(name, port) for name, port in ports.items() if port]
+        for index, (name, port) in enumerate(used):
+            for other, other_port in used[index + 1:]:
+                if port == other_port:
+                    raise ValueError(f"{name} and {other} are both {port}; each endpoint needs its own port")
+        return self
+
+    @property
+    def liveness_endpoint(self) -> str | None:
+        """kopf's liveness endpoint URL, or None when ``health_port`` is 0."""
+        return f"http://0.0.0.0:{self.health_port}/healthz" if self.health_port else None
 
     @property
     def cluster_wide(self) -> bool:
@@ -179,6 +200,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "QUANTJOB_ENV_DENY": (None, "env_deny"),
     "QUANTJOB_LOG_FORMAT": (None, "log_format"),
     "QUANTJOB_API_SERVER": (None, "api_server"),
+    "QUANTJOB_HEALTH_PORT": (None, "health_port"),
+    "QUANTJOB_METRICS_PORT": (None, "metrics_port"),
     "QUANTJOB_WEBHOOK_ENABLED": ("webhook", "enabled"),
     "QUANTJOB_WEBHOOK_FAILURE_POLICY": ("webhook", "failure_policy"),
     "QUANTJOB_WEBHOOK_PORT": ("webhook", "port"),

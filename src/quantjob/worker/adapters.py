@@ -158,8 +158,8 @@ class Adapter:
                             layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) for ``positions`` from the model's rotary module, for a layer of ``layer_type``."""
         if self.rotary_per_layer_type:
-            return rotary(probe, positions, layer_type)  # type: ignore[no-any-return]
-        return rotary(probe, positions)  # type: ignore[no-any-return]
+            return rotary(probe, positions, layer_type)
+        return rotary(probe, positions)
 
 
 ADAPTERS: dict[str, Adapter] = {

@@ -67,7 +67,7 @@ def parse_devices(text: str) -> DeviceSpec:
 def _check_type(kind: str) -> DeviceType:
     if kind not in DEVICE_TYPES:
         raise ValueError(f"unknown device type {kind!r}; use one of: {', '.join(DEVICE_TYPES)}")
-    return cast(DeviceType, kind)
+    return kind  # narrowed to DeviceType by the check above
 
 
 def _import_torch_npu() -> None:

@@ -123,7 +123,7 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float
 
 def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
                         collective_timeout_s: float = 3600.0) -> Group:
-    """Join the process group described by the environment (DESIGN.md section 5, step 1).
+    """Join the process group described by the environment (docs/design.md, section 4, step 1).
 
     World size 1 starts no process group. Ranks above 0 first wait (up to ``timeout_s``) until
     rank 0's address resolves and answers, so a pod that starts before rank 0 does not fail.

@@ -33,6 +33,21 @@ class QuantizedLinear:
     input_scale: torch.Tensor | None = None   # float32 [1], static activations only (W8A8)
     input_offset: torch.Tensor | None = None  # float32 [1], integer-valued, static activations only
     group_size: int | None = None
+    # How the config asked for it (a format that records the scheme, e.g. compressed-tensors, needs
+    # it even when every zero point came out zero). None: read from the zero points.
+    weight_symmetric: bool | None = None
+    act_symmetric: bool | None = None
+
+    def symmetric_weights(self) -> bool:
+        if self.weight_symmetric is not None:
+            return self.weight_symmetric
+        return not bool((self.weight_offset != 0).any())
+
+    def symmetric_activations(self) -> bool:
+        """Static activations only (dynamic per-token activations are always symmetric)."""
+        if self.act_symmetric is not None:
+            return self.act_symmetric
+        return self.input_offset is None or not bool((self.input_offset != 0).any())
 
 
 @dataclass
@@ -40,7 +55,9 @@ class LayerOutput:
     """Everything one step of the loop produced for the saver.
 
     ``index`` is the decoder layer index. ``float_tensors`` maps full tensor names to tensors kept
-    in float (norms, excluded linears, ...), exactly as read from the source checkpoint. The
+    in float (norms, excluded linears, ...), exactly as read from the source checkpoint, plus any
+    float tensor a processor adds (e.g. a norm's ``bias`` from asymmetric smoothing); every format
+    writes them all, under their names. The
     tensors outside the decoder layers (embedding, final norm, lm_head) never pass through here:
     savers copy them from the source checkpoint (``OutputSaver.finish``).
     """

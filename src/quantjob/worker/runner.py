@@ -1,4 +1,4 @@
-"""The layer-wise loop (DESIGN.md section 5), written once for world size 1 and N.
+"""The layer-wise loop (docs/design.md, section 4), written once for world size 1 and N.
 
 Rank r owns global calibration samples ``shard_indices(n, r, W)`` for the whole run. Per decoder
 layer: load its tensors (the next layer's load runs on a background thread), run the local shard
@@ -26,11 +26,11 @@ import torch
 from quantjob.api import catalogue
 from quantjob.api.globs import expand_braces
 from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.rules_output import output_problems
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import Adapter, adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
 from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
-from quantjob.worker.device import release_memory
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -39,12 +39,14 @@ from quantjob.worker.decoder import (
     quantized_layer,
     release,
 )
+from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import observe_inputs, reduce_stats
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
+from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
 from quantjob.worker.records import LayerOutput
 
 log = logging.getLogger("quantjob.worker")
@@ -128,8 +130,8 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
         if names_literally(lq.include, adapter.lm_head):
             problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
                             f"(remove {adapter.lm_head!r} from include)")
-    if len(job.config.spec.save) != 1:
-        problems.append(f"spec.save: {len(job.config.spec.save)} savers given; list exactly one")
+    problems.extend(str(p) for p in output_problems(job.config, read_model_config(job.model_path), "")
+                    if p.severity == "error")
     if problems:
         raise QuantJobError("; ".join(problems))
 
@@ -241,12 +243,21 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     loop = _Loop(job, group, device, skeleton, checkpoint, calibration)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:
-        from quantjob.worker.savers import open_saver
+        from quantjob.worker.savers import open_savers
 
-        open_saver_fn = open_saver
-    saver = open_saver_fn(job.config.spec.save[0], save_path=job.save_path, model_dir=job.model_path,
-                          model_config=model_config, run_id=run_id_for(job, model_config, checkpoint, calibration),
-                          group=group, overwrite=job.overwrite, num_layers=num_layers)
+        open_saver_fn = open_savers
+    run_id = run_id_for(job, model_config, checkpoint, calibration)
+    saver = open_saver_fn(job.config.spec.save, save_path=job.save_path, model_dir=job.model_path,
+                          model_config=model_config, run_id=run_id, group=group, overwrite=job.overwrite,
+                          num_layers=num_layers)
+    if getattr(saver, "already_complete", False):  # a retried pod of a finished run: nothing to redo
+        if progress is not None and group.is_main:
+            progress.start(num_layers)
+            progress.layer_done(num_layers, num_layers, None)
+            progress.finish(True, f"{job.save_path} already holds this run's complete output; nothing was rewritten")
+        return RunSummary(num_layers, num_layers, len(calibration.samples),
+                          sum(int(ids.numel()) for ids in calibration.samples), time.monotonic() - started,
+                          {"already_complete": True, "samples": 0, "layers": []})
     prefetcher = Prefetcher(checkpoint, device)
     report = progress if group.is_main else None
     try:
@@ -261,6 +272,12 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
         saver.write_json(ERRORS_FILE, table)
+        saver.write_json(PROVENANCE_FILE, provenance_record(
+            config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
+            checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
+            options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
+                                                         "error_samples", "model_type", "trust_remote_code"}),
+            world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
         saver.finish(loop.outer())
     except BaseException as error:
         saver.abort()

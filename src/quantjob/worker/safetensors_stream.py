@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 import torch
+from typing_extensions import Self
 
 # safetensors' Dtype enum, in declaration order (the order its serializer sorts by, descending).
 _DTYPE_RANK = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
@@ -122,7 +123,7 @@ class StreamWriter:
         self.path = path
         self._specs = specs
         self._next = 0
-        self._file: BinaryIO = open(path, "wb")
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115  # the writer owns it until close()
         self._file.write(header_bytes(specs))
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -147,7 +148,7 @@ class StreamWriter:
         os.fsync(self._file.fileno())
         self._file.close()
 
-    def __enter__(self) -> StreamWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

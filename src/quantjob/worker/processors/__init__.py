@@ -42,4 +42,4 @@ def processor_for(name: str) -> ProcessorEntry:
     return entry
 
 
-__all__ = ["LayerContext", "PROCESSORS", "ProcessorEntry", "processor_for"]
+__all__ = ["PROCESSORS", "LayerContext", "ProcessorEntry", "processor_for"]

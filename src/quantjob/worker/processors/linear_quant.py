@@ -30,11 +30,12 @@ def quantize_linear(name: str, module: torch.nn.Linear, entry: LinearQuant, ctx:
     record = QuantizedLinear(
         name=name, scheme=scheme_of(entry), weight_q=weight_q, weight_scale=weight_scale,
         weight_offset=weight_offset, bias=None if module.bias is None else module.bias.detach(),
-        dtype=module.weight.dtype, group_size=group_size)
+        dtype=module.weight.dtype, group_size=group_size, weight_symmetric=weight_spec.symmetric)
     if act is not None and act.scope == "per_tensor":
         method = ACTIVATION_METHODS[act.method]
         record.input_scale, record.input_offset = method(ctx.stats[name], act.bits, act.symmetric,
                                                          module.weight.dtype)
+        record.act_symmetric = act.symmetric
     return record
 
 

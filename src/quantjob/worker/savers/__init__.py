@@ -1,26 +1,32 @@
-"""Savers: turn the loop's ``LayerOutput`` records into an output directory.
+"""Savers: turn the loop's ``LayerOutput`` records into output directories.
 
-``open_saver`` is the only entry point; the loop sees the ``OutputSaver`` protocol and never a
-file format. ``ascendv1_saver`` and ``distributed_ascendv1_saver`` are one implementation
-(``ascend.py``): the distributed name only says the job runs under ``dp_layer_wise``.
+``open_savers`` (several ``spec.save`` entries) and ``open_saver`` (one) are the entry points; the
+loop sees the ``OutputSaver`` protocol and never a file format. Every saver is one implementation
+(``directory.py``) with a format (``formats.py``) chosen by its catalogue entry
+(``quantjob.api.catalogue``: ``format="ascendv1"`` -> ``format_ascendv1.py``); a distributed name
+only says the job runs under ``dp_layer_wise``. With several savers each writes its own
+sub-directory of the output (``quantjob.api.rules_output.saver_directories``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
+from quantjob.api.rules_output import saver_directories, saver_directory_problems
 from quantjob.worker.checkpoint import TensorInfo
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput
 
-ASCEND_SAVERS = ("ascendv1_saver", "distributed_ascendv1_saver")
-
 
 class OutputSaver(Protocol):
+    already_complete: bool
+    """The output already holds this run's finished result (a retried pod): nothing to do."""
+
     def committed_layers(self) -> int:
         """Layers 0..K-1 already committed and verified by checksum (resume); 0 when fresh."""
 
@@ -44,30 +50,66 @@ class OutputSaver(Protocol):
 
 def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, model_config: dict,
                run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
-    """Collective: rank 0 checks and claims ``save_path``, every rank gets the same outcome.
+    """Collective: rank 0 checks, locks and claims ``save_path``; every rank gets the same outcome.
 
-    ``model_config`` (the source config.json) is accepted for savers that need it; the ascendv1
-    layout copies config.json from ``model_dir`` instead.
+    The format comes from the saver's catalogue entry. ``model_config`` (the source config.json)
+    is accepted for formats that need it; both formats read config.json from ``model_dir``.
     """
-    if saver_cfg.type not in ASCEND_SAVERS:
-        raise QuantJobError(f"saver {saver_cfg.type!r} is not implemented yet; fix: use "
-                            f"{' or '.join(ASCEND_SAVERS)} in spec.save")
-    from quantjob.worker.savers.ascend import AscendV1Saver, prepare_output
+    entry = catalogue.lookup("saver", saver_cfg.type)
+    if entry is None or not entry.implemented or entry.format is None:
+        raise QuantJobError(f"saver {saver_cfg.type!r} is not implemented yet; fix: use one of "
+                            f"{', '.join(catalogue.supported('saver'))} in spec.save")
+    from quantjob.worker.savers.directory import (
+        DirectorySaver,
+        Prepared,
+        prepare_output,
+    )
+    from quantjob.worker.savers.formats import load_format
+    from quantjob.worker.savers.output_lock import OutputLock
 
-    committed: int | None = None
+    fmt = load_format(entry.format)
+    prepared: Prepared | None = None
+    lock: OutputLock | None = None
     failure: BaseException | None = None
     message: str | None = None
     if group.is_main:
+        lock = OutputLock(Path(save_path))
         try:
-            committed = prepare_output(Path(save_path), model_dir=Path(model_dir), run_id=run_id,
-                                       num_layers=num_layers, overwrite=overwrite)
-        except BaseException as err:  # every rank must leave the broadcast below
+            prepared = prepare_output(Path(save_path), model_dir=Path(model_dir), run_id=run_id,
+                                      num_layers=num_layers, overwrite=overwrite, fmt=fmt, lock=lock)
+        except BaseException as err:  # noqa: BLE001  # every rank must leave the broadcast below
             failure, message = err, str(err)
-    committed, message = group.broadcast_object((committed, message))
+    prepared, message = group.broadcast_object((prepared, message))
     if failure is not None:
         raise failure
     if message is not None:
         raise QuantJobError(message)
-    assert committed is not None
-    return AscendV1Saver(save_path=Path(save_path), model_dir=Path(model_dir), run_id=run_id, group=group,
-                         num_layers=num_layers, part_file_size=saver_cfg.part_file_size, committed=committed)
+    assert prepared is not None
+    return DirectorySaver(save_path=Path(save_path), model_dir=Path(model_dir), run_id=run_id, group=group,
+                          num_layers=num_layers, part_file_size=saver_cfg.part_file_size, prepared=prepared,
+                          fmt=fmt, lock=lock)
+
+
+def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: Path, model_config: dict,
+                run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
+    """Every ``spec.save`` entry: one saver writes ``save_path`` itself; several write one
+    sub-directory each (``saver_directories``) and run as one ``SaverSet``."""
+    configs = [savers] if isinstance(savers, Saver) else list(savers)
+    problems = [p for p in saver_directory_problems(configs, "spec.") if p.severity == "error"]
+    if problems:
+        raise QuantJobError("; ".join(str(problem) for problem in problems))
+    opened: list[OutputSaver] = []
+    try:
+        for saver_cfg, directory in zip(configs, saver_directories(configs)):
+            opened.append(open_saver(saver_cfg, save_path=Path(save_path) / directory if directory else Path(save_path),
+                                     model_dir=model_dir, model_config=model_config, run_id=run_id, group=group,
+                                     overwrite=overwrite, num_layers=num_layers))
+    except BaseException:
+        for saver in opened:
+            saver.abort()
+        raise
+    if len(opened) == 1:
+        return opened[0]
+    from quantjob.worker.savers.saver_set import SaverSet
+
+    return SaverSet(opened)

@@ -1,4 +1,4 @@
-"""Assemble the final ascendv1 output from the staging area, every rank writing its share.
+"""Assemble the final output from the staging area, every rank writing its share (any format).
 
 The final header is known before any tensor byte is copied (names, dtypes and shapes come from
 the staged records and the source checkpoint), so ``plan_output`` (rank 0) lays out every weight
@@ -10,9 +10,13 @@ who wrote them, so the files are the same for any world size.
 
 Order of work, so that an interrupted run never looks complete: weight files, index, copied
 model files and extra JSON files are written under ``.quantjob-tmp-`` names and then renamed
-(``commit_output``, rank 0, after every share is written); ``quant_model_description.json`` (what
-vllm-ascend looks for) is written after all of them; ``.quantjob-complete`` (run_id + sha256 of
-every file) is written last; then staging is removed.
+(``commit_output``, rank 0, after every share is written); the format's entry file (what a loader
+looks for: ``quant_model_description.json``, or compressed-tensors' ``config.json``) is written
+after all of them; ``.quantjob-complete`` (run_id + sha256 of every file) is written last; then
+staging is removed.
+
+``remove_output`` (``--overwrite``) removes only names a saver of the format writes, directly
+inside the output directory: the marker is read as input, never as a list of files to delete.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator, Mapping
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from quantjob.worker.checkpoint import TensorInfo, read_header
 from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order
-from quantjob.worker.savers.ascend_tensors import FLOAT, model_quant_type
+from quantjob.worker.savers.formats import FLOAT, OutputContents, OutputFormat
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
     atomic_write_bytes,
@@ -38,11 +44,9 @@ from quantjob.worker.savers.staging import (
     write_synced,
 )
 
-WEIGHTS_PREFIX = "quant_model_weights"        # msModelSlim's ASCENDV1_SAFETENSORS_NAME, less ".safetensors"
-DESCRIPTION = "quant_model_description.json"  # what vllm-ascend's AscendModelSlimConfig reads
 COMPLETE = ".quantjob-complete"
 FINAL_TMP = ".quantjob-tmp-"
-DESCRIPTION_VERSION = "1.0.0"
+SCRATCH_DIR = "scratch"                       # inside staging: the format's private space
 ONE_GB = 1 << 30                              # msModelSlim's ONE_GB_FILE_BYTES
 COPY_CHUNK = 16 << 20                         # bytes in memory at once while copying a tensor
 _COPIED_SUFFIXES = (".json", ".py", ".txt", ".jinja", ".model", ".tiktoken")
@@ -51,7 +55,7 @@ _COPIED_SUFFIXES = (".json", ".py", ".txt", ".jinja", ".model", ".tiktoken")
 @dataclass(frozen=True)
 class PlannedTensor:
     spec: TensorSpec
-    desc: str
+    tag: str               # the format's tag (ascendv1: the description type)
     source: TensorInfo     # where its bytes are now: a staged record, or the source checkpoint
     sha256: str | None     # the staged record's checksum of those bytes (None: a source tensor)
     writer: int            # the rank that copies it into the output
@@ -91,9 +95,9 @@ def plan_tensors(staging: Path, num_layers: int, source_tensors: Mapping[str, Te
         meta = read_meta(staging, index)
         header = read_header(staging / f"{stem(index)}.safetensors")
         owner = layer_owner(index, world_size)
-        for name, desc in sorted(meta["output"]):
+        for name, tag in sorted(meta["output"]):
             info = header[name]
-            planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), desc, info,
+            planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), tag, info,
                                          meta["sha256"][name], owner))
             load[owner] += info.nbytes
     writers: dict[str, int] = {}
@@ -124,11 +128,21 @@ def split_parts(tensors: list[PlannedTensor], part_file_size: float | None) -> l
     return parts
 
 
-def part_names(count: int, split: bool) -> list[str]:
+def part_names(prefix: str, count: int, split: bool) -> list[str]:
     if not split:
-        return [f"{WEIGHTS_PREFIX}.safetensors"]
+        return [f"{prefix}.safetensors"]
     width = 5 if count <= 99999 else 0
-    return [f"{WEIGHTS_PREFIX}-{i:0{width}d}-of-{count:0{width}d}.safetensors" for i in range(1, count + 1)]
+    return [f"{prefix}-{i:0{width}d}-of-{count:0{width}d}.safetensors" for i in range(1, count + 1)]
+
+
+def index_name(prefix: str) -> str:
+    return f"{prefix}.safetensors.index.json"
+
+
+def weight_file_pattern(prefix: str) -> re.Pattern[str]:
+    """Exactly the weight file names ``part_names`` gives for ``prefix`` (and nothing that merely
+    starts the same way, such as a user's ``quant_model_weights.safetensors.bak``)."""
+    return re.compile(rf"{re.escape(prefix)}(-\d{{5,}}-of-\d{{5,}})?\.safetensors")
 
 
 def _sha256_file(path: Path) -> str:
@@ -140,11 +154,11 @@ def _sha256_file(path: Path) -> str:
 
 
 def plan_output(staging: Path, *, num_layers: int, source_tensors: Mapping[str, TensorInfo],
-                part_file_size: float | None, world_size: int) -> OutputPlan:
+                part_file_size: float | None, world_size: int, weights_prefix: str) -> OutputPlan:
     """Lay out every weight file: parts, names, headers, each tensor's offset and writer."""
     planned = plan_tensors(staging, num_layers, source_tensors, world_size)
     groups = split_parts(planned, part_file_size)
-    names = part_names(len(groups), part_file_size is not None)
+    names = part_names(weights_prefix, len(groups), part_file_size is not None)
     parts: list[PartFile] = []
     for name, items in zip(names, groups):
         ordered = library_order(item.spec for item in items)
@@ -255,39 +269,18 @@ def verify_part(path: Path, part: PartFile, expected: Mapping[str, str]) -> str:
     return whole.hexdigest()
 
 
-def _model_files(model_dir: Path) -> list[Path]:
+def model_files(model_dir: Path) -> list[Path]:
     """msModelSlim's copy_files rule (.json/.py/.txt/.jinja, not *index.json) plus tokenizer
-    vocabularies (.model, .tiktoken); never a previous quantized description."""
+    vocabularies (.model, .tiktoken); the format may still transform or skip each one."""
     return sorted(p for p in model_dir.iterdir()
-                  if p.is_file() and p.name.endswith(_COPIED_SUFFIXES)
-                  and not p.name.endswith("index.json") and p.name != DESCRIPTION)
-
-
-def _config_bytes(path: Path) -> bytes:
-    """config.json as is, unless it carries a ``quantization_config`` (dropped, as msModelSlim does:
-    vllm-ascend reads the quantization from the description file)."""
-    raw = path.read_bytes()
-    config = json.loads(raw)
-    removed = config.pop("quantization_config", None) is not None
-    text_config = config.get("text_config")
-    if isinstance(text_config, dict):
-        removed = text_config.pop("quantization_config", None) is not None or removed
-    return json_bytes(config) if removed else raw
-
-
-def group_size_of(staging: Path, num_layers: int) -> int:
-    sizes = {lin["group_size"] for index in range(num_layers)
-             for lin in read_meta(staging, index)["linears"] if lin["group_size"]}
-    if len(sizes) > 1:
-        raise ValueError(f"linears use different group sizes {sorted(sizes)}; the description holds one")
-    return sizes.pop() if sizes else 0
+                  if p.is_file() and p.name.endswith(_COPIED_SUFFIXES) and not p.name.endswith("index.json"))
 
 
 def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapping[str, str], *, num_layers: int,
-                  model_dir: Path, run_id: str) -> None:
+                  model_dir: Path, run_id: str, fmt: OutputFormat) -> None:
     """Rank 0, once every share is written (``copied``: every tensor's sha256 as its writer copied
     it): the weight files read back and checked, index, copied model files, extra files, renames,
-    then the description and the completion marker (see the module doc)."""
+    then the format's entry file and the completion marker (see the module doc)."""
     checksums = {part.name: verify_part(save_path / (FINAL_TMP + part.name), part, copied) for part in plan.parts}
     pending = [part.name for part in plan.parts]
 
@@ -300,33 +293,38 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
         weight_map = {item.spec.name: part.name for part in plan.parts for item, _ in part.tensors}
         index = {"metadata": {"total_size": sum(item.spec.nbytes for item in plan.tensors)},
                  "weight_map": weight_map}
-        stage_file(f"{WEIGHTS_PREFIX}.safetensors.index.json", json_bytes(index))
-    for path in _model_files(model_dir):
-        stage_file(path.name, _config_bytes(path) if path.name == "config.json" else path.read_bytes())
+        stage_file(index_name(fmt.weights_prefix), json_bytes(index))
+    for path in model_files(model_dir):
+        if path.name == fmt.entry_file:
+            continue
+        data = fmt.model_file(path.name, path.read_bytes())
+        if data is not None:
+            stage_file(path.name, data)
     extra_dir = staging / EXTRA_DIR
     if extra_dir.is_dir():
         for path in sorted(extra_dir.iterdir()):
             if path.name.startswith("."):
                 continue
-            if path.name in checksums:
+            if path.name in checksums or path.name == fmt.entry_file:
                 raise ValueError(f"extra file {path.name} would replace a file of the output; "
                                  "fix: write_json under another name")
             stage_file(path.name, path.read_bytes())
     for name in pending:
         os.replace(save_path / (FINAL_TMP + name), save_path / name)
-    fsync_dir(save_path)  # every file in place before the description can name them
+    fsync_dir(save_path)  # every file in place before the entry file can name them
 
-    description: dict[str, object] = {item.spec.name: item.desc for item in plan.tensors}
-    description.update({
-        "version": DESCRIPTION_VERSION,
-        "model_quant_type": model_quant_type({item.desc for item in plan.tensors}),
-        "metadata": {},
-        "group_size": group_size_of(staging, num_layers),
-        "optional": {},
-    })
-    data = json_bytes(description)
-    atomic_write_bytes(save_path / DESCRIPTION, data)
-    checksums[DESCRIPTION] = hashlib.sha256(data).hexdigest()
+    metas = [read_meta(staging, index) for index in range(num_layers)]
+    scratch = staging / SCRATCH_DIR
+    scratch.mkdir(exist_ok=True)
+    contents = OutputContents(
+        tensors=tuple((item.spec.name, item.tag, item.spec.shape) for item in plan.tensors),
+        from_layers=frozenset(item.spec.name for item in plan.tensors if item.sha256 is not None),
+        linears=tuple(lin for meta in metas for lin in meta["linears"]),
+        float_names=tuple(name for meta in metas for name in meta["float_tensors"]),
+        model_dir=model_dir, scratch=scratch)
+    data = fmt.entry_bytes(contents)
+    atomic_write_bytes(save_path / fmt.entry_file, data)
+    checksums[fmt.entry_file] = hashlib.sha256(data).hexdigest()
     marker = {"run_id": run_id, "files": dict(sorted(checksums.items()))}
     atomic_write_bytes(save_path / COMPLETE, json_bytes(marker))
     fsync_dir(save_path)
@@ -338,23 +336,55 @@ def remove_temporaries(save_path: Path) -> None:
         path.unlink()
 
 
-def remove_output(save_path: Path) -> None:
-    """Delete a previous output (for --overwrite): the files its marker lists, the description,
-    the weight files, the marker and leftover temporaries. Other files in the directory are left
-    alone, and so is staging (``prepare_output`` decides about it by its run id)."""
-    names = {DESCRIPTION, COMPLETE}
-    marker = save_path / COMPLETE
-    if marker.is_file():
-        try:
-            names.update(json.loads(marker.read_text(encoding="utf-8")).get("files", {}))
-        except (OSError, ValueError):
-            pass
-    names.update(p.name for p in save_path.glob(f"{WEIGHTS_PREFIX}*.safetensors*"))
-    for name in sorted(names):
+def owned_names(save_path: Path, fmt: OutputFormat, also: Iterable[str] = ()) -> list[str]:
+    """The names directly inside ``save_path`` that a saver of ``fmt`` writes, among those present:
+    the marker, the entry file, the weight files and index, and ``also`` (the files this run copies
+    from the model directory and the extra files it writes). Nothing is read from the marker."""
+    weights = weight_file_pattern(fmt.weights_prefix)
+    fixed = {COMPLETE, fmt.entry_file, index_name(fmt.weights_prefix), *also}
+    found: list[str] = []
+    with os.scandir(save_path) as entries:
+        for entry in entries:
+            if entry.name in fixed or weights.fullmatch(entry.name):
+                found.append(entry.name)
+    return sorted(found)
+
+
+def remove_output(save_path: Path, fmt: OutputFormat, also: Iterable[str] = ()) -> None:
+    """Delete a previous output (for --overwrite): the plain files ``owned_names`` finds (a link is
+    removed, never followed; a directory of that name is left alone) and leftover temporaries. Other
+    files in the directory are left alone, and so is staging (``prepare_output`` decides about it
+    by its run id)."""
+    for name in owned_names(save_path, fmt, also):
         path = save_path / name
-        if path.is_file():
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
             path.unlink()
     remove_temporaries(save_path)
+
+
+def marker_run_id(save_path: Path) -> str | None:
+    """The run id in the completion marker (None: no marker, or one that cannot be read)."""
+    try:
+        marker = json.loads((save_path / COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    run_id = marker.get("run_id") if isinstance(marker, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def missing_files(save_path: Path) -> list[str]:
+    """Files the marker lists that are not plain files directly inside ``save_path`` (a name with a
+    path in it counts as missing: it is never looked up outside the directory)."""
+    try:
+        files = json.loads((save_path / COMPLETE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return [COMPLETE]
+    if not isinstance(files, dict):
+        return [COMPLETE]
+    return sorted(str(name) for name in files
+                  if not isinstance(name, str) or Path(name).name != name or name in (".", "..")
+                  or not (save_path / name).is_file())
 
 
 def verify_complete(save_path: Path) -> str | None:
@@ -362,6 +392,8 @@ def verify_complete(save_path: Path) -> str | None:
     try:
         marker = json.loads((save_path / COMPLETE).read_text(encoding="utf-8"))
         for name, digest in marker["files"].items():
+            if Path(name).name != name or name in (".", ".."):
+                return f"{save_path / COMPLETE}: {name!r} is not a file name in the output directory"
             if _sha256_file(save_path / name) != digest:
                 return f"{save_path / name} does not match its checksum"
     except (OSError, ValueError, KeyError) as err:

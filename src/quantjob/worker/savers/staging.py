@@ -3,9 +3,10 @@
 ``<save_path>/.quantjob-staging/`` holds
 
 - ``run.json``: ``{"run_id", "num_layers"}`` of the run that owns the directory;
-- per record ``layer-00007.safetensors`` (the output tensors plus the exact quantization terms
-  under ``record/...`` names, for replay) and ``layer-00007.json`` (run_id, the output tensor
-  names with their description types, the linears, the float tensor names and a sha256 of every
+- per record ``layer-00007.safetensors`` (the format's output tensors plus the exact quantization
+  terms under ``record/...`` names, for replay; a term the output already holds bit for bit, such
+  as ascendv1's int8 ``weight``, is not stored twice) and ``layer-00007.json`` (run_id, the output
+  tensor names with their format tags, the linears, the float tensor names and a sha256 of every
   tensor's bytes). Both are written under temporary names and moved into place with
   ``os.replace``; the json goes last and is the record's commit;
 - ``extra/<name>.json``: files handed to ``write_json``.
@@ -16,14 +17,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 from quantjob.worker.safetensors_stream import tensor_sha256, write_file
-from quantjob.worker.savers.ascend_tensors import FLOAT, ascend_tensors
+
+if TYPE_CHECKING:
+    from quantjob.worker.savers.formats import OutputFormat
 
 STAGING_DIR = ".quantjob-staging"
 RUN_FILE = "run.json"
@@ -78,30 +81,44 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _dtype_of(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
+        raise ValueError(f"unknown dtype {name!r}")  # noqa: TRY004  # a bad name, not a bad type
     return dtype
 
 
-def write_record(staging: Path, out: LayerOutput, run_id: str) -> None:
-    """Convert one LayerOutput to its output tensors and commit it to the staging area."""
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def write_record(staging: Path, out: LayerOutput, run_id: str, fmt: OutputFormat) -> None:
+    """Convert one LayerOutput to ``fmt``'s output tensors and commit it to the staging area."""
     tensors: dict[str, torch.Tensor] = {}
     output: list[list[str]] = []
+    for item in fmt.layer_tensors(out):
+        if item.name in tensors:
+            raise ValueError(f"tensor {item.name!r} appears twice in layer {out.index}'s output")
+        tensors[item.name] = item.tensor.detach().cpu().contiguous()
+        output.append([item.name, item.tag])
+    floats = set(out.float_tensors)
     linears: list[dict[str, Any]] = []
     for q in out.quantized:
-        for item in ascend_tensors(q):
-            tensors[item.name] = item.tensor
-            output.append([item.name, item.desc])
-        for field in _RAW_FIELDS:
+        if f"{q.name}.weight" in floats or (q.bias is not None and f"{q.name}.bias" in floats):
+            raise ValueError(f"linear {q.name!r} is both quantized and a float tensor")
+        sources: dict[str, str] = {}
+        for field in ("weight_q", "bias", *_RAW_FIELDS):
             value = getattr(q, field)
-            if value is not None:
-                tensors[f"{_RECORD}{q.name}/{field}"] = value.detach().cpu().contiguous()
+            if value is None:
+                continue
+            alias = {"weight_q": f"{q.name}.weight", "bias": f"{q.name}.bias"}.get(field)
+            if alias is not None and _same(tensors.get(alias), value):
+                sources[field] = alias                    # the output holds it bit for bit
+            else:
+                sources[field] = f"{_RECORD}{q.name}/{field}"
+                tensors[sources[field]] = value.detach().cpu().contiguous()
         linears.append({"name": q.name, "scheme": q.scheme, "dtype": _dtype_name(q.dtype),
-                        "group_size": q.group_size, "has_bias": q.bias is not None})
-    for name, tensor in out.float_tensors.items():
-        if name in tensors:
-            raise ValueError(f"tensor {name!r} is both quantized output and a float tensor")
-        tensors[name] = tensor.detach().cpu().contiguous()
-        output.append([name, FLOAT])
+                        "group_size": q.group_size, "has_bias": q.bias is not None,
+                        "weight_symmetric": q.symmetric_weights(),
+                        "act_symmetric": q.symmetric_activations() if q.scheme == "W8A8" else None,
+                        "sources": sources})
     meta = {
         "run_id": run_id,
         "index": out.index,
@@ -151,22 +168,25 @@ def load_record(staging: Path, index: int) -> LayerOutput:
     """The LayerOutput as it was saved: same names, dtypes and bits."""
     meta = read_meta(staging, index)
     with safe_open(str(staging / f"{stem(index)}.safetensors"), framework="pt") as handle:
-        keys = set(handle.keys())
-
-        def raw(lin: str, field: str) -> torch.Tensor | None:
-            key = f"{_RECORD}{lin}/{field}"
-            return handle.get_tensor(key) if key in keys else None
-
         quantized = []
         for lin in meta["linears"]:
             name = lin["name"]
-            weight_scale, weight_offset = raw(name, "weight_scale"), raw(name, "weight_offset")
-            assert weight_scale is not None and weight_offset is not None
+            # records staged before "sources" existed kept weight_q and bias under the output names
+            sources: dict[str, str] = lin.get("sources") or {
+                "weight_q": f"{name}.weight", **({"bias": f"{name}.bias"} if lin["has_bias"] else {}),
+                **{field: f"{_RECORD}{name}/{field}" for field in _RAW_FIELDS
+                   if f"{_RECORD}{name}/{field}" in set(handle.keys())}}
+
+            def term(field: str, sources: dict[str, str] = sources) -> torch.Tensor | None:
+                key = sources.get(field)
+                return handle.get_tensor(key) if key is not None else None
+
+            weight_q, weight_scale, weight_offset = term("weight_q"), term("weight_scale"), term("weight_offset")
+            assert weight_q is not None and weight_scale is not None and weight_offset is not None
             quantized.append(QuantizedLinear(
-                name=name, scheme=lin["scheme"], weight_q=handle.get_tensor(f"{name}.weight"),
-                weight_scale=weight_scale, weight_offset=weight_offset,
-                bias=handle.get_tensor(f"{name}.bias") if lin["has_bias"] else None,
-                dtype=_dtype_of(lin["dtype"]), input_scale=raw(name, "input_scale"),
-                input_offset=raw(name, "input_offset"), group_size=lin["group_size"]))
+                name=name, scheme=lin["scheme"], weight_q=weight_q, weight_scale=weight_scale,
+                weight_offset=weight_offset, bias=term("bias"), dtype=_dtype_of(lin["dtype"]),
+                input_scale=term("input_scale"), input_offset=term("input_offset"), group_size=lin["group_size"],
+                weight_symmetric=lin.get("weight_symmetric"), act_symmetric=lin.get("act_symmetric")))
         floats = {name: handle.get_tensor(name) for name in meta["float_tensors"]}
     return LayerOutput(index=meta["index"], quantized=quantized, float_tensors=floats)

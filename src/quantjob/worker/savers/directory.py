@@ -1,11 +1,13 @@
-"""``ascendv1_saver`` / ``distributed_ascendv1_saver``: one implementation for any world size.
+"""The saver of every format: one implementation for any world size, one output directory.
 
-Every rank calls ``save`` for every layer; the owner (``index % world_size``) converts and
-commits it to the staging area on a background thread (one layer in flight: the next ``save``,
-and ``finish``, wait for it), so the loop goes on with the next layer while it is written.
-``finish`` is collective: once every layer is committed rank 0 lays out the final files, every
-rank copies its share into them, and rank 0 commits them (``assemble.py``). World size 1 is the
-same code path with one owner, so both names give identical files.
+Every rank calls ``save`` for every layer; the owner (``index % world_size``) converts it with the
+format (``formats.py``) and commits it to the staging area on a background thread (one layer in
+flight: the next ``save``, and ``finish``, wait for it), so the loop goes on with the next layer
+while it is written. ``finish`` is collective: once every layer is committed rank 0 lays out the
+final files, every rank copies its share into them, and rank 0 commits them (``assemble.py``).
+World size 1 is the same code path with one owner, so a saver and its distributed variant give
+identical files. Rank 0 holds the directory's lock (``output_lock.py``) from ``prepare_output``
+until the run ends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,17 +27,21 @@ from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput
 from quantjob.worker.savers.assemble import (
     COMPLETE,
-    DESCRIPTION,
-    WEIGHTS_PREFIX,
     OutputPlan,
     commit_output,
     create_parts,
+    index_name,
     layer_owner,
+    marker_run_id,
+    missing_files,
+    model_files,
     plan_output,
     remove_output,
     remove_temporaries,
     write_share,
 )
+from quantjob.worker.savers.formats import OutputFormat
+from quantjob.worker.savers.output_lock import LOCK_FILE, OutputLock
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
     RUN_FILE,
@@ -52,7 +59,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_RESERVED = {DESCRIPTION, COMPLETE, "config.json", f"{WEIGHTS_PREFIX}.safetensors.index.json", RUN_FILE}
+# The extra files the runner writes (``write_json``): an overwrite removes them with the rest.
+RUN_FILES = ("quant_errors.json", "quant_provenance.json")
 
 
 def _not_writable(path: Path, err: OSError) -> QuantJobError:
@@ -60,12 +68,31 @@ def _not_writable(path: Path, err: OSError) -> QuantJobError:
                          "writable --save_path or fix the permissions of the output volume")
 
 
-def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int,
-                   overwrite: bool) -> int:
-    """Check and claim ``save_path`` for this run; returns how many layers are already committed.
+@dataclass(frozen=True)
+class Prepared:
+    committed: int       # layers 0..committed-1 are staged and verified
+    complete: bool       # the directory already holds this run's finished output: nothing to do
 
-    Refuses a complete output (unless ``overwrite``), an unfinished run with another run_id
-    (unless ``overwrite``: it is discarded) and a path that cannot be written.
+
+def _names_this_run_writes(save_path: Path, model_dir: Path, fmt: OutputFormat) -> list[str]:
+    """Names besides the format's own that this run writes into the directory: the model files it
+    copies and the extra files (the runner's, and those already staged)."""
+    names = [path.name for path in model_files(model_dir) if path.name != fmt.entry_file]
+    names += RUN_FILES
+    extra = save_path / STAGING_DIR / EXTRA_DIR
+    if extra.is_dir():
+        names += [path.name for path in extra.iterdir() if not path.name.startswith(".")]
+    return names
+
+
+def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, overwrite: bool,
+                   fmt: OutputFormat, lock: OutputLock) -> Prepared:
+    """Check, lock and claim ``save_path`` for this run.
+
+    The same run on its own finished output is complete (nothing rewritten; a staging directory
+    left beside the marker is removed). Refuses a complete output of another run (unless
+    ``overwrite``), an unfinished run with another run_id (unless ``overwrite``: it is discarded),
+    a path another process holds, and a path that cannot be written.
     """
     if save_path.exists() and not save_path.is_dir():
         raise QuantJobError(f"save path {save_path} is a file, not a directory; fix: choose a directory "
@@ -74,8 +101,19 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
         raise QuantJobError(f"save path {save_path} is the model directory; fix: choose another --save_path")
     try:
         save_path.mkdir(parents=True, exist_ok=True)
+        lock.acquire(run_id)
     except OSError as err:
         raise _not_writable(save_path, err) from None
+    try:
+        return _claim(save_path, model_dir=model_dir, run_id=run_id, num_layers=num_layers, overwrite=overwrite,
+                      fmt=fmt)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, overwrite: bool,
+           fmt: OutputFormat) -> Prepared:
     staging = save_path / STAGING_DIR
     run = {"run_id": run_id, "num_layers": num_layers}
     run_file = staging / RUN_FILE
@@ -86,17 +124,27 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
         except (OSError, ValueError):
             previous = {}
     complete = (save_path / COMPLETE).exists()
-    if complete or (save_path / DESCRIPTION).exists():
-        # Only the marker means complete. A description beside this run's staging is a finish that
+    if complete and marker_run_id(save_path) == run_id and not missing_files(save_path):
+        # a retried pod of a finished run: success as it is; the finish's last step, if it was cut
+        # short, is done here
+        if staging.exists():
+            try:
+                shutil.rmtree(staging)
+            except OSError as err:
+                raise _not_writable(save_path, err) from None
+        log.info("%s already holds the complete output of this run (%s); nothing to do", save_path, run_id)
+        return Prepared(num_layers, True)
+    if complete or (save_path / fmt.entry_file).exists():
+        # Only the marker means complete. An entry file beside this run's staging is a finish that
         # was cut short between the two: it is removed and the finish runs again.
         interrupted_finish = not complete and previous == run
         if not overwrite and not interrupted_finish:
             what = ("a complete quantized model" if complete else
-                    f"a quantized model description ({DESCRIPTION}) from another run")
+                    f"{fmt.entry_what} ({fmt.entry_file}) from another run")
             raise QuantJobError(f"save path {save_path} already holds {what}; fix: pass --overwrite to "
                                 "replace it, or choose another --save_path")
         try:
-            remove_output(save_path)
+            remove_output(save_path, fmt, _names_this_run_writes(save_path, model_dir, fmt))
         except OSError as err:
             raise _not_writable(save_path, err) from None
     if previous is not None and previous != run:
@@ -121,14 +169,16 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
         committed += 1
     if committed:
         log.info("%d of %d layers already committed and verified in %s", committed, num_layers, save_path)
-    return committed
+    return Prepared(committed, False)
 
 
-class AscendV1Saver:
-    """The OutputSaver for the ascendv1 layout. Build it with ``quantjob.worker.savers.open_saver``."""
+class DirectorySaver:
+    """The OutputSaver for one output directory in one format. Build it with
+    ``quantjob.worker.savers.open_saver``; ``lock`` is held on rank 0 only (None elsewhere)."""
 
     def __init__(self, *, save_path: Path, model_dir: Path, run_id: str, group: Group, num_layers: int,
-                 part_file_size: float | None, committed: int) -> None:
+                 part_file_size: float | None, prepared: Prepared, fmt: OutputFormat,
+                 lock: OutputLock | None) -> None:
         self.save_path = save_path
         self.staging = save_path / STAGING_DIR
         self.model_dir = model_dir
@@ -136,9 +186,14 @@ class AscendV1Saver:
         self.group = group
         self.num_layers = num_layers
         self.part_file_size = part_file_size
-        self._committed = committed
+        self.fmt = fmt
+        self.already_complete = prepared.complete
+        self._committed = prepared.committed
+        self._lock = lock
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        if self.already_complete:
+            self._release()
 
     def owner(self, index: int) -> int:
         return layer_owner(index, self.group.world_size)
@@ -155,8 +210,8 @@ class AscendV1Saver:
     def save(self, out: LayerOutput) -> None:
         if not 0 <= out.index < self.num_layers:
             raise ValueError(f"layer index {out.index} outside 0..{self.num_layers - 1}")
-        if self.owner(out.index) != self.group.rank:
-            return
+        if self.owner(out.index) != self.group.rank or out.index < self._committed:
+            return  # another rank's, or already committed (a saver ahead of the others it runs with)
         self._wait()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantjob-commit")
@@ -164,7 +219,7 @@ class AscendV1Saver:
 
     def _commit(self, out: LayerOutput) -> None:
         try:
-            write_record(self.staging, out, self.run_id)
+            write_record(self.staging, out, self.run_id, self.fmt)
         except OSError as err:
             self._remove_own_temporaries()
             raise _not_writable(self.save_path, err) from None
@@ -184,12 +239,15 @@ class AscendV1Saver:
             self._writer = None
 
     def write_json(self, name: str, data: object) -> None:
-        if Path(name).name != name or not name.endswith(".json") or name.startswith(".") or name in _RESERVED:
+        reserved = {self.fmt.entry_file, COMPLETE, LOCK_FILE, RUN_FILE, index_name(self.fmt.weights_prefix)}
+        if Path(name).name != name or not name.endswith(".json") or name.startswith(".") or name in reserved:
             raise ValueError(f"write_json: {name!r} must be a plain, non-reserved file name ending in .json")
-        if self.group.is_main:
+        if self.group.is_main and not self.already_complete:
             atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
 
     def finish(self, source_tensors: Mapping[str, TensorInfo]) -> None:
+        if self.already_complete:
+            return
         self._on_every_rank(self._wait)  # every layer is committed by its owner
         self._stop_writer()
         plan = self._on_rank_0(lambda: self._plan_and_create(source_tensors))
@@ -197,7 +255,8 @@ class AscendV1Saver:
         for share in self._on_every_rank(lambda: write_share(self.save_path, plan, self.group.rank)):
             copied.update(share)
         self._on_rank_0(lambda: commit_output(self.save_path, self.staging, plan, copied, num_layers=self.num_layers,
-                                              model_dir=self.model_dir, run_id=self.run_id))
+                                              model_dir=self.model_dir, run_id=self.run_id, fmt=self.fmt))
+        self._release()
 
     def _plan_and_create(self, source_tensors: Mapping[str, TensorInfo]) -> OutputPlan:
         """Rank 0: check every layer is committed, lay out the weight files and create them."""
@@ -206,7 +265,8 @@ class AscendV1Saver:
             raise QuantJobError(f"layers {missing[:5]} were never saved to {self.staging}; "
                                 "fix: run the job again with the same arguments to redo them")
         plan = plan_output(self.staging, num_layers=self.num_layers, source_tensors=source_tensors,
-                           part_file_size=self.part_file_size, world_size=self.group.world_size)
+                           part_file_size=self.part_file_size, world_size=self.group.world_size,
+                           weights_prefix=self.fmt.weights_prefix)
         create_parts(self.save_path, plan)
         return plan
 
@@ -215,7 +275,7 @@ class AscendV1Saver:
         result, failure, message = self._attempt(action) if self.group.is_main else (None, None, None)
         message, result = self.group.broadcast_object((message, result))
         self._agree(failure, [(0, message)] if message else [])
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _on_every_rank(self, action: Callable[[], T]) -> list[T]:
         """Run ``action`` on every rank; every rank gets all results in rank order, or fails when
@@ -229,7 +289,7 @@ class AscendV1Saver:
     def _attempt(action: Callable[[], T]) -> tuple[T | None, BaseException | None, str | None]:
         try:
             return action(), None, None
-        except BaseException as err:  # every rank must reach the collective that follows
+        except BaseException as err:  # noqa: BLE001  # every rank must reach the collective that follows
             return None, err, f"{type(err).__name__}: {err}"
 
     def _agree(self, failure: BaseException | None, failed: list[tuple[int, str]]) -> None:
@@ -241,15 +301,23 @@ class AscendV1Saver:
             raise QuantJobError(f"rank {rank} could not write the output to {self.save_path}: {text}")
 
     def abort(self) -> None:
-        """Drop this rank's temporary files; committed layers stay for a resumed run."""
+        """Drop this rank's temporary files and release the directory; committed layers stay for a
+        resumed run."""
         try:
             self._wait()
-        except BaseException:  # noqa: S110  # already failing: the run's own error is reported
+        except BaseException:  # noqa: BLE001, S110  # already failing: the run's own error is reported
             pass
         self._stop_writer()
-        self._remove_own_temporaries()
-        if self.group.is_main:
-            remove_temporaries(self.save_path)
+        try:
+            self._remove_own_temporaries()
+            if self.group.is_main and self.save_path.is_dir():
+                remove_temporaries(self.save_path)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _committed_json(self, index: int) -> bool:
         try:

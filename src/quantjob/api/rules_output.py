@@ -1,0 +1,346 @@
+"""Rules about outputs that load: what each saver's format and its inference engine accept.
+
+Called from ``quantjob.api.check.resolve`` (so the CLI, the webhook and the worker all say it
+before any work); no weights are needed. The rules that need the model's config.json (its dtype,
+its number of layers, its family) apply where it is known: ``quantjob quantize`` and the
+worker's preflight; the webhook judges without it. Sources (vllm-ascend, vLLM, compressed-tensors)
+are cited in ``docs/ascend-format-notes.md`` and ``docs/compressed-tensors-notes.md``.
+
+- fused modules: vllm-ascend and vLLM load q/k/v (and gate/up) as one module and refuse shards
+  quantized differently (or some float, some not). The check matches ``include``/``exclude`` against
+  the fused linears' names of every decoder layer (``LAYOUTS``, data per model family) without any
+  weight;
+- ascendv1 (vllm-ascend): no dense W4A16 linear scheme, W8A16 only per channel, no static W8A8 in
+  a float32 model;
+- W8A8 (both formats): per-channel, symmetric weights;
+- compressed-tensors (transformers, vLLM): no asymmetric smoothing (a norm bias neither loads);
+- several savers: each writes its own sub-directory of the output (``saver_directories``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from quantjob.api import catalogue
+from quantjob.api.globs import matches, pattern_error
+from quantjob.api.modelslim import IterSmooth, LinearQuant, ModelslimConfig, Saver
+from quantjob.api.problems import Problem
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """Where the decoder layers are and which of a layer's linears (relative names) an engine fuses
+    into one module."""
+
+    layers: str
+    fused: tuple[tuple[str, tuple[str, ...]], ...]   # (fused module, its shards)
+
+
+_DENSE = LayerLayout(
+    layers="model.layers",
+    # vLLM's LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM packed_modules_mapping
+    fused=(("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+           ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj"))),
+)
+
+# model_type -> layout; a family missing here (the worker refuses it anyway) is judged as _DENSE.
+LAYOUTS: dict[str, LayerLayout] = {"llama": _DENSE, "mistral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE}
+
+LAYERS_WITHOUT_CONFIG = 128      # layer indices judged when the model's config is not known
+_MAX_EXPANSIONS = 4096           # brace expansions per pattern the fused-shard rule is willing to match
+
+
+def saver_format(saver: Saver) -> str | None:
+    entry = catalogue.lookup("saver", saver.type)
+    return entry.format if entry is not None else None
+
+
+def saver_directories(savers: Sequence[Saver]) -> list[str]:
+    """Where each saver writes, relative to the job's output: "" (the output itself) for a single
+    saver; with several, its ``save_directory`` or else its format's name (``ascendv1``,
+    ``compressed_tensors``)."""
+    if len(savers) == 1:
+        return [""]
+    return [str(PurePosixPath(saver.save_directory)) if saver.save_directory not in (None, "", ".")
+            else (saver_format(saver) or saver.type) for saver in savers]
+
+
+def _directory_error(value: str) -> str | None:
+    path = PurePosixPath(value)
+    if path.is_absolute():
+        return "is absolute"
+    if any(part in ("..", ".") or part.startswith(".") for part in value.split("/") if part):
+        return "has a '..' or hidden component"
+    if "\\" in value or "\0" in value or any(len(part.encode()) > 255 for part in path.parts):
+        return "is not a plain relative directory name"
+    return None
+
+
+def saver_directory_problems(savers: Sequence[Saver], prefix: str) -> list[Problem]:
+    """With several savers: each needs its own, plain sub-directory; a warning says the layout."""
+    if len(savers) < 2:
+        return []
+    problems: list[Problem] = []
+    directories = saver_directories(savers)
+    seen: dict[str, int] = {}
+    for index, (saver, directory) in enumerate(zip(savers, directories)):
+        at = f"{prefix}save[{index}].save_directory"
+        error = _directory_error(saver.save_directory) if saver.save_directory not in (None, "", ".") else None
+        if error:
+            problems.append(Problem(at, f"{saver.save_directory!r} {error}; with several savers it names the "
+                                        "sub-directory of the output this saver writes: use a plain relative "
+                                        "name such as 'compressed-tensors'"))
+            continue
+        if directory in seen:
+            problems.append(Problem(at, f"spec.save[{seen[directory]}] and spec.save[{index}] would both write "
+                                        f"{directory}/ of the output; give each a distinct save_directory"))
+        seen.setdefault(directory, index)
+    if not problems:
+        layout = ", ".join(f"{directory}/ (spec.save[{i}] {saver.type})"
+                           for i, (saver, directory) in enumerate(zip(savers, directories)))
+        problems.append(Problem(f"{prefix}save", f"{len(savers)} savers: each writes its own sub-directory of the "
+                                                 f"output: {layout}", "warning"))
+    return problems
+
+
+# --- model facts from config.json ---------------------------------------------------------------------------
+
+def _text_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
+    if not isinstance(model_config, dict):
+        return {}
+    text = model_config.get("text_config")
+    return {**text, **model_config} if isinstance(text, dict) else model_config
+
+
+def model_dtype(model_config: dict[str, Any] | None) -> str | None:
+    """The model's float dtype as config.json names it (``dtype``, or the older ``torch_dtype``)."""
+    config = _text_config(model_config)
+    value = config.get("dtype") or config.get("torch_dtype")
+    return str(value).removeprefix("torch.") if value else None
+
+
+def _layer_count(model_config: dict[str, Any] | None) -> int:
+    value = _text_config(model_config).get("num_hidden_layers")
+    return value if isinstance(value, int) and 0 < value <= 100_000 else LAYERS_WITHOUT_CONFIG
+
+
+def layout_for(model_config: dict[str, Any] | None) -> LayerLayout:
+    return LAYOUTS.get(str(_text_config(model_config).get("model_type")), _DENSE)
+
+
+# --- schemes ------------------------------------------------------------------------------------------------
+
+def scheme_type(lq: LinearQuant) -> str:
+    """The ascendv1 description type a linear_quant entry writes."""
+    act, weight = lq.qconfig.act, lq.qconfig.weight
+    if act is None:
+        return "W4A16" if weight.bits == 4 else "W8A16"
+    return "W8A8_DYNAMIC" if act.scope == "per_token" else "W8A8"
+
+
+def scheme_key(lq: LinearQuant | None) -> str:
+    """Everything a loader needs equal across fused shards: the type and the exact quantization."""
+    if lq is None:
+        return "FLOAT"
+    weight, act = lq.qconfig.weight, lq.qconfig.act
+    parts = {"weight": [weight.dtype, weight.scope, weight.group_size, weight.symmetric],
+             "act": [act.scope, act.symmetric] if act is not None and act.scope != "per_token"
+             else ["per_token"] if act is not None else None}
+    return f"{scheme_type(lq)} {json.dumps(parts)}"
+
+
+def _scheme_text(lq: LinearQuant | None) -> str:
+    if lq is None:
+        return "FLOAT"
+    weight = lq.qconfig.weight
+    detail = f"{weight.scope}{f' {weight.group_size}' if weight.group_size else ''}"
+    detail += "" if weight.symmetric else " asymmetric"
+    return f"{scheme_type(lq)} ({detail})"
+
+
+def _expansions(pattern: str) -> int:
+    """How many patterns brace expansion gives at most (linear time: nothing is expanded)."""
+    stack: list[tuple[list[int], int]] = []   # enclosing groups: (finished alternatives, current product)
+    alternatives: list[int] = []
+    product = 1
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "[":
+            close = pattern.find("]", index + 2)
+            index = close + 1 if close > 0 else len(pattern)
+            continue
+        if char == "{":
+            stack.append((alternatives, product))
+            alternatives, product = [], 1
+        elif char == "," and stack:
+            alternatives.append(product)
+            product = 1
+        elif char == "}" and stack:
+            alternatives.append(product)
+            count = sum(alternatives)
+            alternatives, product = stack.pop()
+            product = min(product * count, 1 << 62)
+        index += 1
+    return product
+
+
+def _judgeable(lq: LinearQuant) -> bool:
+    return all(pattern_error(p) is None and _expansions(p) <= _MAX_EXPANSIONS for p in (*lq.include, *lq.exclude))
+
+
+# --- the rules ----------------------------------------------------------------------------------------------
+
+def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[str, Any] | None,
+                    prefix: str, exact: bool) -> list[Problem]:
+    """Shards of one fused module must get one scheme (``exact``: the whole quantization, for
+    vLLM/compressed-tensors; else the description type, for vllm-ascend). One problem per field
+    that splits a module, naming the first layer and how many more."""
+    if not all(_judgeable(lq) for _, lq in entries):
+        return []   # the pattern's own problem is reported by the check; nothing is expanded here
+    layout = layout_for(model_config)
+    count = _layer_count(model_config)
+    # A pattern without a digit, '?' or '[' cannot tell one layer index from another (only a '*'
+    # can match the index's digits): then layer 0 stands for every layer.
+    alike = not any(char.isdigit() or char in "?[" for _, lq in entries for p in (*lq.include, *lq.exclude)
+                    for char in p)
+    found: dict[str, tuple[str, list[int]]] = {}   # field -> (message of its first layer, layers)
+    for layer in range(1 if alike else count):
+        base = f"{layout.layers}.{layer}."
+        for fused, shards in layout.fused:
+            chosen: list[tuple[str, str, LinearQuant | None]] = []
+            for shard in shards:
+                path, lq = next(((path, lq) for path, lq in entries if matches(base + shard, lq.include, lq.exclude)),
+                                ("", None))
+                chosen.append((shard, path, lq))
+            keys = {scheme_key(lq) if exact else (scheme_type(lq) if lq else "FLOAT") for _, _, lq in chosen}
+            if len(keys) == 1:
+                continue
+            at = f"{prefix}{_blame(base, chosen)}"
+            if at not in found:
+                short = [shard.split(".")[-1] for shard in shards]
+                parts = "; ".join(f"{shard.split('.')[-1]} {_scheme_text(lq)}" + (f" by {path}" if path else "")
+                                  for shard, path, lq in chosen)
+                message = (f"{parts}. vllm-ascend and vLLM load {', '.join(short)} as one module "
+                           f"({fused.split('.')[-1]}) and refuse shards that are not quantized alike; fix: quantize "
+                           "all of them the same way, or keep all of them float (e.g. exclude "
+                           f"'*.{shards[0].split('.')[0]}.{{{','.join(short)}}}')")
+                found[at] = (message, [])
+            found[at][1].append(layer)
+    problems: list[Problem] = []
+    known = _text_config(model_config).get("num_hidden_layers") is not None
+    for at, (message, layers) in found.items():
+        others = count - 1 if alike else len(layers) - 1
+        more = "" if others == 0 else f" (and {others} more)" if known else " (and every layer alike)"
+        problems.append(Problem(at, f"layer {layers[0]}{more}: {message}"))
+    return problems
+
+
+def _blame(base: str, chosen: list[tuple[str, str, LinearQuant | None]]) -> str:
+    """The field that splits the fused module: the exclude (or include) of the entry that quantizes
+    some shards but not a float one, or the include of the second entry that claims a shard."""
+    quantizing = [(path, lq) for _, path, lq in chosen if lq is not None]
+    first_path, first = quantizing[0]
+    for shard, _, lq in chosen:
+        if lq is None:
+            return f"{first_path}.exclude" if matches(base + shard, first.include) else f"{first_path}.include"
+    other = next(path for path, _ in quantizing if path != first_path)
+    return f"{other}.include"
+
+
+def _scheme_problems(entries: list[tuple[str, LinearQuant]], prefix: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for path, lq in entries:
+        at = f"{prefix}{path}.qconfig"
+        weight, act = lq.qconfig.weight, lq.qconfig.act
+        if act is None or weight.dtype != "int8":
+            continue
+        if weight.scope == "per_group":
+            problems.append(Problem(f"{at}.weight.scope", "W8A8 needs per_channel weights: vllm-ascend's W8A8 loads "
+                                                          "weight_scale [out, 1] and vLLM's int8 W8A8 a channel or "
+                                                          "tensor scale; use scope per_channel (per_group is for "
+                                                          "weight-only W8A16/W4A16)"))
+        if not weight.symmetric:
+            problems.append(Problem(f"{at}.weight.symmetric", "W8A8 needs symmetric weights: vllm-ascend's "
+                                                              "npu_quant_matmul applies no weight offset and vLLM's "
+                                                              "int8 W8A8 takes symmetric weights only; set "
+                                                              "symmetric: true"))
+    return problems
+
+
+def _ascend_problems(entries: list[tuple[str, LinearQuant]], saver_at: str, model_config: dict[str, Any] | None,
+                     prefix: str) -> list[Problem]:
+    problems: list[Problem] = []
+    dtype = model_dtype(model_config)
+    for path, lq in entries:
+        at = f"{prefix}{path}.qconfig"
+        weight, act = lq.qconfig.weight, lq.qconfig.act
+        if act is None and weight.dtype == "int4":
+            problems.append(Problem(f"{at}.weight.dtype", f"int4 weights (W4A16) with {saver_at}: vllm-ascend has no "
+                                                          "dense W4A16 linear scheme (only MoE experts, in "
+                                                          "compressed-tensors' packed layout); fix: use type: "
+                                                          f"compressed_tensors_saver in {saver_at} (vLLM, "
+                                                          "transformers), or int8 weights"))
+        elif act is None and weight.scope == "per_group":
+            problems.append(Problem(f"{at}.weight.scope", f"per_group W8A16 with {saver_at}: vllm-ascend's W8A16 "
+                                                          "loads per-channel scales [out, 1] only; fix: use scope "
+                                                          "per_channel, or type: compressed_tensors_saver in "
+                                                          f"{saver_at}"))
+        if act is not None and act.scope == "per_tensor" and dtype == "float32":
+            problems.append(Problem(f"{at}.act.scope", f"static W8A8 of a float32 model with {saver_at}: vllm-ascend "
+                                                       "creates deq_scale only for bfloat16 and float16 models, so "
+                                                       "the output does not load; fix: convert the model to bfloat16 "
+                                                       "(or float16) first, or use scope per_token (W8A8_DYNAMIC)"))
+    return problems
+
+
+def _compressed_tensors_problems(config: ModelslimConfig, saver_at: str, prefix: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for path, lq in config.linear_quants():
+        if lq.qconfig.act is None and not lq.qconfig.weight.symmetric:
+            problems.append(Problem(f"{prefix}{path}.qconfig.weight.symmetric",
+                                    f"asymmetric weight-only with {saver_at}: vLLM loads the packed zero points, "
+                                    "transformers (compressed-tensors 0.20) cannot (its loader expects them "
+                                    "unpacked: llm-compressor issue 1618); set symmetric: true to load with "
+                                    "transformers too", "warning"))
+    for index, proc in enumerate(config.spec.process):
+        if isinstance(proc, IterSmooth) and not proc.symmetric:
+            problems.append(Problem(f"{prefix}spec.process[{index}].symmetric",
+                                    f"asymmetric smoothing with {saver_at}: it shifts each smoothed norm by a bias "
+                                    "that transformers' and vLLM's RMSNorm have no parameter for (transformers drops "
+                                    "it, vLLM refuses the checkpoint); fix: set symmetric: true, or save with "
+                                    "ascendv1_saver (vllm-ascend's RMSNorm takes the bias)"))
+    return problems
+
+
+def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None = None,
+                    prefix: str = "spec.config.") -> list[Problem]:
+    """Everything that would make an output fail to load, per saver, before any work."""
+    savers = config.spec.save
+    problems = saver_directory_problems(savers, f"{prefix}spec.")
+    entries = config.linear_quants()
+    problems += _scheme_problems(entries, prefix)
+    formats = [saver_format(saver) for saver in savers]
+    if entries and any(fmt is not None for fmt in formats):
+        problems += _fused_problems(entries, model_config, prefix, exact="compressed_tensors" in formats)
+    for index, fmt in enumerate(formats):
+        saver_at = f"spec.save[{index}]"
+        if fmt == "ascendv1":
+            problems += _ascend_problems(entries, saver_at, model_config, prefix)
+        elif fmt == "compressed_tensors":
+            problems += _compressed_tensors_problems(config, saver_at, prefix)
+    return _unique(problems)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    unique: list[Problem] = []
+    for problem in problems:
+        if (problem.path, problem.message) not in seen:
+            seen.add((problem.path, problem.message))
+            unique.append(problem)
+    return unique

@@ -1,0 +1,84 @@
+"""One run at a time on one output directory: an exclusive ``flock`` on ``<save_path>/.quantjob-lock``.
+
+The kernel drops the lock when the process that holds it ends, however it ends (SIGKILL included),
+so a dead run never blocks the next one. The holder writes who it is into the file (run id, pid,
+host), and a refused run names it. The lock is taken without waiting: a second run is refused at
+once instead of racing the first. The file is removed by its holder when the run ends; a holder
+re-checks after locking that the path still names the file it locked, so a file removed in between
+is never mistaken for the lock (flock works on local file systems, NFSv4 and CephFS).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from quantjob.worker.errors import QuantJobError
+
+LOCK_FILE = ".quantjob-lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"run {info['run_id']!r} (pid {info['pid']} on {info['host']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another quantjob run (it has not said which yet)"
+
+
+class OutputLock:
+    """Held from ``acquire`` until ``release`` or the end of the process."""
+
+    def __init__(self, save_path: Path) -> None:
+        self.path = save_path / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, run_id: str) -> None:
+        """Lock the output directory for ``run_id``; QuantJobError naming the holder when another
+        process (or another saver of this process) holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise QuantJobError(f"save path {self.path.parent} is in use by {_holder(self.path)}; fix: wait for "
+                                    "it to end (or stop it), or choose another --save_path") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file between our open and our lock: try again
+        info = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname()}
+        data = json.dumps(info).encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self._fd = fd
+
+    def __del__(self) -> None:  # a saver dropped without finish or abort (the process goes on)
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001, S110  # interpreter shutdown: the kernel drops the lock anyway
+            pass
+
+    def release(self) -> None:
+        """Remove the lock file and unlock (no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)

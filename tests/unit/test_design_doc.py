@@ -1,0 +1,48 @@
+"""docs/design.md is the design document the code cites: it exists in the repository, every file it
+names exists, every code object it names is importable, and nothing cites the old out-of-tree notes."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DESIGN = ROOT / "docs" / "design.md"
+
+
+def test_every_path_the_design_names_exists() -> None:
+    text = DESIGN.read_text(encoding="utf-8")
+    paths = set(re.findall(r"`((?:src|tests|docs|charts|crds|deploy|bench|examples|\.ci)/[\w./-]+|Dockerfile)`", text))
+    assert len(paths) > 10
+    missing = sorted(path for path in paths if not (ROOT / path).exists())
+    assert not missing, f"docs/design.md names files that do not exist: {missing}"
+
+
+def test_every_code_object_the_design_names_exists() -> None:
+    text = DESIGN.read_text(encoding="utf-8")
+    names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli)(?:\.\w+)*)`", text))
+    names |= {f"quantjob.worker.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
+    names |= {f"quantjob.worker.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
+    assert len(names) > 8
+    for name in sorted(names):
+        parts = name.split(".")
+        for split in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:split]))
+            except ModuleNotFoundError:
+                continue
+            for attribute in parts[split:]:
+                assert hasattr(obj, attribute), f"docs/design.md names {name}, which does not exist"
+                obj = getattr(obj, attribute)
+            break
+        else:
+            raise AssertionError(f"docs/design.md names {name}, which does not exist")
+
+
+def test_code_and_docs_cite_the_design_in_the_repository() -> None:
+    citing = [path.relative_to(ROOT) for folder in ("src", "tests", "docs", "bench", "charts")
+              for path in (ROOT / folder).rglob("*") if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".tpl")
+              and "DESIGN.md" in path.read_text(encoding="utf-8", errors="replace") and path != Path(__file__)]
+    citing += [Path("README.md")] if "DESIGN.md" in (ROOT / "README.md").read_text(encoding="utf-8") else []
+    assert not citing, f"cite docs/design.md instead of DESIGN.md (not in the repository): {citing}"
