@@ -101,3 +101,31 @@ def test_unreadable_compressed_tensors_are_refused(tiny_model: Callable[..., Pat
         output.record("model.layers.0.mlp.up_proj", own)
     with pytest.raises(QuantJobError, match="save_compressed=True"):
         output.record("model.layers.0.mlp.up_proj", {**own, "weight": torch.zeros(4, 4)})
+
+
+@pytest.mark.parametrize("quant_type", ["w8a8", "w8a8_dynamic", "w8a16"])
+def test_quantjob_compressed_tensors_saver_scores_as_its_ascendv1_output(
+        tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path], tmp_path: Path, quant_type: str) -> None:
+    """The same run saved by both savers: the compressed-tensors output, read back, is the ascendv1 one."""
+    import transformers
+    import yaml
+
+    from quantjob.api.presets import preset_dict
+
+    model = tiny_model("qwen2", 2)
+    outputs = {}
+    for saver in ("ascendv1_saver", "compressed_tensors_saver"):
+        document = preset_dict(quant_type)
+        document["spec"]["save"] = [{"type": saver}]
+        config = tmp_path / f"{saver}.yaml"
+        config.write_text(yaml.safe_dump(document))
+        outputs[saver] = tmp_path / saver
+        assert main(["quantize", "--model_path", str(model), "--save_path", str(outputs[saver]), "--config_path",
+                     str(config), "--calib_file", str(calib_jsonl(6)), "--calib_samples", "6",
+                     "--max_length", "48"]) == 0
+    ids = transformers.AutoTokenizer.from_pretrained(str(model))(corpus_text()[:1500])["input_ids"]
+    windows = make_windows(ids, 40, None, 1)
+    ours, _ = evaluate_windows(outputs["ascendv1_saver"], windows, torch.device("cpu"))
+    theirs, kind = evaluate_windows(outputs["compressed_tensors_saver"], windows, torch.device("cpu"))
+    assert kind == "compressed-tensors"
+    assert ours == theirs

@@ -44,7 +44,7 @@ class PerplexityArgs(BaseModel):
         return self
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "perplexity", help="perplexity of a float model or a quantized output on a text, layer by layer",
         description="Perplexity of a model directory (float Hugging Face, or an ascendv1 or compressed-tensors "

@@ -50,7 +50,7 @@ def _unpack(packed: torch.Tensor, bits: int, shape: torch.Size, packed_dim: int 
     """int8 values of a pack-quantized int32 tensor (the library's own unpacking)."""
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32  # type: ignore[import-untyped]
 
-    return unpack_from_int32(packed, bits, shape, packed_dim).to(torch.int8)  # type: ignore[no-any-return]
+    return unpack_from_int32(packed, bits, shape, packed_dim).to(torch.int8)
 
 
 class CompressedTensorsOutput:
