@@ -75,8 +75,8 @@ def test_processor_without_distributed_support_under_dp(monkeypatch: pytest.Monk
     # A new algorithm is one catalogue entry: the rule reads it, nothing else changes.
     local_only = Algorithm("iter_smooth", "processor", "test double", implemented=True, distributed=False)
     monkeypatch.setitem(catalogue.PROCESSORS, "iter_smooth", local_only)
-    cfg = config(lq(act={}), {"type": "iter_smooth"})
-    problem = only(check(cfg, 2), "spec.config.spec.process[1].type")
+    cfg = config({"type": "iter_smooth"}, lq(act={}))
+    problem = only(check(cfg, 2), "spec.config.spec.process[0].type")
     assert "cannot run under dp_layer_wise" in problem.message and "linear_quant" in problem.message
     assert check(cfg, 1) == []
 

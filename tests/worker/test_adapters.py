@@ -109,3 +109,18 @@ def test_gemma3_names_and_settings() -> None:
 def test_missing_model_type() -> None:
     with pytest.raises(QuantJobError, match="no 'model_type'"):
         adapter_for({})
+
+
+def test_gemma_fold_never_cuts_a_channel_and_reports_the_scale_it_applied() -> None:
+    """(1 + w) / s - 1 for a large s lies next to -1, where bf16's step is 2^-8: the folded multiplier
+    must not round to zero, and the applied scale (what the consumers get) is the one stored."""
+    adapter = ADAPTERS["gemma3_text"]
+    weight = torch.tensor([0.0, 0.5, -0.25, 2.0], dtype=torch.bfloat16)
+    scale = torch.tensor([1000.0, 3.0, 40.0, 1.0])
+    folded = adapter.folded_norm_weight(weight, scale)
+    multiplier = folded.float() + 1
+    assert bool((multiplier > 0).all())
+    applied = adapter.applied_norm_scale(weight, folded, scale)
+    assert torch.allclose(multiplier * applied, weight.float() + 1, rtol=1e-6)
+    # the requested scale is off by more than bf16's relative step where (1 + w) / s is small
+    assert (applied / scale - 1).abs().max() > 2.0 ** -8

@@ -47,10 +47,11 @@ _ENTRIES: tuple[Algorithm, ...] = (
               distributed=True, options=("qconfig", "include", "exclude")),
     Algorithm("group", "processor", "linear_quant entries sharing one calibration pass (mixed precision)",
               distributed=True, options=("configs",)),
-    Algorithm("iter_smooth", "processor", "SmoothQuant-style outlier migration, statistics refreshed per pair",
-              implemented=False, distributed=True, options=("alpha", "scale_min", "symmetric", *_SMOOTH_OPTIONS)),
+    Algorithm("iter_smooth", "processor", "SmoothQuant-style outlier migration per subgraph (alpha, scale_min; "
+              "asymmetric mode shifts norm outputs)",
+              distributed=True, options=("alpha", "scale_min", "symmetric", *_SMOOTH_OPTIONS)),
     Algorithm("flex_smooth_quant", "processor", "smoothing with per-subgraph searched alpha/beta",
-              implemented=False, distributed=True, aliases=("flex_smooth",),
+              distributed=True, aliases=("flex_smooth",),
               options=("alpha", "beta", *_SMOOTH_OPTIONS)),
     # msModelSlim processors that quantjob does not implement yet: known names, clear errors.
     Algorithm("smooth_quant", "processor", "SmoothQuant", implemented=False),
@@ -67,7 +68,7 @@ _ENTRIES: tuple[Algorithm, ...] = (
     Algorithm("float_sparse", "processor", "floating-point sparsity", implemented=False),
     # --- observer methods (qconfig.*.method) ---------------------------------------------
     Algorithm("minmax", "observer", "running min/max", distributed=True),
-    Algorithm("ssz", "observer", "iterative MSE search of weight scale/offset", implemented=False,
+    Algorithm("ssz", "observer", "iterative least-squares search of per-channel weight scales (symmetric)",
               distributed=True, options=("step",), scopes=("per_channel",)),
     Algorithm("autoround", "observer", "AutoRound rounding", implemented=False),
     Algorithm("gptq", "observer", "GPTQ", implemented=False),

@@ -25,6 +25,7 @@ from quantjob.api.modelslim import (
 from quantjob.api.problems import Problem, from_validation_error, has_errors
 from quantjob.api.resource import API_VERSION, GROUP, KIND, QuantJob
 from quantjob.api.rules_output import output_problems
+from quantjob.api.smoothing_rules import smoothing_problems
 
 # config.json keys that mark a multimodal model (a vision or audio tower beside the LLM).
 MULTIMODAL_KEYS = ("vision_config", "audio_config", "visual", "vision_tower", "mm_vision_tower", "speech_config")
@@ -174,6 +175,7 @@ def resolve(config: ModelslimConfig, devices: int, model_config: dict[str, Any] 
     distributed = runner == "dp_layer_wise"
     _check_processors(config, distributed, prefix, problems)
     _check_linear_quants(config, distributed, prefix, problems)
+    problems.extend(smoothing_problems(config, prefix))
     if distributed and (config.multimodal or is_multimodal(model_config)):
         problems.append(Problem(f"{prefix}spec.runner",
                                 "multimodal models (a vision/audio tower) are not supported under "

@@ -28,7 +28,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from quantjob.api import catalogue
-from quantjob.api.globs import pattern_error
+from quantjob.api.globs import matches, pattern_error
 from quantjob.api.problems import field_error
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
@@ -297,3 +297,7 @@ class ModelslimConfig(BaseModel):
             elif isinstance(proc, Group):
                 found.extend((f"spec.process[{index}].configs[{j}]", lq) for j, lq in enumerate(proc.configs))
         return found
+
+    def linear_quant_for(self, module: str) -> LinearQuant | None:
+        """The linear_quant entry that quantizes ``module`` (the first that selects it), or None."""
+        return next((lq for _, lq in self.linear_quants() if matches(module, lq.include, lq.exclude)), None)

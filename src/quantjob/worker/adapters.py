@@ -105,6 +105,8 @@ class Adapter:
     and k_proj output channels are not free to rescale.
     ``output_norms``: norms on a block's output before the residual add (Gemma3's post-attention and
     post-feed-forward norms): they follow o_proj / down_proj and feed no linear.
+    ``norm_bias``: vllm-ascend's norm for this family adds a saved ``<norm>.bias`` (its RMSNorm does;
+    its GemmaRMSNorm does not), so asymmetric smoothing may write one.
     """
 
     name: str
@@ -119,6 +121,7 @@ class Adapter:
     rotary_per_layer_type: bool = False
     qk_norms: tuple[str, ...] = field(default=())
     output_norms: tuple[str, ...] = field(default=())
+    norm_bias: bool = True
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
@@ -140,9 +143,40 @@ class Adapter:
                 for spec in self.subgraph_specs]
 
     def folded_norm_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The norm weight that divides the norm's output by ``scale`` (float32 math, weight's dtype)."""
-        w = weight.float()
-        return ((w + self.norm_offset) / scale.float() - self.norm_offset).to(weight.dtype)
+        """The norm weight that divides the norm's output by ``scale`` (float32 math, weight's dtype).
+
+        A multiplier ``norm_offset + w`` that is not zero never rounds to zero: with ``norm_offset``
+        1 a large scale takes ``(1 + w) / s - 1`` next to -1, where the dtype's step is coarse, and
+        a zero would cut the channel off. It keeps the smallest multiplier of its sign instead.
+        """
+        import torch
+
+        offset = self.norm_offset
+        target = (weight.float() + offset) / scale.float()
+        folded = (target - offset).to(weight.dtype)
+        dead = ((folded.float() + offset) == 0) & (target != 0)
+        if bool(dead.any()):
+            edge = torch.full_like(folded, -offset)
+            toward = torch.where(target > 0, torch.full_like(folded, float("inf")),
+                                 torch.full_like(folded, float("-inf")))
+            folded = torch.where(dead, torch.nextafter(edge, toward), folded)
+        return folded
+
+    def applied_norm_scale(self, weight: torch.Tensor, folded: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The scale a fold really applied, ``(offset + w) / (offset + w')`` per channel (float32), from
+        the weight before and after ``folded_norm_weight`` (``scale`` where the multiplier is zero).
+
+        The folded weight is rounded to its dtype; scaling the consumers by the applied scale rather
+        than the requested one keeps the subgraph's function to the consumers' own rounding, which is
+        relative. Near -1 (Gemma's ``1 + w`` norms under a large scale) the requested scale would be
+        off by several percent.
+        """
+        import torch
+
+        before = weight.float() + self.norm_offset
+        after = folded.float() + self.norm_offset
+        exact = (before != 0) & (after != 0)
+        return torch.where(exact, before / torch.where(exact, after, torch.ones_like(after)), scale.float())
 
     def embed_tokens(self, ids: torch.Tensor, table: torch.Tensor, config: Any) -> torch.Tensor:
         """The embedding of ``ids`` with this family's arithmetic: a lookup in ``table``, times the
@@ -169,7 +203,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS),
     "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
                            embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
-                           output_norms=("post_attention_layernorm", "post_feedforward_layernorm")),
+                           output_norms=("post_attention_layernorm", "post_feedforward_layernorm"), norm_bias=False),
 }
 
 # model_types whose language model sits inside a multimodal wrapper -> the text model_type to save it as.

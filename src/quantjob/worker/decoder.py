@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from quantjob.worker.adapters import LAYER_TYPES, Adapter
+from quantjob.worker.added_biases import add_missing_biases, remove_added_biases
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
 from quantjob.worker.records import LayerOutput, QuantizedLinear
@@ -122,7 +123,8 @@ def materialise(layer: torch.nn.Module, prefix: str, tensors: dict[str, torch.Te
 
 
 def release(layer: torch.nn.Module) -> None:
-    """Drop a layer's tensors (back to the meta device)."""
+    """Drop a layer's tensors (back to the meta device) and any bias a processor added to it."""
+    remove_added_biases(layer)
     layer.to_empty(device="meta")
 
 
@@ -178,13 +180,16 @@ def _activation_hook(record: QuantizedLinear) -> Any:
 def quantized_layer(layer: torch.nn.Module, prefix: str, output: LayerOutput,
                     device: torch.device) -> Iterator[torch.nn.Module]:
     """The layer rebuilt from ``output`` alone: float tensors, dequantized weights, biases, and
-    activation fake-quantization hooks (removed on exit). Used for fresh layers and for replay."""
+    activation fake-quantization hooks (removed on exit). Used for fresh layers and for replay.
+    Biases the records hold and the model's modules lack (asymmetric smoothing's shifts) are added
+    to the skeleton first (``quantjob.worker.added_biases``); ``release`` removes them."""
     tensors = {name: tensor.to(device) for name, tensor in output.float_tensors.items()}
     for name, weight in fake_quant_weights(output.quantized).items():
         tensors[f"{name}.weight"] = weight.to(device)
     for record in output.quantized:
         if record.bias is not None:
             tensors[f"{record.name}.bias"] = record.bias.to(device)
+    add_missing_biases(layer, [name[len(prefix):] for name in tensors])
     materialise(layer, prefix, tensors)
     handles = []
     for record in output.quantized:

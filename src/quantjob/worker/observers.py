@@ -9,15 +9,18 @@ world size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from quantjob.api.modelslim import QuantSpec
 from quantjob.worker.distributed import Group
 from quantjob.worker.quantizers import quantize_weight, scale_offset
+from quantjob.worker.ssz import ssz_weight
 
 
 @dataclass
@@ -92,6 +95,63 @@ def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str,
         last.clear()
 
 
+# --- probes: a bounded, rank-independent subset of the activations ----------------------------------
+
+PROBE_TOKENS = 256  # tokens per layer kept for searches (flex_smooth_quant), over all samples
+
+
+def evenly_spaced(count: int, size: int) -> torch.Tensor:
+    """``min(count, size)`` indices spread over ``range(size)``: the middle of equal bins."""
+    k = min(count, size)
+    return ((torch.arange(k, dtype=torch.float64) + 0.5) * size / k).floor().long()
+
+
+def probes_per_sample(num_samples: int, budget: int = PROBE_TOKENS) -> int:
+    """Tokens probed in each calibration sample so that all samples together give about ``budget``."""
+    return max(1, math.ceil(budget / max(1, num_samples)))
+
+
+Probes = dict[str, dict[int, torch.Tensor]]  # linear name -> global sample index -> rows [k, d]
+
+
+@contextmanager
+def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int],
+                  per_sample: int) -> Iterator[Probes]:
+    """Keep the input rows of each module at ``evenly_spaced(per_sample, length)`` positions.
+
+    The k-th forward through the block belongs to global sample ``samples[k]`` (the loop runs its
+    samples one at a time, in that order), so the choice depends on the sample and its length
+    only, never on the rank that holds it. Linears fed the same tensor share one copy.
+    """
+    probes: Probes = {name: {} for name in modules}
+    calls = dict.fromkeys(modules, 0)
+    handles = []
+    last: list[Any] = [None, None]  # [input tensor, its rows]
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:
+        if last[0] is not x:
+            flat = x.detach().reshape(-1, x.shape[-1])
+            last[0], last[1] = x, flat[evenly_spaced(per_sample, flat.shape[0]).to(flat.device)].clone()
+        rows: torch.Tensor = last[1]
+        return rows
+
+    for name, module in modules.items():
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _name: str = name) -> None:
+            index = calls[_name]
+            if index >= len(samples):
+                raise RuntimeError(f"{_name}: more forward calls than the {len(samples)} samples being probed")
+            probes[_name][samples[index]] = rows_of(args[0])
+            calls[_name] = index + 1
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield probes
+    finally:
+        for handle in handles:
+            handle.remove()
+        last.clear()
+
+
 def reduce_stats(stats: dict[str, ActivationStats], group: Group) -> dict[str, ActivationStats]:
     """Every rank's statistics combined (exact min/max), in a fixed name order on every rank.
 
@@ -112,8 +172,8 @@ def reduce_stats(stats: dict[str, ActivationStats], group: Group) -> dict[str, A
 # --- methods: reduced statistics -> quantization parameters ---------------------------------------
 
 ActMethod = Callable[[ActivationStats, int, bool, "torch.dtype | None"], tuple[torch.Tensor, torch.Tensor]]
-WeightMethod = Callable[[torch.Tensor, str, int, bool, "int | None"],
-                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (weight [out, in], its qconfig side) -> (int8 weight, float32 scale, float32 offset)
+WeightMethod = Callable[[torch.Tensor, QuantSpec], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def minmax_activation(stats: ActivationStats, bits: int, symmetric: bool,
@@ -125,5 +185,14 @@ def minmax_activation(stats: ActivationStats, bits: int, symmetric: bool,
     return scale_offset(stats.minimum.amin().reshape(1), stats.maximum.amax().reshape(1), bits, symmetric, dtype)
 
 
+def minmax_weight(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    group_size = spec.group_size if spec.scope == "per_group" else None
+    return quantize_weight(weight, spec.scope, spec.bits, spec.symmetric, group_size)
+
+
+def ssz_weight_method(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return ssz_weight(weight, spec.scope, spec.bits, spec.symmetric, steps=spec.steps)
+
+
 ACTIVATION_METHODS: dict[str, ActMethod] = {"minmax": minmax_activation}
-WEIGHT_METHODS: dict[str, WeightMethod] = {"minmax": quantize_weight}
+WEIGHT_METHODS: dict[str, WeightMethod] = {"minmax": minmax_weight, "ssz": ssz_weight_method}

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -43,8 +44,15 @@ from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
-from quantjob.worker.observers import observe_inputs, reduce_stats
-from quantjob.worker.processors import LayerContext, processor_for
+from quantjob.worker.observers import (
+    ActivationStats,
+    Probes,
+    observe_inputs,
+    probes_per_sample,
+    record_probes,
+    reduce_stats,
+)
+from quantjob.worker.processors import LayerContext, Preflight, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
 from quantjob.worker.records import LayerOutput
@@ -119,13 +127,14 @@ def names_literally(patterns: list[str], module: str) -> bool:
 def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
     """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
     shapes = _weight_shapes(checkpoint, adapter)
+    view = Preflight(shapes, job.config, adapter, frozenset(checkpoint.tensors))
     problems: list[str] = []
     for index, proc in enumerate(job.config.spec.process):
         try:
             entry = processor_for(proc.type)
         except ValueError as error:
             raise QuantJobError(f"spec.process[{index}].type: {error}") from error
-        problems.extend(entry.check(proc, f"spec.process[{index}]", shapes))
+        problems.extend(entry.check(proc, f"spec.process[{index}]", view))
     for path, lq in job.config.linear_quants():
         if names_literally(lq.include, adapter.lm_head):
             problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
@@ -153,8 +162,14 @@ class _Loop:
         # may change the weights and observe again. The others are dropped as soon as their
         # output exists (at 64 samples of 512 x 1024 bf16 that is 56 MB less at every layer's peak).
         keep_all = job.next_layer_input == "quantized" or any(
-            processor_for(proc.type).modifies_weights for proc in job.config.spec.process)
+            processor_for(proc.type).reobserves for proc in job.config.spec.process)
         self.kept_inputs = set(self.local) if keep_all else set(self.error_local)
+        # probe rows (a bounded, rank-independent subset of every linear's inputs) only when a
+        # processor searches on activations (flex_smooth_quant)
+        self.num_samples = n
+        self.probes_per_sample = probes_per_sample(n) if any(
+            processor_for(proc.type).uses_probes for proc in job.config.spec.process) else 0
+        self.subgraphs = skeleton.adapter.subgraphs(skeleton.config.to_dict())
 
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
@@ -173,24 +188,39 @@ class _Loop:
                 del hidden[g]
         return out
 
+    def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
+                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None
+                ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
+        """One pass of the local samples observing every linear's inputs: the statistics reduced over
+        all ranks, this rank's probe rows (when a processor uses them) and the layer outputs."""
+        probing: AbstractContextManager[Probes] = nullcontext({})
+        if self.probes_per_sample:
+            probing = record_probes(linears, self.local, self.probes_per_sample)
+        with observe_inputs(linears) as local_stats, probing as probes:
+            out = self.forward(index, layer, hidden, self.local, keep=keep)
+        return reduce_stats(local_stats, self.group), probes, out
+
     def process(self, index: int, prefix: str, layer: torch.nn.Module,
                 hidden: dict[int, torch.Tensor]) -> tuple[LayerOutput, dict[int, torch.Tensor]]:
         """Observe, reduce, run the processors; returns the layer's records and its float outputs."""
         linears = {prefix + name: module for name, module in layer.named_modules()
                    if isinstance(module, torch.nn.Linear)}
-        ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter)
-        with observe_inputs(linears) as local_stats:
-            float_out = self.forward(index, layer, hidden, self.local, keep=self.kept_inputs)
-        ctx.stats = reduce_stats(local_stats, self.group)
+        ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter, group=self.group,
+                           subgraphs=self.subgraphs, num_samples=self.num_samples, config=self.job.config)
+
+        def reobserve() -> None:
+            if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
+                raise RuntimeError("spec.process: statistics of changed weights are needed, but a processor "
+                                   "changed them without declaring reobserves")
+            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden)
+            ctx.modified = False
+
+        ctx.reobserve = reobserve
+        ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs)
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
-                if len(hidden) < len(self.local):  # a processor's entry lacks modifies_weights=True
-                    raise RuntimeError(f"spec.process: {proc.type!r} needs statistics of changed weights, but an "
-                                       "earlier processor changed them without declaring modifies_weights")
-                with observe_inputs(linears) as local_stats:
-                    self.forward(index, layer, hidden, self.local)
-                ctx.stats, ctx.modified = reduce_stats(local_stats, self.group), False
+                ctx.reobserve()
             entry.apply(proc, ctx)
         records = [ctx.records[name] for name in linears if name in ctx.records]
         taken = {f"{r.name}.weight" for r in records} | {f"{r.name}.bias" for r in records}

@@ -1,15 +1,24 @@
 """What a processor sees of one decoder layer: the materialised layer, its linears, the reduced
-activation statistics, and the records produced so far. Processors never load or move tensors."""
+activation statistics (and probe rows, when a processor asked for them), the smoothing subgraphs
+of the model, the rank group, and the records produced so far. Processors never load or move
+tensors; they reach the other ranks only through ``group`` (exact reductions)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from quantjob.worker.adapters import Adapter
-from quantjob.worker.observers import ActivationStats
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.worker.adapters import Adapter, Subgraph
+from quantjob.worker.distributed import Group
+from quantjob.worker.observers import ActivationStats, Probes
 from quantjob.worker.records import QuantizedLinear
+
+
+def _no_reobserve() -> None:
+    raise RuntimeError("this LayerContext was built without a way to observe the layer again")
 
 
 @dataclass
@@ -22,3 +31,20 @@ class LayerContext:
     stats: dict[str, ActivationStats] = field(default_factory=dict)  # reduced over all ranks
     records: dict[str, QuantizedLinear] = field(default_factory=dict)
     modified: bool = False                         # float weights changed since stats were taken
+    group: Group = field(default_factory=Group)
+    subgraphs: list[Subgraph] = field(default_factory=list)  # the model's smoothing sites (relative paths)
+    num_samples: int = 0                           # calibration samples over all ranks
+    config: ModelslimConfig | None = None          # the whole run's config (what later entries will do)
+    # this rank's probe rows: linear -> global sample -> input rows (see observers.record_probes);
+    # filled only when a processor's entry sets uses_probes
+    probes: Probes = field(default_factory=dict)
+    # runs this rank's samples through the layer as it is now and replaces ``stats`` (reduced
+    # again over all ranks) and ``probes``, then clears ``modified``; collective: every rank calls it
+    reobserve: Callable[[], None] = _no_reobserve
+
+    def module(self, relative: str) -> torch.nn.Module:
+        """A module of this layer by its path relative to the layer (``self_attn.v_proj``)."""
+        return self.layer.get_submodule(relative)
+
+    def full_name(self, relative: str) -> str:
+        return self.prefix + relative

@@ -12,6 +12,7 @@ from quantjob.api.globs import matches
 from quantjob.api.modelslim import Group, LinearQuant
 from quantjob.worker.observers import ACTIVATION_METHODS, WEIGHT_METHODS
 from quantjob.worker.processors.context import LayerContext
+from quantjob.worker.processors.preflight import Preflight
 from quantjob.worker.records import QuantizedLinear, Scheme
 
 
@@ -25,8 +26,7 @@ def scheme_of(entry: LinearQuant) -> Scheme:
 def quantize_linear(name: str, module: torch.nn.Linear, entry: LinearQuant, ctx: LayerContext) -> QuantizedLinear:
     weight_spec, act = entry.qconfig.weight, entry.qconfig.act
     group_size = weight_spec.group_size if weight_spec.scope == "per_group" else None
-    weight_q, weight_scale, weight_offset = WEIGHT_METHODS[weight_spec.method](
-        module.weight.detach(), weight_spec.scope, weight_spec.bits, weight_spec.symmetric, group_size)
+    weight_q, weight_scale, weight_offset = WEIGHT_METHODS[weight_spec.method](module.weight.detach(), weight_spec)
     record = QuantizedLinear(
         name=name, scheme=scheme_of(entry), weight_q=weight_q, weight_scale=weight_scale,
         weight_offset=weight_offset, bias=None if module.bias is None else module.bias.detach(),
@@ -55,8 +55,9 @@ def static_activations(entry: LinearQuant | Group) -> bool:
     return any(c.qconfig.act is not None and c.qconfig.act.scope == "per_tensor" for c in configs)
 
 
-def check_shapes(entry: LinearQuant | Group, path: str, weights: dict[str, tuple[int, ...]]) -> list[str]:
+def check_shapes(entry: LinearQuant | Group, path: str, view: Preflight) -> list[str]:
     """Problems known from checkpoint headers alone (before any compute): per_group widths."""
+    weights = view.shapes
     problems: list[str] = []
     configs = [(f"{path}.configs[{i}]", c) for i, c in enumerate(entry.configs)] if isinstance(entry, Group) \
         else [(path, entry)]

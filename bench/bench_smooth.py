@@ -1,0 +1,266 @@
+"""Issue 9 benchmark: smoothing (iter_smooth, flex_smooth_quant) and ssz weights on the anchor job,
+against minmax alone and against llm-compressor's SmoothQuant, in one run.
+
+``python -m bench.bench_smooth`` (anchor job: 16 layers, hidden 1024, 4 outlier channels per norm,
+64 x 512 tokens, W8A8 static) or ``--quick``. Each row is its own measured subprocess
+(``quantjob quantize --config_path ...``, or llm-compressor in its own venv, ``bench/llmc/``) with
+``--threads`` threads; the data-parallel rows use one thread per rank. Columns:
+
+- mean relative layer-output error: the mean over layers of ``quant_errors.json`` (float inputs,
+  the first ``--error-samples`` calibration samples); for llm-compressor the same figure recomputed
+  from its saved files with the same code (``bench/layer_errors.py``);
+- end-to-end error: the relative error of the last layer's output when the saved quantized layers
+  run one after the other, on ``--heldout`` samples that were not used for calibration;
+- wall time and peak RSS of the process (per rank for several ranks).
+
+Every run's output directory is kept under ``--outputs`` (default ``bench/.cache/smooth-outputs``)
+and ``SAVED_COLUMNS`` adds columns computed from a kept quantjob output (see ``add_saved_column``).
+Prints the tables and the targets; writes ``smooth.json`` / ``smooth.md`` under ``--results-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.measure import RunResult, run_measured, thread_env
+from bench.models import CACHE_DIR, calibration_file, model_dir, read_calibration_ids
+from bench.options import Workload, add_common_args, workload_from_args
+from bench.report import markdown_table, mb, run_bench, say
+from bench.runs import REPO_ROOT, engine_seconds
+
+OUTPUTS_DIR = CACHE_DIR / "smooth-outputs"
+W8A8_STATIC = {"act": {"scope": "per_tensor", "dtype": "int8", "symmetric": False, "method": "minmax"},
+               "weight": {"scope": "per_channel", "dtype": "int8", "symmetric": True, "method": "minmax"}}
+TARGETS = {"flex_over_minmax_time": 1.5, "llmc_over_flex_time": 3.0, "two_rank_speedup": 1.8}
+
+# Columns computed from a kept quantjob output directory: name -> fn(output dir, model dir, the
+# error samples' token ids (the first --error-samples calibration samples, as quant_errors.json),
+# the held-out samples' ids) -> a number. Add one with ``add_saved_column``, e.g. the mean layer
+# error recomputed with vllm-ascend's W8A8 arithmetic (quantjob.worker.ascend_forward).
+SavedColumn = Callable[[Path, Path, list[list[int]], list[list[int]]], float]
+SAVED_COLUMNS: dict[str, SavedColumn] = {}
+
+
+def add_saved_column(name: str, column: SavedColumn) -> None:
+    SAVED_COLUMNS[name] = column
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One quantjob run: processors placed before the W8A8 static linear_quant, and how it runs."""
+
+    name: str
+    smoothing: tuple[dict[str, Any], ...] = ()
+    weight_method: str = "minmax"
+    ranks: int = 1
+    threads: int | None = None   # None: --threads
+    next_layer_input: str = "float"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        qconfig = json.loads(json.dumps(W8A8_STATIC))
+        qconfig["weight"]["method"] = self.weight_method
+        process = [*self.smoothing, {"type": "linear_quant", "qconfig": qconfig, "include": ["*"]}]
+        return {"apiversion": "modelslim_v1", "metadata": {"config_id": f"bench-{self.name}"},
+                "spec": {"process": process, "save": [{"type": "ascendv1_saver"}]}}
+
+
+ITER = ({"type": "iter_smooth"},)
+FLEX = ({"type": "flex_smooth_quant"},)
+VARIANTS = (
+    Variant("minmax alone"),
+    Variant("iter_smooth", ITER),
+    Variant("flex_smooth_quant", FLEX),
+    Variant("flex_smooth_quant + ssz", FLEX, weight_method="ssz"),
+    Variant("minmax alone, quantized propagation", next_layer_input="quantized"),
+    Variant("iter_smooth, quantized propagation", ITER, next_layer_input="quantized"),
+    Variant("flex_smooth_quant, quantized propagation", FLEX, next_layer_input="quantized"),
+    Variant("flex_smooth_quant, 1 rank x 1 thread", FLEX, threads=1),
+    Variant("flex_smooth_quant, 2 ranks x 1 thread", FLEX, ranks=2, threads=1),
+)
+LLMC_NAME = "llm-compressor SmoothQuant(0.8) + W8A8 static"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def run_variant(variant: Variant, model: Path, calib: Path, workload: Workload, *, threads: int,
+                error_samples: int, outputs: Path, work: Path, timeout_s: float) -> tuple[RunResult, Path]:
+    slug = _slug(variant.name)
+    save = outputs / slug
+    shutil.rmtree(save, ignore_errors=True)
+    config = work / f"{slug}.yaml"
+    config.write_text(yaml.safe_dump(variant.config(), sort_keys=False), encoding="utf-8")
+    device = "cpu" if variant.ranks == 1 else "cpu:" + ",".join(str(i) for i in range(variant.ranks))
+    argv = [sys.executable, "-m", "quantjob.cli", "quantize", "--model_path", str(model), "--save_path", str(save),
+            "--device", device, "--config_path", str(config), "--calib_file", str(calib),
+            "--calib_samples", str(workload.samples), "--max_length", str(workload.seq),
+            "--error_samples", str(error_samples), "--next_layer_input", variant.next_layer_input, "--overwrite"]
+    result = run_measured(argv, env=thread_env(variant.threads or threads), log_path=work / f"{slug}.log",
+                          cwd=REPO_ROOT, timeout_s=timeout_s)
+    return result, save
+
+
+def run_llmc(model: Path, calib: Path, workload: Workload, *, threads: int, outputs: Path, work: Path,
+             timeout_s: float) -> tuple[RunResult | None, Path | None, str]:
+    """llm-compressor's SmoothQuant(0.8) + W8A8 static in its venv; (None, None, why) when it cannot run."""
+    from bench.llmc.venv import ensure_venv
+
+    python, why = ensure_venv()
+    if python is None:
+        return None, None, why
+    save = outputs / _slug(LLMC_NAME)
+    shutil.rmtree(save, ignore_errors=True)
+    argv = [str(python), str(Path(__file__).resolve().parent / "llmc" / "quantize.py"), "--model", str(model),
+            "--recipe", "smoothquant-w8a8-static", "--smoothing-strength", "0.8", "--calib", str(calib),
+            "--samples", str(workload.samples), "--seq", str(workload.seq), "--save", str(save),
+            "--report", str(work / "llmc-report.json")]
+    result = run_measured(argv, env=thread_env(threads), log_path=work / "llmc.log", cwd=REPO_ROOT,
+                          timeout_s=timeout_s)
+    return result, save, ""
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def quant_errors(save: Path) -> list[float]:
+    table = json.loads((save / "quant_errors.json").read_text(encoding="utf-8"))
+    return [layer["relative_error"] for layer in table["layers"]]
+
+
+def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, llmc: bool, outputs: Path,
+        cache: Path, work: Path, timeout_s: float, only: set[str] | None) -> tuple[str, dict[str, Any]]:
+    from bench.layer_errors import ascend_layer, compressed_tensors_layer, layer_errors
+
+    shape = workload.shape
+    model = model_dir(shape, cache)
+    calib = calibration_file(workload.samples + heldout, workload.seq, shape.vocab, cache=cache)
+    ids = read_calibration_ids(calib)
+    in_sample, held = ids[:error_samples], ids[workload.samples:workload.samples + heldout]
+    outputs.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for variant in VARIANTS:
+        if only and variant.name not in only:
+            continue
+        say(f"{variant.name}: quantize")
+        result, save = run_variant(variant, model, calib, workload, threads=threads, error_samples=error_samples,
+                                   outputs=outputs, work=work, timeout_s=timeout_s)
+        errors = quant_errors(save)
+        say(f"  {result.wall_s:.1f} s; end-to-end error on {len(held)} held-out samples")
+        e2e = layer_errors(model, held, ascend_layer(save), chained=True)[-1] if held else None
+        row = {"name": variant.name, "ranks": variant.ranks, "threads": variant.threads or threads,
+               "next_layer_input": variant.next_layer_input, "wall_s": result.wall_s,
+               "loop_s": engine_seconds(result), "peak_rss_bytes": result.max_rank_peak_bytes(),
+               "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
+               "output": str(save)}
+        for column, compute in SAVED_COLUMNS.items():
+            row[column] = compute(save, model, in_sample, held)
+        rows.append(row)
+    skipped = ""
+    if llmc and (not only or LLMC_NAME in only):
+        say(f"{LLMC_NAME}: quantize (its own venv)")
+        measured, kept, skipped = run_llmc(model, calib, workload, threads=threads, outputs=outputs, work=work,
+                                           timeout_s=timeout_s)
+        if measured is not None and kept is not None:
+            say(f"  {measured.wall_s:.1f} s; its layer errors from the saved files")
+            errors = layer_errors(model, in_sample, compressed_tensors_layer(kept), chained=False)
+            e2e = layer_errors(model, held, compressed_tensors_layer(kept), chained=True)[-1] if held else None
+            rows.append({"name": LLMC_NAME, "ranks": 1, "threads": threads, "next_layer_input": "-",
+                         "wall_s": measured.wall_s, "loop_s": None, "peak_rss_bytes": measured.max_rss_bytes,
+                         "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
+                         "output": str(kept)})
+        else:
+            say(f"  skipped: {skipped}")
+    elif not llmc:
+        skipped = "--no-llmc"
+    text = report(rows, workload, threads, error_samples, len(held), skipped)
+    payload = {"shape": shape.as_dict(), "samples": workload.samples, "seq": workload.seq, "threads": threads,
+               "error_samples": error_samples, "heldout": len(held), "rows": rows, "llmc_skipped": skipped or None,
+               "targets": targets(rows)}
+    return text, payload
+
+
+def _row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["name"] == name), None)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured value and whether it is met (absent rows: skipped)."""
+    found: list[dict[str, Any]] = []
+    minmax, it, flex = _row(rows, "minmax alone"), _row(rows, "iter_smooth"), _row(rows, "flex_smooth_quant")
+    one, two, llmc = (_row(rows, "flex_smooth_quant, 1 rank x 1 thread"),
+                      _row(rows, "flex_smooth_quant, 2 ranks x 1 thread"), _row(rows, LLMC_NAME))
+    if minmax and it and flex:
+        found.append({"target": "error: flex_smooth_quant < iter_smooth < minmax alone",
+                      "value": f"{flex['mean_layer_error']:.4f} < {it['mean_layer_error']:.4f} < "
+                               f"{minmax['mean_layer_error']:.4f}",
+                      "met": flex["mean_layer_error"] < it["mean_layer_error"] < minmax["mean_layer_error"]})
+    if flex and llmc:
+        found.append({"target": "error: flex_smooth_quant < llm-compressor SmoothQuant",
+                      "value": f"{flex['mean_layer_error']:.4f} < {llmc['mean_layer_error']:.4f}",
+                      "met": flex["mean_layer_error"] < llmc["mean_layer_error"]})
+    if flex and minmax:
+        ratio = flex["wall_s"] / minmax["wall_s"]
+        found.append({"target": f"wall: flex_smooth_quant <= {TARGETS['flex_over_minmax_time']}x minmax alone",
+                      "value": f"{ratio:.2f}x", "met": ratio <= TARGETS["flex_over_minmax_time"]})
+    if flex and llmc:
+        ratio = llmc["wall_s"] / flex["wall_s"]
+        found.append({"target": f"wall: llm-compressor >= {TARGETS['llmc_over_flex_time']}x flex_smooth_quant",
+                      "value": f"{ratio:.2f}x", "met": ratio >= TARGETS["llmc_over_flex_time"]})
+    if one and two:
+        speedup = one["wall_s"] / two["wall_s"]
+        found.append({"target": f"wall: 2 ranks >= {TARGETS['two_rank_speedup']}x 1 rank (flex_smooth_quant)",
+                      "value": f"{speedup:.2f}x", "met": speedup >= TARGETS["two_rank_speedup"]})
+    return found
+
+
+def report(rows: list[dict[str, Any]], workload: Workload, threads: int, error_samples: int, heldout: int,
+           skipped: str) -> str:
+    extra = list(SAVED_COLUMNS)
+    table = markdown_table(
+        ["run", "ranks x threads", "mean layer error", "end-to-end error", *extra, "wall s", "loop s",
+         "peak RSS MB"],
+        [(r["name"], f"{r['ranks']} x {r['threads']}", f"{r['mean_layer_error']:.4f}",
+          "" if r["end_to_end_error"] is None else f"{r['end_to_end_error']:.4f}",
+          *[f"{r[c]:.4f}" if isinstance(r.get(c), float) else "" for c in extra],
+          r["wall_s"], r["loop_s"], mb(r["peak_rss_bytes"])) for r in rows])
+    lines = [f"- {t['target']}: {t['value']} ({'met' if t['met'] else 'NOT met'})" for t in targets(rows)]
+    if skipped:
+        lines.append(f"- {LLMC_NAME}: skipped ({skipped})")
+    header = (f"Smoothing benchmark: {workload.shape.key}, {workload.samples} samples x {workload.seq} tokens, "
+              f"W8A8 static; layer errors on the first {error_samples} calibration samples, end-to-end on "
+              f"{heldout} held-out samples")
+    return f"{header}\n\n{table}\n\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_smooth", description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the single-process runs")
+    parser.add_argument("--error-samples", type=int, default=8, help="samples of the per-layer error (default 8)")
+    parser.add_argument("--heldout", type=int, default=8, help="held-out samples of the end-to-end error")
+    parser.add_argument("--no-llmc", action="store_true", help="skip the llm-compressor row")
+    parser.add_argument("--only", action="append", help="run only this row (repeatable; the row's name)")
+    parser.add_argument("--outputs", type=Path, default=OUTPUTS_DIR, help="where every run's output is kept")
+    parser.add_argument("--keep-logs", action="store_true", help="keep every run's log (printed path)")
+    args = parser.parse_args(argv)
+    workload = workload_from_args(args)
+    return run_bench("smooth", lambda work: run(
+        workload, threads=args.threads, error_samples=args.error_samples, heldout=args.heldout,
+        llmc=not args.no_llmc, outputs=args.outputs, cache=args.cache_dir, work=work, timeout_s=args.timeout,
+        only=set(args.only) if args.only else None), keep_logs=args.keep_logs, results_dir=args.results_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""``flex_smooth_quant`` (alias ``flex_smooth``): smoothing with a searched alpha and beta per subgraph.
+
+Per subgraph, ``s = a^alpha / w^beta`` with ``a`` / ``w`` the per-channel maxima of the activations
+(over every calibration token, from the exactly reduced statistics) and of the consumers' weight
+columns. Unless both are given, alpha and beta are searched as msModelSlim does: phase 1 tries
+alpha on the grid 0, 0.05, ..., 1 with beta = 1 - alpha, phase 2 keeps that alpha and tries beta on
+the same grid; the score is the relative output error of the subgraph with both sides
+fake-quantized to int8 (``smoothing.SearchProblem``).
+
+The score is measured on a bounded subset: the probe rows of the activations (about
+``observers.PROBE_TOKENS`` tokens at fixed positions of every calibration sample, gathered from
+all ranks in global sample order) and ``SEARCH_ROWS`` evenly spaced output rows of the consumers.
+Every rank then holds the same inputs; the candidates of a round are dealt out over the ranks
+(candidate ``t`` to rank ``t % world_size``), each scored by one deterministic computation, and
+the scores are gathered in candidate order, so every rank picks the same alpha and beta, and the
+choice does not depend on the world size. Subgraphs that share no module are searched in the same
+round (two collectives per round). Math and sources: ``docs/algorithms.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import torch
+
+from quantjob.api.modelslim import FlexSmoothQuant, LinearQuant
+from quantjob.worker.adapters import Subgraph
+from quantjob.worker.distributed import Group
+from quantjob.worker.observers import evenly_spaced
+from quantjob.worker.processors.context import LayerContext
+from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.smoothing_sites import (
+    consumer_stats,
+    consumer_weights,
+    fold_linear_pair,
+    fold_norm_linear,
+    selected_sites,
+)
+from quantjob.worker.smoothing import (
+    SEARCH_GRID,
+    WEIGHT_FLOOR,
+    SearchProblem,
+    SearchScheme,
+    act_absmax,
+    grid_choice,
+    ov_scales_max,
+    smoothing_scales,
+    weight_absmax,
+)
+
+log = logging.getLogger("quantjob.worker")
+
+SEARCH_ROWS = 128  # consumer output rows the search error is measured on (evenly spaced)
+LAST = len(SEARCH_GRID) - 1
+
+
+def apply_flex_smooth(entry: FlexSmoothQuant, ctx: LayerContext) -> None:
+    sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude)
+             if consumer_stats(ctx, site) is not None]
+    search = entry.alpha is None or entry.beta is None
+    activations = gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites]) if search and sites else {}
+    for batch in independent_batches(sites):
+        if search:
+            problems = [_problem(ctx, site, activations[ctx.full_name(site.targets[0])]) for site in batch]
+            choices = search_alpha_beta(problems, ctx.group)
+        else:
+            assert entry.alpha is not None and entry.beta is not None
+            choices = [(entry.alpha, entry.beta)] * len(batch)
+        for site, (alpha, beta) in zip(batch, choices, strict=True):
+            log.debug("flex_smooth_quant %s%s (%s): alpha %.2f beta %.2f", ctx.prefix, site.source, site.kind,
+                      alpha, beta)
+            _fold(ctx, site, alpha, beta)
+
+
+def _fold(ctx: LayerContext, site: Subgraph, alpha: float, beta: float) -> None:
+    stats = consumer_stats(ctx, site)
+    assert stats is not None
+    act, weight = act_absmax(stats), weight_absmax(consumer_weights(ctx, site))
+    if site.kind == "ov":
+        assert site.heads is not None
+        consumer, source = ov_scales_max(act, weight, alpha, beta, site.heads, WEIGHT_FLOOR)
+        fold_linear_pair(ctx, site, consumer, source)
+        return
+    scales = smoothing_scales(act, weight, alpha, beta, WEIGHT_FLOOR)
+    if site.kind == "norm-linear":
+        fold_norm_linear(ctx, site, scales)
+    else:
+        fold_linear_pair(ctx, site, scales, scales)
+
+
+def _problem(ctx: LayerContext, site: Subgraph, x: torch.Tensor) -> SearchProblem:
+    stats = consumer_stats(ctx, site)
+    assert stats is not None
+    weights = consumer_weights(ctx, site)
+    stacked = torch.cat(weights) if len(weights) > 1 else weights[0]
+    rows = stacked[evenly_spaced(SEARCH_ROWS, stacked.shape[0]).to(stacked.device)]
+    entry = ctx.config.linear_quant_for(ctx.full_name(site.targets[0])) if ctx.config is not None else None
+    return SearchProblem(x, rows, stats, weight_absmax(weights), search_scheme(entry))
+
+
+def search_scheme(entry: LinearQuant | None) -> SearchScheme:
+    """The quantization the search scores: that of the linear_quant entry that will quantize the
+    subgraph's first consumer; msModelSlim's (int8 per token and per channel) when none will."""
+    if entry is None:
+        return SearchScheme()
+    act, weight = entry.qconfig.act, entry.qconfig.weight
+    mode: Literal["per_token", "per_tensor", "none"] = (
+        "none" if act is None else "per_tensor" if act.scope == "per_tensor" else "per_token")
+    return SearchScheme(act=mode, act_symmetric=act is None or act.symmetric, weight_bits=weight.bits,
+                        weight_symmetric=weight.symmetric,
+                        group_size=weight.group_size if weight.scope == "per_group" else None)
+
+
+def independent_batches(sites: Sequence[Subgraph]) -> list[list[Subgraph]]:
+    """Consecutive sites (in processing order) that share no module: their searches cannot see each
+    other's folds, so they are searched in one round."""
+    batches: list[list[Subgraph]] = []
+    used: set[str] = set()
+    for site in sites:
+        modules = {site.source, *site.targets}
+        if not batches or modules & used:
+            batches.append([])
+            used = set()
+        batches[-1].append(site)
+        used |= modules
+    return batches
+
+
+def search_alpha_beta(problems: Sequence[SearchProblem], group: Group) -> list[tuple[float, float]]:
+    """msModelSlim's two-phase grid search for every problem, the candidates shared over the ranks."""
+    first = shared_scores([(p, SEARCH_GRID[k], SEARCH_GRID[LAST - k]) for p in problems
+                           for k in range(len(SEARCH_GRID))], group)
+    size = len(SEARCH_GRID)
+    alphas = [grid_choice(first[i * size:(i + 1) * size]) for i in range(len(problems))]
+    # phase 2: alpha fixed, every beta but 1 - alpha, whose score phase 1 already has
+    tasks = [(p, SEARCH_GRID[a], SEARCH_GRID[j]) for p, a in zip(problems, alphas, strict=True)
+             for j in range(size) if j != LAST - a]
+    second = iter(shared_scores(tasks, group))
+    choices: list[tuple[float, float]] = []
+    for i, a in enumerate(alphas):
+        errors = [first[i * size + a] if j == LAST - a else next(second) for j in range(size)]
+        choices.append((SEARCH_GRID[a], SEARCH_GRID[grid_choice(errors, start=LAST - a)]))
+    return choices
+
+
+def shared_scores(tasks: Sequence[tuple[SearchProblem, float, float]], group: Group,
+                  score: Callable[[SearchProblem, float, float], float] = SearchProblem.error) -> list[float]:
+    """``score`` of every task, each computed by rank ``index % world_size`` and gathered in task order."""
+    mine = score_locally(tasks, range(group.rank, len(tasks), group.world_size), score)
+    found: dict[int, float] = {}
+    for part in group.all_gather_object(mine):
+        found.update(part)
+    return [found[t] for t in range(len(tasks))]
+
+
+def score_locally(tasks: Sequence[tuple[SearchProblem, float, float]], indices: Sequence[int],
+                  score: Callable[[SearchProblem, float, float], float]) -> dict[int, float]:
+    """Score ``tasks[i]`` for every ``i`` in ``indices`` on this rank's threads, one candidate per
+    thread, each single-threaded: a candidate is a few hundred small tensor operations, which
+    threads inside one operation would only slow down, and its bits then never depend on how
+    many threads the rank has."""
+    threads = max(1, torch.get_num_threads())
+
+    def single_threaded() -> None:
+        torch.set_num_threads(1)
+
+    def one(index: int) -> tuple[int, float]:
+        with torch.inference_mode():
+            return index, score(*tasks[index])
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=single_threaded) as pool:
+            return dict(pool.map(one, indices))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each linear's probe rows from every rank, in global sample order (the same tensor on every rank)."""
+    wanted = sorted(set(names))
+    missing = [name for name in wanted if name not in ctx.probes]
+    if missing:
+        raise RuntimeError(f"no probe rows recorded for {missing[0]}: the processor entry must set uses_probes")
+    local = {name: {g: rows.cpu() for g, rows in ctx.probes[name].items()} for name in wanted}
+    merged: dict[str, dict[int, torch.Tensor]] = {name: {} for name in wanted}
+    for part in ctx.group.all_gather_object(local):
+        for name, rows in part.items():
+            merged[name].update(rows)
+    device = next(ctx.layer.parameters()).device
+    return {name: torch.cat([merged[name][g] for g in sorted(merged[name])]).to(device) for name in wanted}
+
+
+def check_flex_smooth(entry: FlexSmoothQuant, path: str, view: Preflight) -> list[str]:
+    """Nothing model-dependent to refuse: flex_smooth_quant is symmetric and adds no tensor."""
+    return []

@@ -1,0 +1,61 @@
+"""bench_smooth end to end at the smallest shape (no timing asserted), and the readers of saved
+layers that its error columns rest on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bench import bench_smooth
+from bench.layer_errors import ascend_layer, compressed_tensors_layer, layer_errors
+from bench.models import read_calibration_ids
+
+TINY = ["--quick", "--layers", "1", "--samples", "4", "--seq", "8", "--error-samples", "2", "--heldout", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_smooth_bench_rows_and_kept_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["minmax alone", "flex_smooth_quant"]
+    outputs = tmp_path / "outputs"
+    code = bench_smooth.main([*TINY, "--no-llmc", *[a for r in rows for a in ("--only", r)], "--threads", "1",
+                              "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path),
+                              "--outputs", str(outputs)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in rows) and "skipped (--no-llmc)" in out
+    data = json.loads((tmp_path / "smooth.json").read_text())
+    assert [row["name"] for row in data["rows"]] == rows
+    for row in data["rows"]:
+        save = Path(row["output"])
+        assert (save / ".quantjob-complete").is_file()  # kept for columns computed from the files
+        # quant_errors.json recomputed from the saved files by the same definition
+        model = next((tmp_path / "cache" / "models").iterdir())
+        calib = next((tmp_path / "cache" / "calibration").iterdir())
+        ids = read_calibration_ids(calib)[:2]
+        assert layer_errors(model, ids, ascend_layer(save), chained=False) == pytest.approx(row["layer_errors"])
+        assert row["end_to_end_error"] > 0
+
+
+def test_compressed_tensors_layers_read_as_records(tmp_path: Path) -> None:
+    weight = torch.tensor([[1, -2], [3, 4]], dtype=torch.int8)
+    save_file({"model.layers.0.mlp.down_proj.weight": weight,
+               "model.layers.0.mlp.down_proj.weight_scale": torch.tensor([[0.5], [0.25]], dtype=torch.bfloat16),
+               "model.layers.0.mlp.down_proj.input_scale": torch.tensor([0.125], dtype=torch.bfloat16),
+               "model.layers.0.mlp.down_proj.input_zero_point": torch.tensor([-3], dtype=torch.int8),
+               "model.layers.0.mlp.up_proj.weight": torch.tensor([[0, 1], [2, 3]], dtype=torch.int8),
+               "model.layers.0.mlp.up_proj.weight_scale": torch.tensor([[1.0], [2.0]], dtype=torch.bfloat16),
+               "model.layers.0.input_layernorm.weight": torch.ones(2, dtype=torch.bfloat16)},
+              str(tmp_path / "model.safetensors"))
+    layer = compressed_tensors_layer(tmp_path)(0, "model.layers.0.")
+    static, dynamic = layer.quantized
+    assert (static.name, static.scheme, dynamic.name, dynamic.scheme) == (
+        "model.layers.0.mlp.down_proj", "W8A8", "model.layers.0.mlp.up_proj", "W8A8_DYNAMIC")
+    assert torch.equal(static.weight_q, weight) and static.weight_scale.tolist() == [[0.5], [0.25]]
+    assert static.input_scale.tolist() == [0.125] and static.input_offset.tolist() == [-3.0]
+    assert static.weight_offset.tolist() == [[0.0], [0.0]] and static.dtype == torch.bfloat16
+    assert list(layer.float_tensors) == ["model.layers.0.input_layernorm.weight"]

@@ -1,0 +1,45 @@
+"""Every catalogue entry marked implemented has its worker implementation, and the worker
+implements nothing the catalogue does not list: an implemented=True entry without code fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantjob.api import catalogue
+from quantjob.api.modelslim import Saver
+from quantjob.worker.distributed import Group
+from quantjob.worker.observers import ACTIVATION_METHODS, WEIGHT_METHODS
+from quantjob.worker.processors import PROCESSORS, processor_for
+
+
+@pytest.mark.parametrize("entry", catalogue.entries("processor"), ids=lambda e: e.name)
+def test_processor_entries_match_the_worker(entry: catalogue.Algorithm) -> None:
+    if entry.implemented:
+        for name in (entry.name, *entry.aliases):
+            assert processor_for(name) is PROCESSORS[entry.name]
+    else:
+        assert entry.name not in PROCESSORS
+
+
+@pytest.mark.parametrize("entry", catalogue.entries("observer"), ids=lambda e: e.name)
+def test_observer_methods_match_the_worker(entry: catalogue.Algorithm) -> None:
+    assert (entry.name in ACTIVATION_METHODS or entry.name in WEIGHT_METHODS) == entry.implemented
+
+
+def test_the_worker_has_nothing_the_catalogue_lacks() -> None:
+    assert set(PROCESSORS) <= set(catalogue.supported("processor"))
+    assert set(ACTIVATION_METHODS) | set(WEIGHT_METHODS) <= set(catalogue.supported("observer"))
+
+
+@pytest.mark.parametrize("entry", [e for e in catalogue.entries("saver") if e.implemented], ids=lambda e: e.name)
+def test_implemented_savers_open(entry: catalogue.Algorithm, tmp_path: Path) -> None:
+    from quantjob.worker.savers import open_saver
+
+    model = tmp_path / "model"
+    model.mkdir()
+    saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model, model_config={},
+                       run_id="catalogue-check", group=Group(), overwrite=False, num_layers=1)
+    assert saver.committed_layers() == 0
+    saver.abort()

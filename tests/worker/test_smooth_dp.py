@@ -1,0 +1,107 @@
+"""Smoothing and ssz under dp_layer_wise: 1, 2 and 3 gloo ranks write byte-identical outputs
+(7 calibration samples: uneven shards), and a killed run resumed equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dp_runs import (
+    assert_same_tree,
+    calibration,
+    run_quantize,
+    start_quantize,
+    tiny_model,
+)
+
+pytestmark = pytest.mark.slow
+
+W8A8 = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
+W8A8_SSZ = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel", "method": "ssz"}}
+CONFIGS: dict[str, list[dict[str, Any]]] = {
+    "iter_smooth": [{"type": "iter_smooth"}, {"type": "linear_quant", "qconfig": W8A8}],
+    "iter_smooth asymmetric, ssz": [{"type": "iter_smooth", "symmetric": False, "alpha": 0.7},
+                                    {"type": "linear_quant", "qconfig": W8A8_SSZ}],
+    "flex_smooth, ssz": [{"type": "flex_smooth"}, {"type": "linear_quant", "qconfig": W8A8_SSZ}],
+}
+
+
+def write_config(root: Path, process: list[dict[str, Any]]) -> Path:
+    path = root / f"config-{abs(hash(yaml.safe_dump(process)))}.yaml"
+    path.write_text(yaml.safe_dump({"apiversion": "modelslim_v1", "spec": {"process": process}}), encoding="utf-8")
+    return path
+
+
+def argv(model: Path, save: Path, calib: Path, devices: str, config: Path) -> list[str]:
+    return ["quantize", "--model_path", str(model), "--save_path", str(save), "--device", devices,
+            "--config_path", str(config), "--calib_file", str(calib), "--error_samples", "3"]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_smoothing_output_does_not_depend_on_the_world_size(tmp_path: Path, name: str) -> None:
+    model = tiny_model(tmp_path, "qwen2")  # attention biases and grouped-query attention
+    calib = calibration(tmp_path, samples=7)
+    config = write_config(tmp_path, CONFIGS[name])
+    outputs = {}
+    for world, devices in ((1, "cpu"), (2, "cpu:0,1"), (3, "cpu:0,1,2")):
+        outputs[world] = tmp_path / f"out-{world}"
+        log = run_quantize(argv(model, outputs[world], calib, devices, config))
+        if world > 1:
+            assert f"[rank {world - 1}]" in log
+    for world in (2, 3):
+        assert_same_tree(outputs[1], outputs[world])
+
+
+NUM_LAYERS, KILL_AFTER, STAGING = 8, 2, ".quantjob-staging"
+
+
+def _committed(save: Path) -> int:
+    count = 0
+    while count < NUM_LAYERS and (save / STAGING / f"layer-{count:05d}.json").is_file():
+        count += 1
+    return count
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    path = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
+    for child in (int(p) for p in path.read_text().split()) if path.exists() else ():
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def test_killed_smoothing_run_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path, "llama", num_layers=NUM_LAYERS)
+    calib = calibration(tmp_path, samples=9)
+    # asymmetric: the replayed layers need their norm and linear biases back to feed the next ones
+    config = write_config(tmp_path, CONFIGS["iter_smooth asymmetric, ssz"])
+    reference = tmp_path / "uninterrupted"
+    run_quantize(argv(model, reference, calib, "cpu:0,1", config))
+
+    save = tmp_path / "interrupted"
+    command = argv(model, save, calib, "cpu:0,1", config)
+    proc = start_quantize(command)
+    deadline = time.monotonic() + 240
+    while _committed(save) < KILL_AFTER:
+        assert proc.poll() is None, f"the run ended before layer {KILL_AFTER} was committed"
+        assert time.monotonic() < deadline, "no layer commit seen in time"
+        time.sleep(0.01)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim is not None, "rank 1's process not found under the launcher"
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    committed = _committed(save)
+    assert KILL_AFTER <= committed < NUM_LAYERS, f"{committed} layers committed: the kill came too late"
+
+    log = run_quantize(command)
+    assert f"resuming at layer {committed} of {NUM_LAYERS}" in log, log
+    assert_same_tree(reference, save)
