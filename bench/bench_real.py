@@ -34,12 +34,13 @@ from typing import Any
 
 import yaml
 
+from bench.llmc.venv import venv_python
 from bench.measure import BenchError, RunResult, log_tail, run_measured, thread_env
 from bench.report import RESULTS_DIR, machine, markdown_table, mb, run_bench, say
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLMC_SCRIPT = REPO_ROOT / "bench" / "llmc" / "quantize.py"
-LLMC_PYTHON = REPO_ROOT / "bench" / ".venv-llmc" / "bin" / "python"
+LLMC_PYTHON = venv_python()  # bench/.venv-llmc/bin/python, made by ``python -m bench.llmc.venv``
 
 FLEX_TARGET = 0.05        # W8A8 static + flex_smooth_quant within 5% of float perplexity
 DYNAMIC_TARGET = 0.015    # W8A8_DYNAMIC within 1.5%
