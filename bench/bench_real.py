@@ -224,12 +224,19 @@ def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs:
 
     def versus(o: Outcome) -> str:
         value = ppl(o)
-        return f"{(value / base_ppl - 1) * 100:+.2f}%" if value is not None and base_ppl else ""
+        if value is None or not base_ppl:
+            return ""
+        ratio = value / base_ppl
+        return f"{(ratio - 1) * 100:+.2f}%" if ratio < 10 else f"{ratio:.3g}x"
+
+    def shown(o: Outcome) -> float | str | None:  # a broken model's perplexity in a readable width
+        value = ppl(o)
+        return f"{value:.3g}" if value is not None and value >= 1e5 else value
 
     def ran(o: Outcome) -> RunResult | None:  # a refused config's run is no quantization to time
         return o.quantize if o.status == "ok" else None
 
-    rows = [(o.label, ppl(o), versus(o), ran(o).wall_s if ran(o) else None, _peak(ran(o)),  # type: ignore[union-attr]
+    rows = [(o.label, shown(o), versus(o), ran(o).wall_s if ran(o) else None, _peak(ran(o)),  # type: ignore[union-attr]
              o.evaluation.wall_s if o.evaluation else None, o.status if o.status != "ok" else "", o.note)
             for o in outcomes + llmc]
     table = markdown_table(["row", "perplexity", "vs float", "quantize wall s", "peak RSS per rank MB",

@@ -47,6 +47,12 @@ def test_verdicts_follow_the_issue_targets() -> None:
     assert payload["targets"]["flex_within_5pct"] is None         # no flex row: not measured
 
 
+def test_a_broken_row_prints_in_a_readable_width() -> None:
+    text, _ = tables([_outcome("float", 20.0), _outcome("w8a8", 4.0e10, 30.0)], [], "", INPUTS, "cpu")
+    row = next(line for line in text.splitlines() if line.startswith("| w8a8"))
+    assert "4e+10" in row and "2e+09x" in row
+
+
 def test_refused_rows_are_not_available_not_timed() -> None:
     refused = Outcome("w8a8-flex", "flex", quantize=_run(1.0, 30.0), status="not available", note="unknown processor")
     text, payload = tables([_outcome("float", 20.0), refused], [], "llm-compressor rows skipped", INPUTS, "cpu")
