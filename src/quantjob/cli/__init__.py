@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from quantjob import __version__
 
-SUBCOMMANDS = ("validate", "crd", "quantize", "demo", "render", "operator")
+SUBCOMMANDS = ("validate", "crd", "quantize", "demo", "render", "operator", "perplexity")
 
 
 def build_parser() -> argparse.ArgumentParser:
