@@ -7,14 +7,17 @@ thread each), then the perplexity of every output on the held-out play (Macbeth)
 perplexity`` (layer by layer, W8A8 linears computed as vllm-ascend computes them).
 
 Rows: float; W8A8 static minmax; W8A8 + iter_smooth; W8A8 + flex_smooth_quant; W8A8 +
-flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A16. A row whose config ``quantjob`` refuses
+flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A8_DYNAMIC + flex_smooth_quant; W8A16. A row whose config ``quantjob`` refuses
 (exit code 2: a processor this build lacks) is reported as not available, not as a failure.
 
 llm-compressor (optional, in its own venv: ``python -m bench.llmc.venv``; skipped with a message
 when absent): static W8A8 minmax and SmoothQuantModifier(0.8) + static W8A8 on the same model and
 samples, through ``bench/llmc/quantize.py``, with its wall time and peak RSS measured the same way.
 Its compressed-tensors output is scored by the same ``quantjob perplexity`` (which reads
-compressed-tensors directories when it can; otherwise the row says why it has no perplexity).
+compressed-tensors directories when it can; otherwise the row says why it has no perplexity). As a
+cross-check, transformers' own forward of each llm-compressor output (and of the float model) scores
+the first ``CROSSCHECK_TOKENS`` tokens of the same text in the llm-compressor venv
+(``bench/llmc/score.py``): a figure far from ours there means the conversion, not the output, is off.
 
 Prints the table (with the CPU model) and writes ``real.json`` / ``real.md`` under ``--results-dir``.
 """
@@ -40,6 +43,8 @@ from bench.report import RESULTS_DIR, machine, markdown_table, mb, run_bench, sa
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLMC_SCRIPT = REPO_ROOT / "bench" / "llmc" / "quantize.py"
+LLMC_SCORE = REPO_ROOT / "bench" / "llmc" / "score.py"
+CROSSCHECK_TOKENS = 2048
 LLMC_PYTHON = venv_python()  # bench/.venv-llmc/bin/python, made by ``python -m bench.llmc.venv``
 
 FLEX_TARGET = 0.05        # W8A8 static + flex_smooth_quant within 5% of float perplexity
@@ -47,11 +52,12 @@ DYNAMIC_TARGET = 0.015    # W8A8_DYNAMIC within 1.5%
 SPEED_TARGET = 4.0        # our wall time at least 4x shorter than llm-compressor's
 
 
-def _config(smoothing: list[dict[str, Any]] | None = None, weight_method: str | None = None) -> dict[str, Any]:
-    """The w8a8 preset's modelslim_v1 document with smoothing processors first and the weight method set."""
+def _config(smoothing: list[dict[str, Any]] | None = None, weight_method: str | None = None,
+            preset: str = "w8a8") -> dict[str, Any]:
+    """A preset's modelslim_v1 document with smoothing processors first and the weight method set."""
     from quantjob.api.presets import preset_dict
 
-    document = copy.deepcopy(preset_dict("w8a8"))
+    document = copy.deepcopy(preset_dict(preset))
     document["metadata"]["config_id"] = "bench-real"
     if weight_method:
         document["spec"]["process"][0]["qconfig"]["weight"]["method"] = weight_method
@@ -78,6 +84,8 @@ ROWS: tuple[Row, ...] = (
     Row("w8a8-flex-ssz", "W8A8 + flex_smooth_quant + ssz", config=_config([{"type": "flex_smooth_quant"}], "ssz"),
         static=True),
     Row("w8a8-dynamic", "W8A8_DYNAMIC", quant_type="w8a8_dynamic"),
+    Row("w8a8-dynamic-flex", "W8A8_DYNAMIC + flex_smooth_quant",
+        config=_config([{"type": "flex_smooth_quant"}], preset="w8a8_dynamic")),
     Row("w8a16", "W8A16", quant_type="w8a16"),
 )
 LLMC_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -204,9 +212,32 @@ def run_llmc(inputs: Inputs, key: str, label: str, recipe: str, python: Path, wo
             outcome.note = "scored by quantjob perplexity (compressed-tensors read as vllm-ascend would run it)"
         except BenchError as error:
             outcome.note = f"no perplexity: {str(error).splitlines()[-1].strip()}"
+        crosscheck = transformers_perplexity(python, save, inputs, work, key)
+        outcome.extra["transformers_crosscheck"] = crosscheck
+        outcome.note += f"; {_crosscheck_text(crosscheck)}"
         return outcome
     finally:
         shutil.rmtree(save, ignore_errors=True)
+
+
+def transformers_perplexity(python: Path, model: Path, inputs: Inputs, work: Path, key: str) -> dict[str, Any]:
+    """transformers' own perplexity of ``model`` on the first ``CROSSCHECK_TOKENS`` tokens (or why none)."""
+    log = work / f"{key}-transformers.log"
+    argv = [str(python), str(LLMC_SCORE), "--model", str(model), "--text", str(inputs.text),
+            "--max-tokens", str(CROSSCHECK_TOKENS), "--max-length", str(inputs.max_length)]
+    result = run_measured(argv, env=thread_env(os.cpu_count() or 1), log_path=log, cwd=REPO_ROOT,
+                          timeout_s=inputs.timeout_s, check=False)
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return {"error": _last_error(log)}
+    return dict(json.loads(lines[-1]))
+
+
+def _crosscheck_text(crosscheck: dict[str, Any]) -> str:
+    if "perplexity" not in crosscheck:
+        return f"transformers cross-check failed: {crosscheck.get('error', '?')}"
+    value = crosscheck["perplexity"]
+    return f"transformers' own forward: {value:.4g} on the first {crosscheck['tokens']} tokens"
 
 
 def _peak(result: RunResult | None) -> float | None:
@@ -248,14 +279,17 @@ def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs:
         verdicts[name] = ok
         lines.append(f"{text}: {'met' if ok else 'NOT met' if ok is not None else 'not measured'}")
 
-    flex, dynamic = by_key.get("w8a8-flex"), by_key.get("w8a8-dynamic")
+    flex = by_key.get("w8a8-flex")
     flex_gap = ppl(flex) / base_ppl - 1 if flex and ppl(flex) and base_ppl else None
     check("flex_within_5pct", None if flex_gap is None else flex_gap <= FLEX_TARGET,
           f"W8A8 static + flex_smooth_quant within {FLEX_TARGET:.0%} of float"
           + (f" ({flex_gap:+.2%})" if flex_gap is not None else ""))
-    dyn_gap = ppl(dynamic) / base_ppl - 1 if dynamic and ppl(dynamic) and base_ppl else None
-    check("dynamic_within_1_5pct", None if dyn_gap is None else dyn_gap <= DYNAMIC_TARGET,
-          f"W8A8_DYNAMIC within {DYNAMIC_TARGET:.1%} of float" + (f" ({dyn_gap:+.2%})" if dyn_gap is not None else ""))
+    for key, name in (("w8a8-dynamic", "dynamic_within_1_5pct"), ("w8a8-dynamic-flex", "dynamic_flex_within_1_5pct")):
+        dynamic = by_key.get(key)
+        dyn_gap = ppl(dynamic) / base_ppl - 1 if dynamic and ppl(dynamic) and base_ppl else None
+        check(name, None if dyn_gap is None else dyn_gap <= DYNAMIC_TARGET,
+              f"{dynamic.label if dynamic else key} within {DYNAMIC_TARGET:.1%} of float"
+              + (f" ({dyn_gap:+.2%})" if dyn_gap is not None else ""))
     theirs = by_key.get("llmc-w8a8")
     ours_static = [o for o in outcomes if any(r.key == o.key and r.static for r in ROWS) and ppl(o) is not None]
     if theirs and ppl(theirs) is not None and ours_static:
@@ -309,6 +343,11 @@ def run(inputs: Inputs, rows: list[Row], with_llmc: bool, work: Path) -> tuple[s
         say(note)
     else:
         llmc = [run_llmc(inputs, key, label, recipe, python, work) for key, label, recipe in LLMC_ROWS]
+        float_row = next((o for o in outcomes if o.key == "float"), None)
+        if float_row is not None:
+            crosscheck = transformers_perplexity(python, inputs.model, inputs, work, "float")
+            float_row.extra["transformers_crosscheck"] = crosscheck
+            float_row.note = _crosscheck_text(crosscheck)
     failed = [o for o in outcomes + llmc if o.status == "failed"]
     text, payload = tables(outcomes, llmc, note, inputs, machine()["cpu"])
     if failed:

@@ -54,6 +54,16 @@ def add_saved_column(name: str, column: SavedColumn) -> None:
     SAVED_COLUMNS[name] = column
 
 
+def _engine_mean_error(save: Path, model: Path, in_sample: list[list[int]], _held: list[list[int]]) -> float:
+    from bench.layer_errors import engine_layer_errors
+
+    return mean(engine_layer_errors(model, in_sample, save))
+
+
+# the issue's second figure: the same mean layer error from the saved files, computed as vllm-ascend would
+add_saved_column("mean layer error, vllm-ascend arithmetic", _engine_mean_error)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One quantjob run: processors placed before the W8A8 static linear_quant, and how it runs."""

@@ -138,7 +138,7 @@ def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, 
     checkpoint = Checkpoint(model_dir)
     skeleton = build_skeleton(model_dir, adapter, CPU, trust_remote_code=False)
     table = checkpoint.load([f"{adapter.embed}.weight"], CPU)[f"{adapter.embed}.weight"]
-    hidden = {g: torch.nn.functional.embedding(torch.tensor(ids), table).unsqueeze(0) for g, ids in enumerate(samples)}
+    hidden = {g: skeleton.embed(torch.tensor(ids), table) for g, ids in enumerate(samples)}
     chain = dict(hidden)
     errors: list[float] = []
     with torch.inference_mode():
@@ -153,4 +153,33 @@ def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, 
             errors.append(_relative(reference, out))
             release(layer)
             hidden, chain = reference, out
+    return errors
+
+
+def engine_layer_errors(model_dir: Path, samples: list[list[int]], output_dir: Path) -> list[float]:
+    """The per-layer figure of ``quant_errors.json`` (float inputs), recomputed from an ascendv1
+    output with the arithmetic vllm-ascend applies to the saved tensors
+    (``quantjob.worker.ascend_forward``: bf16-rounded ``1/input_scale``, exact int8 products), so
+    a gap to the loop's own figure is what the engine adds to the fake quantization."""
+    from quantjob.worker.ascend_forward import AscendOutput, saved_layer
+
+    config = read_model_config(model_dir)
+    adapter = adapter_for(config)
+    checkpoint = Checkpoint(model_dir)
+    skeleton = build_skeleton(model_dir, adapter, CPU, trust_remote_code=False)
+    output = AscendOutput(output_dir)
+    table = checkpoint.load([f"{adapter.embed}.weight"], CPU)[f"{adapter.embed}.weight"]
+    hidden = {g: skeleton.embed(torch.tensor(ids), table) for g, ids in enumerate(samples)}
+    errors: list[float] = []
+    with torch.inference_mode():
+        for index in range(skeleton.num_layers):
+            prefix = adapter.layer_prefix(index)
+            layer = skeleton.layers[index]
+            materialise(layer, prefix, checkpoint.load(checkpoint.names_under(prefix), CPU))
+            reference = {g: layer_forward(skeleton, index, layer, x) for g, x in hidden.items()}
+            release(layer)
+            with saved_layer(skeleton, index, output, CPU) as engine:
+                out = {g: layer_forward(skeleton, index, engine, x) for g, x in hidden.items()}
+            errors.append(_relative(reference, out))
+            hidden = reference
     return errors

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +88,25 @@ def _for_tests(settings: kopf.OperatorSettings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def operator_running(settings: Settings) -> AsyncIterator[None]:
-    """kopf with our registry in this event loop, cluster-wide, until the block ends."""
+async def operator_running(settings: Settings, *, threaded: bool = False) -> AsyncIterator[None]:
+    """kopf with our registry in this event loop, cluster-wide, until the block ends.
+
+    ``threaded``: in an event loop of its own on a thread instead, for blocks that start in one
+    task and end in another (an async fixture's setup and teardown): kopf counts every task born
+    after its start as hung and waits 5 s for it at shutdown, the teardown task waiting on kopf
+    included."""
+    if threaded:
+        flag = threading.Event()
+        thread = threading.Thread(target=lambda: asyncio.run(run_operator(
+            settings, stop_flag=flag, liveness_endpoint=None, adjust=_for_tests)), daemon=True)
+        thread.start()
+        await asyncio.sleep(1.0)  # let the watchers start
+        try:
+            yield
+        finally:
+            flag.set()
+            await asyncio.to_thread(thread.join, 15)
+        return
     stop = asyncio.Event()
     task = asyncio.create_task(run_operator(settings, stop_flag=stop, liveness_endpoint=None, adjust=_for_tests))
     await asyncio.sleep(1.0)  # let the watchers start
@@ -123,8 +141,8 @@ def cluster(kmock: kmocklib.KubernetesEmulator) -> kmocklib.KubernetesEmulator:
 @pytest.fixture()
 def start_operator(cluster: kmocklib.KubernetesEmulator) -> Callable[..., contextlib.AbstractAsyncContextManager[None]]:
     """``async with start_operator(**settings): ...`` runs kopf with our handlers against ``cluster``."""
-    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[None]:
-        return operator_running(operator_settings(cluster, **overrides))
+    def start(*, threaded: bool = False, **overrides: Any) -> contextlib.AbstractAsyncContextManager[None]:
+        return operator_running(operator_settings(cluster, **overrides), threaded=threaded)
     return start
 
 
@@ -157,7 +175,9 @@ async def tls_front(upstream: str, folder: Path) -> AsyncIterator[TlsFront]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app)
+    # a watch the front forwards stays open until its client goes: cleanup would wait for it up to
+    # aiohttp's default 60 s graceful shutdown after every test
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(files.certfile, files.keyfile)

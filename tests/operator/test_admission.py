@@ -62,7 +62,7 @@ def webhook_poster(cluster: kmock.KubernetesEmulator, start_operator: Any, **ove
 
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[Any]:
-        async with start_operator(**settings), aiohttp.ClientSession() as session:
+        async with start_operator(threaded=True, **settings), aiohttp.ClientSession() as session:
             async def post(payload: dict[str, Any]) -> dict[str, Any]:
                 async with session.post(f"http://127.0.0.1:{port}/{VALIDATE_ID}", json=payload) as response:
                     assert response.status == 200, await response.text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,7 @@ async def resync(reconciler: Reconciler, settings: Settings, api: Callable[[], k
                     log.exception("resync: reconciling %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
-async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = None,
+async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | threading.Event | None = None,
                        liveness_endpoint: str | None = LIVENESS_ENDPOINT,
                        adjust: Callable[[kopf.OperatorSettings], None] | None = None) -> None:
     """Watch QuantJobs in ``settings.namespaces`` (or cluster-wide) until ``stop_flag`` is set.
