@@ -16,15 +16,18 @@ as a ``LayerOutput`` of records, so both are run by the very same code.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from quantjob.worker.adapters import adapter_for
+from quantjob.worker.ascend_forward import AscendOutput, saved_layer
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.decoder import (
+    Skeleton,
     build_skeleton,
     layer_forward,
     materialise,
@@ -131,8 +134,25 @@ def _relative(reference: dict[int, torch.Tensor], quantized: dict[int, torch.Ten
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
-def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, *, chained: bool) -> list[float]:
-    """Relative output error of every decoder layer (see the module docstring)."""
+SavedRunner = Callable[[Skeleton, int, torch.nn.Module, str], AbstractContextManager[torch.nn.Module]]
+
+
+def _fake_quantized(saved: LayerSource) -> SavedRunner:
+    """Layers rebuilt from records by quantjob's fake quantization (``decoder.quantized_layer``)."""
+    return lambda _skeleton, index, layer, prefix: quantized_layer(layer, prefix, saved(index, prefix), CPU)
+
+
+def _engine(output: AscendOutput) -> SavedRunner:
+    """Layers rebuilt from an ascendv1 output's files with vllm-ascend's arithmetic (``saved_layer``)."""
+    @contextmanager
+    def run(skeleton: Skeleton, index: int, layer: torch.nn.Module, _prefix: str) -> Iterator[torch.nn.Module]:
+        release(layer)  # saved_layer materialises the same skeleton layer from the output's files
+        with saved_layer(skeleton, index, output, CPU) as engine:
+            yield engine
+    return run
+
+
+def _walk(model_dir: Path, samples: list[list[int]], run_saved: SavedRunner, *, chained: bool) -> list[float]:
     config = read_model_config(model_dir)
     adapter = adapter_for(config)
     checkpoint = Checkpoint(model_dir)
@@ -148,12 +168,17 @@ def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, 
             materialise(layer, prefix, checkpoint.load(checkpoint.names_under(prefix), CPU))
             reference = {g: layer_forward(skeleton, index, layer, x) for g, x in hidden.items()}
             inputs = chain if chained else hidden
-            with quantized_layer(layer, prefix, saved(index, prefix), CPU) as qlayer:
-                out = {g: layer_forward(skeleton, index, qlayer, x) for g, x in inputs.items()}
+            with run_saved(skeleton, index, layer, prefix) as saved_layer_module:
+                out = {g: layer_forward(skeleton, index, saved_layer_module, x) for g, x in inputs.items()}
             errors.append(_relative(reference, out))
             release(layer)
             hidden, chain = reference, out
     return errors
+
+
+def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, *, chained: bool) -> list[float]:
+    """Relative output error of every decoder layer (see the module docstring)."""
+    return _walk(model_dir, samples, _fake_quantized(saved), chained=chained)
 
 
 def engine_layer_errors(model_dir: Path, samples: list[list[int]], output_dir: Path) -> list[float]:
@@ -161,25 +186,4 @@ def engine_layer_errors(model_dir: Path, samples: list[list[int]], output_dir: P
     output with the arithmetic vllm-ascend applies to the saved tensors
     (``quantjob.worker.ascend_forward``: bf16-rounded ``1/input_scale``, exact int8 products), so
     a gap to the loop's own figure is what the engine adds to the fake quantization."""
-    from quantjob.worker.ascend_forward import AscendOutput, saved_layer
-
-    config = read_model_config(model_dir)
-    adapter = adapter_for(config)
-    checkpoint = Checkpoint(model_dir)
-    skeleton = build_skeleton(model_dir, adapter, CPU, trust_remote_code=False)
-    output = AscendOutput(output_dir)
-    table = checkpoint.load([f"{adapter.embed}.weight"], CPU)[f"{adapter.embed}.weight"]
-    hidden = {g: skeleton.embed(torch.tensor(ids), table) for g, ids in enumerate(samples)}
-    errors: list[float] = []
-    with torch.inference_mode():
-        for index in range(skeleton.num_layers):
-            prefix = adapter.layer_prefix(index)
-            layer = skeleton.layers[index]
-            materialise(layer, prefix, checkpoint.load(checkpoint.names_under(prefix), CPU))
-            reference = {g: layer_forward(skeleton, index, layer, x) for g, x in hidden.items()}
-            release(layer)
-            with saved_layer(skeleton, index, output, CPU) as engine:
-                out = {g: layer_forward(skeleton, index, engine, x) for g, x in hidden.items()}
-            errors.append(_relative(reference, out))
-            hidden = reference
-    return errors
+    return _walk(model_dir, samples, _engine(AscendOutput(output_dir)), chained=False)
