@@ -57,6 +57,17 @@ def test_smoothing_output_does_not_depend_on_the_world_size(tmp_path: Path, name
         assert_same_tree(outputs[1], outputs[world])
 
 
+def test_flex_smoothing_of_gemma3_does_not_depend_on_the_world_size(tmp_path: Path) -> None:
+    """Issue 10: Gemma3's (1 + w) norms and sliding-window layers under flex_smooth_quant, 1 and 2 ranks."""
+    model = tiny_model(tmp_path, "gemma3_text")
+    calib = calibration(tmp_path, samples=7)
+    config = write_config(tmp_path, [{"type": "flex_smooth_quant"}, {"type": "linear_quant", "qconfig": W8A8}])
+    outputs = {world: tmp_path / f"out-{world}" for world in (1, 2)}
+    run_quantize(argv(model, outputs[1], calib, "cpu", config))
+    assert "[rank 1]" in run_quantize(argv(model, outputs[2], calib, "cpu:0,1", config))
+    assert_same_tree(outputs[1], outputs[2])
+
+
 NUM_LAYERS, KILL_AFTER, STAGING = 8, 2, ".quantjob-staging"
 
 
