@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantjob.api.exit_codes import INPUT, OK, USAGE
+from quantjob.cli.arguments import report_argument_errors
 
 
 class PerplexityArgs(BaseModel):
@@ -73,10 +74,7 @@ def run(namespace: argparse.Namespace) -> int:
     try:
         args = PerplexityArgs.model_validate(values)
     except ValidationError as error:
-        for item in error.errors(include_url=False):
-            where = ".".join(str(p) for p in item["loc"])
-            print(f"quantjob perplexity: error: {'--' + where + ': ' if where else ''}"
-                  f"{str(item['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+        report_argument_errors("quantjob perplexity", error)
         return USAGE
 
     from quantjob.worker import device as devices

@@ -28,6 +28,7 @@ from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
+from quantjob.cli.arguments import report_argument_errors
 
 
 class QuantizeArgs(RunOptions):
@@ -167,10 +168,7 @@ def run(namespace: argparse.Namespace) -> int:
     try:
         args = QuantizeArgs.model_validate(values)
     except ValidationError as error:
-        for item in error.errors(include_url=False):
-            where = ".".join(str(p) for p in item["loc"])
-            print(f"quantjob: error: {'--' + where + ': ' if where else ''}"
-                  f"{str(item['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+        report_argument_errors("quantjob", error)
         return exit_codes.USAGE
 
     import logging
