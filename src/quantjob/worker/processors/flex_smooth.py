@@ -163,6 +163,9 @@ def score_locally(tasks: Sequence[tuple[SearchProblem, float, float]], indices: 
     threads inside one operation would only slow down, and its bits then never depend on how
     many threads the rank has."""
     threads = max(1, torch.get_num_threads())
+    if threads == 1 or len(indices) < 2:  # no pool to start (a rank of a data-parallel run has one thread)
+        with torch.inference_mode():
+            return {index: score(*tasks[index]) for index in indices}
 
     def single_threaded() -> None:
         torch.set_num_threads(1)
