@@ -158,9 +158,12 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
     ranks: list[_Rank] = []
     command = [*(program or (sys.executable, "-m", "quantjob.cli")), *worker_argv]
     envs = [rank_env(devices, rank, port, base) for rank in range(devices.count)]  # every error before a start
-    previous = _interrupt_on_sigterm()
+    stop = _StopRequest()
+    previous = stop.install()
     try:
         for rank, rank_environment in enumerate(envs):
+            if stop.requested:
+                raise _Interrupted
             process = subprocess.Popen(command, env=rank_environment,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -171,8 +174,8 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
                                           name=f"quantjob-rank-{rank}", daemon=True)
             entry.pump.start()
             ranks.append(entry)
-        failed = _wait_all(ranks)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see _interrupt_on_sigterm)
+        failed = _wait_all(ranks, stop)
+    except (_Interrupted, KeyboardInterrupt):  # Ctrl-C or SIGTERM (a stopped pod, ``kill``)
         with lock:
             print("quantjob: interrupted; stopping all ranks", file=sys.stderr, flush=True)
         for r in ranks:
@@ -186,8 +189,7 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
         _join(ranks)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore(previous)
     if failed is None:
         _join(ranks)
         return 0
@@ -202,25 +204,61 @@ def launch(worker_argv: list[str], devices: DeviceSpec, *, env: dict[str, str] |
     return code if code > 0 else 1
 
 
-def _interrupt_on_sigterm() -> signal.Handlers | None:
-    """Make SIGTERM (a stopped pod, ``kill``) stop the ranks as Ctrl-C does; returns the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, interrupt)  # type: ignore[return-value]
+class _Interrupted(Exception):
+    """A stop was requested (SIGINT or SIGTERM); raised by the launcher itself at a safe point."""
 
 
-def _wait_all(ranks: Sequence[_Rank]) -> _Rank | None:
-    """Wait until every rank succeeded (None) or one failed (that rank).
+class _StopRequest:
+    """SIGINT and SIGTERM only set a flag that the launcher reads between steps.
+
+    Python's own SIGINT handler raises KeyboardInterrupt wherever the main thread happens to be,
+    also inside ``subprocess``: inside ``Popen()`` after the fork it loses the rank being started
+    (never stopped), and inside ``Popen.poll`` between taking and releasing the process's wait
+    lock it would leave that lock held for the next ``wait()``. A SIGINT that the launcher's
+    parent set to be ignored (a background job of a non-interactive shell) stays ignored, as
+    Python itself leaves it.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self._event.set()
+
+    def install(self) -> dict[int, object]:
+        """Take SIGINT (unless ignored) and SIGTERM; returns the handlers to put back (none off
+        the main thread, where Python allows no handler)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, object] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if current is signal.SIG_IGN:
+                continue
+            previous[signum] = signal.signal(signum, self._handler)
+        return previous
+
+    @staticmethod
+    def restore(previous: Mapping[int, object]) -> None:
+        for signum, handler in previous.items():  # None: a handler not set from Python
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
+
+
+def _wait_all(ranks: Sequence[_Rank], stop: _StopRequest | None = None) -> _Rank | None:
+    """Wait until every rank succeeded (None) or one failed (that rank); ``_Interrupted`` once a
+    stop is requested.
 
     When several are found failed at once, a rank killed by a signal is the one reported: the
     others' errors are usually its consequence (a peer gone from a collective).
     """
     running = list(ranks)
     while running:
+        if stop is not None and stop.requested:
+            raise _Interrupted
         failed: list[_Rank] = []
         for r in list(running):
             code = r.process.poll()
