@@ -15,7 +15,7 @@ against minmax alone and against llm-compressor's SmoothQuant, in one run.
 
 The two data-parallel rows (1 rank x 1 thread, 2 ranks x 1 thread) run ``--pairs`` times, one after
 the other in turn, as ``bench_dp`` does: this VM's speed drifts by several percent from one minute
-to the next, so one pair can read 1.65x or 1.75x for the same code. Their wall time is the median
+to the next, so one pair read 1.55x and another 1.74x for the same code. Their wall time is the median
 run's, and the speed-up target reads the median of the pairs' ratios.
 
 Every run's output directory is kept under ``--outputs`` (default ``bench/.cache/smooth-outputs``)
@@ -168,7 +168,9 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
     outputs.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     selected = [v for v in VARIANTS if not only or v.name in only]
-    paired = [v for v in selected if v.name in PAIR] if len([v for v in selected if v.name in PAIR]) == 2 else []
+    paired = [v for v in selected if v.name in PAIR]
+    if len(paired) < len(PAIR):  # one of the two alone: an ordinary row
+        paired = []
     timed = _run_pairs(paired, pairs, model, calib, workload, threads=threads, error_samples=error_samples,
                        outputs=outputs, work=work, timeout_s=timeout_s)
     for variant in selected:

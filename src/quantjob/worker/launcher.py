@@ -212,8 +212,8 @@ class _StopRequest:
     """SIGINT and SIGTERM only set a flag that the launcher reads between steps.
 
     Python's own SIGINT handler raises KeyboardInterrupt wherever the main thread happens to be,
-    also inside ``subprocess``: inside ``Popen()`` after the fork it loses the rank being started
-    (never stopped), and inside ``Popen.poll`` between taking and releasing the process's wait
+    also inside ``subprocess``: inside ``Popen()`` after the fork it would lose the rank being
+    started (never stopped), and inside ``Popen.poll`` between taking and releasing the process's wait
     lock it would leave that lock held for the next ``wait()``. A SIGINT that the launcher's
     parent set to be ignored (a background job of a non-interactive shell) stays ignored, as
     Python itself leaves it.
