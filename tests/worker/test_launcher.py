@@ -144,19 +144,24 @@ def test_a_rank_killed_by_a_signal_fails_the_launch(fake: list[str], tmp_path: P
     assert not _alive(int((tmp_path / "pid0").read_text()))
 
 
-# A process started in the background by a non-interactive shell (``cmd &``), as a CI harness may be,
-# inherits SIGINT ignored, and the launcher then keeps ignoring it, as Python itself does: the
-# drivers restore it first, as a terminal's Ctrl-C finds it.
-DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+def _launcher_process(fake: list[str], mode: str, tmp_path: Path, devices: str,
+                      stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """``launcher.launch`` in a process of its own, running the fake worker in ``mode``.
+
+    A process started in the background by a non-interactive shell (``cmd &``), as a CI harness may
+    be, inherits SIGINT ignored, and the launcher then keeps ignoring it, as Python itself does: the
+    driver restores it first, as a terminal's Ctrl-C finds it."""
+    driver = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "import sys; from quantjob.worker import launcher, device; "
+              f"sys.exit(launcher.launch([{mode!r}, {str(tmp_path)!r}], device.parse_devices({devices!r}), "
+              f"program={fake!r}, grace_s=5.0))")
+    return subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_every_rank(fake: list[str], tmp_path: Path, signum: int) -> None:
-    driver = (f"{DEFAULT_SIGINT}import sys; from quantjob.worker import launcher, device; "
-              f"sys.exit(launcher.launch(['wait', {str(tmp_path)!r}], device.parse_devices('cpu:0,1'), "
-              f"program={fake!r}, grace_s=5.0))")
-    proc = subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _launcher_process(fake, "wait", tmp_path, "cpu:0,1", stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"pid{r}").exists() and (tmp_path / f"pid{r}").read_text() for r in (0, 1)):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -173,7 +178,7 @@ def test_a_stop_request_is_a_flag_never_an_exception_inside_subprocess() -> None
     """SIGINT/SIGTERM set a flag the launcher reads between steps, never a KeyboardInterrupt raised
     inside subprocess (in Popen() it would orphan the rank being started; in Popen.poll it could
     leave the wait lock held). An ignored SIGINT stays ignored; the handlers are put back."""
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # maybe ignored (see DEFAULT_SIGINT)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # maybe ignored (see _launcher_process)
     stop = launcher._StopRequest()
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     previous = stop.install()
@@ -197,19 +202,15 @@ def test_a_stop_request_is_a_flag_never_an_exception_inside_subprocess() -> None
 
 
 def test_a_signal_at_any_moment_of_the_start_leaves_no_rank_behind(fake: list[str], tmp_path: Path) -> None:
-    driver = (f"{DEFAULT_SIGINT}import sys; from quantjob.worker import launcher, device; "
-              f"sys.exit(launcher.launch(['wait', {str(tmp_path)!r}], device.parse_devices('cpu:0,1,2'), "
-              f"program={fake!r}, grace_s=5.0))")
     for delay in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0):
         for pid_file in tmp_path.glob("pid*"):
             pid_file.unlink()
-        proc = subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = _launcher_process(fake, "wait", tmp_path, "cpu:0,1,2")
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)  # never hangs
         assert proc.returncode in (130, 1, -signal.SIGINT), (delay, proc.returncode)
-        time.sleep(0.2)  # a rank written its pid file just now must be gone too
+        time.sleep(0.2)  # a rank that wrote its pid file just now must be gone too
         for pid_file in tmp_path.glob("pid*"):
             assert not _alive(int(pid_file.read_text())), (delay, pid_file.name)
 
@@ -285,11 +286,7 @@ def test_a_lost_output_does_not_block_the_ranks(fake: list[str]) -> None:
 
 def test_ranks_die_with_a_killed_launcher(fake: list[str], tmp_path: Path) -> None:
     """SIGKILL cannot be caught by the launcher; the ranks' parent-death signal ends them."""
-    driver = (f"{DEFAULT_SIGINT}import sys; from quantjob.worker import launcher, device; "
-              f"sys.exit(launcher.launch(['orphan', {str(tmp_path)!r}], device.parse_devices('cpu:0,1'), "
-              f"program={fake!r}, grace_s=5.0))")
-    proc = subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _launcher_process(fake, "orphan", tmp_path, "cpu:0,1")
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"pid{r}").exists() and (tmp_path / f"pid{r}").read_text() for r in (0, 1)):
         assert time.monotonic() < deadline and proc.poll() is None
