@@ -139,8 +139,10 @@ async def test_quantjob_runs_to_quantized_files(cluster: kmocklib.KubernetesEmul
     assert not [agent for agent, _ in patches(cluster, QUANTJOBS, NAME) if agent.startswith("Python-urllib")]
     done = [json.loads(body["data"]["progress.json"])["layersDone"] for _, body in reports]
     assert done[0] == 0 and done[-1] == 2 and done == sorted(done)
-    # Running only once every rank ran, and the phase never stepped back
-    assert all(s.get("readySummary") == "2/2" for s in statuses_written(cluster) if s.get("phase") == "Running")
+    # Running only once every rank ran (a rank that finished first may leave "1/2" after that), and the
+    # phase never stepped back
+    running = [s.get("readySummary") for s in statuses_written(cluster) if s.get("phase") == "Running"]
+    assert running and running[0] == "2/2" and set(running) <= {"2/2", "1/2"}, running
     phases = phases_written(cluster)
     assert phases[0] == "Pending" and "Running" in phases and phases[-1] == "Succeeded", phases
     assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), phases
