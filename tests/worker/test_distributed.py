@@ -174,6 +174,13 @@ result = {
     "sum": group.ordered_sum(mine, 7, 3).tolist(),
     "gathered": group.all_gather_object(group.rank),
     "broadcast": group.broadcast_object("from-0" if group.rank == 0 else None),
+    # rank r sends r + 1 tensors (bf16 rows, an int8 vector, an empty one): bits and keys as sent
+    "tensors": [{repr(key): [str(t.dtype), list(t.shape), t.reshape(-1).view(torch.uint8).tolist()]
+                 for key, t in part.items()}
+                for part in group.all_gather_tensors(
+                    {("rows", group.rank, i): (torch.arange(6.0) / 7 + group.rank).bfloat16().reshape(2, 3)[:, ::2]
+                     for i in range(group.rank)} | {"int8": torch.tensor([group.rank, -1], dtype=torch.int8),
+                                                    "empty": torch.zeros(0, 5)})],
 }
 group.barrier()
 distributed.close_group()
@@ -204,6 +211,13 @@ def test_reductions_are_identical_for_1_2_3_ranks(tmp_path: Path) -> None:
     assert reference["broadcast"] == "from-0"
     for world, results in by_world.items():
         assert [r["gathered"] for r in results] == [list(range(world))] * world
+        assert all(r["tensors"] == results[0]["tensors"] for r in results)  # every rank got the same
+        for rank, part in enumerate(results[0]["tensors"]):
+            rows = (torch.arange(6.0) / 7 + rank).bfloat16().reshape(2, 3)[:, ::2]
+            assert part == {repr(("rows", rank, i)): ["torch.bfloat16", [2, 2], rows.contiguous().reshape(-1)
+                                                      .view(torch.uint8).tolist()] for i in range(rank)} | {
+                "'int8'": ["torch.int8", [2], torch.tensor([rank, -1], dtype=torch.int8).view(torch.uint8).tolist()],
+                "'empty'": ["torch.float32", [0, 5], []]}
         for r in results:
             assert {k: r[k] for k in reference} == reference, (world, r["rank"])
 
@@ -235,3 +249,19 @@ def test_the_work_group_gets_the_collective_timeout(monkeypatch: pytest.MonkeyPa
     assert seen["work"] == {"timeout": timedelta(seconds=42)}
     assert seen["init"]["timeout"] == timedelta(seconds=distributed.JOIN_TIMEOUT_S)  # type: ignore[index]
     assert group.process_group == "work" and group.collective_timeout_s == 42.0
+
+
+def test_packed_tensors_come_back_bit_for_bit() -> None:
+    """The one-buffer form ``all_gather_tensors`` sends: every dtype, shape and layout."""
+    tensors = {("q", 3): torch.randn(4, 6).bfloat16(), ("q", 1): torch.randn(3, 5).half(),
+               "strided": torch.randn(5, 4).t(), "int8": torch.tensor([-128, 5, 127], dtype=torch.int8),
+               "scalar": torch.tensor(2.5, dtype=torch.float64), "empty": torch.zeros(0, 3, dtype=torch.bfloat16),
+               7: torch.tensor([float("nan"), -0.0, float("inf")])}
+    back = distributed.unpack_tensors(distributed.pack_tensors(tensors))
+    assert list(back) == list(tensors)  # the keys, in their order
+    for key, tensor in tensors.items():
+        assert back[key].dtype == tensor.dtype and back[key].shape == tensor.shape, key
+        assert torch.equal(back[key].reshape(-1).view(torch.uint8),
+                           tensor.contiguous().reshape(-1).view(torch.uint8)), key
+    assert all(offset % 8 == 0 for _, _, _, offset in distributed.pack_tensors(tensors)[0])
+    assert distributed.unpack_tensors(distributed.pack_tensors({})) == {}

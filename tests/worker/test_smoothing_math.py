@@ -14,6 +14,7 @@ from quantjob.worker.processors.flex_smooth import (
     independent_batches,
     search_alpha_beta,
     shared_scores,
+    stacked_rows,
 )
 from quantjob.worker.smoothing import (
     SEARCH_GRID,
@@ -200,3 +201,12 @@ def test_probe_positions_depend_on_the_sample_only() -> None:
     assert evenly_spaced(4, 8).tolist() == [1, 3, 5, 7]
     assert evenly_spaced(10, 3).tolist() == [0, 1, 2]
     assert probes_per_sample(64) == 4 and probes_per_sample(7) == 37 and probes_per_sample(1000) == 1
+
+
+@pytest.mark.parametrize("sizes", [(7,), (1024, 256, 256), (3, 5, 2), (100, 1, 1), (2, 300)])
+@pytest.mark.parametrize("count", [1, 5, 128, 1000])
+def test_search_rows_are_those_of_the_stacked_consumers(sizes: tuple[int, ...], count: int) -> None:
+    """The rows a search scores are read from each consumer, never from a stacked copy of all of them."""
+    weights = [torch.randn(n, 4) for n in sizes]
+    stacked = torch.cat(weights)
+    assert torch.equal(stacked_rows(weights, count), stacked[evenly_spaced(count, stacked.shape[0])])

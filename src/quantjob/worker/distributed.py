@@ -8,6 +8,7 @@ order, and sums are formed from per-sample partials gathered and added in global
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -38,6 +39,7 @@ JOIN_TIMEOUT_S = 3600.0
 _WATCH: GroupWatch | None = None  # this process's heartbeat, stopped by close_group
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 @dataclass
@@ -113,6 +115,17 @@ class Group:
         self._collective("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.process_group))
         return out
 
+    def all_gather_tensors(self, tensors: dict[K, torch.Tensor]) -> list[dict[K, torch.Tensor]]:
+        """Every rank's ``tensors`` (on the CPU, bit for bit), in rank order.
+
+        Each rank's tensors travel as one byte buffer and a small index: pickling each tensor on
+        its own (``all_gather_object`` of a dict of tensors) costs a serialisation per tensor, which
+        for a layer's probe rows (a few hundred small tensors) took longer than the transfer.
+        """
+        if not self.distributed:
+            return [{key: tensor.detach().cpu() for key, tensor in tensors.items()}]
+        return [unpack_tensors(part) for part in self.all_gather_object(pack_tensors(tensors))]
+
     def ordered_sum(self, partials: dict[int, torch.Tensor], num_samples: int, width: int) -> torch.Tensor:
         """Sum per-sample partials ``{global sample index: float vector of width}`` over all ranks, in
         global sample order, in float64; the same bits on every rank and for every world size.
@@ -145,6 +158,36 @@ class Group:
         self._collective("broadcast_object",
                          lambda: dist.broadcast_object_list(box, src=src, group=self.process_group))
         return box[0]
+
+
+PackedTensors = tuple[list[tuple[Any, str, tuple[int, ...], int]], bytes]  # (key, dtype, shape, offset), data
+
+
+def pack_tensors(tensors: dict[Any, torch.Tensor]) -> PackedTensors:
+    """``tensors`` as an index and one buffer of their bytes (each starting at a multiple of 8)."""
+    index: list[tuple[Any, str, tuple[int, ...], int]] = []
+    chunks: list[torch.Tensor] = []
+    offset = 0
+    for key, tensor in tensors.items():
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        index.append((key, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
+        padding = -raw.numel() % 8
+        chunks += [raw, torch.zeros(padding, dtype=torch.uint8)] if padding else [raw]
+        offset += raw.numel() + padding
+    data = torch.cat(chunks).numpy().tobytes() if chunks else b""
+    return index, data
+
+
+def unpack_tensors(packed: PackedTensors) -> dict[Any, torch.Tensor]:
+    """The tensors of :func:`pack_tensors`, each its own copy."""
+    index, data = packed
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    out: dict[Any, torch.Tensor] = {}
+    for key, dtype_name, shape, offset in index:
+        dtype = getattr(torch, dtype_name)
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        out[key] = buffer[offset:offset + size].view(dtype).reshape(shape).clone()
+    return out
 
 
 def shard_indices(num_samples: int, rank: int, world_size: int) -> list[int]:

@@ -174,8 +174,8 @@ def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
     """
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    buffer = bytearray(nbytes)
-    view = memoryview(buffer)
+    buffer = torch.empty(nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
+    view = buffer.numpy().data
     with open(file, "rb", buffering=0) as handle:
         handle.seek(offset)
         done = 0
@@ -184,5 +184,5 @@ def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
             if not got:
                 raise EOFError(f"{file}: ends {nbytes - done} bytes early at offset {offset + done}")
             done += got
-    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return buffer.view(dtype).reshape(shape)
 

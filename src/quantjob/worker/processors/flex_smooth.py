@@ -63,22 +63,29 @@ def apply_flex_smooth(entry: FlexSmoothQuant, ctx: LayerContext) -> None:
     search = entry.alpha is None or entry.beta is None
     activations = gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites]) if search and sites else {}
     for batch in independent_batches(sites):
+        # the sites of a batch share no module, so a problem's weight maxima still hold at its fold
+        maxima: list[torch.Tensor | None] = [None] * len(batch)
         if search:
             problems = [_problem(ctx, site, activations[ctx.full_name(site.targets[0])]) for site in batch]
             choices = search_alpha_beta(problems, ctx.group)
+            maxima = [problem.weight for problem in problems]
         else:
             assert entry.alpha is not None and entry.beta is not None
             choices = [(entry.alpha, entry.beta)] * len(batch)
-        for site, (alpha, beta) in zip(batch, choices, strict=True):
+        for site, (alpha, beta), weight in zip(batch, choices, maxima, strict=True):
             log.debug("flex_smooth_quant %s%s (%s): alpha %.2f beta %.2f", ctx.prefix, site.source, site.kind,
                       alpha, beta)
-            _fold(ctx, site, alpha, beta)
+            _fold(ctx, site, alpha, beta, weight)
 
 
-def _fold(ctx: LayerContext, site: Subgraph, alpha: float, beta: float) -> None:
+def _fold(ctx: LayerContext, site: Subgraph, alpha: float, beta: float, weight: torch.Tensor | None = None) -> None:
+    """Fold the scales of ``alpha``, ``beta`` into the site; ``weight``: the consumers' current
+    per-column maxima when already computed."""
     stats = consumer_stats(ctx, site)
     assert stats is not None
-    act, weight = act_absmax(stats), weight_absmax(consumer_weights(ctx, site))
+    act = act_absmax(stats)
+    if weight is None:
+        weight = weight_absmax(consumer_weights(ctx, site))
     if site.kind == "ov":
         assert site.heads is not None
         consumer, source = ov_scales_max(act, weight, alpha, beta, site.heads, WEIGHT_FLOOR)
@@ -95,10 +102,22 @@ def _problem(ctx: LayerContext, site: Subgraph, x: torch.Tensor) -> SearchProble
     stats = consumer_stats(ctx, site)
     assert stats is not None
     weights = consumer_weights(ctx, site)
-    stacked = torch.cat(weights) if len(weights) > 1 else weights[0]
-    rows = stacked[evenly_spaced(SEARCH_ROWS, stacked.shape[0]).to(stacked.device)]
+    rows = stacked_rows(weights, SEARCH_ROWS)
     entry = ctx.config.linear_quant_for(ctx.full_name(site.targets[0])) if ctx.config is not None else None
     return SearchProblem(x, rows, stats, weight_absmax(weights), search_scheme(entry))
+
+
+def stacked_rows(weights: Sequence[torch.Tensor], count: int) -> torch.Tensor:
+    """Rows ``evenly_spaced(count, total)`` of the weights stacked along their output dimension,
+    taken from each weight without building the stack (a full copy of every consumer)."""
+    picks = evenly_spaced(count, sum(w.shape[0] for w in weights))
+    parts, start = [], 0
+    for w in weights:
+        mine = picks[(picks >= start) & (picks < start + w.shape[0])] - start
+        if mine.numel():
+            parts.append(w[mine.to(w.device)])
+        start += w.shape[0]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def search_scheme(entry: LinearQuant | None) -> SearchScheme:
@@ -187,11 +206,11 @@ def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Te
     missing = [name for name in wanted if name not in ctx.probes]
     if missing:
         raise RuntimeError(f"no probe rows recorded for {missing[0]}: the processor entry must set uses_probes")
-    local = {name: {g: rows.cpu() for g, rows in ctx.probes[name].items()} for name in wanted}
+    local = {(name, g): rows for name in wanted for g, rows in ctx.probes[name].items()}
     merged: dict[str, dict[int, torch.Tensor]] = {name: {} for name in wanted}
-    for part in ctx.group.all_gather_object(local):
-        for name, rows in part.items():
-            merged[name].update(rows)
+    for part in ctx.group.all_gather_tensors(local):
+        for (name, g), rows in part.items():
+            merged[name][g] = rows
     device = next(ctx.layer.parameters()).device
     return {name: torch.cat([merged[name][g] for g in sorted(merged[name])]).to(device) for name in wanted}
 
