@@ -32,6 +32,27 @@ def engine_seconds(result: RunResult) -> float | None:
     return None
 
 
+# the progress line after each layer: "layer 3/16 done (relative output error 2.639e-02, 13.4s)"
+_LAYER_DONE = re.compile(r"layer (\d+)/\d+ done \(.*, ([0-9.]+)s\)\s*$")
+
+
+def per_layer_seconds(result: RunResult) -> float | None:
+    """Seconds per decoder layer after the first, from the progress lines' running times: the
+    slope between the first and the last layer, so start-up, the first layer's warm-up and the
+    finish are left out. None with fewer than two layers reported."""
+    if result.log_path is None:
+        return None
+    done: dict[int, float] = {}
+    for line in result.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _LAYER_DONE.search(line)
+        if match:
+            done[int(match.group(1))] = float(match.group(2))
+    if len(done) < 2:
+        return None
+    first, last = min(done), max(done)
+    return (done[last] - done[first]) / (last - first)
+
+
 @dataclass(frozen=True)
 class QuantizeJob:
     """One ``quantjob quantize`` invocation of the benchmark."""

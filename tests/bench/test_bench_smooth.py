@@ -87,5 +87,13 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
     one, two = ({"name": name, "wall_s": 0.0, "walls_s": [r.wall_s for r in timed[name][0]]}
                 for name in bench_smooth.PAIR)
     (target,) = bench_smooth.targets([one, two])
-    assert target["value"].startswith("1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)")
+    assert target["value"] == "1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)"
     assert not target["met"]
+    # per layer after the first, for information beside the target (which stays on wall time)
+    one["per_layer_s"], two["per_layer_s"] = [7.6, 7.5, 7.7], [4.2, 4.0, 4.4]
+    (target,) = bench_smooth.targets([one, two])
+    assert target["value"] == ("1.71x (median of 3 pairs: 1.57x 1.71x 1.86x); "
+                               "per layer after the first: 1.81x (pairs 1.75x 1.81x 1.88x)")
+    assert not target["met"]
+    two["per_layer_s"] = [4.2, None, 4.4]  # a run that printed no progress: no per-layer figure
+    assert bench_smooth.targets([one, two])[0]["value"] == "1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)"
