@@ -21,11 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _ENGINE_SUMMARY = re.compile(r"\d+ layers, \d+ samples \(\d+ tokens\) in ([0-9.]+)s\s*$")
 
 
+def _log_lines(result: RunResult) -> list[str]:
+    """The lines the run printed (none when it kept no log)."""
+    if result.log_path is None:
+        return []
+    return result.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
 def engine_seconds(result: RunResult) -> float | None:
     """The loop time ``quantjob quantize`` reported itself (rank 0's), None when it printed none."""
-    if result.log_path is None:
-        return None
-    for line in reversed(result.log_path.read_text(encoding="utf-8", errors="replace").splitlines()):
+    for line in reversed(_log_lines(result)):
         match = _ENGINE_SUMMARY.search(line)
         if match:
             return float(match.group(1))
@@ -40,10 +45,8 @@ def per_layer_seconds(result: RunResult) -> float | None:
     """Seconds per decoder layer after the first, from the progress lines' running times: the
     slope between the first and the last layer, so start-up, the first layer's warm-up and the
     finish are left out. None with fewer than two layers reported."""
-    if result.log_path is None:
-        return None
     done: dict[int, float] = {}
-    for line in result.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in _log_lines(result):
         match = _LAYER_DONE.search(line)
         if match:
             done[int(match.group(1))] = float(match.group(2))

@@ -185,7 +185,7 @@ def unpack_tensors(packed: PackedTensors) -> dict[Any, torch.Tensor]:
     out: dict[Any, torch.Tensor] = {}
     for key, dtype_name, shape, offset in index:
         dtype = getattr(torch, dtype_name)
-        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         out[key] = buffer[offset:offset + size].view(dtype).reshape(shape).clone()
     return out
 
