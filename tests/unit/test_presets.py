@@ -29,6 +29,23 @@ def test_preset_shapes() -> None:
     assert (w4.scope, w4.dtype, w4.group_size, w4.bits) == ("per_group", "int4", 128, 4)
 
 
+def test_w8a8_dynamic_is_msmodelslim_default_recipe() -> None:
+    """The dynamic preset runs what msModelSlim's fallback config for its w8a8 quant type runs (a
+    W8A8_DYNAMIC model): iter_smooth at its defaults on every layer, then per-token int8 activations."""
+    from pathlib import Path
+
+    import yaml
+
+    default = ModelslimConfig.model_validate(
+        yaml.safe_load((Path(__file__).parent / "data/practice/default-w8a8.yaml").read_text()))
+    ours = preset("w8a8_dynamic")
+    assert [(p.type, p.include) for p in ours.spec.process] == [(p.type, p.include) for p in default.spec.process]
+    assert ours.spec.process[0].model_dump() == default.spec.process[0].model_dump()
+    assert ours.linear_quants()[0][1].qconfig == default.linear_quants()[0][1].qconfig
+    # the other presets quantize alone: a smoothing processor is the user's choice there
+    assert [[p.type for p in preset(q).spec.process] for q in ("w8a8", "w8a16", "w4a16")] == [["linear_quant"]] * 3
+
+
 def test_preset_dict_is_a_plain_modelslim_document() -> None:
     data = preset_dict("w8a8")
     assert data["apiversion"] == "modelslim_v1"

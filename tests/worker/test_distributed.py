@@ -184,7 +184,12 @@ result = {
 }
 group.barrier()
 distributed.close_group()
-print("RESULT " + json.dumps(result))
+print("RESULT " + json.dumps(result), flush=True)
+# leave as quantjob's entry point does (quantjob.cli.entry): the interpreter's teardown with gloo's
+# threads around can abort ("terminate called without an active exception", seen once in 3 ranks
+# on a loaded machine), which says nothing about the reductions this test checks
+import os
+os._exit(0)
 """
 
 

@@ -80,9 +80,9 @@ class _SavedLinear(torch.nn.Module):
                 reciprocal = (1.0 / t["input_scale"].float()).to(t["input_scale"].dtype).double()
                 q = torch.clamp(torch.round(xd * reciprocal + offset), -128, 127)
                 xq = (q - offset) * scale
-            else:  # W8A8_DYNAMIC: per token, symmetric
-                token_scale = xd.abs().amax(dim=-1, keepdim=True) / 127
-                xq = torch.clamp(torch.round(xd / token_scale), -128, 127) * token_scale
+            else:  # W8A8_DYNAMIC: per token, symmetric; npu_dynamic_quant's scale and division in float32
+                token_scale = x.float().abs().amax(dim=-1, keepdim=True) / 127
+                xq = torch.clamp(torch.round(x.float() / token_scale), -128, 127).double() * token_scale.double()
             y = xq @ w.T
         if self.bias is not None:
             y = y + self.bias.double()
@@ -96,6 +96,12 @@ def _fake_quant_patch(output: Path) -> Callable[[torch.nn.Module], None]:
         saved.update(load_file(file))
 
     def patch(hf: torch.nn.Module) -> None:
+        state = hf.state_dict()
+        with torch.no_grad():  # the output's float tensors: norms a smoothing processor changed
+            for name, kind in description.items():
+                if kind == "FLOAT" and name in saved:
+                    assert name in state, f"{name}: saved as FLOAT but the model has no such tensor"
+                    state[name].copy_(saved[name])
         for name, kind in description.items():
             if not name.endswith(".weight") or kind == "FLOAT":
                 continue

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.api.presets import preset_dict
+from quantjob.api.presets import preset, preset_dict
 from quantjob.worker import runner as runner_module
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.calibration import load_calibration
@@ -36,7 +36,10 @@ CPU = torch.device("cpu")
 
 
 def _config(quant_type: str = "w8a8", **weight_ext: Any) -> ModelslimConfig:
+    """The preset's linear_quant alone (these tests check records against the source weights; the
+    w8a8_dynamic preset's iter_smooth changes them: test_w8a8_dynamic_preset_smooths_first)."""
     data = preset_dict(quant_type)
+    data["spec"]["process"] = [entry for entry in data["spec"]["process"] if entry["type"] == "linear_quant"]
     if weight_ext:
         data["spec"]["process"][0]["qconfig"]["weight"]["ext"] = weight_ext
     config = resolve(ModelslimConfig.model_validate(data), 1).config
@@ -111,6 +114,23 @@ def test_other_presets(quant_type: str, scheme: str, ext: dict[str, int], tiny_m
         if scheme == "W4A16":
             assert record.group_size == 32 and record.weight_scale.shape[1] == record.weight_q.shape[1] // 32
             assert int(record.weight_q.min()) >= -8 and int(record.weight_q.max()) <= 7
+
+
+def test_w8a8_dynamic_preset_smooths_first(tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
+                                           memory_saver: Any, tmp_path: Path) -> None:
+    """The preset as a user gets it: iter_smooth folds scales into the norms, then per-token W8A8_DYNAMIC."""
+    model = tiny_model("llama", 2, outlier_channels=4, outlier_scale=60.0)
+    config = resolve(preset("w8a8_dynamic"), 1).config
+    assert config is not None
+    _run(model, calib_jsonl(6), config, memory_saver, tmp_path)
+    source = _source(model)
+    for index in range(2):
+        out = memory_saver.last.layers[index]
+        assert {r.scheme for r in out.quantized} == {"W8A8_DYNAMIC"} and len(out.quantized) == 7
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            name = f"model.layers.{index}.{norm}.weight"
+            assert not torch.equal(out.float_tensors[name], source[name]), name  # smoothed
+            assert f"model.layers.{index}.{norm}.bias" not in out.float_tensors  # symmetric: no shift
 
 
 def test_static_ranges_equal_a_plain_forward_of_each_sample(tiny_model: Callable[..., Path],
