@@ -4,11 +4,12 @@ import pytest
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.api.presets import QUANT_TYPES, preset, preset_dict
+from quantjob.api.presets import QUANT_TYPES, SUMMARIES, preset, preset_dict
 
 
 def test_quant_types() -> None:
     assert set(QUANT_TYPES) == {"w8a8", "w8a8_dynamic", "w8a16", "w4a16"}
+    assert set(SUMMARIES) == set(QUANT_TYPES)  # every preset says what it does in --help
 
 
 @pytest.mark.parametrize("quant_type", QUANT_TYPES)

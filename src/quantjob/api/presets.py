@@ -32,6 +32,14 @@ _SAVERS: dict[str, str] = {"w4a16": "compressed_tensors_saver"}
 
 QUANT_TYPES: tuple[str, ...] = tuple(_QCONFIGS)
 
+# one line per preset, for help texts
+SUMMARIES: dict[str, str] = {
+    "w8a8": "int8 weights, static per-tensor int8 activations",
+    "w8a8_dynamic": "iter_smooth, then int8 weights and per-token dynamic int8 activations",
+    "w8a16": "int8 weights per channel",
+    "w4a16": "int4 weights per group of 128, saved as compressed-tensors",
+}
+
 
 def preset_dict(quant_type: str) -> dict[str, Any]:
     """The modelslim_v1 document (as plain data) for a quant type; ValueError names the choices."""

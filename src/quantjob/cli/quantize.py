@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, model_validator
 from quantjob.api import exit_codes
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.api.presets import QUANT_TYPES, preset
+from quantjob.api.presets import QUANT_TYPES, SUMMARIES, preset
 from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save_path", required=True, help="output directory")
     parser.add_argument("--device", default="cpu", help="cpu | cpu:0,1 | npu | npu:0,1,2,3 | cuda:0,1 (default cpu)")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--quant_type", help=f"preset: {', '.join(QUANT_TYPES)}")
+    which.add_argument("--quant_type", help="preset: " + "; ".join(f"{name} ({SUMMARIES[name]})"
+                                                                    for name in QUANT_TYPES))
     which.add_argument("--config_path", help="a modelslim_v1 YAML config")
     parser.add_argument("--calib_file", help="jsonl ({\"text\"} or {\"input_ids\"} lines) or plain text; "
                                              "default: the built-in calibration set")
