@@ -112,7 +112,10 @@ def _slug(name: str) -> str:
 
 
 def run_variant(variant: Variant, model: Path, calib: Path, workload: Workload, *, threads: int,
-                error_samples: int, outputs: Path, work: Path, timeout_s: float) -> tuple[RunResult, Path]:
+                error_samples: int, outputs: Path, work: Path, timeout_s: float,
+                log_name: str | None = None) -> tuple[RunResult, Path]:
+    """One run of ``variant``; its log is ``work/<log_name>.log`` (default: the variant's slug).
+    Runs whose logs are read after later runs (the pairs) need a name each."""
     slug = _slug(variant.name)
     save = outputs / slug
     shutil.rmtree(save, ignore_errors=True)
@@ -123,7 +126,7 @@ def run_variant(variant: Variant, model: Path, calib: Path, workload: Workload, 
             "--device", device, "--config_path", str(config), "--calib_file", str(calib),
             "--calib_samples", str(workload.samples), "--max_length", str(workload.seq),
             "--error_samples", str(error_samples), "--next_layer_input", variant.next_layer_input, "--overwrite"]
-    result = run_measured(argv, env=thread_env(variant.threads or threads), log_path=work / f"{slug}.log",
+    result = run_measured(argv, env=thread_env(variant.threads or threads), log_path=work / f"{log_name or slug}.log",
                           cwd=REPO_ROOT, timeout_s=timeout_s)
     return result, save
 
@@ -228,8 +231,11 @@ def _run_pairs(paired: list[Variant], pairs: int, model: Path, calib: Path, work
     for repeat in range(pairs if paired else 0):
         for variant in paired:
             say(f"{variant.name}: quantize (pair {repeat + 1} of {pairs})")
+            # a log per run: the loop time and the per-layer figure are read from each run's own log
+            # once every pair has run (one shared log made every pair read the last run's)
             result, save = run_variant(variant, model, calib, workload, threads=threads, error_samples=error_samples,
-                                       outputs=outputs, work=work, timeout_s=timeout_s)
+                                       outputs=outputs, work=work, timeout_s=timeout_s,
+                                       log_name=f"{_slug(variant.name)}-pair{repeat + 1}")
             timed.setdefault(variant.name, ([], save))[0].append(result)
             say(f"  {result.wall_s:.1f} s")
     return timed

@@ -75,8 +75,11 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
         def __init__(self, wall_s: float) -> None:
             self.wall_s = wall_s
 
+    logs: list[object] = []
+
     def fake_run(variant: bench_smooth.Variant, *args: object, **kwargs: object) -> tuple[Result, Path]:
         order.append(variant.name)
+        logs.append(kwargs.get("log_name"))
         return Result(next(walls)), tmp_path / variant.name
 
     monkeypatch.setattr(bench_smooth, "run_variant", fake_run)
@@ -84,6 +87,8 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
     timed = bench_smooth._run_pairs(paired, 3, tmp_path, tmp_path, None, threads=1,  # type: ignore[arg-type]
                                     error_samples=2, outputs=tmp_path, work=tmp_path, timeout_s=1.0)
     assert order == list(bench_smooth.PAIR) * 3  # 1, 2, 1, 2, 1, 2: the VM's drift falls on both alike
+    # each run keeps its own log: the loop time and the per-layer figure are read from them afterwards
+    assert None not in logs and len(set(logs)) == 6
     one, two = ({"name": name, "wall_s": 0.0, "walls_s": [r.wall_s for r in timed[name][0]]}
                 for name in bench_smooth.PAIR)
     (target,) = bench_smooth.targets([one, two])
