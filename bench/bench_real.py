@@ -25,7 +25,6 @@ Prints the table (with the CPU model) and writes ``real.json`` / ``real.md`` und
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -58,7 +57,7 @@ def _config(smoothing: list[dict[str, Any]] | None = None, weight_method: str | 
     place of the preset's own) and the weight method set."""
     from quantjob.api.presets import preset_dict
 
-    document = copy.deepcopy(preset_dict(preset))
+    document = preset_dict(preset)  # fresh data on every call: editing it touches no preset
     document["metadata"]["config_id"] = "bench-real"
     quant = next(entry for entry in document["spec"]["process"] if entry["type"] == "linear_quant")
     if weight_method:
