@@ -39,6 +39,7 @@ import yaml
 from bench.llmc.venv import venv_python
 from bench.measure import BenchError, RunResult, log_tail, run_measured, thread_env
 from bench.report import RESULTS_DIR, machine, markdown_table, mb, run_bench, say
+from bench.runs import run_baseline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLMC_SCRIPT = REPO_ROOT / "bench" / "llmc" / "quantize.py"
@@ -247,8 +248,33 @@ def _peak(result: RunResult | None) -> float | None:
     return mb(result.max_rank_peak_bytes()) if result is not None else None
 
 
+def forward_floor(inputs: Inputs, work: Path) -> float:
+    """Seconds of one plain bf16 forward of the decoder stack over the calibration samples
+    (transformers, whole model, batches of 8, as many threads as our ranks): the work every
+    calibration must do at least once, whatever tool runs it, on these cores."""
+    say(f"floor: one bf16 forward of the decoder stack (transformers, {inputs.ranks} threads)")
+    _result, report = run_baseline(inputs.model, inputs.calib, work, "forward-floor", mode="forward",
+                                   threads=inputs.ranks, lm_head=False, as_quantize=(inputs.samples, inputs.seq),
+                                   timeout_s=inputs.timeout_s)
+    say(f"  {report['batched_decoder_s']:.1f} s")
+    return float(report["batched_decoder_s"])
+
+
+def floor_lines(outcomes: list[Outcome], floor_s: float, ranks: int) -> list[str]:
+    """What the speed target asks set against the floor: how much of one forward pass our
+    wall time may take for each llm-compressor row."""
+    lines = [(f"floor: one bf16 forward of the decoder stack over the calibration samples (transformers, "
+              f"{ranks} threads, batches of 8) takes {floor_s:.1f} s")]
+    for o in outcomes:
+        if o.quantize is not None and o.status == "ok":
+            budget = o.quantize.wall_s / SPEED_TARGET
+            lines.append(f"  {SPEED_TARGET:.0f}x below {o.label}'s {o.quantize.wall_s:.1f} s is {budget:.1f} s, "
+                         f"{budget / floor_s:.2f} of that forward")
+    return lines
+
+
 def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs: Inputs,
-           cpu: str) -> tuple[str, dict[str, Any]]:
+           cpu: str, floor_s: float | None = None) -> tuple[str, dict[str, Any]]:
     by_key = {o.key: o for o in outcomes + llmc}
     base = by_key.get("float")
     base_ppl = base.perplexity["perplexity"] if base and base.perplexity else None
@@ -311,6 +337,8 @@ def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs:
                   f"{_peak(t.quantize):.0f} MB")
         else:
             check(f"speed_{ours_key}", None, f"{ours_key} vs {theirs_key} wall time and peak RSS")
+    if floor_s is not None:
+        lines.extend(floor_lines(llmc, floor_s, inputs.ranks))
     header = (f"Real-model benchmark: {inputs.model.name}, {inputs.samples} calibration samples x {inputs.seq} tokens, "
               f"{inputs.ranks} ranks (OMP_NUM_THREADS=1 each); perplexity on {inputs.text.name}"
               f"{f' (first {inputs.eval_tokens} tokens)' if inputs.eval_tokens else ''}, windows of "
@@ -328,11 +356,13 @@ def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs:
     payload = {"model": str(inputs.model), "calib": str(inputs.calib), "text": str(inputs.text),
                "samples": inputs.samples, "seq": inputs.seq, "ranks": inputs.ranks, "max_length": inputs.max_length,
                "eval_tokens": inputs.eval_tokens, "rows": [dump(o) for o in outcomes + llmc], "targets": verdicts,
-               "llmc_note": llmc_note}
+               "llmc_note": llmc_note, "forward_floor_s": floor_s}
     return text, payload
 
 
-def run(inputs: Inputs, rows: list[Row], with_llmc: bool, work: Path) -> tuple[str, dict[str, Any]]:
+def run(inputs: Inputs, rows: list[Row], with_llmc: bool, work: Path,
+        floor: str = "auto") -> tuple[str, dict[str, Any]]:
+    """``floor``: "auto" measures the forward floor when the llm-compressor rows ran, "yes" always, "no" never."""
     outcomes = [run_row(inputs, row, work) for row in rows]
     llmc: list[Outcome] = []
     note = ""
@@ -351,8 +381,10 @@ def run(inputs: Inputs, rows: list[Row], with_llmc: bool, work: Path) -> tuple[s
             crosscheck = transformers_perplexity(python, inputs.model, inputs, work, "float")
             float_row.extra["transformers_crosscheck"] = crosscheck
             float_row.note = _crosscheck_text(crosscheck)
+    measure_floor = floor == "yes" or (floor == "auto" and any(o.quantize is not None for o in llmc))
+    floor_s = forward_floor(inputs, work) if measure_floor else None
     failed = [o for o in outcomes + llmc if o.status == "failed"]
-    text, payload = tables(outcomes, llmc, note, inputs, machine()["cpu"])
+    text, payload = tables(outcomes, llmc, note, inputs, machine()["cpu"], floor_s)
     if failed:
         raise BenchError("rows failed: " + "; ".join(f"{o.label}: {o.note}" for o in failed) + f"\n\n{text}")
     return text, payload
@@ -370,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, help="score only the first N tokens of the text (default: all)")
     parser.add_argument("--rows", help=f"comma-separated rows to run (default all: {','.join(r.key for r in ROWS)})")
     parser.add_argument("--no-llmc", action="store_true", help="skip the llm-compressor rows")
+    parser.add_argument("--floor", choices=("auto", "yes", "no"), default="auto",
+                        help="time one plain bf16 forward of the decoder stack, the least any calibration does "
+                             "(auto: when the llm-compressor rows ran)")
     parser.add_argument("--cache-dir", type=Path, help="where the converted model and data are kept")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where real.json / real.md go")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds allowed per measured run")
@@ -394,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     inputs = Inputs(model, calib, text, args.samples, args.seq, args.ranks, args.max_length, args.eval_tokens,
                     args.timeout)
-    return run_bench("real", lambda work: run(inputs, [known[k] for k in wanted], not args.no_llmc, work),
+    return run_bench("real", lambda work: run(inputs, [known[k] for k in wanted], not args.no_llmc, work,
+                                              args.floor),
                      keep_logs=args.keep_logs, results_dir=args.results_dir)
 
 

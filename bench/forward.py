@@ -46,7 +46,8 @@ def touch_weights(model: object) -> None:
             tensor.sum()
 
 
-def _forward(model: object, samples: list[list[int]], batches: list[list[int]]) -> tuple[float, float]:
+def _forward(model: object, samples: list[list[int]], batches: list[list[int]],
+             lm_head: bool = True) -> tuple[float, float]:
     import torch
 
     decoder_s = lm_head_s = 0.0
@@ -56,11 +57,12 @@ def _forward(model: object, samples: list[list[int]], batches: list[list[int]]) 
             start = time.perf_counter()
             hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state  # type: ignore[attr-defined]
             middle = time.perf_counter()
-            logits = model.lm_head(hidden)  # type: ignore[attr-defined]
+            if lm_head:
+                model.lm_head(hidden)  # type: ignore[attr-defined]
             end = time.perf_counter()
             decoder_s += middle - start
             lm_head_s += end - middle
-            del hidden, logits
+            del hidden
     return decoder_s, lm_head_s
 
 
@@ -71,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("load", "forward"), default="forward")
     parser.add_argument("--batch", type=int, default=8, help="samples per batch for the batched pass")
     parser.add_argument("--batch1", action="store_true", help="also time the pass one sample at a time")
+    parser.add_argument("--samples", type=int,
+                        help="read the calibration as `quantjob quantize` does (text or ids, its first N usable "
+                             "samples, truncated to --max-length), not as plain token ids")
+    parser.add_argument("--max-length", type=int, default=512, help="with --samples: tokens per sample")
+    parser.add_argument("--no-lm-head", action="store_true",
+                        help="time the decoder stack alone (a large vocabulary's lm_head can cost as much)")
     args = parser.parse_args(argv)
 
     import torch
@@ -86,14 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     touch_weights(model)
     result["load_s"] = time.perf_counter() - start
     if args.mode == "forward":
-        samples = read_calibration_ids(args.calib)
+        if args.samples:
+            from quantjob.worker.calibration import load_calibration
+
+            loaded = load_calibration(args.calib, args.model, samples=args.samples, max_length=args.max_length)
+            samples = [ids.flatten().tolist() for ids in loaded.samples]
+        else:
+            samples = read_calibration_ids(args.calib)
         result["samples"] = len(samples)
         result["tokens"] = sum(len(s) for s in samples)
         _forward(model, samples, [[0]])  # warm-up: one-time kernel selection and allocations
-        decoder_s, lm_head_s = _forward(model, samples, equal_length_batches(samples, args.batch))
+        decoder_s, lm_head_s = _forward(model, samples, equal_length_batches(samples, args.batch),
+                                        lm_head=not args.no_lm_head)
         result.update(batched_decoder_s=decoder_s, batched_lm_head_s=lm_head_s, batch=args.batch)
         if args.batch1:
-            decoder_s, lm_head_s = _forward(model, samples, [[i] for i in range(len(samples))])
+            decoder_s, lm_head_s = _forward(model, samples, [[i] for i in range(len(samples))],
+                                            lm_head=not args.no_lm_head)
             result.update(batch1_decoder_s=decoder_s, batch1_lm_head_s=lm_head_s)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0

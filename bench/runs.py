@@ -88,10 +88,15 @@ def run_quantize(job: QuantizeJob, work: Path, name: str, *, timeout_s: float) -
 
 
 def run_baseline(model: Path, calib: Path, work: Path, name: str, *, mode: str, threads: int, batch: int = 8,
-                 batch1: bool = False, timeout_s: float) -> tuple[RunResult, dict[str, float]]:
-    """Run ``python -m bench.forward`` (transformers, whole model) and return its measurement and report."""
+                 batch1: bool = False, lm_head: bool = True, as_quantize: tuple[int, int] | None = None,
+                 timeout_s: float) -> tuple[RunResult, dict[str, float]]:
+    """Run ``python -m bench.forward`` (transformers, whole model) and return its measurement and report;
+    ``as_quantize``: (samples, max_length) to read the calibration as ``quantjob quantize`` does."""
     argv: Sequence[str] = [sys.executable, "-m", "bench.forward", "--model", str(model), "--calib", str(calib),
-                           "--mode", mode, "--batch", str(batch), *(["--batch1"] if batch1 else [])]
+                           "--mode", mode, "--batch", str(batch), *(["--batch1"] if batch1 else []),
+                           *([] if lm_head else ["--no-lm-head"]),
+                           *(["--samples", str(as_quantize[0]), "--max-length", str(as_quantize[1])]
+                             if as_quantize else [])]
     result = run_measured(argv, env=thread_env(threads), log_path=work / f"{name}.log", cwd=REPO_ROOT,
                           timeout_s=timeout_s)
     assert result.log_path is not None

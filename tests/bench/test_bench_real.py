@@ -49,6 +49,18 @@ def test_verdicts_follow_the_issue_targets() -> None:
     assert payload["targets"]["dynamic_flex_within_1_5pct"] is None
 
 
+def test_the_floor_says_how_much_of_one_forward_the_speed_target_leaves() -> None:
+    ours = [_outcome("float", 20.0), _outcome("w8a8", 21.5, 30.0)]
+    theirs = [_outcome("llmc-w8a8", 22.0, 100.0, 2000.0), _outcome("llmc-sq-w8a8", 21.0, 160.0, 2000.0)]
+    text, payload = tables(ours, theirs, "", INPUTS, "cpu", floor_s=40.0)
+    assert payload["forward_floor_s"] == 40.0
+    assert "floor: one bf16 forward of the decoder stack over the calibration samples (transformers, 2 threads" in text
+    assert "4x below llmc-w8a8's 100.0 s is 25.0 s, 0.62 of that forward" in text
+    assert "4x below llmc-sq-w8a8's 160.0 s is 40.0 s, 1.00 of that forward" in text
+    text, payload = tables(ours, theirs, "", INPUTS, "cpu")
+    assert payload["forward_floor_s"] is None and "floor:" not in text
+
+
 def test_crosscheck_text_says_what_transformers_gave() -> None:
     assert bench_real._crosscheck_text({"perplexity": 2.66e10, "tokens": 2048}) == (
         "transformers' own forward: 2.66e+10 on the first 2048 tokens")
@@ -84,13 +96,15 @@ def test_harness_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixt
     text.write_text(corpus_text()[:2000], encoding="utf-8")
     code = bench_real.main(["--model", str(model), "--calib", str(calib), "--text", str(text), "--samples", "4",
                             "--seq", "32", "--max-length", "32", "--eval-tokens", "120", "--rows", "float,w8a8",
-                            "--no-llmc", "--results-dir", str(tmp_path / "results")])
+                            "--no-llmc", "--floor", "yes", "--results-dir", str(tmp_path / "results")])
     assert code == 0
     out = capsys.readouterr().out
     assert "| W8A8 static minmax" in out and "CPU:" in out
+    assert "floor: one bf16 forward of the decoder stack" in out
     data = json.loads((tmp_path / "results" / "real.json").read_text())
     rows = {row["key"]: row for row in data["rows"]}
     assert rows["float"]["perplexity"]["tokens"] == 120
     assert rows["w8a8"]["status"] == "ok" and rows["w8a8"]["quantize_wall_s"] > 0
     assert set(rows["w8a8"]["rank_peaks_bytes"]) == {"0", "1"}
     assert data["llmc_note"].startswith("llm-compressor rows skipped")
+    assert data["forward_floor_s"] > 0  # timed from the forward child's own report

@@ -100,5 +100,12 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
     assert target["value"] == ("1.71x (median of 3 pairs: 1.57x 1.71x 1.86x); "
                                "per layer after the first: 1.81x (pairs 1.75x 1.81x 1.88x)")
     assert not target["met"]
+    # with the layer count: the time outside the layers and Amdahl's ceiling, medians over the pairs
+    # (1 rank: 120 - 15 x 7.6 = 6, 130 - 15 x 7.5 = 17.5, 110 - 15 x 7.7 = -5.5; 2 ranks: 7, 10, 4;
+    # ceilings 120 / (6 + 57) = 1.90x, 130 / (17.5 + 56.25) = 1.76x, 110 / (-5.5 + 57.75) = 2.11x)
+    one["layers"] = 15
+    (target,) = bench_smooth.targets([one, two])
+    assert target["value"].endswith("; outside the layers: 1 rank 6.0 s, 2 ranks 7.0 s"
+                                    "; ceiling (layers halved exactly, the 1-rank fixed cost once): 1.90x")
     two["per_layer_s"] = [4.2, None, 4.4]  # a run that printed no progress: no per-layer figure
     assert bench_smooth.targets([one, two])[0]["value"] == "1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)"
