@@ -41,7 +41,7 @@ from bench.measure import RunResult, run_measured, thread_env
 from bench.models import CACHE_DIR, calibration_file, model_dir, read_calibration_ids
 from bench.options import Workload, add_common_args, workload_from_args
 from bench.report import markdown_table, mb, run_bench, say
-from bench.runs import REPO_ROOT, engine_seconds, per_layer_seconds
+from bench.runs import REPO_ROOT, engine_seconds, per_layer_seconds, phase_seconds
 
 OUTPUTS_DIR = CACHE_DIR / "smooth-outputs"
 W8A8_STATIC = {"act": {"scope": "per_tensor", "dtype": "int8", "symmetric": False, "method": "minmax"},
@@ -193,6 +193,7 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
                "next_layer_input": variant.next_layer_input, "wall_s": result.wall_s,
                "loop_s": engine_seconds(result), "walls_s": [r.wall_s for r in runs],
                "per_layer_s": [per_layer_seconds(r) for r in runs],
+               "phases_s": [phase_seconds(r) for r in runs],
                "peak_rss_bytes": max(r.max_rank_peak_bytes() for r in runs),
                "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
                "output": str(save)}
@@ -281,6 +282,19 @@ def fixed_cost_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
             f"; ceiling (layers halved exactly, the 1-rank fixed cost once): {median_pair(ceilings)[0]:.2f}x")
 
 
+def phase_losses(one: dict[str, Any], two: dict[str, Any]) -> str:
+    """Where the 2-rank run loses against half the 1-rank run, phase by phase (rank 0's clock;
+    each phase's median over the pairs), largest first: what a second rank adds or fails to halve."""
+    pairs = list(zip(one.get("phases_s") or [], two.get("phases_s") or [], strict=False))
+    if not pairs or not all(a and b for a, b in pairs) or len(pairs) != len(one["walls_s"]):
+        return ""
+    names = sorted({name for a, b in pairs for name in (*a, *b)})
+    lost = {name: median_pair([b.get(name, 0.0) - a.get(name, 0.0) / 2 for a, b in pairs])[0] for name in names}
+    shown = [f"{name} {value:+.1f} s" for name, value in sorted(lost.items(), key=lambda kv: -kv[1])
+             if abs(value) >= 0.05]
+    return "2 ranks against half of 1 rank, by phase (rank 0, medians of the pairs): " + ", ".join(shown)
+
+
 def _row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return next((r for r in rows if r["name"] == name), None)
 
@@ -330,6 +344,10 @@ def report(rows: list[dict[str, Any]], workload: Workload, threads: int, error_s
           r["wall_s"], " ".join(f"{w:.1f}" for w in r.get("walls_s", [])) if len(r.get("walls_s", [])) > 1 else "",
           r["loop_s"], mb(r["peak_rss_bytes"])) for r in rows])
     lines = [f"- {t['target']}: {t['value']} ({'met' if t['met'] else 'NOT met'})" for t in targets(rows)]
+    one, two = _row(rows, PAIR[0]), _row(rows, PAIR[1])
+    losses = phase_losses(one, two) if one and two else ""
+    if losses:
+        lines.append(f"- {losses}")
     if skipped:
         lines.append(f"- {LLMC_NAME}: skipped ({skipped})")
     header = (f"Smoothing benchmark: {workload.shape.key}, {workload.samples} samples x {workload.seq} tokens, "

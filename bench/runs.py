@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.forward import parse_result
 from bench.measure import RunResult, run_measured, thread_env
+from quantjob.worker.phase_times import LOG_PREFIX, parse_phase_times
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the summary line ``quantjob quantize`` prints last: "16 layers, 64 samples (32768 tokens) in 81.2s"
@@ -54,6 +55,20 @@ def per_layer_seconds(result: RunResult) -> float | None:
         return None
     first, last = min(done), max(done)
     return (done[last] - done[first]) / (last - first)
+
+
+def phase_seconds(result: RunResult) -> dict[str, float] | None:
+    """Rank 0's seconds per phase of the loop (the line ``quantjob quantize`` prints before its
+    summary), with ``outside the runner``: the wall time before and after the loop's own clock
+    (interpreter, imports, the launcher). None when the run printed no such line."""
+    seconds = engine_seconds(result)
+    for line in reversed(_log_lines(result)):
+        at = line.find(LOG_PREFIX)
+        if at >= 0 and seconds is not None:
+            found = parse_phase_times(line[at + len(LOG_PREFIX):])
+            found["outside the runner"] = result.wall_s - seconds
+            return found
+    return None
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,16 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
                                     "; ceiling (layers halved exactly, the 1-rank fixed cost once): 1.90x")
     two["per_layer_s"] = [4.2, None, 4.4]  # a run that printed no progress: no per-layer figure
     assert bench_smooth.targets([one, two])[0]["value"] == "1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)"
+
+
+def test_phase_losses_say_where_the_second_rank_loses() -> None:
+    one = {"walls_s": [130.0, 132.0], "phases_s": [{"observation": 106.0, "start": 4.0, "outside the runner": 2.0},
+                                                   {"observation": 108.0, "start": 4.2, "outside the runner": 2.2}]}
+    two = {"walls_s": [78.0, 80.0], "phases_s": [{"observation": 57.0, "start": 4.2, "outside the runner": 3.2},
+                                                 {"observation": 56.0, "start": 4.4, "outside the runner": 3.0}]}
+    # per pair: observation +4.0 / +2.0, start +2.2 / +2.3, outside +2.2 / +1.9; the lower median of each
+    assert bench_smooth.phase_losses(one, two) == (
+        "2 ranks against half of 1 rank, by phase (rank 0, medians of the pairs): start +2.2 s, "
+        "observation +2.0 s, outside the runner +1.9 s")
+    two["phases_s"][1] = None  # a run without the phases line: nothing printed
+    assert bench_smooth.phase_losses(one, two) == ""

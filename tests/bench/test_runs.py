@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.measure import RunResult
-from bench.runs import QuantizeJob, engine_seconds, per_layer_seconds
+from bench.runs import QuantizeJob, engine_seconds, per_layer_seconds, phase_seconds
 
 
 def test_quantize_argv_lists_one_cpu_device_per_rank(tmp_path: Path) -> None:
@@ -37,3 +37,13 @@ def test_per_layer_seconds_is_the_slope_after_the_first_layer(tmp_path: Path) ->
     log.write_text("layer 1/1 done (relative output error 1.0e-02, 3.0s)\n")  # one layer: no slope
     assert per_layer_seconds(RunResult([], 1, 1.0, 0, 0, [], log)) is None
     assert per_layer_seconds(RunResult([], 1, 1.0, 0, 0, [], None)) is None
+
+
+def test_phase_seconds_reads_rank_zero_phases_and_the_time_outside_the_runner(tmp_path: Path) -> None:
+    log = tmp_path / "q.log"
+    log.write_text("[rank 0] where the time went (rank 0): start 4.3 s, observation 57.0 s, quantized forward 8.3 s\n"
+                   "[rank 0] 16 layers, 64 samples (32768 tokens) in 70.0s\n")
+    assert phase_seconds(RunResult([], 1, 73.5, 0, 0, [], log)) == {
+        "start": 4.3, "observation": 57.0, "quantized forward": 8.3, "outside the runner": 3.5}
+    log.write_text("[rank 0] 16 layers, 64 samples (32768 tokens) in 70.0s\n")  # an older build: no phases
+    assert phase_seconds(RunResult([], 1, 73.5, 0, 0, [], log)) is None

@@ -13,6 +13,7 @@ import pytest
 from quantjob.api import exit_codes
 from quantjob.cli import build_parser, main
 from quantjob.cli.quantize import QuantizeArgs
+from quantjob.worker.phase_times import LOG_PREFIX, ORDER, parse_phase_times
 
 
 def _base(model: Path, out: Path, calib: Path) -> list[str]:
@@ -79,6 +80,15 @@ def test_end_to_end_with_the_ascend_saver(tiny_model: Callable[..., Path], calib
     assert main([*_base(model, out, calib), "--config_path", str(config)]) == 0
     captured = capsys.readouterr()
     assert "relative output error" in captured.out
+    # where the time went, just before the summary line when any phase took 0.05 s (on this tiny
+    # model often none does): the loop's phases, within the run's own time
+    lines = captured.out.strip().splitlines()
+    assert " layers, " in lines[-1] and all(not line.startswith(LOG_PREFIX) for line in lines[:-2])
+    if lines[-2].startswith(LOG_PREFIX):
+        phases = parse_phase_times(lines[-2][len(LOG_PREFIX):])
+        assert set(phases) <= {*ORDER, "other"}
+        total = float(lines[-1].rsplit(" in ", 1)[1].rstrip("s"))
+        assert sum(phases.values()) == pytest.approx(total, abs=0.05 * (len(ORDER) + 1))
     table = json.loads((out / "quant_errors.json").read_text())
     assert [row["quantized_linears"] for row in table["layers"]] == [6, 6]
     description = json.loads((out / "quant_model_description.json").read_text())

@@ -99,6 +99,11 @@ def test_w8a8_every_family(family: str, tiny_model: Callable[..., Path], calib_j
     table = saver.json["quant_errors.json"]
     assert table == summary.errors and table["samples"] == 6
     assert all(0 < row["relative_error"] < 0.5 for row in table["layers"])
+    # where the time went: every phase of a fresh run, none counted twice (they fit in the run's time)
+    assert set(summary.phases) == {"start", "embedding", "loading", "observation", "processors",
+                                   "quantized forward", "saving", "release", "finish"}
+    assert all(seconds >= 0 for seconds in summary.phases.values())
+    assert sum(summary.phases.values()) <= summary.seconds
 
 
 @pytest.mark.parametrize(("quant_type", "scheme", "ext"), [

@@ -270,10 +270,12 @@ def run(namespace: argparse.Namespace) -> int:
 
 
 def _summary_text(summary: Any) -> str:
+    from quantjob.worker.phase_times import LOG_PREFIX, format_phase_times
     from quantjob.worker.progress import format_error_table
 
     if summary.errors.get("already_complete"):
         return "the output already holds this run's complete result; nothing was rewritten"
-    return (f"{format_error_table(summary.errors)}\n"
+    phases = format_phase_times(summary.phases, summary.seconds)
+    return (f"{format_error_table(summary.errors)}\n" + (f"{LOG_PREFIX}{phases}\n" if phases else "") +
             f"{summary.num_layers} layers, {summary.samples} samples ({summary.tokens} tokens) in "
             f"{summary.seconds:.1f}s" + (f", resumed at layer {summary.resumed_from}" if summary.resumed_from else ""))

@@ -52,6 +52,7 @@ from quantjob.worker.observers import (
     record_probes,
     reduce_stats,
 )
+from quantjob.worker.phase_times import PhaseTimes
 from quantjob.worker.preflight import check_layout, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
@@ -79,6 +80,7 @@ class RunSummary:
     tokens: int
     seconds: float
     errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json content
+    phases: dict[str, float] = field(default_factory=dict)  # this rank's seconds per phase (phase_times)
 
 
 SaverFactory = Callable[..., Any]
@@ -107,8 +109,9 @@ class _Loop:
     """State of one run; each method is one step of the loop."""
 
     def __init__(self, job: WorkerJob, group: Group, device: torch.device, skeleton: Skeleton,
-                 checkpoint: Checkpoint, calibration: Calibration) -> None:
+                 checkpoint: Checkpoint, calibration: Calibration, times: PhaseTimes | None = None) -> None:
         self.job, self.group, self.device = job, group, device
+        self.times = times or PhaseTimes()
         self.skeleton, self.checkpoint = skeleton, checkpoint
         n = len(calibration.samples)
         self.local = shard_indices(n, group.rank, group.world_size)
@@ -131,10 +134,11 @@ class _Loop:
 
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
-        table = self.checkpoint.load([name], self.device)[name]
-        check_weights({name: table}, None, self.checkpoint)
-        hidden = {g: self.skeleton.embed(ids.to(self.device), table) for g, ids in self.input_ids.items()}
-        del table
+        with self.times.phase("embedding"):
+            table = self.checkpoint.load([name], self.device)[name]
+            check_weights({name: table}, None, self.checkpoint)
+            hidden = {g: self.skeleton.embed(ids.to(self.device), table) for g, ids in self.input_ids.items()}
+            del table
         return hidden
 
     def forward(self, index: int, layer: torch.nn.Module, hidden: dict[int, torch.Tensor],
@@ -155,9 +159,10 @@ class _Loop:
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probes_per_sample:
             probing = record_probes(linears, self.local, self.probes_per_sample)
-        with observe_inputs(linears) as local_stats, probing as probes:
-            out = self.forward(index, layer, hidden, self.local, keep=keep)
-        stats = reduce_stats(local_stats, self.group)
+        with self.times.phase("observation"):
+            with observe_inputs(linears) as local_stats, probing as probes:
+                out = self.forward(index, layer, hidden, self.local, keep=keep)
+            stats = reduce_stats(local_stats, self.group)
         check_activations(stats, index)  # reduced: every rank stops here alike
         return stats, probes, out
 
@@ -182,7 +187,8 @@ class _Loop:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
                 ctx.reobserve()
-            entry.apply(proc, ctx)
+            with self.times.phase("processors"):
+                entry.apply(proc, ctx)
         records = [ctx.records[name] for name in linears if name in ctx.records]
         check_records(records, index)
         taken = {f"{r.name}.weight" for r in records} | {f"{r.name}.bias" for r in records}
@@ -198,9 +204,10 @@ class _Loop:
         if not output.quantized and not quantized:
             return float_out, None
         samples = self.local if quantized else self.error_local
-        with quantized_layer(layer, prefix, output, self.device) as qlayer:
-            quant_out = self.forward(index, qlayer, hidden, samples)
-        error = self.relative_error(float_out, quant_out) if output.quantized else None
+        with self.times.phase("quantized forward"):
+            with quantized_layer(layer, prefix, output, self.device) as qlayer:
+                quant_out = self.forward(index, qlayer, hidden, samples)
+            error = self.relative_error(float_out, quant_out) if output.quantized else None
         check_error(error, index)
         return (quant_out if quantized else float_out), error
 
@@ -224,6 +231,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                      *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
     """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
     started = time.monotonic()
+    times = PhaseTimes()
     model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
     checkpoint = Checkpoint(job.model_path)
@@ -234,7 +242,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     calibration = load_calibration(job.calib_file, job.model_path, samples=job.calib_samples,
                                    max_length=job.max_length, vocab_size=model_config.get("vocab_size"),
                                    trust_remote_code=job.trust_remote_code)
-    loop = _Loop(job, group, device, skeleton, checkpoint, calibration)
+    loop = _Loop(job, group, device, skeleton, checkpoint, calibration, times)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:
         from quantjob.worker.savers import open_savers
@@ -257,6 +265,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     prefetcher = Prefetcher(checkpoint, device,
                             verify=lambda key, tensors: check_weights(tensors, layer_of.get(key), checkpoint))
     report = progress if group.is_main else None
+    times.add("start", time.monotonic() - started)
     try:
         committed = saver.committed_layers()
         if committed:
@@ -269,14 +278,15 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
         group.where = "the finish (assembling the output)"
-        saver.write_json(ERRORS_FILE, table)
-        saver.write_json(PROVENANCE_FILE, provenance_record(
-            config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
-            checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
-            options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
-                                                         "error_samples", "model_type", "trust_remote_code"}),
-            world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
-        saver.finish(loop.outer())
+        with times.phase("finish"):
+            saver.write_json(ERRORS_FILE, table)
+            saver.write_json(PROVENANCE_FILE, provenance_record(
+                config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
+                checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
+                options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
+                                                             "error_samples", "model_type", "trust_remote_code"}),
+                world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
+            saver.finish(loop.outer())
     except BaseException as error:
         saver.abort()
         if report:
@@ -287,12 +297,13 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     if report:
         report.finish(True, f"wrote {job.save_path}")
     tokens = sum(int(ids.numel()) for ids in calibration.samples)
-    return RunSummary(num_layers, committed, len(calibration.samples), tokens, time.monotonic() - started, table)
+    return RunSummary(num_layers, committed, len(calibration.samples), tokens, time.monotonic() - started, table,
+                      times.seconds)
 
 
 def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
                 report: ProgressHook | None) -> list[tuple[int, float | None]]:
-    adapter, skeleton = loop.skeleton.adapter, loop.skeleton
+    adapter, skeleton, times = loop.skeleton.adapter, loop.skeleton, loop.times
     num_layers = skeleton.num_layers
     names = [loop.checkpoint.names_under(adapter.layer_prefix(i)) for i in range(num_layers)]
     hidden = loop.embed()
@@ -301,24 +312,28 @@ def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
         for index in range(num_layers):
             loop.group.where = f"layer {index}"
             prefix = adapter.layer_prefix(index)
-            tensors = prefetcher.take(prefix, names[index])
-            if index + 1 < num_layers:
-                prefetcher.submit(adapter.layer_prefix(index + 1), names[index + 1])
-            layer = skeleton.layers[index]
-            materialise(layer, prefix, tensors)
-            del tensors
+            with times.phase("loading"):
+                tensors = prefetcher.take(prefix, names[index])
+                if index + 1 < num_layers:
+                    prefetcher.submit(adapter.layer_prefix(index + 1), names[index + 1])
+                layer = skeleton.layers[index]
+                materialise(layer, prefix, tensors)
+                del tensors
             if index < committed:  # replay: no observation, the records come back from the saver
-                output = saver.load_layer(index)
-                needed = loop.local if loop.job.next_layer_input == "float" else loop.error_local
-                float_out = loop.forward(index, layer, hidden, needed, keep=loop.kept_inputs)
+                with times.phase("replay"):
+                    output = saver.load_layer(index)
+                    needed = loop.local if loop.job.next_layer_input == "float" else loop.error_local
+                    float_out = loop.forward(index, layer, hidden, needed, keep=loop.kept_inputs)
             else:
                 output, float_out = loop.process(index, prefix, layer, hidden)
-                saver.save(output)
+                with times.phase("saving"):
+                    saver.save(output)
             hidden, error = loop.next_inputs(index, prefix, layer, output, hidden, float_out)
             errors.append((len(output.quantized), error))
             del output, float_out
-            release(layer)
-            release_memory(loop.device)
+            with times.phase("release"):
+                release(layer)
+                release_memory(loop.device)
             if report:
                 report.layer_done(index + 1, num_layers, error)
     return errors
