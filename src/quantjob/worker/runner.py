@@ -109,9 +109,9 @@ class _Loop:
     """State of one run; each method is one step of the loop."""
 
     def __init__(self, job: WorkerJob, group: Group, device: torch.device, skeleton: Skeleton,
-                 checkpoint: Checkpoint, calibration: Calibration, times: PhaseTimes | None = None) -> None:
+                 checkpoint: Checkpoint, calibration: Calibration, times: PhaseTimes) -> None:
         self.job, self.group, self.device = job, group, device
-        self.times = times or PhaseTimes()
+        self.times = times
         self.skeleton, self.checkpoint = skeleton, checkpoint
         n = len(calibration.samples)
         self.local = shard_indices(n, group.rank, group.world_size)
