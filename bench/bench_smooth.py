@@ -255,12 +255,20 @@ def median_pair(ratios: list[float]) -> tuple[float, str]:
     return ordered[(len(ordered) - 1) // 2], " ".join(f"{r:.2f}x" for r in ordered)
 
 
+def each_pair(one: dict[str, Any], two: dict[str, Any], key: str) -> list[tuple[Any, Any]]:
+    """The (1-rank, 2-rank) values of ``key`` pair by pair; none unless every run of both rows has
+    one (a run that printed no progress or phases line leaves the figure out, not half of it)."""
+    pairs = list(zip(one.get(key) or [], two.get(key) or [], strict=False))
+    if not pairs or len(pairs) != len(one["walls_s"]) or not all(a and b for a, b in pairs):
+        return []
+    return pairs
+
+
 def per_layer_speedup(one: dict[str, Any], two: dict[str, Any]) -> str:
     """For information beside the wall-time target: the same pairs' ratio per decoder layer after
     the first (start-up, warm-up and finish left out), the median pair and every pair."""
-    slopes = list(zip(one.get("per_layer_s") or [], two.get("per_layer_s") or [], strict=False))
-    ratios = [a / b for a, b in slopes if a and b]
-    if not ratios or len(ratios) != len(slopes):
+    ratios = [a / b for a, b in each_pair(one, two, "per_layer_s")]
+    if not ratios:
         return ""
     median, every = median_pair(ratios)
     return f"; per layer after the first: {median:.2f}x" + (f" (pairs {every})" if len(ratios) > 1 else "")
@@ -271,9 +279,8 @@ def fixed_cost_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
     start-up, imports, the first layer's warm-up, the finish) and the speed-up two ranks would
     reach if they halved the 1-rank run's layer time exactly and paid its fixed cost once (Amdahl's
     ceiling); medians over the pairs."""
-    layers = one.get("layers")
-    slopes = list(zip(one.get("per_layer_s") or [], two.get("per_layer_s") or [], strict=False))
-    if not layers or not slopes or not all(a and b for a, b in slopes) or len(slopes) != len(one["walls_s"]):
+    layers, slopes = one.get("layers"), each_pair(one, two, "per_layer_s")
+    if not layers or not slopes:
         return ""
     fixed_one = [wall - layers * a for wall, (a, _) in zip(one["walls_s"], slopes, strict=True)]
     fixed_two = [wall - layers * b for wall, (_, b) in zip(two["walls_s"], slopes, strict=True)]
@@ -285,8 +292,8 @@ def fixed_cost_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
 def phase_losses(one: dict[str, Any], two: dict[str, Any]) -> str:
     """Where the 2-rank run loses against half the 1-rank run, phase by phase (rank 0's clock;
     each phase's median over the pairs), largest first: what a second rank adds or fails to halve."""
-    pairs = list(zip(one.get("phases_s") or [], two.get("phases_s") or [], strict=False))
-    if not pairs or not all(a and b for a, b in pairs) or len(pairs) != len(one["walls_s"]):
+    pairs = each_pair(one, two, "phases_s")
+    if not pairs:
         return ""
     names = sorted({name for a, b in pairs for name in (*a, *b)})
     lost = {name: median_pair([b.get(name, 0.0) - a.get(name, 0.0) / 2 for a, b in pairs])[0] for name in names}
