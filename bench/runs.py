@@ -31,7 +31,11 @@ def _log_lines(result: RunResult) -> list[str]:
 
 def engine_seconds(result: RunResult) -> float | None:
     """The loop time ``quantjob quantize`` reported itself (rank 0's), None when it printed none."""
-    for line in reversed(_log_lines(result)):
+    return _summary_seconds(_log_lines(result))
+
+
+def _summary_seconds(lines: list[str]) -> float | None:
+    for line in reversed(lines):
         match = _ENGINE_SUMMARY.search(line)
         if match:
             return float(match.group(1))
@@ -61,8 +65,9 @@ def phase_seconds(result: RunResult) -> dict[str, float] | None:
     """Rank 0's seconds per phase of the loop (the line ``quantjob quantize`` prints before its
     summary), with ``outside the runner``: the wall time before and after the loop's own clock
     (interpreter, imports, the launcher). None when the run printed no such line."""
-    seconds = engine_seconds(result)
-    for line in reversed(_log_lines(result)):
+    lines = _log_lines(result)
+    seconds = _summary_seconds(lines)
+    for line in reversed(lines):
         at = line.find(LOG_PREFIX)
         if at >= 0 and seconds is not None:
             found = parse_phase_times(line[at + len(LOG_PREFIX):])
