@@ -7,15 +7,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantjob.worker import quantizers
 from quantjob.worker.quantizers import (
     dequantize,
     dequantize_weight,
+    expand_groups,
     fake_quantize_per_token,
     int_range,
+    map_row_blocks,
     quantize,
     quantize_weight,
     scale_offset,
 )
+from quantjob.worker.smoothing import divide_rows, scale_columns
 
 
 def test_asymmetric_int8_matches_design_formula() -> None:
@@ -102,3 +106,51 @@ def test_scales_are_representable_in_the_model_dtype_and_the_integers_use_them()
     tiny = representable(torch.tensor([1e-9]), torch.float16)
     assert float(tiny) > 0 and torch.equal(tiny, tiny.to(torch.float16).float())
     assert torch.equal(representable(torch.tensor([0.123456789]), None), torch.tensor([0.123456789]))
+
+
+# --- weights in row blocks: the same bits as the whole-tensor arithmetic -----------------------------
+
+@pytest.mark.parametrize("block_elements", [1, 7 * 5, 1 << 16])  # one row, several rows (and a short last), all
+@pytest.mark.parametrize(("scope", "group"), [("per_channel", None), ("per_group", 4), ("per_tensor", None)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_blocked_dequantization_gives_the_whole_tensor_bits(monkeypatch: pytest.MonkeyPatch, block_elements: int,
+                                                            scope: str, group: int | None,
+                                                            dtype: torch.dtype) -> None:
+    monkeypatch.setattr(quantizers, "BLOCK_ELEMENTS", block_elements)
+    weight = (torch.randn(23, 8, generator=torch.Generator().manual_seed(3)) * 0.05).to(dtype)
+    q, scale, offset = quantize_weight(weight, scope, 8, symmetric=False, group_size=group)
+    cols = q.shape[1]
+    whole = q.float().sub_(expand_groups(offset, cols)).mul_(expand_groups(scale, cols))
+    assert torch.equal(dequantize_weight(q, scale, offset), whole)
+    blocked = dequantize_weight(q, scale, offset, dtype)
+    assert blocked.dtype == dtype and torch.equal(blocked, whole.to(dtype))
+
+
+@pytest.mark.parametrize("block_elements", [1, 3 * 16, 1 << 16])
+def test_blocked_folds_give_the_whole_tensor_bits(monkeypatch: pytest.MonkeyPatch, block_elements: int) -> None:
+    monkeypatch.setattr(quantizers, "BLOCK_ELEMENTS", block_elements)
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(37, 16, generator=gen).to(torch.bfloat16)
+    columns, rows = torch.rand(16, generator=gen) + 0.1, torch.rand(37, generator=gen) + 0.1
+    assert torch.equal(scale_columns(weight, columns), (weight.float() * columns).to(torch.bfloat16))
+    assert torch.equal(divide_rows(weight, rows), (weight.float() / rows.unsqueeze(1)).to(torch.bfloat16))
+
+
+def test_map_row_blocks_hands_each_row_to_one_block_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantizers, "BLOCK_ELEMENTS", 10)  # 10 elements of 4 columns: 2 rows a block
+    seen: list[tuple[int, int]] = []
+
+    def step(block: torch.Tensor, rows: slice) -> None:
+        assert block.dtype == torch.float32 and block.shape == (rows.stop - rows.start, 4)
+        seen.append((rows.start, rows.stop))
+        block.add_(1)
+
+    out = map_row_blocks(torch.zeros(5, 4, dtype=torch.bfloat16), torch.bfloat16, step)
+    assert seen == [(0, 2), (2, 4), (4, 5)]
+    assert out.dtype == torch.bfloat16 and torch.equal(out, torch.ones(5, 4, dtype=torch.bfloat16))
+
+
+def test_map_row_blocks_takes_the_whole_tensor_off_cpu() -> None:
+    seen: list[slice] = []
+    map_row_blocks(torch.empty(300, 1000, device="meta"), torch.bfloat16, lambda _block, rows: seen.append(rows))
+    assert seen == [slice(0, 300)]

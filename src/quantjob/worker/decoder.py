@@ -153,7 +153,7 @@ def fake_quant_weights(records: list[QuantizedLinear]) -> dict[str, torch.Tensor
     for record in records:
         scale = record.weight_scale.to(record.dtype).float()
         offset = record.weight_offset.to(record.dtype).float()
-        weights[record.name] = dequantize_weight(record.weight_q, scale, offset).to(record.dtype)
+        weights[record.name] = dequantize_weight(record.weight_q, scale, offset, record.dtype)
     return weights
 
 

@@ -29,6 +29,7 @@ from quantjob.worker.observers import ActivationStats
 from quantjob.worker.quantizers import (
     dequantize_weight,
     int_range,
+    map_row_blocks,
     quantize_weight,
     scale_offset,
 )
@@ -109,12 +110,14 @@ def ov_scales_max(act: torch.Tensor, weight: torch.Tensor, alpha: float, beta: f
 
 def scale_columns(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``W diag(s)``: a consumer's input channels multiplied by the scales."""
-    return (weight.float() * scale.float()).to(weight.dtype)
+    columns = scale.float()
+    return map_row_blocks(weight, weight.dtype, lambda block, _rows: block.mul_(columns))
 
 
 def divide_rows(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``diag(1/s) W``: a producer's output channels divided by the scales."""
-    return (weight.float() / scale.float().unsqueeze(1)).to(weight.dtype)
+    rows_scale = scale.float().unsqueeze(1)
+    return map_row_blocks(weight, weight.dtype, lambda block, rows: block.div_(rows_scale[rows]))
 
 
 def divide_vector(vector: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
