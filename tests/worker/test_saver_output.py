@@ -6,6 +6,7 @@ the two-process test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,9 +27,9 @@ from quantjob.worker.checkpoint import TensorInfo, read_header
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput
-from quantjob.worker.savers import OutputSaver, open_saver
+from quantjob.worker.savers import OutputSaver, assemble, open_saver
 from quantjob.worker.savers.ascend_tensors import ascend_tensors
-from quantjob.worker.savers.assemble import COMPLETE
+from quantjob.worker.savers.assemble import COMPLETE, verify_complete
 from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
 from quantjob.worker.savers.staging import STAGING_DIR
 
@@ -145,6 +146,22 @@ def test_layout_description_and_copied_files(tmp_path: Path, model_dir: Path) ->
     norm = tensors["model.layers.1.input_layernorm.weight"]
     assert norm.view(torch.int16).equal(layer_output(1).float_tensors["model.layers.1.input_layernorm.weight"]
                                         .view(torch.int16))
+
+
+@pytest.mark.parametrize("chunk", [1000, 1 << 20])  # tensors over several reads, and each in one
+def test_the_marker_holds_each_files_sha256(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            chunk: int) -> None:
+    """The read-back check hashes each chunk twice at once (the tensor's digest here, the file's on a
+    second thread): the file's digest still covers every byte in order."""
+    monkeypatch.setattr(assemble, "COPY_CHUNK", chunk)
+    save = tmp_path / "out"
+    run_all(save, model_dir, part_file_size=0.00001)  # several weight files
+    marker = json.loads((save / COMPLETE).read_text())
+    weights = sorted(name for name in marker["files"] if name.endswith(".safetensors"))
+    assert len(weights) > 1
+    assert verify_complete(save) is None
+    assert [marker["files"][n] for n in weights] == [hashlib.sha256((save / n).read_bytes()).hexdigest()
+                                                     for n in weights]
 
 
 def test_part_file_size_splits_with_an_index(tmp_path: Path, model_dir: Path) -> None:
