@@ -90,9 +90,11 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: i
     return _integers(x, scale, offset, bits).to(torch.int8)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Float32 values ``(q - offset) * scale``."""
-    return float_copy(q).sub_(offset.float()).mul_(scale.float())
+def dequantize(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, *, scratch: bool = False) -> torch.Tensor:
+    """Float32 values ``(q - offset) * scale``: in a copy of ``q``, or in ``q`` itself when it is a
+    float32 ``scratch`` buffer the caller gives up (as ``_integers``)."""
+    buffer = q if scratch and q.dtype == torch.float32 else float_copy(q)
+    return buffer.sub_(offset.float()).mul_(scale.float())
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
@@ -180,7 +182,7 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
         return expand_groups(params if params.shape[0] == 1 else params[rows], cols)
 
     def step(block: torch.Tensor, rows: slice) -> None:
-        block.sub_(of_rows(offset, rows)).mul_(of_rows(scale, rows))
+        dequantize(block, of_rows(scale, rows), of_rows(offset, rows), scratch=True)
 
     return map_row_blocks(q, dtype, step)
 
