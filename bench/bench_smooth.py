@@ -16,7 +16,11 @@ against minmax alone and against llm-compressor's SmoothQuant, in one run.
 The two data-parallel rows (1 rank x 1 thread, 2 ranks x 1 thread) run ``--pairs`` times, one after
 the other in turn, as ``bench_dp`` does: this VM's speed drifts by several percent from one minute
 to the next, so one pair read 1.55x and another 1.74x for the same code. Their wall time is the median
-run's, and the speed-up target reads the median of the pairs' ratios.
+run's, and the speed-up target reads the median of the pairs' ratios. After each pair
+``bench.contention`` measures how much two busy cores slow each other on this machine, outside
+quantjob (a plain decoder layer alone and as one of two processes), and the target line prints the
+best speed-up two ranks could reach with that slowdown and the 1-rank run's fixed cost
+(``--no-contention`` leaves it out).
 
 Every run's output directory is kept under ``--outputs`` (default ``bench/.cache/smooth-outputs``)
 and ``SAVED_COLUMNS`` adds columns computed from a kept quantjob output (see ``add_saved_column``).
@@ -37,6 +41,8 @@ from typing import Any
 import yaml
 
 from bench.bench_dp import median_run
+from bench.contention import best_speedup
+from bench.contention import measure as measure_contention
 from bench.measure import RunResult, run_measured, thread_env
 from bench.models import CACHE_DIR, calibration_file, model_dir, read_calibration_ids
 from bench.options import Workload, add_common_args, workload_from_args
@@ -160,7 +166,8 @@ def quant_errors(save: Path) -> list[float]:
 
 
 def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, llmc: bool, outputs: Path,
-        cache: Path, work: Path, timeout_s: float, only: set[str] | None, pairs: int = 3) -> tuple[str, dict[str, Any]]:
+        cache: Path, work: Path, timeout_s: float, only: set[str] | None, pairs: int = 3,
+        contention: bool = True) -> tuple[str, dict[str, Any]]:
     from bench.layer_errors import ascend_layer, compressed_tensors_layer, layer_errors
 
     shape = workload.shape
@@ -174,8 +181,9 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
     paired = [v for v in selected if v.name in PAIR]
     if len(paired) < len(PAIR):  # one of the two alone: an ordinary row
         paired = []
-    timed = _run_pairs(paired, pairs, model, calib, workload, threads=threads, error_samples=error_samples,
-                       outputs=outputs, work=work, timeout_s=timeout_s)
+    between = (lambda: measure_contention(shape, workload.seq).factor) if contention else None
+    timed, factors = _run_pairs(paired, pairs, model, calib, workload, threads=threads, error_samples=error_samples,
+                                outputs=outputs, work=work, timeout_s=timeout_s, between=between)
     for variant in selected:
         if variant.name in timed:
             runs, save = timed[variant.name]
@@ -197,6 +205,8 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
                "peak_rss_bytes": max(r.max_rank_peak_bytes() for r in runs),
                "mean_layer_error": mean(errors), "layer_errors": errors, "end_to_end_error": e2e,
                "output": str(save)}
+        if variant.name in timed and factors:
+            row["contention"] = factors
         for column, compute in SAVED_COLUMNS.items():
             row[column] = compute(save, model, in_sample, held)
         rows.append(row)
@@ -225,11 +235,14 @@ def run(workload: Workload, *, threads: int, error_samples: int, heldout: int, l
 
 
 def _run_pairs(paired: list[Variant], pairs: int, model: Path, calib: Path, workload: Workload, *, threads: int,
-               error_samples: int, outputs: Path, work: Path, timeout_s: float
-               ) -> dict[str, tuple[list[RunResult], Path]]:
+               error_samples: int, outputs: Path, work: Path, timeout_s: float,
+               between: Callable[[], float] | None = None
+               ) -> tuple[dict[str, tuple[list[RunResult], Path]], list[float]]:
     """The 1-rank and 2-rank rows, ``pairs`` times each, in turn (1, 2, 1, 2, ...): every run's
-    result and the (same bytes every time) output."""
+    result and the (same bytes every time) output; and ``between()`` taken after each pair (the
+    machine's contention factor, the same hour as the pair)."""
     timed: dict[str, tuple[list[RunResult], Path]] = {}
+    factors: list[float] = []
     for repeat in range(pairs if paired else 0):
         for variant in paired:
             say(f"{variant.name}: quantize (pair {repeat + 1} of {pairs})")
@@ -240,7 +253,10 @@ def _run_pairs(paired: list[Variant], pairs: int, model: Path, calib: Path, work
                                        log_name=f"{_slug(variant.name)}-pair{repeat + 1}")
             timed.setdefault(variant.name, ([], save))[0].append(result)
             say(f"  {result.wall_s:.1f} s")
-    return timed
+        if between is not None:
+            factors.append(between())
+            say(f"  two busy cores outside quantjob: a plain decoder layer x{factors[-1]:.3f} as one of two processes")
+    return timed, factors
 
 
 def pair_speedups(one: dict[str, Any], two: dict[str, Any]) -> list[float]:
@@ -284,9 +300,16 @@ def fixed_cost_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
         return ""
     fixed_one = [wall - layers * a for wall, (a, _) in zip(one["walls_s"], slopes, strict=True)]
     fixed_two = [wall - layers * b for wall, (_, b) in zip(two["walls_s"], slopes, strict=True)]
-    ceilings = [wall / (fixed + (wall - fixed) / 2) for wall, fixed in zip(one["walls_s"], fixed_one, strict=True)]
-    return (f"; outside the layers: 1 rank {median_pair(fixed_one)[0]:.1f} s, 2 ranks {median_pair(fixed_two)[0]:.1f} s"
+    ceilings = [best_speedup(wall, fixed, 1.0) for wall, fixed in zip(one["walls_s"], fixed_one, strict=True)]
+    text = (f"; outside the layers: 1 rank {median_pair(fixed_one)[0]:.1f} s, 2 ranks {median_pair(fixed_two)[0]:.1f} s"
             f"; ceiling (layers halved exactly, the 1-rank fixed cost once): {median_pair(ceilings)[0]:.2f}x")
+    factors = two.get("contention") or []
+    if len(factors) == len(fixed_one):
+        bounds = [best_speedup(wall, fixed, factor)
+                  for wall, fixed, factor in zip(one["walls_s"], fixed_one, factors, strict=True)]
+        text += (f"; with this machine's contention (a plain decoder layer x{median_pair(factors)[0]:.3f} as one of "
+                 f"two processes, taken after each pair): {median_pair(bounds)[0]:.2f}x")
+    return text
 
 
 def phase_losses(one: dict[str, Any], two: dict[str, Any]) -> str:
@@ -375,12 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs of the 1-rank and 2-rank rows, taken in turn (default 3; the median counts)")
     parser.add_argument("--outputs", type=Path, default=OUTPUTS_DIR, help="where every run's output is kept")
     parser.add_argument("--keep-logs", action="store_true", help="keep every run's log (printed path)")
+    parser.add_argument("--no-contention", action="store_true",
+                        help="skip the two-busy-cores measurement after each pair (bench.contention)")
     args = parser.parse_args(argv)
     workload = workload_from_args(args)
     return run_bench("smooth", lambda work: run(
         workload, threads=args.threads, error_samples=args.error_samples, heldout=args.heldout,
         llmc=not args.no_llmc, outputs=args.outputs, cache=args.cache_dir, work=work, timeout_s=args.timeout,
-        only=set(args.only) if args.only else None, pairs=max(1, args.pairs)),
+        only=set(args.only) if args.only else None, pairs=max(1, args.pairs), contention=not args.no_contention),
         keep_logs=args.keep_logs, results_dir=args.results_dir)
 
 

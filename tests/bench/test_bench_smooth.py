@@ -84,9 +84,17 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
 
     monkeypatch.setattr(bench_smooth, "run_variant", fake_run)
     paired = [v for v in bench_smooth.VARIANTS if v.name in bench_smooth.PAIR]
-    timed = bench_smooth._run_pairs(paired, 3, tmp_path, tmp_path, None, threads=1,  # type: ignore[arg-type]
-                                    error_samples=2, outputs=tmp_path, work=tmp_path, timeout_s=1.0)
-    assert order == list(bench_smooth.PAIR) * 3  # 1, 2, 1, 2, 1, 2: the VM's drift falls on both alike
+    factors = iter([1.02, 1.10, 0.99])
+
+    def between() -> float:  # the contention measurement, after each pair
+        order.append("contention")
+        return next(factors)
+
+    timed, taken = bench_smooth._run_pairs(paired, 3, tmp_path, tmp_path, None, threads=1,  # type: ignore[arg-type]
+                                           error_samples=2, outputs=tmp_path, work=tmp_path, timeout_s=1.0,
+                                           between=between)
+    # 1, 2, 1, 2, 1, 2: the VM's drift falls on both alike; the machine's contention after each pair
+    assert order == [*bench_smooth.PAIR, "contention"] * 3 and taken == [1.02, 1.10, 0.99]
     # each run keeps its own log: the loop time and the per-layer figure are read from them afterwards
     assert None not in logs and len(set(logs)) == 6
     one, two = ({"name": name, "wall_s": 0.0, "walls_s": [r.wall_s for r in timed[name][0]]}
@@ -107,6 +115,15 @@ def test_speedup_rows_run_in_turn_and_the_median_pair_counts(tmp_path: Path, mon
     (target,) = bench_smooth.targets([one, two])
     assert target["value"].endswith("; outside the layers: 1 rank 6.0 s, 2 ranks 7.0 s"
                                     "; ceiling (layers halved exactly, the 1-rank fixed cost once): 1.90x")
+    # with the contention factors: each pair's best case, its layer time halved and slowed by the factor
+    # (120 / (6 + 57 x 1.02) = 1.87x, 130 / (17.5 + 56.25 x 1.10) = 1.64x, 110 / (-5.5 + 57.75 x 0.99) = 2.13x)
+    two["contention"] = taken
+    (target,) = bench_smooth.targets([one, two])
+    assert target["value"].endswith("; ceiling (layers halved exactly, the 1-rank fixed cost once): 1.90x"
+                                    "; with this machine's contention (a plain decoder layer x1.020 as one of two "
+                                    "processes, taken after each pair): 1.87x")
+    two["contention"] = taken[:2]  # not one per pair: left out
+    assert bench_smooth.targets([one, two])[0]["value"].endswith("the 1-rank fixed cost once): 1.90x")
     two["per_layer_s"] = [4.2, None, 4.4]  # a run that printed no progress: no per-layer figure
     assert bench_smooth.targets([one, two])[0]["value"] == "1.71x (median of 3 pairs: 1.57x 1.71x 1.86x)"
 
