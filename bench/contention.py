@@ -3,10 +3,10 @@
 A plain decoder layer of the benchmark's shape (transformers' Llama layer, bf16, random weights,
 one thread, one sample of ``seq`` tokens) runs forward ``iterations`` times alone, and then as one
 of two processes released at the same moment, ``rounds`` times in turn. The factor is the pair's
-mean time per forward over the lone process's: what a second rank costs every forward before any code of ours runs (the
-cores' shared cache, memory bandwidth and the host's scheduling). ``bench_smooth`` takes it once
-per pair of runs and prints the speed-up two ranks could reach at best with it: the 1-rank run's
-fixed cost paid once, its layer time halved and slowed by that factor.
+mean time per forward over the lone process's: what a second rank costs every forward before any
+code of ours runs (the cores' shared cache, memory bandwidth and the host's scheduling).
+``bench_smooth`` takes it once per pair of runs and prints the speed-up two ranks could reach at
+best with it: the 1-rank run's fixed cost paid once, its layer time halved and slowed by that factor.
 
 ``python -m bench.contention`` prints one measurement.
 """
