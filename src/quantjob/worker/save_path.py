@@ -15,7 +15,6 @@ from pathlib import Path
 
 from quantjob.worker.errors import QuantJobError
 
-
 NAME_MAX = 255     # bytes in one file or directory name (Linux, and every file system a pod mounts)
 PATH_MAX = 4096    # bytes in a whole path, its terminating NUL included
 

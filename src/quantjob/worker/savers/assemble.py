@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.errors import QuantJobError
 from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order
 from quantjob.worker.savers.formats import FLOAT, OutputContents, OutputFormat
-from quantjob.worker.errors import QuantJobError
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
     EXTRA_FILES,
