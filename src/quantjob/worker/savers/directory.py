@@ -179,7 +179,10 @@ def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, ov
             raise QuantJobError(
                 f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
                 f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save_path")
-        shutil.rmtree(staging)
+        try:
+            shutil.rmtree(staging)
+        except OSError as err:
+            raise _not_writable(save_path, err) from None
     if previous != run:
         # Files of the names this run writes, with no staging of this run beside them: another
         # run's or the user's. They are never replaced silently, and never left beside the new
