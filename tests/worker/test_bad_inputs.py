@@ -222,3 +222,51 @@ def test_bad_collective_timeouts_are_usage_errors(model: Path, tmp_path: Path, c
     assert main(_quantize(model, tmp_path / "out", None, *extra)) == exit_codes.USAGE
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 27: worker edges ---------------------------------------------------------------------
+
+def test_a_calibration_directory_is_named_as_one(model: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    calib, out = tmp_path / "calib", tmp_path / "out"
+    calib.mkdir()
+    line = _expect_error(_quantize(model, out, calib), capsys, str(calib), "is a directory", "--calib_file")
+    assert "does not exist" not in line
+    assert not (out / ".quantjob-complete").exists()
+
+
+@pytest.mark.parametrize("flag", ["--model_path", "--save_path", "--calib_file"])
+def test_a_name_over_255_bytes_is_bad_input_naming_the_path(model: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    long = tmp_path / ("n" * 256) / "x"
+    paths = {"--model_path": model, "--save_path": tmp_path / "out", "--calib_file": None, flag: long}
+    argv = _quantize(paths["--model_path"], paths["--save_path"], paths["--calib_file"])
+    _expect_error(argv, capsys, flag, str(long), "256 bytes", "255")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_volume_while_claiming_the_output_is_one_line(model: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.worker.savers import directory
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(directory, "atomic_write_bytes", full)
+    out = tmp_path / "out"
+    line = _expect_error(_quantize(model, out, None), capsys, "output volume is full", "No space left on device",
+                         str(out), "--save_path")
+    assert "permissions" not in line
+
+
+def test_an_index_entry_out_of_the_model_directory_is_bad_input(model: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    copy, out = _copy(model, tmp_path), tmp_path / "out"
+    outside = tmp_path / "outside.safetensors"
+    (copy / "model.safetensors").rename(outside)
+    names = list(load_file(outside))
+    index = copy / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {name: "../outside.safetensors" for name in names}}))
+    _expect_error(_quantize(copy, out, None), capsys, str(index), "'../outside.safetensors'")
+    assert not out.exists()

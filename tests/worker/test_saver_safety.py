@@ -182,3 +182,160 @@ def test_a_staging_directory_left_beside_the_marker_is_removed(tmp_path: Path, m
     assert again.already_complete
     assert not (save / STAGING_DIR).exists()
     assert (save / COMPLETE).read_bytes() == marker and (save / DESCRIPTION).exists()
+
+
+# --- issue 27: files of our names that this run did not write -----------------------------------------------
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "quant_errors.json",
+                                  "quant_model_weights-00001-of-00002.safetensors",
+                                  "quant_model_weights.safetensors.index.json"])
+def test_a_foreign_file_of_a_name_the_run_writes_is_refused_without_overwrite(tmp_path: Path, model_dir: Path,
+                                                                              name: str) -> None:
+    assert name not in ("config.json", "tokenizer.json") or (model_dir / name).is_file()
+    save = tmp_path / "out"
+    save.mkdir()
+    (save / name).write_bytes(b"theirs")
+    with pytest.raises(QuantJobError, match=rf"already holds {name}, not written by this run.*--overwrite"):
+        open_ascend(save, model_dir, layers=3)
+    assert (save / name).read_bytes() == b"theirs"
+    assert not (save / STAGING_DIR).exists() and not (save / ".quantjob-lock").exists()
+
+
+def test_overwrite_replaces_foreign_files_and_leaves_no_foreign_weights_beside_the_new(tmp_path: Path,
+                                                                                      model_dir: Path) -> None:
+    save = tmp_path / "out"
+    save.mkdir()
+    for name in ("config.json", "quant_model_weights-00001-of-00002.safetensors",
+                 "quant_model_weights.safetensors.index.json"):
+        (save / name).write_bytes(b"theirs")
+    run_all(save, model_dir, overwrite=True)
+    assert (save / "config.json").read_bytes() == (model_dir / "config.json").read_bytes()
+    assert sorted(p.name for p in save.glob("quant_model_weights*")) == ["quant_model_weights.safetensors"]
+    assert set(json.loads((save / COMPLETE).read_text())["files"]) >= {"config.json", "quant_model_weights.safetensors"}
+
+
+def test_weight_files_put_beside_a_running_job_fail_its_finish(tmp_path: Path, model_dir: Path) -> None:
+    """The claim removed or refused them; a part file that appears while the run goes on is named at
+    the finish, before any weight file is written, instead of ending up in a complete output."""
+    save = tmp_path / "out"
+    saver = open_ascend(save, model_dir, layers=1)
+    saver.save(layer_output(0))
+    stray = save / "quant_model_weights-00002-of-00002.safetensors"
+    stray.write_bytes(b"theirs")
+    with pytest.raises(QuantJobError, match=rf"holds {stray.name}, which this run does not write"):
+        saver.finish(outer_source(tmp_path))
+    saver.abort()
+    assert stray.read_bytes() == b"theirs"
+    assert not (save / COMPLETE).exists() and not (save / "quant_model_weights.safetensors").exists()
+
+
+def test_a_planted_staged_extra_file_is_neither_deleted_nor_copied(tmp_path: Path, model_dir: Path) -> None:
+    save = tmp_path / "out"
+    run_all(save, model_dir)
+    victim = save / "notes.txt"                          # the user's file in the output directory
+    victim.write_text("mine")
+    planted = save / STAGING_DIR / "extra" / "notes.txt"  # staging of another run, left with a planted name
+    planted.parent.mkdir(parents=True)
+    planted.write_text("planted")
+    (save / STAGING_DIR / "run.json").write_text(json.dumps({"run_id": "run-x", "num_layers": 3}))
+    run_all(save, model_dir, overwrite=True, run_id="run-b")
+    assert victim.read_text() == "mine"
+    assert "notes.txt" not in json.loads((save / COMPLETE).read_text())["files"]
+
+
+def test_write_json_takes_only_the_runners_extra_files(tmp_path: Path, model_dir: Path) -> None:
+    from quantjob.worker.provenance import PROVENANCE_FILE
+    from quantjob.worker.runner import ERRORS_FILE
+    from quantjob.worker.savers.staging import EXTRA_FILES
+
+    assert set(EXTRA_FILES) == {ERRORS_FILE, PROVENANCE_FILE}
+    saver = open_ascend(tmp_path / "out", model_dir, layers=1)
+    with pytest.raises(ValueError, match="not one of the output's extra files"):
+        saver.write_json("notes.json", {})
+    saver.abort()
+
+
+# --- issue 26.12: links planted in the output directory are never written through ---------------------------
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    return victim
+
+
+def test_a_linked_lock_file_is_refused_and_its_target_kept(tmp_path: Path, model_dir: Path) -> None:
+    save, victim = tmp_path / "out", _victim(tmp_path)
+    save.mkdir()
+    (save / ".quantjob-lock").symlink_to(victim)
+    with pytest.raises(QuantJobError, match=r"\.quantjob-lock is a symbolic link.*remove the link"):
+        open_ascend(save, model_dir, layers=1)
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", [".tmp-run.json", "run.json", ".tmp-layer-00000.safetensors", "extra"])
+def test_a_link_in_staging_is_refused_and_its_target_kept(tmp_path: Path, model_dir: Path, name: str) -> None:
+    save, victim = tmp_path / "out", _victim(tmp_path)
+    (save / STAGING_DIR).mkdir(parents=True)
+    (save / STAGING_DIR / name).symlink_to(victim if name != "extra" else tmp_path)
+    with pytest.raises(QuantJobError, match=rf"{STAGING_DIR}/{name} is a symbolic link"):
+        run_all(save, model_dir, layers=1)
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
+
+
+def test_a_linked_staging_directory_is_refused_and_left_alone(tmp_path: Path, model_dir: Path) -> None:
+    save, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "run.json").write_text("theirs")
+    save.mkdir()
+    (save / STAGING_DIR).symlink_to(elsewhere, target_is_directory=True)
+    for overwrite in (False, True):
+        with pytest.raises(QuantJobError, match=rf"{STAGING_DIR} is a symbolic link"):
+            run_all(save, model_dir, layers=1, overwrite=overwrite)
+    assert [p.name for p in elsewhere.iterdir()] == ["run.json"] and (elsewhere / "run.json").read_text() == "theirs"
+
+
+def test_the_lock_is_opened_without_following_a_link(tmp_path: Path) -> None:
+    """Even a link made between the claim's checks and the open is not written through."""
+    from quantjob.worker.savers.output_lock import OutputLock
+
+    victim = _victim(tmp_path)
+    (tmp_path / ".quantjob-lock").symlink_to(victim)
+    with pytest.raises(QuantJobError, match="symbolic link"):
+        OutputLock(tmp_path).acquire("run-a")
+    assert victim.read_text() == "keep me"
+
+
+def test_atomic_writes_never_follow_a_link_at_the_temporary_name(tmp_path: Path) -> None:
+    from quantjob.worker.savers.staging import atomic_write_bytes
+
+    victim = _victim(tmp_path)
+    (tmp_path / ".tmp-x.json").symlink_to(victim)
+    with pytest.raises(QuantJobError, match=r"\.tmp-x\.json is a symbolic link"):
+        atomic_write_bytes(tmp_path / "x.json", b"{}")
+    assert victim.read_text() == "keep me" and not (tmp_path / "x.json").exists()
+
+
+# --- issue 27: a full volume while claiming -----------------------------------------------------------------
+
+def test_a_full_volume_while_claiming_is_named_as_full(tmp_path: Path, model_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from quantjob.worker.savers import directory
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(directory, "atomic_write_bytes", full)
+    save = tmp_path / "out"
+    with pytest.raises(QuantJobError) as caught:
+        open_ascend(save, model_dir, layers=1)
+    message = str(caught.value)
+    assert "output volume is full" in message and "No space left on device" in message
+    assert str(save / STAGING_DIR / "run.json") in message and "--save_path" in message
+    assert "permissions" not in message
+    monkeypatch.setattr(directory, "atomic_write_bytes",
+                        lambda path, data: (_ for _ in ()).throw(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    with pytest.raises(QuantJobError, match=rf"output volume is full: Disk quota exceeded while writing {save}"):
+        open_ascend(save, model_dir, layers=1)

@@ -142,3 +142,17 @@ def test_quantize_writes_both_formats_from_one_or_two_ranks(tmp_path: Path) -> N
         alone = tmp_path / f"alone-{sub}"
         run_quantize(argv(alone, _config(tmp_path / f"{sub}.yaml", [{"type": saver}]), "cpu"))
         _same_but_provenance(alone, tmp_path / "one" / sub)
+
+
+def test_a_linked_sub_directory_of_a_save_entry_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    """Issue 26.12: an entry's sub-directory planted as a link would send its files, and what
+    --overwrite removes, wherever it points."""
+    save, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "quant_model_description.json").write_text("theirs")
+    save.mkdir()
+    (save / "ascendv1").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(QuantJobError, match=r"out/ascendv1 is a symbolic link"):
+        _open(save, model_dir, 1)
+    assert [p.name for p in elsewhere.iterdir()] == ["quant_model_description.json"]
+    assert not (save / "compressed_tensors").exists()

@@ -154,7 +154,7 @@ def _calib_file(args: QuantizeArgs, config: ModelslimConfig) -> Path | None:
         return args.calib_file
     base = args.config_path.parent if args.config_path else Path.cwd()
     for candidate in (Path(dataset), base / dataset):
-        if candidate.is_file():
+        if os.path.isfile(candidate):  # False, not an error, for a name the kernel refuses
             return candidate
     print(f"quantjob: warning: dataset {dataset!r} in the config is not a file here; using the built-in "
           "calibration set (pass --calib_file to choose one)", file=sys.stderr)
@@ -178,7 +178,13 @@ def run(namespace: argparse.Namespace) -> int:
     from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
     from quantjob.worker.model_config import read_model_config
+    from quantjob.worker.save_path import name_too_long
 
+    for flag, path in (("--model_path", args.model_path), ("--save_path", args.save_path),
+                       ("--calib_file", args.calib_file)):
+        why = name_too_long(path) if path is not None else None
+        if why is not None:
+            return _fail(f"{flag} {path}: {why}; fix: choose a shorter path", exit_codes.INPUT)
     try:
         spec = devices.parse_devices(args.device)
     except ValueError as error:
@@ -256,12 +262,14 @@ def run(namespace: argparse.Namespace) -> int:
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     except OSError as error:
+        from quantjob.worker.savers.directory import volume_full
+
+        if error.errno == errno.ENAMETOOLONG:  # a name built from the inputs (the checks above cover the flags)
+            return _fail(f"{error.filename or args.save_path}: {error.strerror}; fix: choose shorter paths",
+                         exit_codes.INPUT)
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        return _fail(f"the output volume is full: {error.strerror} while writing "
-                     f"{error.filename or args.save_path}; free space on it (or give the claim more) or choose "
-                     "another --save_path, then run the same command again (committed layers are reused)",
-                     exit_codes.INPUT)
+        return _fail(str(volume_full(args.save_path, error)), exit_codes.INPUT)
     finally:
         close_group()
     if group.is_main:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -80,7 +81,10 @@ def _read(path: Path | None) -> tuple[bytes, str]:
     if path is None:
         data = resources.files("quantjob.worker").joinpath(DEFAULT_NAME).read_bytes()
         return data, f"<built-in {DEFAULT_NAME}>"
-    if not path.is_file():
+    if os.path.isdir(path):
+        raise QuantJobError(f"calibration file {path} is a directory; fix: pass one jsonl or text file (a file "
+                            "inside it) with --calib_file, or omit it to use the built-in calibration set")
+    if not os.path.isfile(path):
         raise QuantJobError(f"calibration file {path} does not exist; fix --calib_file or omit it to use the "
                             "built-in calibration set")
     try:

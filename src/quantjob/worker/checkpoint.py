@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -145,6 +145,22 @@ def load_tensor(name: str, info: TensorInfo) -> torch.Tensor:
         raise QuantJobError(f"{info.file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
 
 
+def _inside_model_dir(model_dir: Path, name: object, what: str) -> None:
+    """QuantJobError unless weight file ``name`` lies inside ``model_dir``: a relative path without
+    ``..``, and not a link out of it. One exception, the Hugging Face cache's own layout
+    (https://huggingface.co/docs/hub/local-cache): ``<repo>/snapshots/<revision>/<file>`` is a link
+    to ``<repo>/blobs/<hash>``."""
+    parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+    if not parts or parts[0] == "/" or ".." in parts or "\\" in str(name) or "\0" in str(name):
+        raise QuantJobError(f"{what} is not a file name inside the model directory {model_dir}; a model's weight "
+                            f"files must lie in its directory: {_REDOWNLOAD}")
+    root, target = model_dir.resolve(), (model_dir / str(name)).resolve()
+    in_cache = root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+    if root not in target.parents and not in_cache:
+        raise QuantJobError(f"{what} leads to {target}, outside the model directory {model_dir} (through a link); "
+                            f"copy the weight files into the model directory: {_REDOWNLOAD}")
+
+
 class Checkpoint:
     """Every tensor of a model directory (single file or sharded with an index), read lazily."""
 
@@ -162,15 +178,19 @@ class Checkpoint:
                 names = sorted(set(weight_map.values()))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise QuantJobError(f"{index}: unreadable or has no 'weight_map'; {_REDOWNLOAD}") from error
+            for name in names:
+                _inside_model_dir(self.model_dir, name, f"{index}: weight_map entry {name!r}")
             missing = [name for name in names if not (self.model_dir / name).is_file()]
             if missing:
                 raise QuantJobError(f"{index} lists {', '.join(missing)}, missing in {self.model_dir}; {_REDOWNLOAD}")
             return [self.model_dir / name for name in names]
         single = self.model_dir / SINGLE_NAME
         if single.is_file():
+            _inside_model_dir(self.model_dir, SINGLE_NAME, str(single))
             return [single]
         found = sorted(self.model_dir.glob("*.safetensors"))
         if len(found) == 1:
+            _inside_model_dir(self.model_dir, found[0].name, str(found[0]))
             return found
         raise QuantJobError(f"{self.model_dir}: no {SINGLE_NAME} or {INDEX_NAME}; point --model_path at a "
                             "Hugging Face model directory with safetensors weights")

@@ -4,6 +4,8 @@ Admission compares the two paths of a QuantJob on the same claim by name
 (``quantjob.api.volume_paths``); here the worker compares what the paths resolve to on disk, by
 file identity (device and inode), so two mounts of one volume (``/mnt/model`` read-only and
 ``/mnt/output`` read-write), symbolic links and ``..`` are seen through whatever the volumes are.
+``name_too_long`` is checked on every path flag before any of them is opened: the kernel refuses a
+name over ``NAME_MAX`` bytes (ENAMETOOLONG), which would otherwise surface as a crash.
 """
 
 from __future__ import annotations
@@ -12,6 +14,22 @@ import os
 from pathlib import Path
 
 from quantjob.worker.errors import QuantJobError
+
+NAME_MAX = 255     # bytes in one file or directory name (Linux, and every file system a pod mounts)
+PATH_MAX = 4096    # bytes in a whole path, its terminating NUL included
+
+
+def name_too_long(path: Path) -> str | None:
+    """Why the kernel would refuse ``path`` with ENAMETOOLONG (a component over ``NAME_MAX`` bytes,
+    or the whole over ``PATH_MAX``); None when it would not."""
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            return f"its component {part[:40]!r}... is {size} bytes long, over the {NAME_MAX} bytes a name may have"
+    size = len(os.fsencode(os.path.abspath(path)))
+    if size >= PATH_MAX:
+        return f"it is {size} bytes long, over the {PATH_MAX - 1} bytes a path may have"
+    return None
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

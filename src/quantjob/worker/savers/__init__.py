@@ -91,6 +91,17 @@ def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, model_conf
                           fmt=fmt, lock=lock)
 
 
+def _refuse_linked_directory(save_path: Path, directory: str) -> None:
+    """A save entry's sub-directory (each component under ``save_path``) is never a link: the
+    entry's files, and what ``--overwrite`` removes, stay inside the job's output."""
+    from quantjob.worker.savers.staging import refuse_link
+
+    path = save_path
+    for part in Path(directory).parts if directory else ():
+        path = path / part
+        refuse_link(path)
+
+
 def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: Path, model_config: dict,
                 run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
     """Every ``spec.save`` entry: one saver writes ``save_path`` itself; several write one
@@ -102,6 +113,7 @@ def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: 
     opened: list[OutputSaver] = []
     try:
         for saver_cfg, directory in zip(configs, saver_directories(configs)):
+            _refuse_linked_directory(Path(save_path), directory)
             opened.append(open_saver(saver_cfg, save_path=Path(save_path) / directory if directory else Path(save_path),
                                      model_dir=model_dir, model_config=model_config, run_id=run_id, group=group,
                                      overwrite=overwrite, num_layers=num_layers))

@@ -33,14 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.errors import QuantJobError
 from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order
 from quantjob.worker.savers.formats import FLOAT, OutputContents, OutputFormat
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
+    EXTRA_FILES,
     atomic_write_bytes,
     fsync_dir,
     json_bytes,
+    open_no_follow,
     read_meta,
+    real_directory,
     stem,
     write_synced,
 )
@@ -176,11 +180,29 @@ def plan_output(staging: Path, *, num_layers: int, source_tensors: Mapping[str, 
     return OutputPlan(tuple(parts), part_file_size is not None, tuple(planned))
 
 
-def create_parts(save_path: Path, plan: OutputPlan) -> None:
-    """Rank 0: every weight file under its temporary name, with its header and its full size."""
+def stray_weight_files(save_path: Path, plan: OutputPlan, weights_prefix: str) -> list[str]:
+    """Weight files (and an index) of the format's names in ``save_path`` that ``plan`` does not
+    write: left beside the new weights they would be read as part of the model."""
+    pattern = weight_file_pattern(weights_prefix)
+    planned = {part.name for part in plan.parts} | ({index_name(weights_prefix)} if plan.split else set())
+    with os.scandir(save_path) as entries:
+        return sorted(entry.name for entry in entries if entry.name not in planned and
+                      (pattern.fullmatch(entry.name) or entry.name == index_name(weights_prefix)))
+
+
+def create_parts(save_path: Path, plan: OutputPlan, weights_prefix: str) -> None:
+    """Rank 0: every weight file under its temporary name, with its header and its full size.
+    Refuses (QuantJobError naming them) weight files this plan does not write: the claim removed
+    or refused every such file, so one found now was put there while the run went on."""
+    stray = stray_weight_files(save_path, plan, weights_prefix)
+    if stray:
+        raise QuantJobError(f"save path {save_path} holds {', '.join(stray[:5])}, which this run does not write; "
+                            "left there they would be read as part of the new model: move them away and run the "
+                            "same command again, or choose another --save_path")
     remove_temporaries(save_path)
     for part in plan.parts:
-        with open(save_path / (FINAL_TMP + part.name), "wb") as handle:
+        fd = open_no_follow(save_path / (FINAL_TMP + part.name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(part.header)
             handle.truncate(part.size)
 
@@ -237,7 +259,7 @@ def write_share(save_path: Path, plan: OutputPlan, rank: int) -> dict[str, str]:
         mine = [(item, offset) for item, offset in part.tensors if item.writer == rank]
         if not mine:
             continue
-        fd = os.open(save_path / (FINAL_TMP + part.name), os.O_WRONLY)
+        fd = open_no_follow(save_path / (FINAL_TMP + part.name), os.O_WRONLY)
         try:
             for item, offset in mine:
                 copied[item.spec.name] = _copy_tensor(item, fd, offset)
@@ -313,22 +335,20 @@ def commit_output(save_path: Path, staging: Path, plan: OutputPlan, copied: Mapp
         data = fmt.model_file(path.name, path.read_bytes())
         if data is not None:
             stage_file(path.name, data)
-    extra_dir = staging / EXTRA_DIR
-    if extra_dir.is_dir():
-        for path in sorted(extra_dir.iterdir()):
-            if path.name.startswith("."):
-                continue
-            if path.name in checksums or path.name == fmt.entry_file:
-                raise ValueError(f"extra file {path.name} would replace a file of the output; "
-                                 "fix: write_json under another name")
-            stage_file(path.name, path.read_bytes())
+    for name in EXTRA_FILES:  # only these names: anything else found in extra/ is neither copied nor deleted
+        path = staging / EXTRA_DIR / name
+        if path.is_file() and not path.is_symlink():
+            if name in checksums or name == fmt.entry_file:
+                raise ValueError(f"extra file {name} would replace a file of the output (the model directory "
+                                 f"{model_dir} holds one of that name); fix: rename or remove it there")
+            stage_file(name, path.read_bytes())
     for name in pending:
         os.replace(save_path / (FINAL_TMP + name), save_path / name)
     fsync_dir(save_path)  # every file in place before the entry file can name them
 
     metas = [read_meta(staging, index) for index in range(num_layers)]
     scratch = staging / SCRATCH_DIR
-    scratch.mkdir(exist_ok=True)
+    real_directory(scratch)
     contents = OutputContents(
         tensors=tuple((item.spec.name, item.tag, item.spec.shape) for item in plan.tensors),
         from_layers=frozenset(item.spec.name for item in plan.tensors if item.sha256 is not None),

@@ -12,8 +12,10 @@ until the run ends.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,30 +30,34 @@ from quantjob.worker.errors import QuantJobError, exit_code_of
 from quantjob.worker.records import LayerOutput
 from quantjob.worker.savers.assemble import (
     COMPLETE,
+    SCRATCH_DIR,
     OutputPlan,
     commit_output,
     create_parts,
-    index_name,
     layer_owner,
     marker_run_id,
     missing_files,
     model_files,
+    owned_names,
     plan_output,
     remove_output,
     remove_temporaries,
     write_share,
 )
 from quantjob.worker.savers.formats import OutputFormat
-from quantjob.worker.savers.output_lock import LOCK_FILE, OutputLock
+from quantjob.worker.savers.output_lock import OutputLock
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
+    EXTRA_FILES,
     RUN_FILE,
     STAGING_DIR,
     TMP_PREFIX,
     atomic_write_bytes,
     json_bytes,
+    link_refused,
     load_record,
     read_meta,
+    real_directory,
     verify_record,
     write_record,
 )
@@ -60,11 +66,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The extra files the runner writes (``write_json``): an overwrite removes them with the rest.
-RUN_FILES = ("quant_errors.json", "quant_provenance.json")
+
+def volume_full(path: Path | str, err: OSError) -> QuantJobError:
+    """The message for a full output volume (ENOSPC, or EDQUOT: a quota), naming ``path``."""
+    return QuantJobError(f"the output volume is full: {err.strerror or err} while writing {err.filename or path}; "
+                         "free space on it (or give the claim more) or choose another --save_path, then run the "
+                         "same command again (committed layers are reused)")
 
 
 def _not_writable(path: Path, err: OSError) -> QuantJobError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return volume_full(path, err)
     return QuantJobError(f"save path {path} is not writable ({err.strerror or err}); fix: choose a "
                          "writable --save_path or fix the permissions of the output volume")
 
@@ -75,15 +87,27 @@ class Prepared:
     complete: bool       # the directory already holds this run's finished output: nothing to do
 
 
-def _names_this_run_writes(save_path: Path, model_dir: Path, fmt: OutputFormat) -> list[str]:
+def _names_this_run_writes(model_dir: Path, fmt: OutputFormat) -> list[str]:
     """Names besides the format's own that this run writes into the directory: the model files it
-    copies and the extra files (the runner's, and those already staged)."""
+    copies and the runner's extra files. Nothing in the output directory (staging included) adds
+    to them, so no file planted there can make ``--overwrite`` delete a name."""
     names = [path.name for path in model_files(model_dir) if path.name != fmt.entry_file]
-    names += RUN_FILES
-    extra = save_path / STAGING_DIR / EXTRA_DIR
-    if extra.is_dir():
-        names += [path.name for path in extra.iterdir() if not path.name.startswith(".")]
-    return names
+    return names + list(EXTRA_FILES)
+
+
+def _refuse_links(save_path: Path) -> None:
+    """The staging directory and what the saver keeps in it are never links: a run would write, and
+    ``--overwrite`` delete, wherever they point."""
+    staging = save_path / STAGING_DIR
+    for directory in (staging, staging / EXTRA_DIR, staging / SCRATCH_DIR):
+        if os.path.islink(directory):
+            raise link_refused(directory)
+        if not os.path.isdir(directory):
+            continue
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    raise link_refused(Path(entry.path))
 
 
 def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, overwrite: bool,
@@ -116,6 +140,7 @@ def prepare_output(save_path: Path, *, model_dir: Path, run_id: str, num_layers:
 def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, overwrite: bool,
            fmt: OutputFormat) -> Prepared:
     staging = save_path / STAGING_DIR
+    _refuse_links(save_path)
     run = {"run_id": run_id, "num_layers": num_layers}
     run_file = staging / RUN_FILE
     previous: dict[str, object] | None = None
@@ -124,6 +149,7 @@ def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, ov
             previous = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = {}
+    ours = _names_this_run_writes(model_dir, fmt)
     complete = (save_path / COMPLETE).exists()
     if complete and marker_run_id(save_path) == run_id and not missing_files(save_path):
         # a retried pod of a finished run: success as it is; the finish's last step, if it was cut
@@ -145,7 +171,7 @@ def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, ov
             raise QuantJobError(f"save path {save_path} already holds {what}; fix: pass --overwrite to "
                                 "replace it, or choose another --save_path")
         try:
-            remove_output(save_path, fmt, _names_this_run_writes(save_path, model_dir, fmt))
+            remove_output(save_path, fmt, ours)
         except OSError as err:
             raise _not_writable(save_path, err) from None
     if previous is not None and previous != run:
@@ -153,9 +179,27 @@ def _claim(save_path: Path, *, model_dir: Path, run_id: str, num_layers: int, ov
             raise QuantJobError(
                 f"{staging} holds an unfinished run with a different spec (run {previous.get('run_id')!r}, "
                 f"this run {run_id!r}); fix: pass --overwrite to discard it, or choose another --save_path")
-        shutil.rmtree(staging)
+        try:
+            shutil.rmtree(staging)
+        except OSError as err:
+            raise _not_writable(save_path, err) from None
+    if previous != run:
+        # Files of the names this run writes, with no staging of this run beside them: another
+        # run's or the user's. They are never replaced silently, and never left beside the new
+        # weights (a stray part file or index would be read as part of the model).
+        foreign = owned_names(save_path, fmt, ours)
+        if foreign and not overwrite:
+            raise QuantJobError(f"save path {save_path} already holds {', '.join(foreign[:5])}"
+                                f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}, not written by "
+                                "this run, which would replace or sit beside them; fix: move them away, pass "
+                                "--overwrite to replace them, or choose another --save_path")
+        try:
+            remove_output(save_path, fmt, ours)
+        except OSError as err:
+            raise _not_writable(save_path, err) from None
     try:
-        (staging / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
+        real_directory(staging)
+        real_directory(staging / EXTRA_DIR)
         atomic_write_bytes(run_file, json_bytes(run))
         remove_temporaries(save_path)
     except OSError as err:
@@ -240,9 +284,8 @@ class DirectorySaver:
             self._writer = None
 
     def write_json(self, name: str, data: object) -> None:
-        reserved = {self.fmt.entry_file, COMPLETE, LOCK_FILE, RUN_FILE, index_name(self.fmt.weights_prefix)}
-        if Path(name).name != name or not name.endswith(".json") or name.startswith(".") or name in reserved:
-            raise ValueError(f"write_json: {name!r} must be a plain, non-reserved file name ending in .json")
+        if name not in EXTRA_FILES:
+            raise ValueError(f"write_json: {name!r} is not one of the output's extra files ({', '.join(EXTRA_FILES)})")
         if self.group.is_main and not self.already_complete:
             atomic_write_bytes(self.staging / EXTRA_DIR / name, json_bytes(data))
 
@@ -269,7 +312,7 @@ class DirectorySaver:
         plan = plan_output(self.staging, num_layers=self.num_layers, source_tensors=source_tensors,
                            part_file_size=self.part_file_size, world_size=self.group.world_size,
                            weights_prefix=self.fmt.weights_prefix)
-        create_parts(self.save_path, plan)
+        create_parts(self.save_path, plan, self.fmt.weights_prefix)
         return plan
 
     def _on_rank_0(self, action: Callable[[], T]) -> T:

@@ -5,7 +5,8 @@ so a dead run never blocks the next one. The holder writes who it is into the fi
 host), and a refused run names it. The lock is taken without waiting: a second run is refused at
 once instead of racing the first. The file is removed by its holder when the run ends; a holder
 re-checks after locking that the path still names the file it locked, so a file removed in between
-is never mistaken for the lock (flock works on local file systems, NFSv4 and CephFS).
+is never mistaken for the lock (flock works on local file systems, NFSv4 and CephFS). The file is
+opened without following a link: a link planted at its name is refused, never written through.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 from pathlib import Path
 
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.savers.staging import open_no_follow
 
 LOCK_FILE = ".quantjob-lock"
 
@@ -45,7 +47,7 @@ class OutputLock:
         """Lock the output directory for ``run_id``; QuantJobError naming the holder when another
         process (or another saver of this process) holds it."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:

@@ -9,19 +9,27 @@
   tensor names with their format tags, the linears, the float tensor names and a sha256 of every
   tensor's bytes). Both are written under temporary names and moved into place with
   ``os.replace``; the json goes last and is the record's commit;
-- ``extra/<name>.json``: files handed to ``write_json``.
+- ``extra/<name>.json``: files handed to ``write_json`` (only the names in ``EXTRA_FILES``).
+
+Nothing under the output directory is written through a symbolic link: files are opened with
+``O_NOFOLLOW`` and the directories the saver makes must be real directories (``real_directory``),
+so a link planted where a file or directory of ours is expected is refused with its name instead
+of changing what it points at.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 
+from quantjob.worker.errors import QuantJobError
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 from quantjob.worker.safetensors_stream import tensor_sha256, write_file
 
@@ -32,6 +40,9 @@ STAGING_DIR = ".quantjob-staging"
 RUN_FILE = "run.json"
 EXTRA_DIR = "extra"
 TMP_PREFIX = ".tmp-"
+# The extra files the runner writes (``quantjob.worker.runner``: ERRORS_FILE, PROVENANCE_FILE): the only
+# names ``write_json`` takes, so the names an output holds never come from what a directory contains.
+EXTRA_FILES = ("quant_errors.json", "quant_provenance.json")
 _RECORD = "record/"
 _RAW_FIELDS = ("weight_scale", "weight_offset", "input_scale", "input_offset")
 
@@ -40,9 +51,40 @@ def stem(index: int) -> str:
     return f"layer-{index:05d}"
 
 
+def link_refused(path: Path) -> QuantJobError:
+    return QuantJobError(f"{path} is a symbolic link where quantjob writes its own file or directory; it never "
+                         "writes through a link in the output: remove the link, or choose another --save_path")
+
+
+def open_no_follow(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a link at ``path`` itself (QuantJobError naming it)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link
+            raise link_refused(path) from None
+        raise
+
+
+def refuse_link(path: Path) -> None:
+    """QuantJobError when ``path`` is a symbolic link (nothing when it is anything else or absent)."""
+    if os.path.islink(path):
+        raise link_refused(path)
+
+
+def real_directory(path: Path) -> None:
+    """Make ``path`` (its parent exists) or keep it: a directory, never a link to one."""
+    refuse_link(path)
+    path.mkdir(exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise QuantJobError(f"{path} is not a directory; quantjob keeps its own files there: remove it, or "
+                            "choose another --save_path")
+
+
 def write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it (a rename of it is then never of a shorter file)."""
-    with open(path, "wb") as handle:
+    """Write ``data`` to ``path`` (never through a link) and fsync it (a rename of it is then never
+    of a shorter file)."""
+    with os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -130,6 +172,7 @@ def write_record(staging: Path, out: LayerOutput, run_id: str, fmt: OutputFormat
     name = stem(out.index)
     weights = staging / f"{name}.safetensors"
     tmp = weights.with_name(TMP_PREFIX + weights.name)
+    refuse_link(tmp)  # the stream writer opens it by name
     write_file(tmp, tensors)
     os.replace(tmp, weights)
     atomic_write_bytes(staging / f"{name}.json", json_bytes(meta))
