@@ -102,7 +102,7 @@ def _quantity_value(value: str) -> Decimal | str:
                     "(and not below 1n); write a smaller value")
     try:
         number = Decimal(match["number"])
-        if suffix[:1] in ("e", "E"):
+        if suffix not in _BINARY and suffix not in _DECIMAL:  # an exponent: e3, E-2
             exponent = int(suffix[1:])
             if number and abs(number.adjusted() + exponent) > _MAX_EXPONENT:
                 return out_of_range
