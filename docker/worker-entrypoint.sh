@@ -11,7 +11,7 @@
 # Nothing in the pod's environment may make this script run other code (issue 27.4): `bash -p`
 # (privileged mode) reads no BASH_ENV/ENV start-up file, imports no exported functions and ignores
 # SHELLOPTS, BASHOPTS, CDPATH and GLOBIGNORE from the environment; bash is named by its absolute
-# path (not looked up on PATH) and so is the program it ends in. Admission reserves these variables
+# path (not looked up on PATH) and so, in the image, is the program it ends in. Admission reserves these variables
 # (and PATH, LD_*, PYTHON*, ASCEND_HOME, ...) as well: quantjob.api.pod_layout.CODE_ENV.
 set -e
 unset -v BASH_ENV ENV
@@ -31,5 +31,8 @@ if [ -d "${driver}" ]; then
     export LD_LIBRARY_PATH="${driver}/driver:${driver}/common:${driver}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
 fi
 
-# The venv of the Dockerfile; QUANTJOB_* variables are the operator's, never a QuantJob's (reserved).
-exec "${QUANTJOB_PROGRAM:-/opt/quantjob/bin/quantjob}" "$@"
+# The venv of the Dockerfile, by its path; outside the image (tests, a development checkout) the
+# quantjob on PATH.
+program=/opt/quantjob/bin/quantjob
+[ -x "${program}" ] || program=quantjob
+exec "${program}" "$@"
