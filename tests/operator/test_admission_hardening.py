@@ -83,7 +83,8 @@ REFUSED = [
     *[("27.4", job(env={name: "/mnt/model/x"}), f"spec.env.{name}")
       for name in ("BASH_ENV", "ENV", "PATH", "ASCEND_HOME", "LD_PRELOAD", "LD_AUDIT", "PYTHONPATH", "PYTHONHOME",
                    "PYTHONSTARTUP", "SHELLOPTS", "ASCEND_CUSTOM_OPP_PATH", "ASCEND_OPP_PATH", "ASCEND_TOOLKIT_HOME",
-                   "NCCL_NET_PLUGIN", "CUDA_INJECTION64_PATH", "OPENSSL_CONF", "GCONV_PATH", "BASH_FUNC_f%%")],
+                   "NCCL_NET_PLUGIN", "CUDA_INJECTION64_PATH", "OPENSSL_CONF", "GCONV_PATH", "BASH_FUNC_f%%", "IFS",
+                   "PS4", "ld_preload", "ASCEND_AICPU_PATH", "X_PRELOAD", "TBE_LIBRARY", "ASCEND_HOME_PATH")],
     # 27.5: confinement annotations
     ("27.5", job(**pod(annotations={"container.apparmor.security.beta.kubernetes.io/worker": "unconfined"})),
      "spec.pod.annotations.container.apparmor.security.beta.kubernetes.io/worker"),
