@@ -240,7 +240,8 @@ class Toleration(CamelModel):
 
 class VolumeMount(CamelModel):
     name: str = Field(description="one of spec.pod.volumes")
-    mountPath: str = Field(description="absolute path in the container, outside the worker's own mounts")
+    mountPath: str = Field(description="canonical absolute path under /mnt, /data or /srv, outside the worker's own "
+                                       "mounts (in the operator's pod defaults: anywhere)")
     readOnly: bool = False
     subPath: str | None = None
 
