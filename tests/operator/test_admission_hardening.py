@@ -117,6 +117,7 @@ REFUSED = [
      "spec.pod.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey"),
     ("27.6", job(**pod(tolerations=[{"key": "k", "operator": "Exists", "effect": "NoExecute",
                                      "tolerationSeconds": 2 ** 63}])), "spec.pod.tolerations[0].tolerationSeconds"),
+    ("27.6", job(**pod(annotations={"example.com/note": "x" * 262_200})), "spec.pod.annotations"),
     # 27.7: validate and the webhook agree
     ("27.7", job(metadata={"generateName": "q" * 58, "namespace": "ml"}, count=2000), "metadata.generateName"),
     ("27.7", job(metadata={"name": "qwen2-w8a8", "namespace": 5}), "metadata.namespace"),

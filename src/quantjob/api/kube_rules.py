@@ -20,6 +20,7 @@ QUALIFIED_NAME_MAX = 63
 LABEL_VALUE_MAX = 63
 IMAGE_NAME_MAX = 255
 MAX_GROUP_ID = 2_147_483_647
+ANNOTATIONS_MAX_BYTES = 256 * 1024  # TotalAnnotationSizeLimitB: keys and values of one object together
 INT64_MAX = 2 ** 63 - 1
 INT64_MIN = -(2 ** 63)
 # A quantity's value, in its base unit, is held in an int64 (resource.Quantity caps larger values, so

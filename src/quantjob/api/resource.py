@@ -340,6 +340,11 @@ class PodOverlay(CamelModel):
         _check_labels(self.nodeSelector, "nodeSelector", values=True)
         _check_labels(self.labels, "labels", values=True)
         _check_labels(self.annotations, "annotations", values=False)
+        size = sum(len(key.encode()) + len(value.encode("utf-8", "surrogatepass"))
+                   for key, value in self.annotations.items())
+        if size > kube_rules.ANNOTATIONS_MAX_BYTES:
+            raise field_error("annotations", f"the annotations hold {size} bytes; the API server allows "
+                                             f"{kube_rules.ANNOTATIONS_MAX_BYTES} per object")
         for key in self.labels:
             if key.startswith(_RESERVED_LABEL_PREFIXES) or key in _RESERVED_LABELS:
                 raise field_error(f"labels.{key}", f"{key!r} is set by the operator or the Job controller; "
