@@ -79,6 +79,9 @@ REFUSED = [
     ("27.3", job(**mount("/etc/ld.so.preload")), "spec.pod.volumeMounts[0].mountPath"),
     ("27.3", job(**mount("/")), "spec.pod.volumeMounts[0].mountPath"),
     ("27.3", job(**mount("/mnt")), "spec.pod.volumeMounts[0].mountPath"),  # holds the worker's own mounts
+    ("27.2", job(**pod(volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}],
+                       volumeMounts=[{"name": "a", "mountPath": "/data/x"}, {"name": "b", "mountPath": "/data/y/../x"}])),
+     "spec.pod.volumeMounts[1].mountPath"),
     # 27.4: environment that runs code
     *[("27.4", job(env={name: "/mnt/model/x"}), f"spec.env.{name}")
       for name in ("BASH_ENV", "ENV", "PATH", "ASCEND_HOME", "LD_PRELOAD", "LD_AUDIT", "PYTHONPATH", "PYTHONHOME",
@@ -157,6 +160,8 @@ ADMITTED = [
     job(**mount("/mnt/cache")),
     job(**mount("/data/ref", readOnly=True, subPath="a/b")),
     job(**mount("/srv")),
+    job(**pod(volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}],
+              volumeMounts=[{"name": "a", "mountPath": "/data/a"}, {"name": "b", "mountPath": "/data/a/b"}])),
     job(env={"HCCL_SOCKET_IFNAME": "eth0", "ASCEND_GLOBAL_LOG_LEVEL": "1", "NCCL_DEBUG": "INFO", "X": "a$b"}),
     job(**pod(annotations={"container.apparmor.security.beta.kubernetes.io/worker": "runtime/default",
                            "seccomp.security.alpha.kubernetes.io/pod": "runtime/default",

@@ -14,6 +14,7 @@ from quantjob.api.pod_layout import (
     OWN_MOUNT_PATHS,
     OWN_VOLUMES,
     PATH_MAX,
+    canonical,
     code_env,
     long_component,
     mount_path_problem,
@@ -378,12 +379,12 @@ class PodOverlay(CamelModel):
         for index, mount in enumerate(self.volumeMounts):
             if mount.name not in names:
                 raise field_error(f"volumeMounts[{index}].name", f"no volume named {mount.name!r} in volumes")
-        for index, mount in enumerate(self.volumeMounts):
+        for index, mount in enumerate(self.volumeMounts):  # nesting one's own volumes is fine, sharing a path not
             for other in self.volumeMounts[:index]:
-                if overlaps(mount.mountPath, other.mountPath):
+                if canonical(mount.mountPath) == canonical(other.mountPath):
                     raise field_error(f"volumeMounts[{index}].mountPath",
-                                      f"{mount.mountPath!r} is or overlaps another mount's path {other.mountPath!r}; "
-                                      "give each volume its own directory")
+                                      f"{mount.mountPath!r} is another mount's path ({other.mountPath!r}); give each "
+                                      "volume its own directory")
         return self
 
     def _check_volume(self, index: int, volume: dict[str, Any]) -> str:
