@@ -67,6 +67,7 @@ ENV PATH=/opt/quantjob/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORKDIR /tmp
 USER ${QUANTJOB_UID}:${QUANTJOB_UID}
-# `quantjob "$@"` after CANN's environment: the pods pass `args`, never `command`.
+# `quantjob "$@"` after CANN's environment: the pods pass `args`, never `command`. The script runs
+# under `/bin/bash -p` (its #! line), so no variable of the pod makes it run other code.
 ENTRYPOINT ["/usr/local/bin/quantjob-worker-entrypoint"]
 CMD ["quantize", "--help"]

@@ -237,7 +237,7 @@ def test_pod_overlay_from_defaults_and_quantjob() -> None:
         "annotations": {"a": "mine"}, "priorityClassName": "batch-high",
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["r1"]}]}]}}},
-        "volumes": [{"name": "cache", "emptyDir": {}}], "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]})
+        "volumes": [{"name": "cache", "emptyDir": {}}], "volumeMounts": [{"name": "cache", "mountPath": "/mnt/cache"}]})
     objs = children(body, Settings(pod_defaults=defaults))
     pod, meta = pod_of(objs), objs["Job"]["spec"]["template"]["metadata"]
     assert pod["schedulerName"] == "volcano" and pod["priorityClassName"] == "batch-high"
@@ -252,7 +252,7 @@ def test_pod_overlay_from_defaults_and_quantjob() -> None:
     mounts = {m["mountPath"]: m for m in container(objs)["volumeMounts"]}
     assert mounts["/usr/local/Ascend/driver"] == {"name": "driver", "mountPath": "/usr/local/Ascend/driver",
                                                   "readOnly": True}
-    assert mounts["/cache"] == {"name": "cache", "mountPath": "/cache"}
+    assert mounts["/mnt/cache"] == {"name": "cache", "mountPath": "/mnt/cache"}
 
 
 def test_children_carry_our_labels_and_a_controller_reference_only() -> None:

@@ -132,7 +132,7 @@ def _bomb(levels: int = 9) -> str:
     ("spec: " + "[" * 20000 + "]" * 20000 + "\n", "nest more than 64 deep"),      # was a RecursionError
     ("spec:\n" + "".join("  " * depth + "- \n" for depth in range(1, 200)), "nest more than 64 deep"),
     (_bomb(), "more than 20000 values once its aliases are expanded"),             # ran for minutes
-    ("apiversion: modelslim_v1\nmetadata:\n  junk:\n" + "    - x\n" * 1_500_000, "is more than the 1048576"),
+    ("apiversion: modelslim_v1\nmetadata:\n  junk:\n" + "    - x\n" * 1_500_000, "larger than the 3145728 bytes"),
 ], ids=["deep-flow", "deep-block", "alias-bomb", "10-MB"])
 def test_hostile_yaml_is_refused_quickly_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                        text: str, needle: str) -> None:

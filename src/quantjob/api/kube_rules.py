@@ -12,7 +12,7 @@ grammar (the one container runtimes parse).
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
@@ -20,6 +20,13 @@ QUALIFIED_NAME_MAX = 63
 LABEL_VALUE_MAX = 63
 IMAGE_NAME_MAX = 255
 MAX_GROUP_ID = 2_147_483_647
+ANNOTATIONS_MAX_BYTES = 256 * 1024  # TotalAnnotationSizeLimitB: keys and values of one object together
+INT64_MAX = 2 ** 63 - 1
+INT64_MIN = -(2 ** 63)
+# A quantity's value, in its base unit, is held in an int64 (resource.Quantity caps larger values, so
+# what a pod would get is not what was written): larger values are refused here.
+MAX_QUANTITY = Decimal(INT64_MAX)
+_MAX_EXPONENT = 40  # far beyond MAX_QUANTITY and below 1n: decides before any arithmetic
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -85,28 +92,41 @@ def env_name(value: str) -> str | None:
     return None
 
 
-def parse_quantity(value: str) -> Decimal | None:
-    """The quantity's value, or None when ``value`` is not a Kubernetes quantity."""
-    match = _QUANTITY.fullmatch(value.strip()) if value == value.strip() else None
+def _quantity_value(value: str) -> Decimal | str:
+    """The quantity's value, or why ``value`` is not a quantity a pod can be given. Never raises."""
+    match = _QUANTITY.fullmatch(value) if len(value) <= 100 else None
     if match is None:
-        return None
+        return (f"{value[:40]!r} is not a Kubernetes quantity; write a number with an optional suffix, "
+                "e.g. 4, 500m, 64Gi, 1e3")
+    suffix = match["suffix"] or ""
+    out_of_range = (f"{value!r} is out of range: a quantity is at most {INT64_MAX} in its base unit "
+                    "(and not below 1n); write a smaller value")
     try:
         number = Decimal(match["number"])
-    except InvalidOperation:
-        return None
-    suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    return number * (Decimal(10) ** int(suffix[1:]))
+        if suffix not in _BINARY and suffix not in _DECIMAL:  # an exponent: e3, E-2
+            exponent = int(suffix[1:])
+            if number and abs(number.adjusted() + exponent) > _MAX_EXPONENT:
+                return out_of_range
+            amount = number.scaleb(exponent)
+        else:
+            amount = number * (_BINARY[suffix] if suffix in _BINARY else _DECIMAL[suffix])
+    except (DecimalException, ValueError, OverflowError):
+        return out_of_range
+    if abs(amount) > MAX_QUANTITY:
+        return out_of_range
+    return amount
+
+
+def parse_quantity(value: str) -> Decimal | None:
+    """The quantity's value, or None when ``value`` is not a Kubernetes quantity or out of range."""
+    found = _quantity_value(value)
+    return found if isinstance(found, Decimal) else None
 
 
 def quantity(value: str) -> str | None:
-    if parse_quantity(value) is None:
-        return (f"{value!r} is not a Kubernetes quantity; write a number with an optional suffix, "
-                "e.g. 4, 500m, 64Gi, 1e3")
-    return None
+    """Why ``value`` is not a quantity (malformed, or out of range), or None."""
+    found = _quantity_value(value)
+    return found if isinstance(found, str) else None
 
 
 def resource_name(value: str) -> str | None:
@@ -121,6 +141,23 @@ def resource_name(value: str) -> str | None:
         return (f"unknown resource {value!r}; use {', '.join(STANDARD_RESOURCES)}, hugepages-<size>, or an "
                 "extended resource with its domain (e.g. huawei.com/Ascend910)")
     return qualified_name(value)
+
+
+def extended_resource_name(value: str) -> str | None:
+    """``devices.resourceName``: an extended resource as the API server accepts one in limits,
+    ``<domain>/<name>`` with a domain outside ``kubernetes.io`` (``memory`` or ``cpu`` here would
+    replace the pod's own request)."""
+    if "/" not in value or not is_extended_resource(value) or value.startswith("requests."):
+        return (f"{value[:80]!r} is not an extended resource name: write <domain>/<name> with a domain of your "
+                "device plugin, e.g. huawei.com/Ascend910 or nvidia.com/gpu (not cpu, memory or a kubernetes.io "
+                "name)")
+    return qualified_name(value)
+
+
+def int64(value: int) -> str | None:
+    if not INT64_MIN <= value <= INT64_MAX:
+        return f"{value} is outside the 64-bit range the API server stores"
+    return None
 
 
 def is_extended_resource(name: str) -> bool:

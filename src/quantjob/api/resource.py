@@ -9,7 +9,19 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from quantjob.api import kube_rules
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.nulls import NullsAsDefaults
-from quantjob.api.pod_layout import OWN_MOUNT_PATHS, OWN_VOLUMES, reserved_env, under
+from quantjob.api.pod_layout import (
+    NAME_MAX,
+    OWN_MOUNT_PATHS,
+    OWN_VOLUMES,
+    PATH_MAX,
+    canonical,
+    code_env,
+    long_component,
+    mount_path_problem,
+    overlaps,
+    reserved_env,
+)
+from quantjob.api.pod_objects import VOLUME_SOURCES, Affinity, first_problem
 from quantjob.api.presets import QUANT_TYPES
 from quantjob.api.problems import field_error
 
@@ -70,7 +82,26 @@ def check_relative_path(value: str) -> str:
     parts = value.replace("\\", "/").split("/")
     if ".." in parts:
         raise ValueError(f"path {value!r} must stay inside its volume (remove '..')")
+    expansion = kubelet_expansion(value)
+    if expansion:
+        raise ValueError(expansion)
+    part = long_component(value)
+    if part is not None:
+        raise ValueError(f"path component {part[:40]!r}... is {len(part.encode('utf-8', 'surrogatepass'))} bytes; "
+                         f"a file name is at most {NAME_MAX} bytes")
+    if len(value.encode("utf-8", "surrogatepass")) > PATH_MAX - 64:
+        raise ValueError(f"path is longer than {PATH_MAX - 64} bytes; the pod's paths are at most {PATH_MAX}")
     return value
+
+
+def kubelet_expansion(value: str) -> str | None:
+    """Why ``value`` may not reach a container's args, env or mounts: the kubelet replaces ``$(NAME)``
+    there with the container's variable ``NAME`` (and ``$$(`` with ``$(``), so the pod would see
+    another string than the one checked here (a relative path could become ``../../x``)."""
+    if "$(" in value:
+        return (f"{value[:80]!r} contains '$(': the kubelet expands $(NAME) from the pod's environment, so the "
+                "pod would not use the value checked here; remove '$('")
+    return None
 
 
 class VolumePath(CamelModel):
@@ -87,6 +118,14 @@ class ModelSource(VolumePath):
     trustRemoteCode: bool = False
     modelType: str | None = Field(None, description="override the architecture read from config.json")
 
+    @field_validator("modelType")
+    @classmethod
+    def _literal(cls, value: str | None) -> str | None:
+        expansion = None if value is None else kubelet_expansion(value)
+        if expansion:
+            raise ValueError(expansion)
+        return value
+
 
 class OutputTarget(VolumePath):
     overwrite: bool = Field(False, description="replace a complete output already at this path")
@@ -96,6 +135,15 @@ class Devices(CamelModel):
     type: DeviceType = "npu"
     count: int = Field(1, ge=1, le=4096, description="world size: one pod per device")
     resourceName: str | None = Field(None, description="extended resource; defaults by type")
+
+    @field_validator("resourceName")
+    @classmethod
+    def _extended(cls, value: str | None) -> str | None:
+        if value is not None:
+            error = kube_rules.extended_resource_name(value)
+            if error:
+                raise ValueError(error)
+        return value
 
     def effective_resource_name(self) -> str | None:
         return self.resourceName or DEFAULT_RESOURCE_NAMES[self.type]
@@ -186,12 +234,15 @@ class Toleration(CamelModel):
                 raise field_error("value", error)
         if self.tolerationSeconds is not None and self.effect != "NoExecute":
             raise field_error("tolerationSeconds", "tolerationSeconds only applies to effect NoExecute")
+        if self.tolerationSeconds is not None and kube_rules.int64(self.tolerationSeconds):
+            raise field_error("tolerationSeconds", kube_rules.int64(self.tolerationSeconds) or "")
         return self
 
 
 class VolumeMount(CamelModel):
     name: str = Field(description="one of spec.pod.volumes")
-    mountPath: str = Field(description="absolute path in the container, outside the worker's own mounts")
+    mountPath: str = Field(description="canonical absolute path under /mnt, /data or /srv, outside the worker's own "
+                                       "mounts (in the operator's pod defaults: anywhere)")
     readOnly: bool = False
     subPath: str | None = None
 
@@ -200,17 +251,50 @@ class VolumeMount(CamelModel):
         if not self.mountPath.startswith("/") or ":" in self.mountPath:
             raise field_error("mountPath", f"{self.mountPath!r} must be an absolute path without ':'")
         for own in OWN_MOUNT_PATHS:
-            if under(self.mountPath, own) or under(own, self.mountPath):
+            if overlaps(self.mountPath, own):
                 raise field_error("mountPath", f"{self.mountPath!r} overlaps the worker's own mount {own}; "
                                                "choose another path")
-        if self.subPath is not None and (self.subPath.startswith("/") or ".." in self.subPath.split("/")):
-            raise field_error("subPath", f"{self.subPath!r} must be relative and stay inside the volume")
+        if self.subPath is not None and (self.subPath.startswith("/") or ".." in self.subPath.split("/")
+                                         or "\x00" in self.subPath or long_component(self.subPath)):
+            raise field_error("subPath", f"{self.subPath[:80]!r} must be relative, stay inside the volume and "
+                                         "have components of at most 255 bytes")
+        for field in ("mountPath", "subPath"):
+            expansion = kubelet_expansion(getattr(self, field) or "")
+            if expansion:
+                raise field_error(field, expansion)
         return self
 
 
 _RESERVED_LABEL_PREFIXES = ("quantjob.io/", "app.kubernetes.io/", "batch.kubernetes.io/", "scheduling.x-k8s.io/",
                             "scheduling.k8s.io/", "kueue.x-k8s.io/")
 _RESERVED_LABELS = ("job-name", "controller-uid")
+
+# Pod annotations the kubelet or the container runtime reads to confine (or not) a container. The
+# operator sets the restricted profile's seccomp and AppArmor choices itself; a QuantJob may ask for
+# a confinement at least as strict (RuntimeDefault, or a profile installed on the node), never less.
+_APPARMOR_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
+_SECCOMP_KEYS = ("seccomp.security.alpha.kubernetes.io/pod",)
+_SECCOMP_PREFIX = "container.seccomp.security.alpha.kubernetes.io/"
+# Runtimes that read pod annotations as container settings (CRI-O's allowed_annotations: devices,
+# user namespaces, cgroups; Kata's hypervisor options): never a user's to set.
+_RUNTIME_ANNOTATION_PREFIXES = ("io.kubernetes.cri-o.", "io.katacontainers.", "io.containerd.", "io.kubernetes.cri.")
+
+
+def confinement_problem(key: str, value: str) -> str | None:
+    """Why pod annotation ``key: value`` would loosen the pod's confinement, or None."""
+    if key.startswith(_APPARMOR_PREFIX):
+        if value == "runtime/default" or (value.startswith("localhost/") and len(value) > len("localhost/")):
+            return None
+        return (f"AppArmor profile {value[:60]!r} loosens the pod's confinement; use runtime/default or "
+                "localhost/<profile>, or remove the annotation")
+    if key in _SECCOMP_KEYS or key.startswith(_SECCOMP_PREFIX):
+        if value == "runtime/default":
+            return None
+        return (f"seccomp profile {value[:60]!r}: the operator runs every pod under RuntimeDefault (the "
+                "restricted profile) and the API server refuses a pod whose annotation disagrees; remove it")
+    if key.startswith(_RUNTIME_ANNOTATION_PREFIXES):
+        return "the container runtime reads this annotation as a container setting; remove it"
+    return None
 
 
 def _check_labels(labels: dict[str, str], where: str, *, values: bool) -> None:
@@ -242,6 +326,10 @@ class PodOverlay(CamelModel):
     volumes: list[dict[str, Any]] = Field(default_factory=list, description="core/v1 Volumes")
     volumeMounts: list[VolumeMount] = Field(default_factory=list, description="mounts of those volumes")
 
+    # QuantJob volumes may only be mounted under USER_MOUNT_ROOTS and nothing may loosen the pod's
+    # confinement; the operator's pod defaults (the administrator's) are not held to that.
+    CONFINED: ClassVar[bool] = True
+
     @model_validator(mode="after")
     def _kubernetes_rules(self) -> PodOverlay:
         for field in ("schedulerName", "priorityClassName"):
@@ -253,6 +341,11 @@ class PodOverlay(CamelModel):
         _check_labels(self.nodeSelector, "nodeSelector", values=True)
         _check_labels(self.labels, "labels", values=True)
         _check_labels(self.annotations, "annotations", values=False)
+        size = sum(len(key.encode()) + len(value.encode("utf-8", "surrogatepass"))
+                   for key, value in self.annotations.items())
+        if size > kube_rules.ANNOTATIONS_MAX_BYTES:
+            raise field_error("annotations", f"the annotations hold {size} bytes; the API server allows "
+                                             f"{kube_rules.ANNOTATIONS_MAX_BYTES} per object")
         for key in self.labels:
             if key.startswith(_RESERVED_LABEL_PREFIXES) or key in _RESERVED_LABELS:
                 raise field_error(f"labels.{key}", f"{key!r} is set by the operator or the Job controller; "
@@ -262,6 +355,18 @@ class PodOverlay(CamelModel):
             if unknown:
                 raise field_error(f"affinity.{unknown[0]}", "affinity holds nodeAffinity, podAffinity and "
                                                             "podAntiAffinity only")
+            found = first_problem(Affinity, self.affinity, "affinity")
+            if found is not None:
+                raise field_error(found.path, found.message)
+        if self.CONFINED:
+            for key, value in self.annotations.items():
+                problem = confinement_problem(key, value)
+                if problem:
+                    raise field_error(f"annotations.{key}", problem)
+            for index, mount in enumerate(self.volumeMounts):
+                problem = mount_path_problem(mount.mountPath)
+                if problem:
+                    raise field_error(f"volumeMounts[{index}].mountPath", problem)
         for index, gid in enumerate(self.supplementalGroups):
             error = kube_rules.group_id(gid)
             if error:
@@ -274,9 +379,12 @@ class PodOverlay(CamelModel):
         for index, mount in enumerate(self.volumeMounts):
             if mount.name not in names:
                 raise field_error(f"volumeMounts[{index}].name", f"no volume named {mount.name!r} in volumes")
-        paths = [mount.mountPath.rstrip("/") for mount in self.volumeMounts]
-        if len(set(paths)) != len(paths):
-            raise field_error("volumeMounts", "two mounts use the same mountPath")
+        for index, mount in enumerate(self.volumeMounts):  # nesting one's own volumes is fine, sharing a path not
+            for other in self.volumeMounts[:index]:
+                if canonical(mount.mountPath) == canonical(other.mountPath):
+                    raise field_error(f"volumeMounts[{index}].mountPath",
+                                      f"{mount.mountPath!r} is another mount's path ({other.mountPath!r}); give each "
+                                      "volume its own directory")
         return self
 
     def _check_volume(self, index: int, volume: dict[str, Any]) -> str:
@@ -299,6 +407,9 @@ class PodOverlay(CamelModel):
                               "pod defaults)")
         if not isinstance(volume[sources[0]], dict):
             raise field_error(f"volumes[{index}].{sources[0]}", "must be a mapping")
+        found = first_problem(VOLUME_SOURCES[sources[0]], volume[sources[0]], f"volumes[{index}].{sources[0]}")
+        if found is not None:
+            raise field_error(found.path, found.message)
         return name
 
 
@@ -401,10 +512,19 @@ class QuantJobSpec(CamelModel):
             error = kube_rules.env_name(name)
             if error:
                 raise field_error(name, error)
+            if code_env(name):
+                raise field_error(name, f"{name} can make the pod's entry point, shell, loader, Python or CANN "
+                                        "run other code, so no QuantJob may set it (PATH, ENV, BASH_ENV, LD_*, "
+                                        "PYTHON*, ASCEND_HOME and *_PATH, *_HOME, *_PLUGIN variables are "
+                                        "reserved); ask the operator's administrator for pod defaults instead")
             if reserved_env(name):
                 raise field_error(name, f"{name} is set by the operator or read by the worker and cannot be "
                                         "set in spec.env (QUANTJOB_*, KUBERNETES_*, the group's rendezvous, "
                                         "device selection and offline variables are reserved)")
+        for name, item in value.items():
+            expansion = kubelet_expansion(item)
+            if expansion:
+                raise field_error(name, expansion)
         return value
 
     @field_validator("quantType")
@@ -497,3 +617,23 @@ class QuantJob(CamelModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: QuantJobSpec
     status: QuantJobStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _object_meta(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The ObjectMeta fields the API server types (and the operator reads): a wrong type here is
+        refused by the API server before any webhook, so ``validate`` refuses it too."""
+        for field in ("name", "generateName", "namespace"):
+            if field in value and not isinstance(value[field], str):
+                raise field_error(field, f"must be a string, not {type(value[field]).__name__}")
+        namespace = value.get("namespace")
+        if namespace:
+            error = kube_rules.dns1123_label(namespace)
+            if error:
+                raise field_error("namespace", error)
+        for field in ("labels", "annotations"):
+            items = value.get(field)
+            if items is not None and (not isinstance(items, dict)
+                                      or not all(isinstance(item, str) for item in items.values())):
+                raise field_error(field, "must be a map of strings to strings")
+        return value

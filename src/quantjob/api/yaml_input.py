@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-MAX_BYTES = 1 << 20        # 1 MiB: a QuantJob is stored in etcd (1.5 MiB at most); configs are KBs
+# 3 MiB, the API server's limit on a request body: a QuantJob the cluster would read is read here,
+# and refused by the same object-size rule as in the webhook (operator.review); configs are KBs
+MAX_BYTES = 3 << 20
 MAX_DEPTH = 64
 MAX_NODES = 20_000
 
@@ -32,7 +34,7 @@ class YamlProblem:
 
 def too_large(size: int) -> YamlProblem | None:
     if size > MAX_BYTES:
-        return YamlProblem(f"{size} bytes is more than the {MAX_BYTES} accepted (a QuantJob or a modelslim_v1 "
+        return YamlProblem(f"larger than the {MAX_BYTES} bytes accepted (a QuantJob or a modelslim_v1 "
                            "config is a few kilobytes); is this the right file?")
     return None
 

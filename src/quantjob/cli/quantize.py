@@ -137,7 +137,7 @@ def _load_config(args: QuantizeArgs) -> ModelslimConfig | list[str]:
         return [f"{args.config_path}: not UTF-8 text; give a modelslim_v1 YAML config"]
     if isinstance(found, YamlProblem):
         where = f"{args.config_path}:{found.line}" if found.line else str(args.config_path)
-        return [f"{where}: {found.message}"]
+        return [f"quantjob: error: {where}: {found.message}"]  # one line, as render says it
     if len(found) > 1:
         return [f"{args.config_path}: holds {len(found)} YAML documents; give one modelslim_v1 config"]
     data = found[0] if found else None

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from quantjob.api.resource import KIND
+from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
 
 
 def register(subparsers: Any) -> None:
@@ -46,9 +47,25 @@ def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _BlockDumper.add_representer(str, _string)
 
 
+class UnreadableYaml(ValueError):
+    """A file ``render`` will not load (too large, nested too deep, an alias bomb, bad YAML)."""
+
+
 def _documents(filename: str) -> list[tuple[str, Any]]:
-    text = sys.stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
-    return [(f"{filename}[{index}]", doc) for index, doc in enumerate(yaml.safe_load_all(text)) if doc is not None]
+    """The file's documents, read with the same bounds as ``quantjob validate`` (``api.yaml_input``)."""
+    if filename == "-":
+        data = sys.stdin.buffer.read(MAX_BYTES + 1)
+    else:
+        with open(filename, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    try:
+        found = too_large(len(data)) or load_documents(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        found = YamlProblem("not UTF-8 text")
+    if isinstance(found, YamlProblem):
+        where = f"{filename}:{found.line}" if found.line else filename
+        raise UnreadableYaml(f"{where}: {found.message}")
+    return [(f"{filename}[{index}]", doc) for index, doc in enumerate(found)]
 
 
 def render(documents: list[tuple[str, Any]], settings: Any, namespace: str | None) -> tuple[list[dict], list[str]]:
@@ -88,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                                               "pod_defaults": pod_defaults,
                                               "network_policy": True if args.network_policy else None})
         documents = [doc for name in args.filename for doc in _documents(name)]
+    except UnreadableYaml as error:
+        print(f"quantjob: error: {error}", file=sys.stderr)
+        return 2
     except (SettingsError, OSError, yaml.YAMLError) as error:
         print(f"quantjob render: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 Prints one line per problem, ``path: message`` (warnings as ``path: warning: message``), and exits 1
 when any document has an error, 0 otherwise. Multi-document YAML is checked document by document;
-a YAML syntax error prints ``FILE:line: message``. A file larger than 1 MiB, nested deeper than 64
+a YAML syntax error prints ``FILE:line: message``. A file larger than 3 MiB, nested deeper than 64
 or standing for more than 20000 values through aliases is refused the same way, before it is
 built (``quantjob.api.yaml_input``). Needs neither torch nor a cluster.
 """

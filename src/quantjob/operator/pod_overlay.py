@@ -7,7 +7,8 @@ Merge rules (the QuantJob's own choice wins where one value must be picked):
 - ``tolerations``: the defaults', then the QuantJob's;
 - ``supplementalGroups``: the union, sorted;
 - ``volumes`` / ``volumeMounts``: the defaults', then the QuantJob's; a QuantJob volume named like a
-  default one, or a mount at a default mount's path, is refused at admission (``conflicts``);
+  default one, or a mount at, inside or above a default mount's path
+  (canonical forms compared), is refused at admission (``conflicts``);
 - ``env``: only the defaults carry env; ``spec.env`` and the operator's own variables are added by
   the Job builder (the operator's win over both).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quantjob.api.pod_layout import canonical, overlaps
 from quantjob.api.problems import Problem
 from quantjob.api.resource import PodOverlay
 from quantjob.operator.settings import PodDefaults
@@ -30,11 +32,13 @@ def conflicts(defaults: PodDefaults, own: PodOverlay) -> list[Problem]:
             problems.append(Problem(f"spec.pod.volumes[{index}].name",
                                     f"volume {volume['name']!r} is defined by the operator's pod defaults; "
                                     "use another name"))
-    default_paths = {mount.mountPath.rstrip("/") for mount in defaults.volumeMounts}
-    for index, mount in enumerate(own.volumeMounts):
-        if mount.mountPath.rstrip("/") in default_paths:
+    for index, mount in enumerate(own.volumeMounts):  # canonical forms, either inside the other
+        clash = next((default.mountPath for default in defaults.volumeMounts
+                      if overlaps(mount.mountPath, default.mountPath)), None)
+        if clash is not None:
             problems.append(Problem(f"spec.pod.volumeMounts[{index}].mountPath",
-                                    f"{mount.mountPath} is mounted by the operator's pod defaults; use another path"))
+                                    f"{mount.mountPath} (resolved {canonical(mount.mountPath)}) is or overlaps "
+                                    f"{clash}, mounted by the operator's pod defaults; use another path"))
     return problems
 
 

@@ -15,10 +15,61 @@ from quantjob.api.check import Resolution, check_document
 from quantjob.api.problems import Problem
 from quantjob.api.resource import KIND, QuantJob
 from quantjob.operator import gang, pod_overlay
-from quantjob.operator.builders import check_name
+from quantjob.operator.builders import check_name, config_map_problems
 from quantjob.operator.settings import Settings
 
 CHECKED_KEYS = ("apiVersion", "kind", "metadata", "spec")
+# etcd's default request limit (--max-request-bytes, 1.5 MiB) less room for what the API server adds
+# (managedFields, status): a larger QuantJob is refused when it is stored.
+MAX_OBJECT_BYTES = 1_500_000
+# The API server appends 5 random characters to generateName, whose first 58 are kept.
+GENERATED_SUFFIX = 5
+GENERATE_NAME_KEPT = 63 - GENERATED_SUFFIX
+
+
+def json_size_over(node: Any, limit: int) -> int | None:
+    """The size of ``node`` as compact JSON (an upper bound for strings with escapes), or None once it
+    passes ``limit``; stops early, so a YAML alias bomb costs no more than ``limit`` allows."""
+    size, stack = 0, [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            size += 2 + 2 * len(item)
+            for key, value in item.items():
+                size += len(str(key)) + 2
+                stack.append(value)
+        elif isinstance(item, list):
+            size += 2 + len(item)
+            stack.extend(item)
+        elif isinstance(item, str):
+            size += len(item.encode("utf-8", "surrogatepass")) + 2
+        else:
+            size += len(str(item))
+        if size > limit:
+            return None
+    return size
+
+
+def object_size_problems(document: Mapping[str, Any]) -> list[Problem]:
+    if json_size_over(dict(document), MAX_OBJECT_BYTES) is None:
+        return [Problem("spec", f"the QuantJob is larger than {MAX_OBJECT_BYTES} bytes as JSON, more than the "
+                                "API server stores in one object; shorten spec.config or spec.env")]
+    return []
+
+
+def name_problems(metadata: Mapping[str, Any], world_size: int, attempts: int) -> list[Problem]:
+    """The name (or the one the API server makes from ``generateName``) against the children's rules."""
+    name = metadata.get("name") or ""
+    if name:
+        return check_name(name, world_size, attempts)
+    generate = metadata.get("generateName")
+    if not isinstance(generate, str) or not generate:
+        return []  # a manifest for ``render`` without a name: the name is checked where it is filled
+    filled = generate[:GENERATE_NAME_KEPT] + "z" * GENERATED_SUFFIX
+    return [Problem("metadata.generateName", f"{problem.message} (the name is generateName {generate!r}, at most "
+                                             f"{GENERATE_NAME_KEPT} characters of it, and {GENERATED_SUFFIX} random "
+                                             "characters)")
+            for problem in check_name(filled, world_size, attempts)]
 
 
 def policy_problems(job: QuantJob, settings: Settings) -> list[Problem]:
@@ -49,14 +100,17 @@ def review_quantjob(body: Mapping[str, Any], settings: Settings | None = None,
                     devices: int | None = None) -> Resolution:
     """``check_document`` on the object plus the children's name rules and the operator's policy."""
     document = {key: body[key] for key in CHECKED_KEYS if key in body}
+    too_large = object_size_problems(document)
+    if too_large:
+        return Resolution(None, 0, None, too_large)
     resolution = check_document(document, devices=devices)
     job = resolution.job
     if job is not None:
-        name = job.metadata.get("name") or ""
-        if name:  # a manifest for ``render`` may use generateName; the API server fills the name
-            attempts = job.spec.maxRestarts + job.spec.maxDisruptions + 1
-            resolution.problems.extend(check_name(name, resolution.world_size, attempts))
+        attempts = job.spec.maxRestarts + job.spec.maxDisruptions + 1
+        resolution.problems.extend(name_problems(job.metadata, resolution.world_size, attempts))
         resolution.problems.extend(policy_problems(job, settings if settings is not None else Settings()))
+        if resolution.ok:
+            resolution.problems.extend(config_map_problems(resolution))
     return resolution
 
 

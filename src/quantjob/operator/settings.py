@@ -63,6 +63,7 @@ class PodDefaults(PodOverlay):
     (the Ascend driver and tools when the container runtime does not mount them), and env."""
 
     ALLOWED_VOLUME_SOURCES: ClassVar[tuple[str, ...]] = (*PodOverlay.ALLOWED_VOLUME_SOURCES, "hostPath")
+    CONFINED: ClassVar[bool] = False  # the administrator mounts the driver under /usr/local/Ascend
 
     env: dict[str, str] = Field(default_factory=dict)
 
