@@ -69,6 +69,59 @@ def stored(cluster: kmocklib.KubernetesEmulator, resource: str, name: str,
     return dict(cluster.objects[key].raw)
 
 
+_QUOTAS: dict[int, list[tuple[Any, str, int]]] = {}  # id(emulator) -> (resource, namespace, hard)
+
+
+def _with_admission(cluster: kmocklib.KubernetesEmulator) -> None:
+    """Give ``cluster`` an admission step that runs before kmock stores a create (kmock stores every
+    create first, then answers, and answers an existing name 409 before any reaction could refuse)."""
+    base = type(cluster)
+    if getattr(base, "_quantjob_admission", False):
+        return
+
+    class Admitting(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+        _quantjob_admission = True
+
+        async def _handle(self, request: Any) -> web.StreamResponse:
+            if request.resource is not None and str(request.action).lower().endswith("create"):
+                data = request.data if isinstance(request.data, dict) else {}
+                namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
+                for resource, quota_namespace, hard in _QUOTAS.get(id(self), []):
+                    if request.resource == resource and namespace == quota_namespace \
+                            and _live(self, resource, namespace) >= hard:
+                        plural = resource.plural
+                        return web.json_response({
+                            "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden",
+                            "code": 403, "message": f"{plural} \"{(data.get('metadata') or {}).get('name')}\" is "
+                                                    f"forbidden: exceeded quota: object-counts, requested: "
+                                                    f"count/{plural}=1, used: count/{plural}={hard}, limited: "
+                                                    f"count/{plural}={hard}"}, status=403)
+            return await super()._handle(request)
+
+    cluster.__class__ = Admitting
+
+
+def _live(cluster: kmocklib.KubernetesEmulator, resource: Any, namespace: str | None) -> int:
+    return sum(1 for (res, ns, _), obj in cluster.objects.items() if res == resource and ns == namespace
+               and not obj.deleted)
+
+
+def live_count(cluster: kmocklib.KubernetesEmulator, resource: str, namespace: str | None = NAMESPACE) -> int:
+    """How many objects of ``resource`` exist (not deleted) in ``namespace``."""
+    return _live(cluster, kmocklib.resource(resource), namespace)
+
+
+def object_count_quota(cluster: kmocklib.KubernetesEmulator, resource: str, hard: int,
+                       namespace: str = NAMESPACE) -> None:
+    """A ResourceQuota ``count/<resource>: hard`` in ``namespace``, as the API server enforces it:
+    quota admission runs before storage, so once ``hard`` objects exist every create is refused with
+    403 "exceeded quota", a create of an object that exists included (it never reaches the 409;
+    kubernetes/kubernetes#106842). Refused creates store nothing."""
+    _with_admission(cluster)
+    _QUOTAS.setdefault(id(cluster), []).append((kmocklib.resource(resource), namespace, hard))
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Poll ``check`` until it returns a truthy value; fail with its last value after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout

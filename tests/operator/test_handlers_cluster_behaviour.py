@@ -1,0 +1,40 @@
+"""Issue 26: what a real API server, quota, garbage collector and event stream do that the emulator
+did not, played against the operator over HTTP (kmock, with the behaviour added in ``emulator``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kmock
+import pytest
+from emulator import live_count, object_count_quota, quantjob_manifest, stored
+from test_handlers_kmock import JOBS, create_quantjob, patch_status, status_where
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+
+def posts(cluster: Any, resource: str) -> int:
+    return sum(1 for r in cluster if r.method == "POST" and r.resource == kmock.resource(resource))
+
+
+async def test_running_job_in_a_namespace_at_its_quota_stays_running(cluster: Any, start_operator: Any) -> None:
+    """26.1: the quota refuses a create of an existing ConfigMap with 403 before any 409."""
+    async with start_operator():
+        object_count_quota(cluster, "v1/configmaps", hard=2)  # the config and progress ConfigMaps fill it
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await status_where(cluster, lambda s: s.get("reason") in ("Creating", "Starting"))
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {"active": 2, "ready": 2,
+                                                            "startTime": "2099-01-01T00:00:00Z"})
+        await status_where(cluster, lambda s: s.get("phase") == "Running")
+        await asyncio.sleep(2.0)  # four resyncs, each of which used to POST every child again
+        assert live_count(cluster, "v1/configmaps") == 2
+        status = await status_where(cluster, lambda s: s.get("phase"))
+        assert status["phase"] == "Running", status
+        assert posts(cluster, "v1/configmaps") == 2 and posts(cluster, JOBS) == 1
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {
+            "active": 0, "ready": 0, "succeeded": 2,
+            "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]})
+        done = await status_where(cluster, lambda s: s.get("phase") in ("Succeeded", "Failed"))
+    assert done["phase"] == "Succeeded", done
+    assert stored(cluster, JOBS, "qwen2-w8a8-a1") is not None
