@@ -122,6 +122,33 @@ def object_count_quota(cluster: kmocklib.KubernetesEmulator, resource: str, hard
     _QUOTAS.setdefault(id(cluster), []).append((kmocklib.resource(resource), namespace, hard))
 
 
+def pods_of(cluster: kmocklib.KubernetesEmulator, job: str, namespace: str = NAMESPACE) -> list[str]:
+    """Names of the live pods the Job controller made for Job ``job``."""
+    pods = kmocklib.resource("v1/pods")
+    return [name for (res, ns, name), obj in cluster.objects.items()
+            if res == pods and ns == namespace and not obj.deleted
+            and ((obj.raw.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name") == job]
+
+
+def start_terminating(cluster: kmocklib.KubernetesEmulator, job: str, since: str, node: str = "node-1",
+                      namespace: str = NAMESPACE) -> list[str]:
+    """What the garbage collector and a kubelet do after Job ``job`` is deleted (background
+    propagation): each of its pods gets a ``deletionTimestamp`` and stays, still Running, until its
+    kubelet confirms the container ended (``finish_terminating``); a kubelet on an unreachable node
+    never does. Returns the pods' names."""
+    names = pods_of(cluster, job, namespace)
+    for name in names:
+        obj = cluster.objects[kmocklib.resource("v1/pods"), namespace, name]
+        obj.patch({"metadata": {"deletionTimestamp": since}, "spec": {"nodeName": node}})
+    return names
+
+
+def finish_terminating(cluster: kmocklib.KubernetesEmulator, names: list[str], namespace: str = NAMESPACE) -> None:
+    """The kubelet confirms: the pods are removed from the API."""
+    for name in names:
+        cluster.objects[kmocklib.resource("v1/pods"), namespace, name].delete()
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Poll ``check`` until it returns a truthy value; fail with its last value after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -8,8 +8,18 @@ from typing import Any
 
 import kmock
 import pytest
-from emulator import live_count, object_count_quota, quantjob_manifest, stored
-from test_handlers_kmock import JOBS, create_quantjob, patch_status, status_where
+from emulator import (
+    eventually,
+    finish_terminating,
+    live_count,
+    object_count_quota,
+    quantjob_manifest,
+    start_terminating,
+    stored,
+)
+from test_handlers_kmock import JOBS, create_quantjob, http, patch_status, pod, put, status_where, url
+
+from quantjob.operator.status import now_iso
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -38,3 +48,29 @@ async def test_running_job_in_a_namespace_at_its_quota_stays_running(cluster: An
         done = await status_where(cluster, lambda s: s.get("phase") in ("Succeeded", "Failed"))
     assert done["phase"] == "Succeeded", done
     assert stored(cluster, JOBS, "qwen2-w8a8-a1") is not None
+
+
+async def test_deleted_attempt_job_is_replaced_by_a_new_name_after_its_pods_are_gone(
+        cluster: Any, start_operator: Any) -> None:
+    """26.4a: a Job deleted by hand while its pods still terminate is not recreated under its name."""
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))
+        for index in (0, 1):
+            put(cluster, "v1/pods", pod("qwen2-w8a8-a1", index))
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {"active": 2, "ready": 2,
+                                                            "startTime": "2099-01-01T00:00:00Z"})
+        await status_where(cluster, lambda s: s.get("phase") == "Running")
+        await http("DELETE", url(cluster, JOBS, "qwen2-w8a8-a1"))
+        old_pods = start_terminating(cluster, "qwen2-w8a8-a1", since=now_iso())
+        waiting = await status_where(cluster, lambda s: "was deleted" in (s.get("message") or ""))
+        await asyncio.sleep(1.5)  # three resyncs
+        assert stored(cluster, JOBS, "qwen2-w8a8-a1") is None and stored(cluster, JOBS, "qwen2-w8a8-a2") is None
+        assert waiting["phase"] == "Pending" and "waiting for its pods" in waiting["message"]
+        finish_terminating(cluster, old_pods)
+        job = await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a2"))
+        status = await status_where(cluster, lambda s: s.get("attempt") == 2)
+    assert stored(cluster, JOBS, "qwen2-w8a8-a1") is None
+    assert {"name": "MASTER_ADDR", "value": "qwen2-w8a8-a2-0.qwen2-w8a8"} in \
+        job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert status["attempts"][0]["outcome"] == "Failed" and "was deleted" in status["attempts"][0]["message"]

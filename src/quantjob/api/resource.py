@@ -465,6 +465,10 @@ class Attempt(CamelModel):
     outcome: str | None = Field(None, description="Succeeded, Failed, Disrupted, UserError, DeadlineExceeded, "
                                                   "StartupTimeout")
     message: str | None = None
+    jobCreated: bool | None = Field(None, description="the attempt's Job was created; if it vanishes the attempt "
+                                                      "ends and the next one gets a new name")
+    endedTime: str | None = Field(None, description="when the operator saw the attempt end (start of the bound "
+                                                    "on pods stuck terminating)")
 
 
 class QuantJobStatus(CamelModel):
@@ -482,7 +486,9 @@ class QuantJobStatus(CamelModel):
     disruptions: int | None = Field(None, description="restarts after preemption or eviction (maxDisruptions)")
     ready: int | None = Field(None, description="ranks of the current attempt running and ready")
     readySummary: str | None = Field(None, description="ready/worldSize (printer column)")
-    attempts: list[Attempt] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list, description="the latest attempts (at most 10); "
+                                                                       "status.attempt counts them all")
+    attemptsOmitted: int | None = Field(None, description="older attempts dropped from status.attempts")
     warnings: list[str] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     startTime: str | None = None

@@ -54,6 +54,13 @@ _POD_IN_MESSAGE = re.compile(r"[Pp]od ([-a-z0-9.]+)/([-a-z0-9.]+)")
 _WAITING_REASONS = ("InvalidImageName", "ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff",
                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 _EVENT_REASONS = ("FailedMount", "FailedAttachVolume", "FailedScheduling")
+# How long after its deletion a pod that never ends (its node unreachable) holds up the next attempt.
+# Kubernetes' own node controller waits 300 s (the default not-ready/unreachable tolerations) before it
+# even evicts such a pod; twice that leaves the grace period and a slow kubelet their time.
+TERMINATING_BOUND_S = 600
+# status.attempts keeps the latest attempts only (a QuantJob with maxDisruptions in the thousands must
+# not outgrow an object); status.attempt is their count and attemptsOmitted how many were dropped.
+MAX_ATTEMPTS_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -103,20 +110,66 @@ def classify_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) 
     culprit = _POD_IN_MESSAGE.search(message)
     prefer = culprit.group(2) if culprit else None
     kind: str | None = DEADLINE if reason == "DeadlineExceeded" else None
+    disrupted = [pod for pod in pods if _disrupted(pod)]
+    if kind is None and disrupted:
+        # The Job controller names the first pod it matched; when one rank is drained or preempted its
+        # peers exit non-zero at once (a lost collective), and may be matched first.
+        kind = DISRUPTION
+        prefer = (disrupted[0].get("metadata") or {}).get("name")
     if kind is None and reason == "PodFailurePolicy":
         rule = _RULE_INDEX.search(message)
         kind = _RULE_KINDS.get(int(rule.group(1))) if rule else None
     if kind is None:
-        if any(code in USER_ERRORS for pod in pods for code in terminated_codes(pod)):
-            kind = USER_ERROR
-        elif any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-                 for pod in pods for c in (pod.get("status") or {}).get("conditions") or []):
-            kind = DISRUPTION
-        else:
-            kind = FAILURE
+        kind = USER_ERROR if any(code in USER_ERRORS for pod in pods for code in terminated_codes(pod)) else FAILURE
     codes = USER_ERRORS if kind == USER_ERROR else None
     text = pod_failure_message(pods, prefer=prefer, codes=codes) or pod_failure_message(pods, prefer=prefer)
+    if kind == DISRUPTION and disrupted:
+        condition = next(c for c in (disrupted[0].get("status") or {}).get("conditions") or []
+                         if c.get("type") == "DisruptionTarget")
+        text = (f"{_rank(disrupted[0])} was disrupted ({condition.get('reason') or 'DisruptionTarget'}"
+                f"{': ' + str(condition['message']) if condition.get('message') else ''})")
     return Failure(kind, text or message or reason or "the Job failed")
+
+
+def _disrupted(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _ended(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def attempt_stopped(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: str,
+                    since: str | None) -> tuple[bool, str]:
+    """Whether the next attempt may start: every pod of this one has ended or is gone. A pod still
+    Terminating ``TERMINATING_BOUND_S`` after its deletion (its node unreachable: the kubelet never
+    confirms) is abandoned, and the note says which; ``since`` is when the attempt was seen to end,
+    the start of the bound for pods not yet marked for deletion."""
+    job_status = (job or {}).get("status") or {}
+    if job is not None and job_condition(job_status, "Failed", "FailureTarget") is None:
+        return False, ""
+    running = [pod for pod in pods if not _ended(pod)]
+    counted = int(job_status.get("active") or 0) + int(job_status.get("terminating") or 0)
+    settled = job is None or job_condition(job_status, "Failed") is not None
+    if not running and (settled and not counted):
+        return True, ""
+    stuck: list[str] = []
+    for pod in running:
+        began = (pod.get("metadata") or {}).get("deletionTimestamp") or since
+        waited = seconds_between(began, now)
+        if waited is None or waited <= TERMINATING_BOUND_S:
+            return False, ""
+        node = (pod.get("spec") or {}).get("nodeName")
+        stuck.append(f"{_rank(pod)}{f' on node {node}' if node else ''} still terminating since {began}")
+    if not stuck:  # the Job counts pods not listed yet
+        waited = seconds_between(since, now)
+        if waited is None or waited <= TERMINATING_BOUND_S:
+            return False, ""
+        stuck.append(f"{counted} pod(s) the Job still counts")
+    return True, (f"abandoned after {TERMINATING_BOUND_S}s: {'; '.join(stuck)} (an unreachable node never "
+                  "confirms; its rank cannot reach the new attempt's rendezvous, and the output lock stops it "
+                  "writing alongside the new group)")
 
 
 def pods_stopped(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
@@ -126,7 +179,7 @@ def pods_stopped(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> b
         return False
     if int(job_status.get("active") or 0) or int(job_status.get("terminating") or 0):
         return False
-    return all((pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") for pod in pods)
+    return all(_ended(pod) for pod in pods)
 
 
 def ready_ranks(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
@@ -213,8 +266,41 @@ def decide(observed: Observed) -> Decision:
         if entry is not None and not entry.get("outcome"):
             entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=now)
 
+    def ended(entry: dict[str, Any], failure: Failure) -> tuple[str, str, str]:
+        """The current attempt ended with ``failure``: fail, or start the next attempt once its pods
+        are gone (or abandoned past the bound), or wait for them."""
+        nonlocal attempt, towards, disruptions
+        phase_, reason_, message_ = _after_failure(failure, attempt, towards, disruptions, limits)
+        if phase_ == "Failed":
+            finish(entry, OUTCOMES[failure.kind], failure.message)
+            return phase_, reason_, message_
+        entry.setdefault("endedTime", now)
+        stopped, note = attempt_stopped(observed.job, observed.pods, now, entry.get("endedTime"))
+        if not stopped:
+            return phase_, reason_, (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for "
+                                     f"its pods to stop before attempt {attempt + 1}")
+        finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
+        if failure.kind == DISRUPTION:
+            disruptions += 1
+        else:
+            towards += 1
+        attempt += 1
+        attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
+        decision.create_attempt = attempt
+        text = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}"
+                f"{'; ' + note if note else ''}; started attempt {attempt}, which resumes at the last "
+                "committed layer")
+        decision.events.append(("Warning", "Restarting", text))
+        return phase_, reason_, text
+
+    current = _attempt_entry(attempts, attempt)
     if phase in TERMINAL_PHASES:
         pass  # finished: only progress is still mirrored
+    elif observed.job is None and current is not None and current.get("jobCreated") and not current.get("outcome"):
+        # The attempt's Job is gone (deleted by hand, or by a garbage collector): never create it again
+        # under its name while its pods may still run; the next attempt gets a new name.
+        phase, reason, message = ended(current, Failure(FAILURE, f"Job {names.job(attempt)} was deleted while "
+                                                                 "the attempt ran"))
     elif observed.job is None:
         if observed.missing_runtime_class:
             phase, reason = "Pending", "RuntimeClassNotFound"
@@ -223,15 +309,16 @@ def decide(observed: Observed) -> Decision:
                        "create it, or set the setting to '' where Ascend's runtime is the default runtime "
                        "(MindCluster)")
         else:
-            if _attempt_entry(attempts, attempt) is None:
+            if current is None:
                 attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
             decision.create_attempt = attempt
             phase, reason, message = "Pending", "Creating", f"creating Job {names.job(attempt)}"
     else:
-        entry = _attempt_entry(attempts, attempt)
+        entry = current
         if entry is None:  # the status was lost; the Job is the truth
             entry = {"attempt": attempt, "job": names.job(attempt), "startTime": now}
             attempts.append(entry)
+        entry["jobCreated"] = True
         complete = job_condition(job_status, "SuccessCriteriaMet", "Complete")
         failed = job_condition(job_status, "Failed", "FailureTarget")
         suspended = job_condition(job_status, "Suspended")
@@ -239,25 +326,7 @@ def decide(observed: Observed) -> Decision:
             phase, reason, message = "Succeeded", "Completed", f"all {limits.world_size} rank(s) finished"
             finish(entry, "Succeeded", message)
         elif failed:
-            failure = classify_failure(observed.job, observed.pods)
-            phase, reason, message = _after_failure(failure, attempt, towards, disruptions, limits)
-            if phase == "Failed":
-                finish(entry, OUTCOMES[failure.kind], failure.message)
-            elif pods_stopped(observed.job, observed.pods):
-                finish(entry, OUTCOMES[failure.kind], failure.message)
-                if failure.kind == DISRUPTION:
-                    disruptions += 1
-                else:
-                    towards += 1
-                attempt += 1
-                attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-                decision.create_attempt = attempt
-                message = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}; started attempt "
-                           f"{attempt}, which resumes at the last committed layer")
-                decision.events.append(("Warning", "Restarting", message))
-            else:
-                message = (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for its pods to "
-                           f"stop before attempt {attempt + 1}")
+            phase, reason, message = ended(entry, classify_failure(observed.job, observed.pods))
         elif suspended:
             phase, reason = "Pending", "Suspended"
             message = str(suspended.get("message") or "the Job is suspended (waiting in its queue)")
@@ -279,11 +348,15 @@ def decide(observed: Observed) -> Decision:
                     decision.delete_job = names.job(attempt)  # free the devices a partial group holds
 
     progress = _progress(observed, attempts)
+    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(attempts) - MAX_ATTEMPTS_KEPT, 0)
+    attempts = attempts[-MAX_ATTEMPTS_KEPT:]
     status: dict[str, Any] = {
         "phase": phase, "reason": reason, "message": message[:MAX_MESSAGE] if message else prev.get("message"),
         "job": names.job(attempt), "attempt": attempt, "restarts": towards + disruptions,
         "restartsCountTowardsMax": towards, "disruptions": disruptions, "attempts": attempts,
     }
+    if omitted:
+        status["attemptsOmitted"] = omitted
     if decision.create_attempt is not None:
         ready = 0  # the new attempt's Job has no pods yet
     status["ready"] = ready
@@ -297,7 +370,7 @@ def decide(observed: Observed) -> Decision:
     status["conditions"] = _conditions(prev, phase, reason, message, job_status, ready, limits, now)
     if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
         # finished earlier: keep what was decided then, refresh progress only
-        status = {key: value for key, value in status.items() if key in ("progress", "attempts")}
+        status = {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
     elif (phase, reason) != (prev.get("phase"), prev.get("reason")) and reason not in ("Creating", "Starting"):
         kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
             else "Normal"

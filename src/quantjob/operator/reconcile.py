@@ -109,9 +109,12 @@ class Reconciler:
             world_size=resolution.world_size, max_restarts=job.spec.maxRestarts,
             max_disruptions=job.spec.maxDisruptions, startup_timeout_s=job.spec.startupTimeoutSeconds,
             active_deadline_s=job.spec.activeDeadlineSeconds))
-        if job_obj is not None:
+        entry = next((item for item in previous.get("attempts") or [] if item.get("attempt") == attempt), {})
+        if job_obj is not None or (entry.get("jobCreated") and not terminal):
+            # a vanished Job's pods too: the next attempt waits until they are gone
             observed.pods = [pod for pod in kube.list_owned(api, "v1", "pods", namespace, name)
                              if ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)]
+        if job_obj is not None:
             if not terminal and previous.get("phase") != "Running":
                 observed.job_events = kube.list_events(api, namespace, "Job", names.job(attempt))
                 pod_names = {(pod.get("metadata") or {}).get("name") for pod in observed.pods}
@@ -132,6 +135,9 @@ class Reconciler:
                 for child in build_attempt(job, resolution, settings, namespace, decision.create_attempt):
                     child["metadata"]["ownerReferences"] = [owner]
                     kube.ensure(api, child, uid)
+                for item in status.get("attempts") or []:
+                    if item.get("attempt") == decision.create_attempt:
+                        item["jobCreated"] = True  # from now on its Job's absence ends the attempt
             except (kube.ChildConflict, kube.CreateRejected) as error:
                 blocked = self._blocked(error, previous, now)
                 status.update(blocked)
