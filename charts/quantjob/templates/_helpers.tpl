@@ -173,6 +173,11 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
 - apiGroups: [quantjob.io]
   resources: [quantjobs/status]
   verbs: [get, patch]
+# blockOwnerDeletion on the children's owner references (a foreground delete waits for the ranks)
+# needs this under OwnerReferencesPermissionEnforcement; the operator writes no finalizer
+- apiGroups: [quantjob.io]
+  resources: [quantjobs/finalizers]
+  verbs: [update]
 # the children: one Job per attempt (a group that never fully started is deleted), the progress
 # ConfigMap it mirrors (and grants rank 0 patch on), Service, worker ServiceAccount and Role
 - apiGroups: [batch]

@@ -14,9 +14,11 @@ Children of QuantJob ``<name>`` (all deterministic, so a restarted operator find
 - optionally a PodGroup ``<name>-a<N>`` (gang scheduling) and a NetworkPolicy ``<name>``.
 
 Every child carries our labels only (never the QuantJob's) and, when built for a live QuantJob, an
-owner reference with ``controller: true`` and no ``blockOwnerDeletion`` (that flag would need
-``update`` on ``quantjobs/finalizers`` under OwnerReferencesPermissionEnforcement; deletion
-cascades without it).
+owner reference with ``controller: true`` and ``blockOwnerDeletion: true``: a foreground delete of
+the QuantJob (``kubectl delete --cascade=foreground``) returns only once its Job, hence every rank,
+is gone, so "delete and recreate" cannot start a second group on the same output while the first
+still writes. The flag needs ``update`` on ``quantjobs/finalizers`` where the API server enforces
+OwnerReferencesPermissionEnforcement (``rbac.py`` grants it).
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def labels(name: str) -> dict[str, str]:
 
 
 def owner_reference(quantjob: Mapping[str, Any]) -> dict[str, Any]:
-    """Our owner reference to a live QuantJob (no ``blockOwnerDeletion``: see the module doc)."""
+    """Our owner reference to a live QuantJob (``blockOwnerDeletion``: see the module doc)."""
     meta = quantjob.get("metadata") or {}
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True}
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True,
+            "blockOwnerDeletion": True}
 
 
 def _metadata(name: str, owner: str, namespace: str | None, **extra_labels: str) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 ``build_registry(settings, reconciler)`` returns a fresh ``kopf.OperatorRegistry`` (no module-level
 state). Only ``on.event`` handlers are used: they observe without writing anything onto the objects
-(no progress annotations, no finalizers), so the operator needs neither ``patch`` on QuantJobs nor
-``update`` on ``quantjobs/finalizers``, and a QuantJob can be deleted while the operator is down.
+(no progress annotations, no finalizers), so the operator needs no ``patch`` on QuantJobs, and a
+QuantJob can be deleted while the operator is down.
 Handlers are sync functions: kopf runs them in its thread pool, where the blocking client belongs.
 The periodic resync (``main.resync``) covers what no event announces (a deleted Service, a pod that
 became unschedulable, the startup deadline).
