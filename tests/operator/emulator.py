@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import socket
 import ssl
 import threading
@@ -147,6 +148,36 @@ def finish_terminating(cluster: kmocklib.KubernetesEmulator, names: list[str], n
     """The kubelet confirms: the pods are removed from the API."""
     for name in names:
         cluster.objects[kmocklib.resource("v1/pods"), namespace, name].delete()
+
+
+EVENT_TTL_S = 3600  # kube-apiserver --event-ttl default
+
+
+def record_event(cluster: kmocklib.KubernetesEmulator, involved: dict[str, Any], reason: str, message: str,
+                 at: datetime.datetime, namespace: str = NAMESPACE) -> str:
+    """A core Event as a controller posts it (``lastTimestamp`` = ``at``); returns its name."""
+    name = f"{involved['name']}.{int(at.timestamp() * 1e6):x}"
+    stamp = at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.objects[kmocklib.resource("v1/events"), namespace, name] = {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"namespace": namespace, **involved}, "reason": reason, "message": message,
+        "type": "Warning", "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1}
+    return name
+
+
+def age_events(cluster: kmocklib.KubernetesEmulator, now: datetime.datetime, ttl_s: float = EVENT_TTL_S) -> int:
+    """What the API server does to events: drop those last seen more than ``ttl_s`` before ``now``
+    (until then they stay, however stale). Returns how many went."""
+    events, gone = kmocklib.resource("v1/events"), 0
+    for (res, _, _), obj in list(cluster.objects.items()):
+        if res != events or obj.deleted:
+            continue
+        text = str(obj.raw.get("lastTimestamp") or "")
+        at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        if at is not None and (now - at).total_seconds() > ttl_s:
+            obj.delete()
+            gone += 1
+    return gone
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:

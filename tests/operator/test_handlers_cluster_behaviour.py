@@ -4,16 +4,19 @@ did not, played against the operator over HTTP (kmock, with the behaviour added 
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any
 
 import kmock
 import pytest
 from emulator import (
+    age_events,
     eventually,
     finish_terminating,
     live_count,
     object_count_quota,
     quantjob_manifest,
+    record_event,
     start_terminating,
     stored,
 )
@@ -74,3 +77,25 @@ async def test_deleted_attempt_job_is_replaced_by_a_new_name_after_its_pods_are_
     assert {"name": "MASTER_ADDR", "value": "qwen2-w8a8-a2-0.qwen2-w8a8"} in \
         job["spec"]["template"]["spec"]["containers"][0]["env"]
     assert status["attempts"][0]["outcome"] == "Failed" and "was deleted" in status["attempts"][0]["message"]
+
+
+async def test_an_earlier_objects_events_are_not_todays_pending_reason(cluster: Any, start_operator: Any) -> None:
+    """26.5: a QuantJob of the same name hit the quota half an hour ago and was recreated; its Job's
+    FailedCreate event is still stored (events live an hour) but is not the new attempt's reason."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    record_event(cluster, {"kind": "Job", "name": "qwen2-w8a8-a1"}, "FailedCreate",
+                 "Error creating: pods is forbidden: exceeded quota: npu", now - datetime.timedelta(minutes=30))
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))
+        put(cluster, "v1/pods", pod("qwen2-w8a8-a1", 0))
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {"active": 1, "ready": 1})
+        status = await status_where(cluster, lambda s: s.get("readySummary") == "1/2")
+        await asyncio.sleep(1.0)
+        status = await status_where(cluster, lambda s: s.get("reason"))
+        assert status["reason"] == "Starting", status
+        record_event(cluster, {"kind": "Job", "name": "qwen2-w8a8-a1"}, "FailedCreate",
+                     "Error creating: pods is forbidden: exceeded quota: npu", datetime.datetime.now(datetime.timezone.utc))
+        status = await status_where(cluster, lambda s: s.get("reason") == "FailedCreate")
+    assert "exceeded quota" in status["message"]
+    assert age_events(cluster, now + datetime.timedelta(minutes=45)) == 1  # the old one expires first

@@ -242,3 +242,47 @@ def test_status_attempts_keep_the_latest_ten_and_count_the_rest() -> None:
     assert decision.create_attempt == 11 and decision.status["attempt"] == 11
     assert [a["attempt"] for a in decision.status["attempts"]] == list(range(2, 12))
     assert decision.status["attemptsOmitted"] == 1
+
+
+def event(reason: str, message: str, at: str, name: str = "q-a1-1-x", kind: str = "Pod",
+          uid: str | None = None) -> dict[str, Any]:
+    involved = {"kind": kind, "name": name, **({"uid": uid} if uid else {})}
+    return {"reason": reason, "message": message, "lastTimestamp": at, "involvedObject": involved}
+
+
+def test_pending_reasons_ignore_events_older_than_the_attempt_or_answered_since() -> None:
+    """26.5: events live about an hour; an earlier attempt's or object's, or one the pod's state
+    answered, is not today's reason."""
+    started = "2025-01-01T00:50:00Z"
+    status = {"phase": "Pending", "attempt": 1, "attempts": [{"attempt": 1, "job": "q-a1", "startTime": started}]}
+    before, after = "2025-01-01T00:10:00Z", "2025-01-01T00:55:00Z"
+    this_job = {"metadata": {"name": "q-a1", "uid": "job-2"}, "status": {"active": 1}}
+    old_quota = event("FailedCreate", "exceeded quota: npu", before, "q-a1", "Job")
+    other_object = event("FailedCreate", "exceeded quota: npu", after, "q-a1", "Job", uid="job-1")
+    scheduled = pod(1, phase="Pending")
+    scheduled["spec"] = {"nodeName": "node-3"}
+    stale_scheduling = event("FailedScheduling", "0/3 nodes are available", after)
+    assert pending_reason(observe(status=status, job=this_job, pods=[pod(0), scheduled],
+                                  job_events=[old_quota, other_object], pod_events=[stale_scheduling])) == \
+        ("Starting", "1 of 2 rank(s) running")
+    fresh = event("FailedCreate", "exceeded quota: npu", after, "q-a1", "Job", uid="job-2")
+    assert pending_reason(observe(status=status, job=this_job, pods=[pod(0)], job_events=[fresh]))[0] == "FailedCreate"
+    every_pod = pending_reason(observe(status=status, job=this_job, pods=[pod(0), scheduled], job_events=[fresh]))
+    assert every_pod[0] == "Starting"  # answered: the Job made every pod since
+    unscheduled = pod(1, phase="Pending")
+    assert pending_reason(observe(status=status, job=this_job, pods=[pod(0), unscheduled],
+                                  pod_events=[stale_scheduling]))[0] == "FailedScheduling"
+
+
+def test_startup_timeout_names_the_current_cause_not_an_old_event() -> None:
+    status = {"phase": "Pending", "attempt": 1,
+              "attempts": [{"attempt": 1, "job": "q-a1", "startTime": "2025-01-01T00:00:00Z"}]}
+    pulling = pod(1, phase="Pending")
+    pulling["spec"] = {"nodeName": "node-3"}
+    pulling["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    decision = decide(observe(status=status, job=job(active=2, ready=1, startTime="2024-12-31T23:00:00Z"),
+                              pods=[pod(0), pulling],
+                              pod_events=[event("FailedScheduling", "Insufficient npu", "2025-01-01T00:01:00Z")]))
+    assert decision.status["reason"] == "StartupTimeout"
+    assert "last reason: 1 of 2 rank(s) running" in decision.status["message"]
+    assert "Insufficient npu" not in decision.status["message"]  # scheduled since: not the cause

@@ -37,6 +37,7 @@ from quantjob.operator.status import (
     MAX_MESSAGE,
     TERMINAL_PHASES,
     job_condition,
+    parse_time,
     pod_failure_message,
     pod_index,
     seconds_between,
@@ -200,11 +201,56 @@ def _index_or_last(pod: Mapping[str, Any]) -> int:
     return index if index is not None else 1 << 30
 
 
+def _event_time(event: Mapping[str, Any]) -> str | None:
+    series = event.get("series") or {}
+    return (event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime")
+            or event.get("firstTimestamp") or (event.get("metadata") or {}).get("creationTimestamp"))
+
+
+def _current(event: Mapping[str, Any], obj: Mapping[str, Any] | None, since: str | None) -> bool:
+    """An event about ``obj`` as it is now: not about an earlier object of the same name (uid), and
+    not older than ``since`` (the attempt's start). Events live about an hour, so without this an
+    earlier QuantJob's or attempt's troubles would be reported as today's."""
+    uid = ((obj or {}).get("metadata") or {}).get("uid")
+    about = (event.get("involvedObject") or {}).get("uid")
+    if uid and about and uid != about:
+        return False
+    at, start = parse_time(_event_time(event)), parse_time(since)
+    return at is None or start is None or at >= start
+
+
+def _scheduled(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return bool((pod.get("spec") or {}).get("nodeName")) or any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _superseded(event: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's current state answers the event: scheduled since a FailedScheduling, its
+    containers started since a FailedMount or FailedAttachVolume."""
+    if event.get("reason") == "FailedScheduling":
+        return _scheduled(pod)
+    return (pod.get("status") or {}).get("phase") not in (None, "Pending")
+
+
+def attempt_start(observed: Observed) -> str | None:
+    """When the current attempt began: its Job's creation, else the operator's record of it."""
+    created = ((observed.job or {}).get("metadata") or {}).get("creationTimestamp")
+    attempt = int(observed.status.get("attempt") or 1)
+    entry = next((item for item in observed.status.get("attempts") or [] if item.get("attempt") == attempt), {})
+    return created or entry.get("startTime")
+
+
 def pending_reason(observed: Observed) -> tuple[str, str]:
-    """Why not every rank runs yet, from the Job's events and the pods' conditions and statuses."""
-    for event in observed.job_events:
-        if event.get("reason") == "FailedCreate":
-            return "FailedCreate", str(event.get("message") or "")
+    """Why not every rank runs yet, from the pods' conditions and statuses and from events newer than
+    the attempt that the pods' current state has not answered."""
+    since = attempt_start(observed)
+    job_status = (observed.job or {}).get("status") or {}
+    made = max(len(observed.pods), sum(int(job_status.get(key) or 0) for key in ("active", "succeeded", "failed")))
+    if made < observed.limits.world_size:  # a FailedCreate is answered once every pod exists
+        for event in sorted(observed.job_events, key=lambda e: _event_time(e) or "", reverse=True):
+            if event.get("reason") == "FailedCreate" and _current(event, observed.job, since):
+                return "FailedCreate", str(event.get("message") or "")
     found: list[tuple[int, str, str]] = []
     for pod in sorted(observed.pods, key=_index_or_last):
         status = pod.get("status") or {}
@@ -219,10 +265,11 @@ def pending_reason(observed: Observed) -> tuple[str, str]:
             if waiting.get("reason") in _WAITING_REASONS:
                 found.append((1, str(waiting["reason"]), f"{_rank(pod)}: {waiting.get('message') or waiting['reason']}"))
     pods_by_name = {(p.get("metadata") or {}).get("name"): p for p in observed.pods}
-    for event in observed.pod_events:
-        name = (event.get("involvedObject") or {}).get("name")
-        if event.get("reason") in _EVENT_REASONS and name in pods_by_name:
-            found.append((2, str(event["reason"]), f"{_rank(pods_by_name[name])}: {event.get('message') or ''}"))
+    for event in sorted(observed.pod_events, key=lambda e: _event_time(e) or "", reverse=True):
+        pod = pods_by_name.get((event.get("involvedObject") or {}).get("name"))
+        if event.get("reason") in _EVENT_REASONS and pod is not None and _current(event, pod, since) \
+                and not _superseded(event, pod):
+            found.append((2, str(event["reason"]), f"{_rank(pod)}: {event.get('message') or ''}"))
     if found:
         return min(found, key=lambda item: item[0])[1:]
     ready = ready_ranks(observed.job or {}, observed.pods)
