@@ -286,3 +286,27 @@ def test_startup_timeout_names_the_current_cause_not_an_old_event() -> None:
     assert decision.status["reason"] == "StartupTimeout"
     assert "last reason: 1 of 2 rank(s) running" in decision.status["message"]
     assert "Insufficient npu" not in decision.status["message"]  # scheduled since: not the cause
+
+
+def test_progress_fields_are_checked_before_they_reach_the_status() -> None:
+    """26.9: a NaN or a wrong type from the worker's ConfigMap is dropped, never copied (NaN is not
+    JSON: every later status patch would be refused)."""
+    hostile = {"attempt": 1, "layersDone": "3", "layersTotal": 28, "currentLayer": True,
+               "lastLayerError": float("nan"), "resumedFrom": -4, "secondsPerLayer": float("inf")}
+    status = decide(observe(progress=hostile)).status
+    assert status["progress"] == {"layersDone": 0, "layersTotal": 28, "summary": "0/28", "attempt": 1}
+    assert "resumedFromLayer" not in status["attempts"][0]
+    assert decide(observe(progress={"layersTotal": "28", "layersDone": 3})).status.get("progress") is None
+    import json
+    json.dumps(status, allow_nan=False)  # what the API server would accept
+
+
+def test_eta_from_the_current_attempts_pace() -> None:
+    """ETA = the current attempt's seconds per layer (the worker excludes layers it resumed past)
+    times the layers left; a report from an older attempt gives none."""
+    report = {"attempt": 1, "layersDone": 10, "layersTotal": 28, "resumedFrom": 6, "secondsPerLayer": 250.0}
+    progress = decide(observe(progress=report)).status["progress"]
+    assert progress["etaSeconds"] == 18 * 250 and progress["eta"] == "1h15m" and progress["secondsPerLayer"] == 250.0
+    stale = decide(observe(status={"phase": "Pending", "attempt": 2, "attempts": [
+        {"attempt": 2, "job": "q-a2", "startTime": T0}]}, progress=report)).status["progress"]
+    assert "eta" not in stale

@@ -445,6 +445,10 @@ class Progress(CamelModel):
     lastLayerError: float | None = None
     summary: str | None = Field(None, description="layersDone/layersTotal, e.g. 3/16 (printer column)")
     attempt: int | None = Field(None, description="the attempt that reported it")
+    secondsPerLayer: float | None = Field(None, ge=0, description="the reporting attempt's mean seconds per layer "
+                                                                  "(layers it resumed past excluded)")
+    etaSeconds: int | None = Field(None, ge=0, description="secondsPerLayer times the layers left")
+    eta: str | None = Field(None, description="etaSeconds as text, e.g. 3h07m (printer column)")
 
     @model_validator(mode="after")
     def _summarise(self) -> Progress:

@@ -21,6 +21,7 @@ attempt runs (``Job.status.ready``), Succeeded, Failed (with a reason).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from quantjob.operator.status import (
     set_condition,
     terminated_codes,
 )
+from quantjob.worker.progress import format_duration
 
 USER_ERROR, DISRUPTION, FAILURE, DEADLINE = "UserError", "Disruption", "Failure", "DeadlineExceeded"
 _RULE_KINDS = {RULE_USER_ERROR: USER_ERROR, RULE_DISRUPTION: DISRUPTION, RULE_FAILURE: FAILURE}
@@ -280,19 +282,46 @@ def _attempt_entry(attempts: list[dict[str, Any]], attempt: int) -> dict[str, An
     return next((entry for entry in attempts if entry.get("attempt") == attempt), None)
 
 
-def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """``status.progress`` from the worker's ConfigMap; its resume point goes into its attempt."""
-    data = observed.progress
-    if not data or not isinstance(data.get("layersTotal"), int):
+def _count(value: Any, low: int = 0) -> int | None:
+    """``value`` when it is a whole number >= ``low`` (a bool is not), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= low else None
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite non-negative float, else None (NaN or Infinity would make every status
+    patch invalid JSON, so the QuantJob's status would freeze)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    attempt = data.get("attempt")
-    entry = _attempt_entry(attempts, attempt) if isinstance(attempt, int) else None
-    if entry is not None and isinstance(data.get("resumedFrom"), int):
-        entry["resumedFromLayer"] = data["resumedFrom"]
-    done, total = int(data.get("layersDone") or 0), int(data["layersTotal"])
-    progress = {"layersDone": done, "layersTotal": total, "summary": f"{done}/{total}",
-                "currentLayer": data.get("currentLayer"), "lastLayerError": data.get("lastLayerError"),
-                "attempt": attempt}
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``status.progress`` from the worker's ConfigMap, each field checked (a field of the wrong type
+    or out of range is dropped: the ConfigMap is written by a pod, never trusted); its resume point
+    goes into its attempt. The ETA is the current attempt's measured mean seconds per layer (layers
+    it resumed past excluded: the worker measures only the layers it ran) times the layers left."""
+    data = observed.progress
+    total = _count((data or {}).get("layersTotal"))
+    if not data or total is None:
+        return None
+    done = _count(data.get("layersDone"))
+    done = done if done is not None and done <= total else 0
+    attempt = _count(data.get("attempt"), 1)
+    entry = _attempt_entry(attempts, attempt) if attempt is not None else None
+    resumed = _count(data.get("resumedFrom"))
+    if entry is not None and resumed is not None and resumed <= total:
+        entry["resumedFromLayer"] = resumed
+    current = _count(data.get("currentLayer"))
+    progress: dict[str, Any] = {
+        "layersDone": done, "layersTotal": total, "summary": f"{done}/{total}",
+        "currentLayer": current if current is not None and current <= total else None,
+        "lastLayerError": _finite(data.get("lastLayerError")), "attempt": attempt}
+    per_layer = _finite(data.get("secondsPerLayer"))
+    if per_layer is not None and per_layer > 0 and attempt == int(observed.status.get("attempt") or 1):
+        left = per_layer * (total - done)
+        progress.update(secondsPerLayer=round(per_layer, 3), etaSeconds=round(left),
+                        eta=format_duration(left) if done < total else "done")
     return {key: value for key, value in progress.items() if value is not None}
 
 
