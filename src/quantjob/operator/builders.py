@@ -308,8 +308,11 @@ def _volumes(job: QuantJob, settings: Settings) -> tuple[list[dict[str, Any]], l
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": volume, "mountPath": CALIBRATION_MOUNT, "readOnly": True})
     if settings.progress_reporting:
-        # A short-lived, audience-bound token instead of the automatic one. A Job has one pod template,
-        # so every rank mounts it, but it only lets rank 0's reporter patch this QuantJob's progress.
+        # A short-lived token instead of the automatic one, bound to the pod (void once the pod is gone).
+        # It carries the API server's default audience, not one of ours: the only reader is the API
+        # server itself, which refuses tokens for audiences it does not serve (--api-audiences). A Job
+        # has one pod template, so every rank mounts it, but it only lets rank 0's reporter patch this
+        # QuantJob's progress ConfigMap.
         volumes.append({"name": "api-token", "projected": {"defaultMode": 0o440, "sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
