@@ -99,3 +99,14 @@ async def test_an_earlier_objects_events_are_not_todays_pending_reason(cluster: 
         status = await status_where(cluster, lambda s: s.get("reason") == "FailedCreate")
     assert "exceeded quota" in status["message"]
     assert age_events(cluster, now + datetime.timedelta(minutes=45)) == 1  # the old one expires first
+
+
+async def test_children_are_watched_with_server_side_label_selectors(cluster: Any, start_operator: Any) -> None:
+    """26.3: only our Jobs and progress ConfigMaps come over the watch, not every one in the cluster."""
+    async with start_operator():
+        await eventually(lambda: [r for r in cluster if r.resource == kmock.resource("v1/configmaps")])
+        await asyncio.sleep(0.5)
+    selectors = {(r.resource.plural, r.params.get("labelSelector")) for r in cluster
+                 if r.method == "GET" and r.resource in (kmock.resource(JOBS), kmock.resource("v1/configmaps"))
+                 and r.name is None}
+    assert selectors == {("jobs", "quantjob.io/name"), ("configmaps", "quantjob.io/component=progress")}, selectors

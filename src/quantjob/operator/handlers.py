@@ -27,6 +27,10 @@ def kopf_settings(settings: Settings, webhook_server: Any = None) -> kopf.Operat
     """Kopf's own settings: our webhook server, registered by us (``registration``), not by kopf."""
     result = kopf.OperatorSettings()
     result.persistence.finalizer = f"{GROUP}/finalizer"
+    # Server-side label selectors: the API server sends only our children's events (the handlers'
+    # ``labels=`` filters alone would still list and watch every Job and ConfigMap of the cluster).
+    result.watching.label_selectors["batch", "v1", "jobs"] = LABEL_NAME
+    result.watching.label_selectors["v1", "configmaps"] = f"{LABEL_COMPONENT}=progress"
     if webhook_server is not None:
         result.admission.server = webhook_server
         result.admission.managed = None  # kopf would need create on every webhook configuration
