@@ -95,3 +95,11 @@ def test_print_rbac_command() -> None:
                          check=True, capture_output=True, text=True, env=environ).stdout
     kinds = [doc["kind"] for doc in yaml.safe_load_all(out)]
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+
+
+def test_without_progress_reporting_no_configmap_watch_or_patch() -> None:
+    """Issue 26.3: the narrowest rules the settings allow; ConfigMap patch exists only to be granted."""
+    allowed = grants(namespaced_rules(Settings(progress_reporting=False)))
+    assert {g[2] for g in allowed if g[1] == "configmaps"} == {"get", "create"}
+    assert {g[2] for g in grants(namespaced_rules(Settings())) if g[1] == "configmaps"} == \
+        {"get", "list", "watch", "create", "patch"}

@@ -185,7 +185,12 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [configmaps]
+{{- if .Values.worker.progressReporting }}
   verbs: [get, list, watch, create, patch]
+{{- else }}
+  # no progress ConfigMap to watch, nothing to grant
+  verbs: [get, create]
+{{- end }}
 - apiGroups: [""]
   resources: [services, serviceaccounts]
   verbs: [get, create]

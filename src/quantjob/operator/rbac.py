@@ -35,7 +35,9 @@ def namespaced_rules(settings: Settings) -> list[dict[str, Any]]:
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"],
+         # list/watch: the progress ConfigMaps' events; patch: granted to each worker Role
+         "verbs": ["get", "list", "watch", "create", "patch"] if settings.progress_reporting else ["get", "create"]},
         {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": ["get", "create"]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
          "verbs": ["get", "create"]},
