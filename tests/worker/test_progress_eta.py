@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from quantjob.worker.progress import LayerClock, TerminalProgress, format_duration
+from quantjob.api.durations import format_duration
+from quantjob.worker.progress import LayerClock, TerminalProgress
 
 
 class Clock:

@@ -96,6 +96,20 @@ class Devices(CamelModel):
     type: DeviceType = "npu"
     count: int = Field(1, ge=1, le=4096, description="world size: one pod per device")
     resourceName: str | None = Field(None, description="extended resource; defaults by type")
+    perNode: int | None = Field(None, ge=1, le=64, description="exactly this many ranks on every node (CANN wants the "
+                                                               "same device count on each server of a group: 1, 2, 4 "
+                                                               "or 8 on Atlas 910); count must be a multiple. Unset: "
+                                                               "ranks are packed onto as few nodes as the scheduler "
+                                                               "finds")
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> Devices:
+        if self.perNode is not None and self.count % self.perNode:
+            below = self.count - self.count % self.perNode
+            raise ValueError(f"count {self.count} is not a multiple of perNode {self.perNode} (every node runs "
+                             f"exactly perNode ranks); use count {below or self.perNode} or "
+                             f"{below + self.perNode}, or another perNode")
+        return self
 
     def effective_resource_name(self) -> str | None:
         return self.resourceName or DEFAULT_RESOURCE_NAMES[self.type]

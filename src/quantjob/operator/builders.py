@@ -344,6 +344,35 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
+HOSTNAME_KEY = "kubernetes.io/hostname"
+
+
+def place_ranks(job: QuantJob, attempt: int, pod_spec: dict[str, Any]) -> None:
+    """Where the ranks of one attempt go, added to any affinity the overlays set.
+
+    ``spec.devices.perNode`` = 1: a required pod anti-affinity on the hostname (one rank per node,
+    exact). ``perNode`` = k > 1: a topology spread on the hostname with ``maxSkew`` k (no node more
+    than k ranks ahead of an eligible node without any) plus a preference for nodes that already
+    hold ranks, which fills each node to k. Unset: the preference alone (pack ranks onto as few
+    nodes as possible: fewer hops for the collectives, and a ReadWriteOnce claim can be shared).
+    """
+    selector = {"matchLabels": {LABEL_NAME: job.metadata["name"], LABEL_ATTEMPT: str(attempt)}}
+    per_node = job.spec.devices.perNode
+    affinity = pod_spec.setdefault("affinity", {})
+    if per_node == 1:
+        anti = affinity.setdefault("podAntiAffinity", {})
+        anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(
+            {"labelSelector": selector, "topologyKey": HOSTNAME_KEY})
+        return
+    together = affinity.setdefault("podAffinity", {})
+    together.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+        {"weight": 100, "podAffinityTerm": {"labelSelector": selector, "topologyKey": HOSTNAME_KEY}})
+    if per_node is not None:
+        pod_spec.setdefault("topologySpreadConstraints", []).append(
+            {"maxSkew": per_node, "topologyKey": HOSTNAME_KEY, "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": selector, "minDomains": job.spec.devices.count // per_node})
+
+
 def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
               attempt: int = 1) -> Manifest:
     name = job.metadata["name"]
@@ -389,6 +418,7 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
         pod_spec["runtimeClassName"] = settings.npu_runtime_class
     pod_metadata: dict[str, Any] = {"labels": {**labels(name), LABEL_ATTEMPT: str(attempt)}}
     pod_overlay.apply(overlay, pod_metadata, pod_spec, container)
+    place_ranks(job, attempt, pod_spec)
     gang.mark_pods(job, names.pod_group(attempt), settings, pod_metadata, pod_spec)
     metadata = _metadata(names.job(attempt), name, namespace, **{LABEL_ATTEMPT: str(attempt)})
     job_spec: dict[str, Any] = {

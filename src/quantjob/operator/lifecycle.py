@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantjob.api.durations import format_duration
 from quantjob.api.exit_codes import USER_ERRORS
 from quantjob.operator.builders import (
     RULE_DISRUPTION,
@@ -45,7 +46,6 @@ from quantjob.operator.status import (
     set_condition,
     terminated_codes,
 )
-from quantjob.worker.progress import format_duration
 
 USER_ERROR, DISRUPTION, FAILURE, DEADLINE = "UserError", "Disruption", "Failure", "DeadlineExceeded"
 _RULE_KINDS = {RULE_USER_ERROR: USER_ERROR, RULE_DISRUPTION: DISRUPTION, RULE_FAILURE: FAILURE}

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from quantjob.api.durations import format_duration
+
 if TYPE_CHECKING:
     from quantjob.worker.distributed import Group
 
@@ -27,21 +29,6 @@ class ProgressHook(Protocol):
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None: ...
 
     def finish(self, ok: bool, message: str = "") -> None: ...
-
-
-def format_duration(seconds: float) -> str:
-    """``45s``, ``12m05s``, ``3h07m``, ``2d04h``: short enough for a ``kubectl get`` column."""
-    total = max(round(seconds), 0)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 class LayerClock:
