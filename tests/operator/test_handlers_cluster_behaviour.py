@@ -110,3 +110,30 @@ async def test_children_are_watched_with_server_side_label_selectors(cluster: An
                  if r.method == "GET" and r.resource in (kmock.resource(JOBS), kmock.resource("v1/configmaps"))
                  and r.name is None}
     assert selectors == {("jobs", "quantjob.io/name"), ("configmaps", "quantjob.io/component=progress")}, selectors
+
+
+def claim(name: str, *modes: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "ml"},
+            "spec": {"accessModes": list(modes)}, "status": {"phase": "Bound", "accessModes": list(modes)}}
+
+
+async def test_a_read_write_once_claim_across_nodes_is_refused_naming_it(cluster: Any, start_operator: Any) -> None:
+    """26.7: refused at reconcile, before any pod fails with Multi-Attach."""
+    put(cluster, "v1/persistentvolumeclaims", claim("models", "ReadWriteOnce"))
+    put(cluster, "v1/persistentvolumeclaims", claim("quantized", "ReadWriteMany"))
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(devices={"type": "npu", "count": 2, "perNode": 1}))
+        status = await status_where(cluster, lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "VolumeAccessMode"
+    assert "spec.model.pvc: claim 'models' is ReadWriteOnce" in status["message"] and "perNode 1" in status["message"]
+    assert stored(cluster, JOBS, "qwen2-w8a8-a1") is None
+
+
+async def test_a_read_write_once_claim_on_one_node_is_a_warning(cluster: Any, start_operator: Any) -> None:
+    put(cluster, "v1/persistentvolumeclaims", claim("models", "ReadWriteOnce"))
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))
+        status = await status_where(cluster, lambda s: s.get("warnings"))
+    assert any("claim 'models' is ReadWriteOnce: all 2 ranks must run on one node" in w for w in status["warnings"])
+    assert status["phase"] == "Pending"

@@ -57,3 +57,15 @@ def test_count_not_a_multiple_is_refused_at_admission() -> None:
     assert not verdict.allowed
     assert "spec.devices" in verdict.message and "not a multiple of perNode 4" in verdict.message
     assert evaluate("CREATE", quantjob_manifest(devices={"type": "npu", "count": 8, "perNode": 4})).allowed
+
+
+def test_claims_every_rank_can_mount() -> None:
+    from quantjob.operator.claims import judge
+
+    job = review_quantjob(quantjob_manifest(count=4)).job
+    assert job is not None
+    assert judge(job, 4, [("spec.model.pvc", "m", ["ReadOnlyMany"]), ("spec.output.pvc", "o", ["ReadWriteMany"])]) \
+        == (None, [])
+    error, _ = judge(job, 4, [("spec.output.pvc", "o", ["ReadWriteOncePod"])])
+    assert error is not None and "claim 'o' is ReadWriteOncePod" in error
+    assert judge(job, 1, [("spec.output.pvc", "o", ["ReadWriteOncePod"])]) == (None, [])

@@ -201,6 +201,10 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]
+# the claims' access modes: can every rank mount them (a ReadWriteOnce claim across nodes cannot)
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
   verbs: [list, create]

@@ -89,6 +89,7 @@ class Observed:
     pod_events: Sequence[Mapping[str, Any]] = ()  # events about its pods
     missing_runtime_class: str | None = None      # the configured RuntimeClass, when it does not exist
     progress: Mapping[str, Any] | None = None     # the worker's progress ConfigMap, parsed
+    volume_error: str | None = None               # a claim the ranks cannot all mount (claims.py)
 
 
 @dataclass
@@ -377,6 +378,8 @@ def decide(observed: Observed) -> Decision:
         # under its name while its pods may still run; the next attempt gets a new name.
         phase, reason, message = ended(current, Failure(FAILURE, f"Job {names.job(attempt)} was deleted while "
                                                                  "the attempt ran"))
+    elif observed.job is None and observed.volume_error:
+        phase, reason, message = "Failed", "VolumeAccessMode", observed.volume_error
     elif observed.job is None:
         if observed.missing_runtime_class:
             phase, reason = "Pending", "RuntimeClassNotFound"

@@ -42,6 +42,7 @@ def namespaced_rules(settings: Settings) -> list[dict[str, Any]]:
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
          "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
         {"apiGroups": ["scheduling.volcano.sh", "scheduling.x-k8s.io"], "resources": ["podgroups"],
          "verbs": ["get", "create"]},

@@ -18,7 +18,7 @@ from typing import Any
 
 import kubernetes
 
-from quantjob.operator import kube
+from quantjob.operator import claims, kube
 from quantjob.operator.builders import (
     LABEL_ATTEMPT,
     PROGRESS_KEY,
@@ -121,10 +121,14 @@ class Reconciler:
                 observed.pod_events = [event for event in kube.list_events(api, namespace, "Pod")
                                        if (event.get("involvedObject") or {}).get("name") in pod_names] \
                     if pod_names else []
-        elif not terminal and job.spec.devices.type == "npu" and settings.npu_runtime_class:
-            runtime_class = kube.Ref("node.k8s.io/v1", "runtimeclasses", None, settings.npu_runtime_class)
-            if kube.get(api, runtime_class) is None:
-                observed.missing_runtime_class = settings.npu_runtime_class
+        elif not terminal:
+            if job.spec.devices.type == "npu" and settings.npu_runtime_class:
+                runtime_class = kube.Ref("node.k8s.io/v1", "runtimeclasses", None, settings.npu_runtime_class)
+                if kube.get(api, runtime_class) is None:
+                    observed.missing_runtime_class = settings.npu_runtime_class
+            error, warnings = claims.check_claims(api, job, namespace, resolution.world_size)
+            observed.volume_error = error
+            status["warnings"] = [*status["warnings"], *warnings]
         if settings.progress_reporting:
             observed.progress = _progress(kube.get(api, kube.Ref("v1", "configmaps", namespace, names.progress)))
         decision = decide(observed)
