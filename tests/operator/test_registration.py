@@ -12,13 +12,13 @@ from test_admission import CONFIGURATIONS, webhook_poster
 
 from quantjob.operator.registration import registered
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
-
 
 def hooks(cluster: Any) -> list[dict[str, Any]]:
     return list((stored(cluster, CONFIGURATIONS, "quantjob.io", namespace=None) or {}).get("webhooks") or [])
 
 
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
 async def test_an_edited_or_replaced_configuration_is_restored(cluster: kmock.KubernetesEmulator,
                                                                start_operator: Any) -> None:
     async with webhook_poster(cluster, start_operator):

@@ -240,7 +240,8 @@ def attempt_start(observed: Observed) -> str | None:
     """When the current attempt began: its Job's creation, else the operator's record of it."""
     created = ((observed.job or {}).get("metadata") or {}).get("creationTimestamp")
     attempt = int(observed.status.get("attempt") or 1)
-    entry = next((item for item in observed.status.get("attempts") or [] if item.get("attempt") == attempt), {})
+    entry: Mapping[str, Any] = next((item for item in observed.status.get("attempts") or []
+                                     if item.get("attempt") == attempt), {})
     return created or entry.get("startTime")
 
 
@@ -269,10 +270,10 @@ def pending_reason(observed: Observed) -> tuple[str, str]:
                 found.append((1, str(waiting["reason"]), f"{_rank(pod)}: {waiting.get('message') or waiting['reason']}"))
     pods_by_name = {(p.get("metadata") or {}).get("name"): p for p in observed.pods}
     for event in sorted(observed.pod_events, key=lambda e: _event_time(e) or "", reverse=True):
-        pod = pods_by_name.get((event.get("involvedObject") or {}).get("name"))
-        if event.get("reason") in _EVENT_REASONS and pod is not None and _current(event, pod, since) \
-                and not _superseded(event, pod):
-            found.append((2, str(event["reason"]), f"{_rank(pod)}: {event.get('message') or ''}"))
+        subject = pods_by_name.get((event.get("involvedObject") or {}).get("name"))
+        if event.get("reason") in _EVENT_REASONS and subject is not None and _current(event, subject, since) \
+                and not _superseded(event, subject):
+            found.append((2, str(event["reason"]), f"{_rank(subject)}: {event.get('message') or ''}"))
     if found:
         return min(found, key=lambda item: item[0])[1:]
     ready = ready_ranks(observed.job or {}, observed.pods)

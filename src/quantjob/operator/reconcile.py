@@ -109,7 +109,8 @@ class Reconciler:
             world_size=resolution.world_size, max_restarts=job.spec.maxRestarts,
             max_disruptions=job.spec.maxDisruptions, startup_timeout_s=job.spec.startupTimeoutSeconds,
             active_deadline_s=job.spec.activeDeadlineSeconds))
-        entry = next((item for item in previous.get("attempts") or [] if item.get("attempt") == attempt), {})
+        entry: dict[str, Any] = next((item for item in previous.get("attempts") or []
+                                      if item.get("attempt") == attempt), {})
         if job_obj is not None or (entry.get("jobCreated") and not terminal):
             # a vanished Job's pods too: the next attempt waits until they are gone
             observed.pods = [pod for pod in kube.list_owned(api, "v1", "pods", namespace, name)
@@ -126,8 +127,8 @@ class Reconciler:
                 runtime_class = kube.Ref("node.k8s.io/v1", "runtimeclasses", None, settings.npu_runtime_class)
                 if kube.get(api, runtime_class) is None:
                     observed.missing_runtime_class = settings.npu_runtime_class
-            error, warnings = claims.check_claims(api, job, namespace, resolution.world_size)
-            observed.volume_error = error
+            refusal, warnings = claims.check_claims(api, job, namespace, resolution.world_size)
+            observed.volume_error = refusal
             status["warnings"] = [*status["warnings"], *warnings]
         if settings.progress_reporting:
             observed.progress = _progress(kube.get(api, kube.Ref("v1", "configmaps", namespace, names.progress)))
