@@ -137,3 +137,23 @@ async def test_a_read_write_once_claim_on_one_node_is_a_warning(cluster: Any, st
         status = await status_where(cluster, lambda s: s.get("warnings"))
     assert any("claim 'models' is ReadWriteOnce: all 2 ranks must run on one node" in w for w in status["warnings"])
     assert status["phase"] == "Pending"
+
+
+async def test_a_missing_child_refused_by_quota_does_not_hide_the_running_attempt(cluster: Any,
+                                                                                  start_operator: Any) -> None:
+    """26.1: the Service is deleted while the group runs and the quota refuses its re-creation."""
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {"active": 2, "ready": 2,
+                                                            "startTime": "2099-01-01T00:00:00Z"})
+        await status_where(cluster, lambda s: s.get("phase") == "Running")
+        object_count_quota(cluster, "v1/services", hard=0)
+        await http("DELETE", url(cluster, "v1/services", "qwen2-w8a8"))
+        status = await status_where(cluster, lambda s: any("exceeded quota" in w for w in s.get("warnings") or []))
+        assert status["phase"] == "Running", status
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {
+            "active": 0, "ready": 0, "succeeded": 2,
+            "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]})
+        done = await status_where(cluster, lambda s: s.get("phase") in ("Succeeded", "Failed"))
+    assert done["phase"] == "Succeeded", done

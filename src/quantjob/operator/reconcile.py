@@ -94,9 +94,14 @@ class Reconciler:
                     child["metadata"]["ownerReferences"] = [owner]
                     kube.ensure(api, child, uid)
             except (kube.ChildConflict, kube.CreateRejected) as error:
-                blocked = {**status, **self._blocked(error, previous, now)}
-                self._write(body, previous, blocked, self._phase_event(previous, blocked))
-                return
+                if isinstance(error, kube.CreateRejected) and not error.permanent and previous.get("attempt"):
+                    # a missing shared child that cannot be made now (a quota) must not hide what the
+                    # running attempt does: say so and go on observing it
+                    status["warnings"] = [*status["warnings"], f"{error}; retried at the next reconcile"]
+                else:
+                    blocked = {**status, **self._blocked(error, previous, now)}
+                    self._write(body, previous, blocked, self._phase_event(previous, blocked))
+                    return
         attempt = int(previous.get("attempt") or 1)
         job_obj = kube.get(api, kube.Ref("batch/v1", "jobs", namespace, names.job(attempt)))
         if job_obj is not None and not kube.owned_by(job_obj, uid):
