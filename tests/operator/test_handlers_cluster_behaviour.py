@@ -157,3 +157,28 @@ async def test_a_missing_child_refused_by_quota_does_not_hide_the_running_attemp
             "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]})
         done = await status_where(cluster, lambda s: s.get("phase") in ("Succeeded", "Failed"))
     assert done["phase"] == "Succeeded", done
+
+
+async def test_a_rank_stuck_terminating_is_abandoned_after_the_bound(cluster: Any, start_operator: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """26.6: rank 1's node is unreachable: its pod never leaves Terminating and the Job stays at
+    FailureTarget; past the bound (shortened here) the next attempt starts and says why."""
+    from quantjob.operator import lifecycle
+
+    monkeypatch.setattr(lifecycle, "TERMINATING_BOUND_S", 2)
+    async with start_operator():
+        await create_quantjob(cluster, quantjob_manifest(count=2))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))
+        put(cluster, "v1/pods", pod("qwen2-w8a8-a1", 0, phase="Failed", exit_code=1, message="lost peer"))
+        put(cluster, "v1/pods", pod("qwen2-w8a8-a1", 1))
+        start_terminating(cluster, "qwen2-w8a8-a1", since=now_iso(), node="node-9")
+        message = ("Container worker for pod ml/qwen2-w8a8-a1-0-x0 failed with exit code 1 matching FailJob rule "
+                   "at index 2")
+        await patch_status(cluster, JOBS, "qwen2-w8a8-a1", {"active": 1, "terminating": 1, "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy", "message": message}]})
+        await status_where(cluster, lambda s: "waiting for its pods" in (s.get("message") or ""))
+        await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a2"), timeout=20)
+        status = await status_where(cluster, lambda s: s.get("attempt") == 2)
+    first = status["attempts"][0]
+    assert first["outcome"] == "Failed" and "abandoned after 2s" in first["message"]
+    assert "rank 1 (pod qwen2-w8a8-a1-1-x1) on node node-9 still terminating" in first["message"]
