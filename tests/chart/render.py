@@ -45,10 +45,12 @@ def chart() -> Iterator[helm_python.Chart]:
 
 
 def render(values: Mapping[str, Any] | None = None, *, name: str = RELEASE,
-           namespace: str = NAMESPACE) -> tuple[list[dict[str, Any]], str]:
-    """The chart's objects (in apply order) and its NOTES.txt, for ``values`` over the defaults."""
+           namespace: str = NAMESPACE, upgrade: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """The chart's objects (in apply order) and its NOTES.txt, for ``values`` over the defaults
+    (``upgrade``: as ``helm upgrade`` renders them)."""
     with chart() as loaded:
-        files = loaded.render(dict(values or {}), name=name, namespace=namespace, is_install=True)
+        files = loaded.render(dict(values or {}), name=name, namespace=namespace, is_install=not upgrade,
+                              is_upgrade=upgrade)
     notes = ""
     objects: list[dict[str, Any]] = []
     for path, text in sorted(files.items()):

@@ -330,3 +330,18 @@ def test_deploy_manifests_are_the_rendered_chart(name: str) -> None:
         f"deploy/{name} is stale: run python3 tests/chart/render.py"
     assert sorted(path.name for path in DEPLOY.glob("*.yaml")) == sorted(DEPLOY_FILES), \
         "the manifests in deploy/ are all rendered from the chart (deploy/pod-defaults/ holds operator inputs)"
+
+
+def test_upgrade_names_the_crd_step_helm_skips() -> None:
+    """Issue 26.8: Helm never upgrades what crds/ holds; `helm upgrade` prints the step that does,
+    and the step's directory holds exactly this version's CRD, ready for server-side apply."""
+    _, notes = render({}, upgrade=True)
+    assert "kubectl apply --server-side --force-conflicts -f charts/quantjob/crds/" in notes
+    _, first = render({})
+    assert "--server-side" not in first  # a first install gets the CRD from Helm itself
+    (crd,) = [yaml.safe_load(path.read_text()) for path in sorted((CHART / "crds").glob("*.yaml"))]
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1" and crd["kind"] == "CustomResourceDefinition"
+    # nothing a server-side apply would refuse or fight over: no status, no server-owned metadata
+    assert "status" not in crd and set(crd["metadata"]) <= {"name", "annotations", "labels"}
+    doc = (ROOT / "docs" / "operator.md").read_text()
+    assert "kubectl apply --server-side --force-conflicts -f charts/quantjob/crds/" in doc

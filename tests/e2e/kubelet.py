@@ -347,7 +347,8 @@ class IndexedJobRunner:
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels,
                          "annotations": {COMPLETION_INDEX: str(index)},
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": self.name,
-                                              "uid": self.job["metadata"].get("uid", ""), "controller": True}]},
+                                              "uid": self.job["metadata"].get("uid", ""), "controller": True,
+                                              "blockOwnerDeletion": True}]},
             "spec": {**self.template["spec"], "hostname": f"{self.name}-{index}", "nodeName": "e2e-node"},
             "status": {"phase": "Pending"}})
         return PodRun(index, name, command, env, pod_dir)

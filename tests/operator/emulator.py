@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import socket
 import ssl
 import threading
@@ -67,6 +68,116 @@ def stored(cluster: kmocklib.KubernetesEmulator, resource: str, name: str,
     if key not in cluster.objects or cluster.objects[key].deleted:
         return None
     return dict(cluster.objects[key].raw)
+
+
+_QUOTAS: dict[int, list[tuple[Any, str, int]]] = {}  # id(emulator) -> (resource, namespace, hard)
+
+
+def _with_admission(cluster: kmocklib.KubernetesEmulator) -> None:
+    """Give ``cluster`` an admission step that runs before kmock stores a create (kmock stores every
+    create first, then answers, and answers an existing name 409 before any reaction could refuse)."""
+    base = type(cluster)
+    if getattr(base, "_quantjob_admission", False):
+        return
+
+    class Admitting(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+        _quantjob_admission = True
+
+        async def _handle(self, request: Any) -> web.StreamResponse:
+            if request.resource is not None and str(request.action).lower().endswith("create"):
+                data = request.data if isinstance(request.data, dict) else {}
+                namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
+                for resource, quota_namespace, hard in _QUOTAS.get(id(self), []):
+                    if request.resource == resource and namespace == quota_namespace \
+                            and _live(self, resource, namespace) >= hard:
+                        plural = resource.plural
+                        return web.json_response({
+                            "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden",
+                            "code": 403, "message": f"{plural} \"{(data.get('metadata') or {}).get('name')}\" is "
+                                                    f"forbidden: exceeded quota: object-counts, requested: "
+                                                    f"count/{plural}=1, used: count/{plural}={hard}, limited: "
+                                                    f"count/{plural}={hard}"}, status=403)
+            return await super()._handle(request)
+
+    cluster.__class__ = Admitting
+
+
+def _live(cluster: kmocklib.KubernetesEmulator, resource: Any, namespace: str | None) -> int:
+    return sum(1 for (res, ns, _), obj in cluster.objects.items() if res == resource and ns == namespace
+               and not obj.deleted)
+
+
+def live_count(cluster: kmocklib.KubernetesEmulator, resource: str, namespace: str | None = NAMESPACE) -> int:
+    """How many objects of ``resource`` exist (not deleted) in ``namespace``."""
+    return _live(cluster, kmocklib.resource(resource), namespace)
+
+
+def object_count_quota(cluster: kmocklib.KubernetesEmulator, resource: str, hard: int,
+                       namespace: str = NAMESPACE) -> None:
+    """A ResourceQuota ``count/<resource>: hard`` in ``namespace``, as the API server enforces it:
+    quota admission runs before storage, so once ``hard`` objects exist every create is refused with
+    403 "exceeded quota", a create of an object that exists included (it never reaches the 409;
+    kubernetes/kubernetes#106842). Refused creates store nothing."""
+    _with_admission(cluster)
+    _QUOTAS.setdefault(id(cluster), []).append((kmocklib.resource(resource), namespace, hard))
+
+
+def pods_of(cluster: kmocklib.KubernetesEmulator, job: str, namespace: str = NAMESPACE) -> list[str]:
+    """Names of the live pods the Job controller made for Job ``job``."""
+    pods = kmocklib.resource("v1/pods")
+    return [name for (res, ns, name), obj in cluster.objects.items()
+            if res == pods and ns == namespace and not obj.deleted
+            and ((obj.raw.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name") == job]
+
+
+def start_terminating(cluster: kmocklib.KubernetesEmulator, job: str, since: str, node: str = "node-1",
+                      namespace: str = NAMESPACE) -> list[str]:
+    """What the garbage collector and a kubelet do after Job ``job`` is deleted (background
+    propagation): each of its pods gets a ``deletionTimestamp`` and stays, still Running, until its
+    kubelet confirms the container ended (``finish_terminating``); a kubelet on an unreachable node
+    never does. Returns the pods' names."""
+    names = pods_of(cluster, job, namespace)
+    for name in names:
+        obj = cluster.objects[kmocklib.resource("v1/pods"), namespace, name]
+        obj.patch({"metadata": {"deletionTimestamp": since}, "spec": {"nodeName": node}})
+    return names
+
+
+def finish_terminating(cluster: kmocklib.KubernetesEmulator, names: list[str], namespace: str = NAMESPACE) -> None:
+    """The kubelet confirms: the pods are removed from the API."""
+    for name in names:
+        cluster.objects[kmocklib.resource("v1/pods"), namespace, name].delete()
+
+
+EVENT_TTL_S = 3600  # kube-apiserver --event-ttl default
+
+
+def record_event(cluster: kmocklib.KubernetesEmulator, involved: dict[str, Any], reason: str, message: str,
+                 at: datetime.datetime, namespace: str = NAMESPACE) -> str:
+    """A core Event as a controller posts it (``lastTimestamp`` = ``at``); returns its name."""
+    name = f"{involved['name']}.{int(at.timestamp() * 1e6):x}"
+    stamp = at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.objects[kmocklib.resource("v1/events"), namespace, name] = {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"namespace": namespace, **involved}, "reason": reason, "message": message,
+        "type": "Warning", "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1}
+    return name
+
+
+def age_events(cluster: kmocklib.KubernetesEmulator, now: datetime.datetime, ttl_s: float = EVENT_TTL_S) -> int:
+    """What the API server does to events: drop those last seen more than ``ttl_s`` before ``now``
+    (until then they stay, however stale). Returns how many went."""
+    events, gone = kmocklib.resource("v1/events"), 0
+    for (res, _, _), obj in list(cluster.objects.items()):
+        if res != events or obj.deleted:
+            continue
+        text = str(obj.raw.get("lastTimestamp") or "")
+        at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        if at is not None and (now - at).total_seconds() > ttl_s:
+            obj.delete()
+            gone += 1
+    return gone
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:

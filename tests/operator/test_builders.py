@@ -262,7 +262,8 @@ def test_children_carry_our_labels_and_a_controller_reference_only() -> None:
         assert "team" not in obj["metadata"]["labels"], obj["kind"]  # kopf.adopt used to copy these
     reference = owner_reference(body)
     assert reference == {"apiVersion": "quantjob.io/v1alpha1", "kind": "QuantJob", "name": "qwen2-w8a8",
-                         "uid": "uid-1", "controller": True}  # no blockOwnerDeletion: no finalizers RBAC
+                         "uid": "uid-1", "controller": True,
+                         "blockOwnerDeletion": True}  # issue 26.4b: a foreground delete waits for the ranks
 
 
 def test_network_policy_admits_only_the_jobs_own_pods() -> None:  # issue 14.16

@@ -145,7 +145,8 @@ async def test_create_makes_children_and_records_status(cluster: Any, start_oper
         child = stored(cluster, resource, name)
         assert child is not None, resource
         assert child["metadata"]["ownerReferences"] == [{"apiVersion": "quantjob.io/v1alpha1", "kind": "QuantJob",
-                                                         "name": NAME, "uid": "uid-1", "controller": True}], resource
+                                                         "name": NAME, "uid": "uid-1", "controller": True,
+                                                         "blockOwnerDeletion": True}], resource
         assert "team" not in child["metadata"]["labels"], resource  # our labels only
     # nothing wrote onto the QuantJob but its status (no kopf annotations, no finalizer)
     assert not [r for r in cluster if r.method == "PATCH" and r.resource == kmock.resource(QUANTJOBS)

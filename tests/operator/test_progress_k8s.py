@@ -80,8 +80,9 @@ async def test_reports_layers_rate_limited_with_attempt_and_resume_point(cluster
         await asyncio.to_thread(reporter.finish, True)
     records = sent(cluster)
     assert [r["layersDone"] for r in records] == [0, 1, 4]
+    # secondsPerLayer: this attempt's pace, the resumed layer excluded (3.5 s for layers 2-4)
     assert records[-1] == {"attempt": 2, "layersDone": 4, "layersTotal": 4, "currentLayer": None,
-                           "lastLayerError": 0.04, "resumedFrom": 1}
+                           "lastLayerError": 0.04, "resumedFrom": 1, "secondsPerLayer": 1.167}
     stored_map = stored(cluster, "v1/configmaps", CONFIG_MAP)
     assert stored_map is not None and json.loads(stored_map["data"]["progress.json"])["layersDone"] == 4
     assert set(front.tokens) == {"Bearer secret-token"}  # the token went over TLS only

@@ -45,11 +45,13 @@ def test_webhook_configuration_only_ours_and_never_created() -> None:
                 if g[1] == "validatingwebhookconfigurations"}
 
 
-def test_no_write_on_quantjobs_but_status_and_no_finalizers() -> None:
+def test_no_write_on_quantjobs_but_status_and_the_finalizers_block_owner_deletion_needs() -> None:
     allowed = grants(namespaced_rules(Settings()))
     assert {g[2] for g in allowed if g[1] == "quantjobs"} == {"get", "list", "watch"}
     assert {g[2] for g in allowed if g[1] == "quantjobs/status"} == {"get", "patch"}
-    assert not {g for g in allowed if g[1].endswith("/finalizers")}  # OwnerReferencesPermissionEnforcement
+    # issue 26.4b: blockOwnerDeletion under OwnerReferencesPermissionEnforcement, nothing more
+    assert {g for g in allowed if g[1].endswith("/finalizers")} == {("quantjob.io", "quantjobs/finalizers", "update",
+                                                                      "*")}
     assert {g[1] for g in allowed if g[2] == "delete"} == {"jobs"}
 
 
@@ -93,3 +95,11 @@ def test_print_rbac_command() -> None:
                          check=True, capture_output=True, text=True, env=environ).stdout
     kinds = [doc["kind"] for doc in yaml.safe_load_all(out)]
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+
+
+def test_without_progress_reporting_no_configmap_watch_or_patch() -> None:
+    """Issue 26.3: the narrowest rules the settings allow; ConfigMap patch exists only to be granted."""
+    allowed = grants(namespaced_rules(Settings(progress_reporting=False)))
+    assert {g[2] for g in allowed if g[1] == "configmaps"} == {"get", "create"}
+    assert {g[2] for g in grants(namespaced_rules(Settings())) if g[1] == "configmaps"} == \
+        {"get", "list", "watch", "create", "patch"}

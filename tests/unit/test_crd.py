@@ -69,6 +69,7 @@ def test_names_subresource_and_printer_columns() -> None:
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {"Phase": ".status.phase", "Ready": ".status.readySummary", "Devices": ".spec.devices.count",
                        "Attempt": ".status.attempt", "Progress": ".status.progress.summary",
+                       "ETA": ".status.progress.eta",  # issue 26: time left at the attempt's pace
                        "Reason": ".status.reason", "Runner": ".status.runner",
                        "Age": ".metadata.creationTimestamp"}
     schema = root_schema(crd)

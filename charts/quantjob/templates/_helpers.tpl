@@ -173,6 +173,11 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
 - apiGroups: [quantjob.io]
   resources: [quantjobs/status]
   verbs: [get, patch]
+# blockOwnerDeletion on the children's owner references (a foreground delete waits for the ranks)
+# needs this under OwnerReferencesPermissionEnforcement; the operator writes no finalizer
+- apiGroups: [quantjob.io]
+  resources: [quantjobs/finalizers]
+  verbs: [update]
 # the children: one Job per attempt (a group that never fully started is deleted), the progress
 # ConfigMap it mirrors (and grants rank 0 patch on), Service, worker ServiceAccount and Role
 - apiGroups: [batch]
@@ -180,7 +185,12 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [configmaps]
+{{- if .Values.worker.progressReporting }}
   verbs: [get, list, watch, create, patch]
+{{- else }}
+  # no progress ConfigMap to watch, nothing to grant
+  verbs: [get, create]
+{{- end }}
 - apiGroups: [""]
   resources: [services, serviceaccounts]
   verbs: [get, create]
@@ -191,6 +201,10 @@ quantjob.operator.rbac.namespaced_rules (tests/chart/test_chart.py keeps the two
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]
+# the claims' access modes: can every rank mount them (a ReadWriteOnce claim across nodes cannot)
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
   verbs: [list, create]

@@ -47,6 +47,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary",
      "description": "decoder layers done / total"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta",
+     "description": "time left at the current attempt's measured pace per layer"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Runner", "type": "string", "jsonPath": ".status.runner", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

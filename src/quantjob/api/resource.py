@@ -135,6 +135,20 @@ class Devices(CamelModel):
     type: DeviceType = "npu"
     count: int = Field(1, ge=1, le=4096, description="world size: one pod per device")
     resourceName: str | None = Field(None, description="extended resource; defaults by type")
+    perNode: int | None = Field(None, ge=1, le=64, description="exactly this many ranks on every node (CANN wants the "
+                                                               "same device count on each server of a group: 1, 2, 4 "
+                                                               "or 8 on Atlas 910); count must be a multiple. Unset: "
+                                                               "ranks are packed onto as few nodes as the scheduler "
+                                                               "finds")
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> Devices:
+        if self.perNode is not None and self.count % self.perNode:
+            below = self.count - self.count % self.perNode
+            raise ValueError(f"count {self.count} is not a multiple of perNode {self.perNode} (every node runs "
+                             f"exactly perNode ranks); use count {below or self.perNode} or "
+                             f"{below + self.perNode}, or another perNode")
+        return self
 
     @field_validator("resourceName")
     @classmethod
@@ -565,6 +579,10 @@ class Progress(CamelModel):
     lastLayerError: float | None = None
     summary: str | None = Field(None, description="layersDone/layersTotal, e.g. 3/16 (printer column)")
     attempt: int | None = Field(None, description="the attempt that reported it")
+    secondsPerLayer: float | None = Field(None, ge=0, description="the reporting attempt's mean seconds per layer "
+                                                                  "(layers it resumed past excluded)")
+    etaSeconds: int | None = Field(None, ge=0, description="secondsPerLayer times the layers left")
+    eta: str | None = Field(None, description="etaSeconds as text, e.g. 3h07m (printer column)")
 
     @model_validator(mode="after")
     def _summarise(self) -> Progress:
@@ -585,6 +603,10 @@ class Attempt(CamelModel):
     outcome: str | None = Field(None, description="Succeeded, Failed, Disrupted, UserError, DeadlineExceeded, "
                                                   "StartupTimeout")
     message: str | None = None
+    jobCreated: bool | None = Field(None, description="the attempt's Job was created; if it vanishes the attempt "
+                                                      "ends and the next one gets a new name")
+    endedTime: str | None = Field(None, description="when the operator saw the attempt end (start of the bound "
+                                                    "on pods stuck terminating)")
 
 
 class QuantJobStatus(CamelModel):
@@ -602,7 +624,9 @@ class QuantJobStatus(CamelModel):
     disruptions: int | None = Field(None, description="restarts after preemption or eviction (maxDisruptions)")
     ready: int | None = Field(None, description="ranks of the current attempt running and ready")
     readySummary: str | None = Field(None, description="ready/worldSize (printer column)")
-    attempts: list[Attempt] = Field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list, description="the latest attempts (at most 10); "
+                                                                       "status.attempt counts them all")
+    attemptsOmitted: int | None = Field(None, description="older attempts dropped from status.attempts")
     warnings: list[str] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     startTime: str | None = None

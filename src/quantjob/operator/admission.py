@@ -55,11 +55,19 @@ class Verdict:
 
 def admission_problems(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None,
                        settings: Settings | None = None) -> list[Problem]:
-    """Errors and warnings for a CREATE or UPDATE of a QuantJob."""
-    problems = list(review_quantjob(new, settings).problems)
+    """Errors and warnings for a CREATE or UPDATE of a QuantJob.
+
+    An UPDATE that leaves the spec as it was (labels, annotations, finalizers, status) or that
+    touches an object being deleted is judged on immutability only: the spec was admitted when it
+    was written, and an operator setting changed since (custom images turned off, say) must not
+    keep users from labelling the object or removing a finalizer so that a delete can finish.
+    """
     if operation == "UPDATE" and old is not None:
-        problems.extend(spec_changes(old, new))
-    return problems
+        deleting = bool((new.get("metadata") or {}).get("deletionTimestamp"))
+        if deleting or (old.get("spec") or {}) == (new.get("spec") or {}):
+            return spec_changes(old, new)
+        return [*review_quantjob(new, settings).problems, *spec_changes(old, new)]
+    return list(review_quantjob(new, settings).problems)
 
 
 def evaluate(operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None = None,

@@ -14,9 +14,11 @@ Children of QuantJob ``<name>`` (all deterministic, so a restarted operator find
 - optionally a PodGroup ``<name>-a<N>`` (gang scheduling) and a NetworkPolicy ``<name>``.
 
 Every child carries our labels only (never the QuantJob's) and, when built for a live QuantJob, an
-owner reference with ``controller: true`` and no ``blockOwnerDeletion`` (that flag would need
-``update`` on ``quantjobs/finalizers`` under OwnerReferencesPermissionEnforcement; deletion
-cascades without it).
+owner reference with ``controller: true`` and ``blockOwnerDeletion: true``: a foreground delete of
+the QuantJob (``kubectl delete --cascade=foreground``) returns only once its Job, hence every rank,
+is gone, so "delete and recreate" cannot start a second group on the same output while the first
+still writes. The flag needs ``update`` on ``quantjobs/finalizers`` where the API server enforces
+OwnerReferencesPermissionEnforcement (``rbac.py`` grants it).
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def labels(name: str) -> dict[str, str]:
 
 
 def owner_reference(quantjob: Mapping[str, Any]) -> dict[str, Any]:
-    """Our owner reference to a live QuantJob (no ``blockOwnerDeletion``: see the module doc)."""
+    """Our owner reference to a live QuantJob (``blockOwnerDeletion``: see the module doc)."""
     meta = quantjob.get("metadata") or {}
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True}
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True,
+            "blockOwnerDeletion": True}
 
 
 def _metadata(name: str, owner: str, namespace: str | None, **extra_labels: str) -> dict[str, Any]:
@@ -326,8 +329,11 @@ def _volumes(job: QuantJob, settings: Settings) -> tuple[list[dict[str, Any]], l
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": volume, "mountPath": CALIBRATION_MOUNT, "readOnly": True})
     if settings.progress_reporting:
-        # A short-lived, audience-bound token instead of the automatic one. A Job has one pod template,
-        # so every rank mounts it, but it only lets rank 0's reporter patch this QuantJob's progress.
+        # A short-lived token instead of the automatic one, bound to the pod (void once the pod is gone).
+        # It carries the API server's default audience, not one of ours: the only reader is the API
+        # server itself, which refuses tokens for audiences it does not serve (--api-audiences). A Job
+        # has one pod template, so every rank mounts it, but it only lets rank 0's reporter patch this
+        # QuantJob's progress ConfigMap.
         volumes.append({"name": "api-token", "projected": {"defaultMode": 0o440, "sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
@@ -357,6 +363,35 @@ def pod_failure_policy() -> dict[str, Any]:
         {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "NotIn", "values": [0]}},
     ]}
+
+
+HOSTNAME_KEY = "kubernetes.io/hostname"
+
+
+def place_ranks(job: QuantJob, attempt: int, pod_spec: dict[str, Any]) -> None:
+    """Where the ranks of one attempt go, added to any affinity the overlays set.
+
+    ``spec.devices.perNode`` = 1: a required pod anti-affinity on the hostname (one rank per node,
+    exact). ``perNode`` = k > 1: a topology spread on the hostname with ``maxSkew`` k (no node more
+    than k ranks ahead of an eligible node without any) plus a preference for nodes that already
+    hold ranks, which fills each node to k. Unset: the preference alone (pack ranks onto as few
+    nodes as possible: fewer hops for the collectives, and a ReadWriteOnce claim can be shared).
+    """
+    selector = {"matchLabels": {LABEL_NAME: job.metadata["name"], LABEL_ATTEMPT: str(attempt)}}
+    per_node = job.spec.devices.perNode
+    affinity = pod_spec.setdefault("affinity", {})
+    if per_node == 1:
+        anti = affinity.setdefault("podAntiAffinity", {})
+        anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(
+            {"labelSelector": selector, "topologyKey": HOSTNAME_KEY})
+        return
+    together = affinity.setdefault("podAffinity", {})
+    together.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+        {"weight": 100, "podAffinityTerm": {"labelSelector": selector, "topologyKey": HOSTNAME_KEY}})
+    if per_node is not None:
+        pod_spec.setdefault("topologySpreadConstraints", []).append(
+            {"maxSkew": per_node, "topologyKey": HOSTNAME_KEY, "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": selector, "minDomains": job.spec.devices.count // per_node})
 
 
 def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
@@ -404,6 +439,7 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
         pod_spec["runtimeClassName"] = settings.npu_runtime_class
     pod_metadata: dict[str, Any] = {"labels": {**labels(name), LABEL_ATTEMPT: str(attempt)}}
     pod_overlay.apply(overlay, pod_metadata, pod_spec, container)
+    place_ranks(job, attempt, pod_spec)
     gang.mark_pods(job, names.pod_group(attempt), settings, pod_metadata, pod_spec)
     metadata = _metadata(names.job(attempt), name, namespace, **{LABEL_ATTEMPT: str(attempt)})
     job_spec: dict[str, Any] = {

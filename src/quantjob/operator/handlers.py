@@ -2,8 +2,8 @@
 
 ``build_registry(settings, reconciler)`` returns a fresh ``kopf.OperatorRegistry`` (no module-level
 state). Only ``on.event`` handlers are used: they observe without writing anything onto the objects
-(no progress annotations, no finalizers), so the operator needs neither ``patch`` on QuantJobs nor
-``update`` on ``quantjobs/finalizers``, and a QuantJob can be deleted while the operator is down.
+(no progress annotations, no finalizers), so the operator needs no ``patch`` on QuantJobs, and a
+QuantJob can be deleted while the operator is down.
 Handlers are sync functions: kopf runs them in its thread pool, where the blocking client belongs.
 The periodic resync (``main.resync``) covers what no event announces (a deleted Service, a pod that
 became unschedulable, the startup deadline).
@@ -27,6 +27,10 @@ def kopf_settings(settings: Settings, webhook_server: Any = None) -> kopf.Operat
     """Kopf's own settings: our webhook server, registered by us (``registration``), not by kopf."""
     result = kopf.OperatorSettings()
     result.persistence.finalizer = f"{GROUP}/finalizer"
+    # Server-side label selectors: the API server sends only our children's events (the handlers'
+    # ``labels=`` filters alone would still list and watch every Job and ConfigMap of the cluster).
+    result.watching.label_selectors["batch", "v1", "jobs"] = LABEL_NAME
+    result.watching.label_selectors["v1", "configmaps"] = f"{LABEL_COMPONENT}=progress"
     if webhook_server is not None:
         result.admission.server = webhook_server
         result.admission.managed = None  # kopf would need create on every webhook configuration

@@ -129,21 +129,31 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
+def _check_owner(existing: Mapping[str, Any] | None, manifest: Manifest, owner_uid: str) -> None:
+    if existing is not None and not owned_by(existing, owner_uid):
+        raise ChildConflict(f"{manifest['kind']} {manifest['metadata']['name']} already exists and was not created "
+                            "by this QuantJob; delete or rename it, or give the QuantJob another name")
+
+
 def ensure(api: kubernetes.client.ApiClient, manifest: Manifest, owner_uid: str) -> bool:
     """Create ``manifest`` unless this QuantJob already owns an object of that name.
 
-    True if created now. An existing object that this QuantJob does not own raises
-    ``ChildConflict`` (it is never adopted); a refused create raises ``CreateRejected``.
+    Reads first and creates only what is missing: an API server judges a create by quota (403
+    "exceeded quota") and by every admission webhook before it finds that the object exists
+    (kubernetes/kubernetes#106842), so creating what exists would stall a QuantJob in a namespace
+    at its object-count quota. True if created now. An existing object that this QuantJob does not
+    own raises ``ChildConflict`` (it is never adopted); a refused create raises ``CreateRejected``.
     """
     ref = ref_of(manifest)
+    existing = get(api, ref)
+    if existing is not None:
+        _check_owner(existing, manifest, owner_uid)
+        return False
     try:
         request(api, "POST", Ref(ref.api_version, ref.plural, ref.namespace).path(), dict(manifest))
     except ApiException as error:
-        if error.status == 409:
-            existing = get(api, ref)
-            if existing is not None and not owned_by(existing, owner_uid):
-                raise ChildConflict(f"{manifest['kind']} {ref.name} already exists and was not created by this "
-                                    "QuantJob; delete or rename it, or give the QuantJob another name") from None
+        if error.status == 409:  # created in between (another replica, a retried request)
+            _check_owner(get(api, ref), manifest, owner_uid)
             return False
         if error.status == 404 and manifest["kind"] == "PodGroup":
             raise CreateRejected(manifest["kind"], str(ref.name), 404,

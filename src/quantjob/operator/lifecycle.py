@@ -21,11 +21,13 @@ attempt runs (``Job.status.ready``), Succeeded, Failed (with a reason).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantjob.api.durations import format_duration
 from quantjob.api.exit_codes import USER_ERRORS
 from quantjob.operator.builders import (
     RULE_DISRUPTION,
@@ -37,6 +39,7 @@ from quantjob.operator.status import (
     MAX_MESSAGE,
     TERMINAL_PHASES,
     job_condition,
+    parse_time,
     pod_failure_message,
     pod_index,
     seconds_between,
@@ -54,6 +57,13 @@ _POD_IN_MESSAGE = re.compile(r"[Pp]od ([-a-z0-9.]+)/([-a-z0-9.]+)")
 _WAITING_REASONS = ("InvalidImageName", "ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff",
                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 _EVENT_REASONS = ("FailedMount", "FailedAttachVolume", "FailedScheduling")
+# How long after its deletion a pod that never ends (its node unreachable) holds up the next attempt.
+# Kubernetes' own node controller waits 300 s (the default not-ready/unreachable tolerations) before it
+# even evicts such a pod; twice that leaves the grace period and a slow kubelet their time.
+TERMINATING_BOUND_S = 600
+# status.attempts keeps the latest attempts only (a QuantJob with maxDisruptions in the thousands must
+# not outgrow an object); status.attempt is their count and attemptsOmitted how many were dropped.
+MAX_ATTEMPTS_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Observed:
     pod_events: Sequence[Mapping[str, Any]] = ()  # events about its pods
     missing_runtime_class: str | None = None      # the configured RuntimeClass, when it does not exist
     progress: Mapping[str, Any] | None = None     # the worker's progress ConfigMap, parsed
+    volume_error: str | None = None               # a claim the ranks cannot all mount (claims.py)
 
 
 @dataclass
@@ -103,20 +114,66 @@ def classify_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) 
     culprit = _POD_IN_MESSAGE.search(message)
     prefer = culprit.group(2) if culprit else None
     kind: str | None = DEADLINE if reason == "DeadlineExceeded" else None
+    disrupted = [pod for pod in pods if _disrupted(pod)]
+    if kind is None and disrupted:
+        # The Job controller names the first pod it matched; when one rank is drained or preempted its
+        # peers exit non-zero at once (a lost collective), and may be matched first.
+        kind = DISRUPTION
+        prefer = (disrupted[0].get("metadata") or {}).get("name")
     if kind is None and reason == "PodFailurePolicy":
         rule = _RULE_INDEX.search(message)
         kind = _RULE_KINDS.get(int(rule.group(1))) if rule else None
     if kind is None:
-        if any(code in USER_ERRORS for pod in pods for code in terminated_codes(pod)):
-            kind = USER_ERROR
-        elif any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-                 for pod in pods for c in (pod.get("status") or {}).get("conditions") or []):
-            kind = DISRUPTION
-        else:
-            kind = FAILURE
+        kind = USER_ERROR if any(code in USER_ERRORS for pod in pods for code in terminated_codes(pod)) else FAILURE
     codes = USER_ERRORS if kind == USER_ERROR else None
     text = pod_failure_message(pods, prefer=prefer, codes=codes) or pod_failure_message(pods, prefer=prefer)
+    if kind == DISRUPTION and disrupted:
+        condition = next(c for c in (disrupted[0].get("status") or {}).get("conditions") or []
+                         if c.get("type") == "DisruptionTarget")
+        text = (f"{_rank(disrupted[0])} was disrupted ({condition.get('reason') or 'DisruptionTarget'}"
+                f"{': ' + str(condition['message']) if condition.get('message') else ''})")
     return Failure(kind, text or message or reason or "the Job failed")
+
+
+def _disrupted(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _ended(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def attempt_stopped(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: str,
+                    since: str | None) -> tuple[bool, str]:
+    """Whether the next attempt may start: every pod of this one has ended or is gone. A pod still
+    Terminating ``TERMINATING_BOUND_S`` after its deletion (its node unreachable: the kubelet never
+    confirms) is abandoned, and the note says which; ``since`` is when the attempt was seen to end,
+    the start of the bound for pods not yet marked for deletion."""
+    job_status = (job or {}).get("status") or {}
+    if job is not None and job_condition(job_status, "Failed", "FailureTarget") is None:
+        return False, ""
+    running = [pod for pod in pods if not _ended(pod)]
+    counted = int(job_status.get("active") or 0) + int(job_status.get("terminating") or 0)
+    settled = job is None or job_condition(job_status, "Failed") is not None
+    if not running and (settled and not counted):
+        return True, ""
+    stuck: list[str] = []
+    for pod in running:
+        began = (pod.get("metadata") or {}).get("deletionTimestamp") or since
+        waited = seconds_between(began, now)
+        if waited is None or waited <= TERMINATING_BOUND_S:
+            return False, ""
+        node = (pod.get("spec") or {}).get("nodeName")
+        stuck.append(f"{_rank(pod)}{f' on node {node}' if node else ''} still terminating since {began}")
+    if not stuck:  # the Job counts pods not listed yet
+        waited = seconds_between(since, now)
+        if waited is None or waited <= TERMINATING_BOUND_S:
+            return False, ""
+        stuck.append(f"{counted} pod(s) the Job still counts")
+    return True, (f"abandoned after {TERMINATING_BOUND_S}s: {'; '.join(stuck)} (an unreachable node never "
+                  "confirms; its rank cannot reach the new attempt's rendezvous, and the output lock stops it "
+                  "writing alongside the new group)")
 
 
 def pods_stopped(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
@@ -126,7 +183,7 @@ def pods_stopped(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> b
         return False
     if int(job_status.get("active") or 0) or int(job_status.get("terminating") or 0):
         return False
-    return all((pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") for pod in pods)
+    return all(_ended(pod) for pod in pods)
 
 
 def ready_ranks(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
@@ -147,11 +204,57 @@ def _index_or_last(pod: Mapping[str, Any]) -> int:
     return index if index is not None else 1 << 30
 
 
+def _event_time(event: Mapping[str, Any]) -> str | None:
+    series = event.get("series") or {}
+    return (event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime")
+            or event.get("firstTimestamp") or (event.get("metadata") or {}).get("creationTimestamp"))
+
+
+def _current(event: Mapping[str, Any], obj: Mapping[str, Any] | None, since: str | None) -> bool:
+    """An event about ``obj`` as it is now: not about an earlier object of the same name (uid), and
+    not older than ``since`` (the attempt's start). Events live about an hour, so without this an
+    earlier QuantJob's or attempt's troubles would be reported as today's."""
+    uid = ((obj or {}).get("metadata") or {}).get("uid")
+    about = (event.get("involvedObject") or {}).get("uid")
+    if uid and about and uid != about:
+        return False
+    at, start = parse_time(_event_time(event)), parse_time(since)
+    return at is None or start is None or at >= start
+
+
+def _scheduled(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return bool((pod.get("spec") or {}).get("nodeName")) or any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _superseded(event: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's current state answers the event: scheduled since a FailedScheduling, its
+    containers started since a FailedMount or FailedAttachVolume."""
+    if event.get("reason") == "FailedScheduling":
+        return _scheduled(pod)
+    return (pod.get("status") or {}).get("phase") not in (None, "Pending")
+
+
+def attempt_start(observed: Observed) -> str | None:
+    """When the current attempt began: its Job's creation, else the operator's record of it."""
+    created = ((observed.job or {}).get("metadata") or {}).get("creationTimestamp")
+    attempt = int(observed.status.get("attempt") or 1)
+    entry: Mapping[str, Any] = next((item for item in observed.status.get("attempts") or []
+                                     if item.get("attempt") == attempt), {})
+    return created or entry.get("startTime")
+
+
 def pending_reason(observed: Observed) -> tuple[str, str]:
-    """Why not every rank runs yet, from the Job's events and the pods' conditions and statuses."""
-    for event in observed.job_events:
-        if event.get("reason") == "FailedCreate":
-            return "FailedCreate", str(event.get("message") or "")
+    """Why not every rank runs yet, from the pods' conditions and statuses and from events newer than
+    the attempt that the pods' current state has not answered."""
+    since = attempt_start(observed)
+    job_status = (observed.job or {}).get("status") or {}
+    made = max(len(observed.pods), sum(int(job_status.get(key) or 0) for key in ("active", "succeeded", "failed")))
+    if made < observed.limits.world_size:  # a FailedCreate is answered once every pod exists
+        for event in sorted(observed.job_events, key=lambda e: _event_time(e) or "", reverse=True):
+            if event.get("reason") == "FailedCreate" and _current(event, observed.job, since):
+                return "FailedCreate", str(event.get("message") or "")
     found: list[tuple[int, str, str]] = []
     for pod in sorted(observed.pods, key=_index_or_last):
         status = pod.get("status") or {}
@@ -166,10 +269,11 @@ def pending_reason(observed: Observed) -> tuple[str, str]:
             if waiting.get("reason") in _WAITING_REASONS:
                 found.append((1, str(waiting["reason"]), f"{_rank(pod)}: {waiting.get('message') or waiting['reason']}"))
     pods_by_name = {(p.get("metadata") or {}).get("name"): p for p in observed.pods}
-    for event in observed.pod_events:
-        name = (event.get("involvedObject") or {}).get("name")
-        if event.get("reason") in _EVENT_REASONS and name in pods_by_name:
-            found.append((2, str(event["reason"]), f"{_rank(pods_by_name[name])}: {event.get('message') or ''}"))
+    for event in sorted(observed.pod_events, key=lambda e: _event_time(e) or "", reverse=True):
+        subject = pods_by_name.get((event.get("involvedObject") or {}).get("name"))
+        if event.get("reason") in _EVENT_REASONS and subject is not None and _current(event, subject, since) \
+                and not _superseded(event, subject):
+            found.append((2, str(event["reason"]), f"{_rank(subject)}: {event.get('message') or ''}"))
     if found:
         return min(found, key=lambda item: item[0])[1:]
     ready = ready_ranks(observed.job or {}, observed.pods)
@@ -180,19 +284,46 @@ def _attempt_entry(attempts: list[dict[str, Any]], attempt: int) -> dict[str, An
     return next((entry for entry in attempts if entry.get("attempt") == attempt), None)
 
 
-def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """``status.progress`` from the worker's ConfigMap; its resume point goes into its attempt."""
-    data = observed.progress
-    if not data or not isinstance(data.get("layersTotal"), int):
+def _count(value: Any, low: int = 0) -> int | None:
+    """``value`` when it is a whole number >= ``low`` (a bool is not), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= low else None
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite non-negative float, else None (NaN or Infinity would make every status
+    patch invalid JSON, so the QuantJob's status would freeze)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    attempt = data.get("attempt")
-    entry = _attempt_entry(attempts, attempt) if isinstance(attempt, int) else None
-    if entry is not None and isinstance(data.get("resumedFrom"), int):
-        entry["resumedFromLayer"] = data["resumedFrom"]
-    done, total = int(data.get("layersDone") or 0), int(data["layersTotal"])
-    progress = {"layersDone": done, "layersTotal": total, "summary": f"{done}/{total}",
-                "currentLayer": data.get("currentLayer"), "lastLayerError": data.get("lastLayerError"),
-                "attempt": attempt}
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``status.progress`` from the worker's ConfigMap, each field checked (a field of the wrong type
+    or out of range is dropped: the ConfigMap is written by a pod, never trusted); its resume point
+    goes into its attempt. The ETA is the current attempt's measured mean seconds per layer (layers
+    it resumed past excluded: the worker measures only the layers it ran) times the layers left."""
+    data = observed.progress
+    total = _count((data or {}).get("layersTotal"))
+    if not data or total is None:
+        return None
+    done = _count(data.get("layersDone"))
+    done = done if done is not None and done <= total else 0
+    attempt = _count(data.get("attempt"), 1)
+    entry = _attempt_entry(attempts, attempt) if attempt is not None else None
+    resumed = _count(data.get("resumedFrom"))
+    if entry is not None and resumed is not None and resumed <= total:
+        entry["resumedFromLayer"] = resumed
+    current = _count(data.get("currentLayer"))
+    progress: dict[str, Any] = {
+        "layersDone": done, "layersTotal": total, "summary": f"{done}/{total}",
+        "currentLayer": current if current is not None and current <= total else None,
+        "lastLayerError": _finite(data.get("lastLayerError")), "attempt": attempt}
+    per_layer = _finite(data.get("secondsPerLayer"))
+    if per_layer is not None and per_layer > 0 and attempt == int(observed.status.get("attempt") or 1):
+        left = per_layer * (total - done)
+        progress.update(secondsPerLayer=round(per_layer, 3), etaSeconds=round(left),
+                        eta=format_duration(left) if done < total else "done")
     return {key: value for key, value in progress.items() if value is not None}
 
 
@@ -213,8 +344,43 @@ def decide(observed: Observed) -> Decision:
         if entry is not None and not entry.get("outcome"):
             entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=now)
 
+    def ended(entry: dict[str, Any], failure: Failure) -> tuple[str, str, str]:
+        """The current attempt ended with ``failure``: fail, or start the next attempt once its pods
+        are gone (or abandoned past the bound), or wait for them."""
+        nonlocal attempt, towards, disruptions
+        phase_, reason_, message_ = _after_failure(failure, attempt, towards, disruptions, limits)
+        if phase_ == "Failed":
+            finish(entry, OUTCOMES[failure.kind], failure.message)
+            return phase_, reason_, message_
+        entry.setdefault("endedTime", now)
+        stopped, note = attempt_stopped(observed.job, observed.pods, now, entry.get("endedTime"))
+        if not stopped:
+            return phase_, reason_, (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for "
+                                     f"its pods to stop before attempt {attempt + 1}")
+        finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
+        if failure.kind == DISRUPTION:
+            disruptions += 1
+        else:
+            towards += 1
+        attempt += 1
+        attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
+        decision.create_attempt = attempt
+        text = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}"
+                f"{'; ' + note if note else ''}; started attempt {attempt}, which resumes at the last "
+                "committed layer")
+        decision.events.append(("Warning", "Restarting", text))
+        return phase_, reason_, text
+
+    current = _attempt_entry(attempts, attempt)
     if phase in TERMINAL_PHASES:
         pass  # finished: only progress is still mirrored
+    elif observed.job is None and current is not None and current.get("jobCreated") and not current.get("outcome"):
+        # The attempt's Job is gone (deleted by hand, or by a garbage collector): never create it again
+        # under its name while its pods may still run; the next attempt gets a new name.
+        phase, reason, message = ended(current, Failure(FAILURE, f"Job {names.job(attempt)} was deleted while "
+                                                                 "the attempt ran"))
+    elif observed.job is None and observed.volume_error:
+        phase, reason, message = "Failed", "VolumeAccessMode", observed.volume_error
     elif observed.job is None:
         if observed.missing_runtime_class:
             phase, reason = "Pending", "RuntimeClassNotFound"
@@ -223,15 +389,16 @@ def decide(observed: Observed) -> Decision:
                        "create it, or set the setting to '' where Ascend's runtime is the default runtime "
                        "(MindCluster)")
         else:
-            if _attempt_entry(attempts, attempt) is None:
+            if current is None:
                 attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
             decision.create_attempt = attempt
             phase, reason, message = "Pending", "Creating", f"creating Job {names.job(attempt)}"
     else:
-        entry = _attempt_entry(attempts, attempt)
+        entry = current
         if entry is None:  # the status was lost; the Job is the truth
             entry = {"attempt": attempt, "job": names.job(attempt), "startTime": now}
             attempts.append(entry)
+        entry["jobCreated"] = True
         complete = job_condition(job_status, "SuccessCriteriaMet", "Complete")
         failed = job_condition(job_status, "Failed", "FailureTarget")
         suspended = job_condition(job_status, "Suspended")
@@ -239,25 +406,7 @@ def decide(observed: Observed) -> Decision:
             phase, reason, message = "Succeeded", "Completed", f"all {limits.world_size} rank(s) finished"
             finish(entry, "Succeeded", message)
         elif failed:
-            failure = classify_failure(observed.job, observed.pods)
-            phase, reason, message = _after_failure(failure, attempt, towards, disruptions, limits)
-            if phase == "Failed":
-                finish(entry, OUTCOMES[failure.kind], failure.message)
-            elif pods_stopped(observed.job, observed.pods):
-                finish(entry, OUTCOMES[failure.kind], failure.message)
-                if failure.kind == DISRUPTION:
-                    disruptions += 1
-                else:
-                    towards += 1
-                attempt += 1
-                attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-                decision.create_attempt = attempt
-                message = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}; started attempt "
-                           f"{attempt}, which resumes at the last committed layer")
-                decision.events.append(("Warning", "Restarting", message))
-            else:
-                message = (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for its pods to "
-                           f"stop before attempt {attempt + 1}")
+            phase, reason, message = ended(entry, classify_failure(observed.job, observed.pods))
         elif suspended:
             phase, reason = "Pending", "Suspended"
             message = str(suspended.get("message") or "the Job is suspended (waiting in its queue)")
@@ -279,11 +428,15 @@ def decide(observed: Observed) -> Decision:
                     decision.delete_job = names.job(attempt)  # free the devices a partial group holds
 
     progress = _progress(observed, attempts)
+    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(attempts) - MAX_ATTEMPTS_KEPT, 0)
+    attempts = attempts[-MAX_ATTEMPTS_KEPT:]
     status: dict[str, Any] = {
         "phase": phase, "reason": reason, "message": message[:MAX_MESSAGE] if message else prev.get("message"),
         "job": names.job(attempt), "attempt": attempt, "restarts": towards + disruptions,
         "restartsCountTowardsMax": towards, "disruptions": disruptions, "attempts": attempts,
     }
+    if omitted:
+        status["attemptsOmitted"] = omitted
     if decision.create_attempt is not None:
         ready = 0  # the new attempt's Job has no pods yet
     status["ready"] = ready
@@ -297,7 +450,7 @@ def decide(observed: Observed) -> Decision:
     status["conditions"] = _conditions(prev, phase, reason, message, job_status, ready, limits, now)
     if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
         # finished earlier: keep what was decided then, refresh progress only
-        status = {key: value for key, value in status.items() if key in ("progress", "attempts")}
+        status = {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
     elif (phase, reason) != (prev.get("phase"), prev.get("reason")) and reason not in ("Creating", "Starting"):
         kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
             else "Normal"

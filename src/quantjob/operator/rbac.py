@@ -7,9 +7,11 @@
   only), the RuntimeClass check (``get``), and ``get``/``patch`` of our own
   ValidatingWebhookConfiguration by name (never ``create``, never another configuration).
 
-The operator never needs ``patch`` on QuantJobs (it only writes their status), nor ``update`` on
-``quantjobs/finalizers`` (its owner references do not set ``blockOwnerDeletion``), nor ``delete`` on
-anything but Jobs (a group that never fully started is stopped). It holds ``get``/``patch`` on
+The operator never needs ``patch`` on QuantJobs (it only writes their status), nor ``delete`` on
+anything but Jobs (a group that never fully started is stopped). It holds ``update`` on
+``quantjobs/finalizers`` only because its owner references set ``blockOwnerDeletion`` (a foreground
+delete of a QuantJob waits for its ranks), which OwnerReferencesPermissionEnforcement requires; it
+never writes a finalizer. It holds ``get``/``patch`` on
 ConfigMaps because it grants exactly that (on one ConfigMap) to each QuantJob's worker Role, and
 Kubernetes forbids granting more than one holds.
 """
@@ -31,12 +33,16 @@ def namespaced_rules(settings: Settings) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
         {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"],
+         # list/watch: the progress ConfigMaps' events; patch: granted to each worker Role
+         "verbs": ["get", "list", "watch", "create", "patch"] if settings.progress_reporting else ["get", "create"]},
         {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": ["get", "create"]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
          "verbs": ["get", "create"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
         {"apiGroups": ["scheduling.volcano.sh", "scheduling.x-k8s.io"], "resources": ["podgroups"],
          "verbs": ["get", "create"]},

@@ -18,7 +18,7 @@ from typing import Any
 
 import kubernetes
 
-from quantjob.operator import kube
+from quantjob.operator import claims, kube
 from quantjob.operator.builders import (
     LABEL_ATTEMPT,
     PROGRESS_KEY,
@@ -94,9 +94,14 @@ class Reconciler:
                     child["metadata"]["ownerReferences"] = [owner]
                     kube.ensure(api, child, uid)
             except (kube.ChildConflict, kube.CreateRejected) as error:
-                blocked = {**status, **self._blocked(error, previous, now)}
-                self._write(body, previous, blocked, self._phase_event(previous, blocked))
-                return
+                if isinstance(error, kube.CreateRejected) and not error.permanent and previous.get("attempt"):
+                    # a missing shared child that cannot be made now (a quota) must not hide what the
+                    # running attempt does: say so and go on observing it
+                    status["warnings"] = [*status["warnings"], f"{error}; retried at the next reconcile"]
+                else:
+                    blocked = {**status, **self._blocked(error, previous, now)}
+                    self._write(body, previous, blocked, self._phase_event(previous, blocked))
+                    return
         attempt = int(previous.get("attempt") or 1)
         job_obj = kube.get(api, kube.Ref("batch/v1", "jobs", namespace, names.job(attempt)))
         if job_obj is not None and not kube.owned_by(job_obj, uid):
@@ -109,19 +114,27 @@ class Reconciler:
             world_size=resolution.world_size, max_restarts=job.spec.maxRestarts,
             max_disruptions=job.spec.maxDisruptions, startup_timeout_s=job.spec.startupTimeoutSeconds,
             active_deadline_s=job.spec.activeDeadlineSeconds))
-        if job_obj is not None:
+        entry: dict[str, Any] = next((item for item in previous.get("attempts") or []
+                                      if item.get("attempt") == attempt), {})
+        if job_obj is not None or (entry.get("jobCreated") and not terminal):
+            # a vanished Job's pods too: the next attempt waits until they are gone
             observed.pods = [pod for pod in kube.list_owned(api, "v1", "pods", namespace, name)
                              if ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)]
+        if job_obj is not None:
             if not terminal and previous.get("phase") != "Running":
                 observed.job_events = kube.list_events(api, namespace, "Job", names.job(attempt))
                 pod_names = {(pod.get("metadata") or {}).get("name") for pod in observed.pods}
                 observed.pod_events = [event for event in kube.list_events(api, namespace, "Pod")
                                        if (event.get("involvedObject") or {}).get("name") in pod_names] \
                     if pod_names else []
-        elif not terminal and job.spec.devices.type == "npu" and settings.npu_runtime_class:
-            runtime_class = kube.Ref("node.k8s.io/v1", "runtimeclasses", None, settings.npu_runtime_class)
-            if kube.get(api, runtime_class) is None:
-                observed.missing_runtime_class = settings.npu_runtime_class
+        elif not terminal:
+            if job.spec.devices.type == "npu" and settings.npu_runtime_class:
+                runtime_class = kube.Ref("node.k8s.io/v1", "runtimeclasses", None, settings.npu_runtime_class)
+                if kube.get(api, runtime_class) is None:
+                    observed.missing_runtime_class = settings.npu_runtime_class
+            refusal, warnings = claims.check_claims(api, job, namespace, resolution.world_size)
+            observed.volume_error = refusal
+            status["warnings"] = [*status["warnings"], *warnings]
         if settings.progress_reporting:
             observed.progress = _progress(kube.get(api, kube.Ref("v1", "configmaps", namespace, names.progress)))
         decision = decide(observed)
@@ -132,6 +145,9 @@ class Reconciler:
                 for child in build_attempt(job, resolution, settings, namespace, decision.create_attempt):
                     child["metadata"]["ownerReferences"] = [owner]
                     kube.ensure(api, child, uid)
+                for item in status.get("attempts") or []:
+                    if item.get("attempt") == decision.create_attempt:
+                        item["jobCreated"] = True  # from now on its Job's absence ends the attempt
             except (kube.ChildConflict, kube.CreateRejected) as error:
                 blocked = self._blocked(error, previous, now)
                 status.update(blocked)

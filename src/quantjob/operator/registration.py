@@ -9,6 +9,7 @@ configuration in the cluster, which could register a webhook that sees any objec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,6 @@ from quantjob.operator.admission import VALIDATE_ID, ServiceWebhookServer
 from quantjob.operator.settings import Settings
 
 log = logging.getLogger(__name__)
-RETRY_S = 10.0
 
 
 def configuration_ref(settings: Settings) -> kube.Ref:
@@ -54,27 +54,52 @@ def webhooks(client_config: dict[str, Any], settings: Settings) -> list[dict[str
     return [hook]
 
 
+def _contains(current: Any, desired: Any) -> bool:
+    """Whether ``current`` holds everything ``desired`` says (the API server adds defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(_contains(current.get(key), value) for key, value in desired.items())
+    if isinstance(desired, list):
+        return isinstance(current, list) and len(current) == len(desired) and \
+            all(_contains(c, d) for c, d in zip(current, desired, strict=True))
+    return bool(current == desired)
+
+
+def registered(configuration: dict[str, Any] | None, desired: list[dict[str, Any]]) -> bool:
+    """Whether the stored configuration carries exactly our webhooks as we want them."""
+    return configuration is not None and _contains(configuration.get("webhooks") or [], desired)
+
+
 async def keep_registered(server: ServiceWebhookServer, settings: Settings,
-                          api: Callable[[], kubernetes.client.ApiClient]) -> None:
-    """Patch the configuration whenever the server's client config (certificate) changes; runs forever."""
+                          api: Callable[[], kubernetes.client.ApiClient], interval: float | None = None) -> None:
+    """Level-triggered: at every certificate change and every ``interval`` (the resync period) read
+    the configuration and patch it when it differs from what this server needs, so a replaced or
+    edited ValidatingWebhookConfiguration is restored; runs forever."""
     ref = configuration_ref(settings)
-    registered: dict[str, Any] | None = None
+    period = interval if interval is not None else settings.resync_seconds
+    await server.configured.wait()
     while True:
-        await server.configured.wait()
-        config = server.client_config
-        if config is None or config == registered:
-            server.configured.clear()
-            continue
-        try:
-            await asyncio.to_thread(kube.request, api(), "PATCH", ref.path(),
-                                    {"webhooks": webhooks(config, settings)}, None, kube.MERGE_PATCH)
-        except ApiException as error:
-            hint = (" (create it: the chart and deploy/quantjob.yaml do)"
-                    if error.status == 404 else "")
-            log.error("cannot register the webhook in ValidatingWebhookConfiguration %s: HTTP %s%s; retrying",
-                      settings.webhook.configuration, error.status, hint)
-            await asyncio.sleep(RETRY_S)
-            continue
-        log.info("webhook registered in ValidatingWebhookConfiguration %s", settings.webhook.configuration)
-        registered = config
         server.configured.clear()
+        config = server.client_config
+        if config is not None:
+            await _reconcile_registration(ref, webhooks(config, settings), settings, api)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.configured.wait(), timeout=period)
+
+
+async def _reconcile_registration(ref: kube.Ref, desired: list[dict[str, Any]], settings: Settings,
+                                  api: Callable[[], kubernetes.client.ApiClient]) -> None:
+    try:
+        current = await asyncio.to_thread(kube.get, api(), ref)
+        if registered(current, desired):
+            return
+        if current is None:
+            log.error("cannot register the webhook: ValidatingWebhookConfiguration %s does not exist (create it: "
+                      "the chart and deploy/quantjob.yaml do); retrying", settings.webhook.configuration)
+            return
+        await asyncio.to_thread(kube.request, api(), "PATCH", ref.path(), {"webhooks": desired}, None,
+                                kube.MERGE_PATCH)
+    except ApiException as error:
+        log.error("cannot register the webhook in ValidatingWebhookConfiguration %s: HTTP %s; retrying",
+                  settings.webhook.configuration, error.status)
+        return
+    log.info("webhook registered in ValidatingWebhookConfiguration %s", settings.webhook.configuration)

@@ -12,7 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from quantjob.api.durations import format_duration
 
 if TYPE_CHECKING:
     from quantjob.worker.distributed import Group
@@ -28,29 +31,67 @@ class ProgressHook(Protocol):
     def finish(self, ok: bool, message: str = "") -> None: ...
 
 
+class LayerClock:
+    """The current run's mean seconds per decoder layer and the time left at that pace.
+
+    Only layers this run quantized count: ``start`` gives the layers it resumed past, which took no
+    time now and would make the estimate too short. The operator shows the same estimate (from
+    ``secondsPerLayer``, which the Kubernetes reporter sends) in ``kubectl get quantjobs``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._started = clock()
+        self._first = 0
+        self.seconds_per_layer: float | None = None
+
+    def start(self, resumed_from: int = 0) -> None:
+        self._started, self._first, self.seconds_per_layer = self.clock(), resumed_from, None
+
+    def layer_done(self, done: int) -> None:
+        ran = done - self._first
+        if ran > 0:
+            self.seconds_per_layer = (self.clock() - self._started) / ran
+
+    def eta(self, done: int, total: int) -> float | None:
+        """Seconds left for ``total - done`` layers, or None before the first measured layer."""
+        return None if self.seconds_per_layer is None else self.seconds_per_layer * max(total - done, 0)
+
+    def eta_text(self, done: int, total: int) -> str:
+        left = self.eta(done, total)
+        return "" if left is None or done >= total else f", ETA {format_duration(left)}"
+
+
 class TerminalProgress:
     """``[#####.....] 5/10 layers  err 1.2e-02  12.3s`` on a TTY; one log line per layer otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+    def __init__(self, stream: TextIO | None = None, width: int = 30,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._started = time.monotonic()
+        self.clock = clock
+        self._started = clock()
+        self.layers = LayerClock(clock)
 
     def start(self, total_layers: int, resumed_from: int = 0) -> None:
-        self._started = time.monotonic()
+        self._started = self.clock()
+        self.layers.start(resumed_from)
         if self.tty:
-            self._bar(0, total_layers, None)
+            self._bar(resumed_from, total_layers, None)
+        elif resumed_from:
+            log.info("quantizing %d decoder layers (resuming after %d committed)", total_layers, resumed_from)
         else:
             log.info("quantizing %d decoder layers", total_layers)
 
     def layer_done(self, done: int, total: int, layer_error: float | None) -> None:
+        self.layers.layer_done(done)
         if self.tty:
             self._bar(done, total, layer_error)
         else:
             error = "-" if layer_error is None else f"{layer_error:.3e}"
-            log.info("layer %d/%d done (relative output error %s, %.1fs)", done, total, error,
-                     time.monotonic() - self._started)
+            log.info("layer %d/%d done (relative output error %s, %.1fs%s)", done, total, error,
+                     self.clock() - self._started, self.layers.eta_text(done, total))
 
     def finish(self, ok: bool, message: str = "") -> None:
         if self.tty:
@@ -63,7 +104,7 @@ class TerminalProgress:
         filled = self.width * done // max(total, 1)
         error = "" if layer_error is None else f"  err {layer_error:.2e}"
         self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} layers"
-                          f"{error}  {time.monotonic() - self._started:.1f}s")
+                          f"{error}  {self.clock() - self._started:.1f}s{self.layers.eta_text(done, total)}")
         self.stream.flush()
 
 

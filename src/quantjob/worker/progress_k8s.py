@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from quantjob.worker.progress import LayerClock
+
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -50,17 +52,23 @@ class KubernetesProgress:
         self.timeout = timeout
         self.clock = clock
         self.state: dict[str, Any] = {"attempt": attempt}
+        self.layers = LayerClock(clock)
         self.last_sent: float | None = None
         self.dirty = False
         self.failures = 0
 
     def start(self, total_layers: int, resumed_from: int = 0) -> None:
+        self.layers.start(resumed_from)
+        self.state.pop("secondsPerLayer", None)
         self.state.update(layersDone=0, layersTotal=total_layers, currentLayer=0 if total_layers else None,
                           lastLayerError=None, resumedFrom=resumed_from)
         self._send(force=True)
 
     def layer_done(self, done: int, total: int, layer_error: float | None = None) -> None:
+        self.layers.layer_done(done)
         self.state.update(layersDone=done, layersTotal=total, currentLayer=done if done < total else None)
+        if self.layers.seconds_per_layer is not None:  # this attempt's own pace: the operator's ETA
+            self.state["secondsPerLayer"] = round(self.layers.seconds_per_layer, 3)
         if layer_error is not None:
             self.state["lastLayerError"] = float(layer_error)
         self.dirty = True

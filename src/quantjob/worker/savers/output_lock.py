@@ -27,9 +27,22 @@ LOCK_FILE = ".quantjob-lock"
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        return f"run {info['run_id']!r} (pid {info['pid']} on {info['host']})"
-    except (OSError, ValueError, KeyError, TypeError):
+        run = f"run {info['run_id']!r} (pid {info['pid']} on {info['host']})"
+        owner = info.get("quantjob")
+        return f"QuantJob {owner}, {run}" if isinstance(owner, str) and owner else run
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "another quantjob run (it has not said which yet)"
+
+
+def _quantjob() -> str | None:
+    """``<namespace>/<name> attempt <N>`` when run by the operator (its pod's variables), else None:
+    a second group on the same output (an old attempt's rank still writing, or two QuantJobs with one
+    save path) is then refused with the QuantJob that holds it."""
+    name = os.environ.get("QUANTJOB_NAME")
+    if not name:
+        return None
+    namespace, attempt = os.environ.get("QUANTJOB_NAMESPACE"), os.environ.get("QUANTJOB_ATTEMPT")
+    return f"{namespace + '/' if namespace else ''}{name}{f' attempt {attempt}' if attempt else ''}"
 
 
 class OutputLock:
@@ -63,7 +76,7 @@ class OutputLock:
             if same:
                 break
             os.close(fd)  # the holder removed the file between our open and our lock: try again
-        info = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname()}
+        info = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), "quantjob": _quantjob()}
         data = json.dumps(info).encode("utf-8")
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
