@@ -14,6 +14,9 @@ are cited in ``docs/ascend-format-notes.md`` and ``docs/compressed-tensors-notes
   a float32 model;
 - W8A8 (both formats): per-channel, symmetric weights;
 - compressed-tensors (transformers, vLLM): no asymmetric smoothing (a norm bias neither loads);
+- Mixture-of-Experts layers (``quantjob.api.rules_moe``, config.json known): the router stays float,
+  every expert of a layer gets one scheme, and only schemes the engines have for MoE (ascendv1:
+  W8A8_DYNAMIC; vLLM: no static W8A8);
 - several savers: each writes its own sub-directory of the output (``saver_directories``).
 """
 
@@ -327,6 +330,7 @@ def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None
     formats = [saver_format(saver) for saver in savers]
     if entries and any(fmt is not None for fmt in formats):
         problems += _fused_problems(entries, model_config, prefix, exact="compressed_tensors" in formats)
+        problems += _moe_problems(entries, model_config, formats, prefix)
     for index, fmt in enumerate(formats):
         saver_at = f"spec.save[{index}]"
         if fmt == "ascendv1":
@@ -334,6 +338,18 @@ def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None
         elif fmt == "compressed_tensors":
             problems += _compressed_tensors_problems(config, saver_at, prefix)
     return _unique(problems)
+
+
+def _moe_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[str, Any] | None,
+                  formats: list[str | None], prefix: str) -> list[Problem]:
+    """The MoE rules (``quantjob.api.rules_moe``), where config.json says the model has routed experts."""
+    from quantjob.api.rules_moe import moe_layout, moe_problems  # it builds on this module's scheme helpers
+
+    config = _text_config(model_config)
+    if not config or not all(_judgeable(lq) for _, lq in entries):
+        return []
+    layout = moe_layout(config, layout_for(model_config).layers, _layer_count(model_config))
+    return moe_problems(entries, layout, formats, prefix) if layout is not None else []
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -1,0 +1,149 @@
+"""The MoE output rules (``quantjob.api.rules_moe``): each refusal with its field path and fix, the
+layouts read from config.json, and what passes (the shipped mixed config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from quantjob.api.check import check
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.problems import Problem
+from quantjob.api.rules_moe import moe_layout
+
+W8 = {"scope": "per_channel", "dtype": "int8", "symmetric": True}
+W4 = {"scope": "per_group", "dtype": "int4", "symmetric": True, "ext": {"group_size": 32}}
+STATIC = {"scope": "per_tensor", "dtype": "int8", "symmetric": False}
+DYNAMIC = {"scope": "per_token", "dtype": "int8", "symmetric": True}
+QWEN3_MOE = {"model_type": "qwen3_moe", "num_hidden_layers": 4, "num_experts": 8, "decoder_sparse_step": 1,
+             "mlp_only_layers": [], "dtype": "bfloat16"}
+DEEPSEEK_V3 = {"model_type": "deepseek_v3", "num_hidden_layers": 61, "n_routed_experts": 256,
+               "first_k_dense_replace": 3, "moe_layer_freq": 1, "dtype": "bfloat16"}
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def lq(weight: dict[str, Any], act: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"type": "linear_quant", "qconfig": {"weight": weight} | ({"act": act} if act else {}), **extra}
+
+
+def cfg(*process: dict[str, Any], saver: str = "ascendv1_saver") -> ModelslimConfig:
+    return ModelslimConfig.model_validate({"apiversion": "modelslim_v1", "spec": {
+        "process": list(process), "save": [{"type": saver}]}})
+
+
+def errors(config: ModelslimConfig, model_config: dict[str, Any] | None = QWEN3_MOE) -> list[Problem]:
+    return [p for p in check(config, 1, model_config, prefix="") if p.severity == "error"]
+
+
+def one(problems: list[Problem], path: str, *needles: str) -> Problem:
+    found = [p for p in problems if p.path == path]
+    assert len(found) == 1, f"expected one problem at {path}: {problems}"
+    for needle in needles:
+        assert needle in found[0].message, (needle, found[0].message)
+    return found[0]
+
+
+ROUTER_FLOAT = ["*mlp.gate"]
+
+
+def test_static_w8a8_on_experts_is_refused_for_ascendv1_with_the_mixed_config_as_fix() -> None:
+    problems = errors(cfg(lq(W8, STATIC, exclude=ROUTER_FLOAT)))
+    one(problems, "spec.process[0].qconfig.act.scope", "layer 0 (and 3 more MoE layers)",
+        "model.layers.0.mlp.experts.0.gate_proj", "only int8 MoE scheme is W8A8_DYNAMIC", "(W8A8, moe)",
+        "qwen3-30b-a3b-w8a8-mixed.yaml", "per_token")
+    assert len(problems) == 1
+
+
+def test_w8a16_on_experts_is_refused_for_ascendv1() -> None:
+    one(errors(cfg(lq(W8, exclude=ROUTER_FLOAT))), "spec.process[0].qconfig.act", "W8A16", "(W8A16, moe)")
+
+
+def test_the_mixed_entries_pass() -> None:
+    mixed = cfg(lq(W8, STATIC, include=["*self_attn*"]), lq(W8, DYNAMIC, include=["*mlp*"], exclude=ROUTER_FLOAT))
+    assert errors(mixed) == []
+    assert errors(mixed, DEEPSEEK_V3) == []
+    # float experts load too (an unquantized MoE layer)
+    assert errors(cfg(lq(W8, STATIC, include=["*self_attn*"]))) == []
+
+
+def test_the_router_is_never_quantized() -> None:
+    problem = one(errors(cfg(lq(W8, DYNAMIC))), "spec.process[0].exclude", "model.layers.0.mlp.gate (the router)",
+                  "load the router unquantized", "add '*mlp.gate' to spec.process[0].exclude")
+    assert "(and 3 more MoE layers)" in problem.message
+    # a dense model has no router: the same entry passes
+    assert errors(cfg(lq(W8, DYNAMIC)), {"model_type": "qwen3", "num_hidden_layers": 4}) == []
+    # ... and so does a dense layer of DeepSeek-V3 (layers 0-2 have mlp.gate_proj, no router)
+    assert errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-2].*"])), DEEPSEEK_V3) == []
+    one(errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-3].*"])), DEEPSEEK_V3), "spec.process[0].exclude",
+        "layer 3:", "model.layers.3.mlp.gate")
+
+
+def test_every_expert_of_a_layer_shares_one_scheme() -> None:
+    problem = one(errors(cfg(lq(W8, DYNAMIC, exclude=[*ROUTER_FLOAT, "model.layers.2.mlp.experts.5.*"]))),
+                  "spec.process[0].exclude", "layer 2:", "experts.0.gate_proj W8A8_DYNAMIC", "experts.5.gate_proj FLOAT",
+                  "take a MoE layer's scheme from experts.0", "'*mlp.experts.*'")
+    assert "more" not in problem.message
+    # gate/up/down of one expert differ (vllm-ascend: "Not all shards ... same quant type")
+    one(errors(cfg(lq(W8, DYNAMIC, exclude=[*ROUTER_FLOAT, "*experts.*.down_proj"]))), "spec.process[0].exclude",
+        "experts.0.down_proj FLOAT")
+
+
+def test_compressed_tensors_needs_the_exact_scheme_on_every_expert() -> None:
+    w4_64 = {**W4, "ext": {"group_size": 64}}
+    config = cfg(lq(W4, include=["*experts.[0-3].*"]), lq(w4_64, exclude=ROUTER_FLOAT),
+                 saver="compressed_tensors_saver")
+    one(errors(config), "spec.process[1].include", "experts.0.gate_proj W4A16 (per_group 32)",
+        "experts.4.gate_proj W4A16 (per_group 64)")
+    # for ascendv1 the type is what counts; W4A16 is refused there by the dense rule anyway
+    assert errors(cfg(lq(W4, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")) == []
+
+
+def test_compressed_tensors_refuses_static_w8a8_experts() -> None:
+    one(errors(cfg(lq(W8, STATIC, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")),
+        "spec.process[0].qconfig.act.scope", "CompressedTensorsW8A8Int8MoEMethod", "per_token")
+    assert errors(cfg(lq(W8, DYNAMIC, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")) == []
+    assert errors(cfg(lq(W8, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")) == []   # W8A16 (WNA16)
+
+
+def test_without_the_model_config_nothing_is_judged() -> None:
+    assert errors(cfg(lq(W8, STATIC)), None) == []
+
+
+@pytest.mark.parametrize(("config", "sparse", "experts"), [
+    (QWEN3_MOE, (0, 1, 2, 3), 8),
+    ({**QWEN3_MOE, "mlp_only_layers": [1], "decoder_sparse_step": 1}, (0, 2, 3), 8),
+    ({**QWEN3_MOE, "decoder_sparse_step": 2}, (1, 3), 8),
+    ({**DEEPSEEK_V3, "num_hidden_layers": 5}, (3, 4), 256),
+    ({"model_type": "glm4_moe", "num_hidden_layers": 4, "n_routed_experts": 16, "first_k_dense_replace": 1},
+     (1, 2, 3), 16),
+    ({"model_type": "qwen3", "num_hidden_layers": 4}, None, 0),
+    ({**QWEN3_MOE, "num_experts": 0}, None, 0),
+])
+def test_moe_layout_follows_transformers(config: dict[str, Any], sparse: tuple[int, ...] | None, experts: int) -> None:
+    layout = moe_layout(config, "model.layers", config["num_hidden_layers"])
+    if sparse is None:
+        assert layout is None
+    else:
+        assert layout is not None and layout.sparse == sparse and layout.experts == experts
+
+
+def test_every_expert_is_judged_quickly_on_deepseek_v3() -> None:
+    import time
+
+    started = time.monotonic()
+    one(errors(cfg(lq(W8, DYNAMIC, exclude=[*ROUTER_FLOAT, "model.layers.60.mlp.experts.255.up_proj"])),
+               DEEPSEEK_V3), "spec.process[0].exclude", "layer 60:", "experts.255.up_proj FLOAT")
+    assert time.monotonic() - started < 10   # 58 layers x 256 experts x 3 projections, contended CI
+
+
+@pytest.mark.parametrize("name", ["qwen3-30b-a3b-w8a8-mixed.yaml", "deepseek-v3-w8a8-mixed.yaml",
+                                  "glm4.5-w8a8-dynamic.yaml"])
+def test_shipped_moe_configs_pass_with_their_model(name: str) -> None:
+    config = ModelslimConfig.model_validate(yaml.safe_load((EXAMPLES / name).read_text()))
+    model = {"qwen3": QWEN3_MOE, "deepse": DEEPSEEK_V3}.get(name[:6], {
+        "model_type": "glm4_moe", "num_hidden_layers": 4, "n_routed_experts": 16, "first_k_dense_replace": 1,
+        "dtype": "bfloat16"})
+    assert [p for p in check(config, 2, model, prefix="") if p.severity == "error"] == []
