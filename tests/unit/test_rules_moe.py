@@ -108,6 +108,13 @@ def test_compressed_tensors_refuses_static_w8a8_experts() -> None:
     assert errors(cfg(lq(W8, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")) == []   # W8A16 (WNA16)
 
 
+def test_compressed_tensors_warns_that_transformers_cannot_load_moe() -> None:
+    config = cfg(lq(W8, DYNAMIC, exclude=ROUTER_FLOAT), saver="compressed_tensors_saver")
+    problem = one(check(config, 1, QWEN3_MOE, prefix=""), "spec.save[0].type", "loads in vLLM, not in transformers")
+    assert problem.severity == "warning"
+    assert check(config, 1, {"model_type": "qwen3", "num_hidden_layers": 2}, prefix="") == []
+
+
 def test_without_the_model_config_nothing_is_judged() -> None:
     assert errors(cfg(lq(W8, STATIC)), None) == []
 

@@ -132,7 +132,11 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
                    "and load every expert with it; fix: quantize every expert projection of a layer the same way "
                    f"(one entry that includes '*{EXPERTS}.*'), or keep all of them float (exclude "
                    f"'*{EXPERTS}.*')")
-    problems: list[Problem] = []
+    problems = [Problem(f"{prefix}spec.save[{index}].type",
+                        "a MoE model saved as compressed-tensors loads in vLLM, not in transformers (5.25 with "
+                        "compressed-tensors 0.20.1 finds no per-expert tensor to fuse into mlp.experts.gate_up_proj, "
+                        "even with float experts; docs/compressed-tensors-notes.md)", "warning")
+                for index, fmt in enumerate(formats) if fmt == "compressed_tensors"]
     for at, (message, seen) in found.items():
         others = len(layout.sparse) - 1 if not every else len(seen) - 1
         more = f" (and {others} more MoE layers)" if others > 0 else ""
