@@ -128,6 +128,7 @@ def test_without_the_model_config_nothing_is_judged() -> None:
      (1, 2, 3), 16),
     ({"model_type": "qwen3", "num_hidden_layers": 4}, None, 0),
     ({**QWEN3_MOE, "num_experts": 0}, None, 0),
+    ({"model_type": "qwen3_moe", "num_hidden_layers": 2, "num_local_experts": 8, "mlp_only_layers": [0]}, (1,), 8),
 ])
 def test_moe_layout_follows_transformers(config: dict[str, Any], sparse: tuple[int, ...] | None, experts: int) -> None:
     layout = moe_layout(config, "model.layers", config["num_hidden_layers"])

@@ -180,8 +180,9 @@ def read(path: Path) -> dict[str, str]:
 # ``get_dynamic_quant_param`` w13_weight_scale / w13_weight_offset params_dtype [E, 2I, 1], w2_weight_scale /
 # w2_weight_offset [E, H, 1]). vLLM's expert mapping loads ``experts.{e}.gate_proj.<suffix>`` into rows [0, I) of
 # ``w13_<suffix>`` of expert e, ``up_proj`` into rows [I, 2I), ``down_proj`` into ``w2_<suffix>``. The router
-# ``mlp.gate`` is an unquantized linear (weight params_dtype [E, H]); DeepSeek's ``e_score_correction_bias`` is a
-# float parameter [E] of it.
+# ``mlp.gate`` is an unquantized linear [E, H] (its float weight is copied in with a cast, so the checkpoint's float
+# dtype loads: DeepSeek's router is float32 in transformers); DeepSeek's ``e_score_correction_bias`` is a float
+# parameter [E] of it.
 MOE_SCHEMES = ("W8A8_DYNAMIC",)   # registered for "moe" among the int8 types quantjob writes
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -194,7 +195,7 @@ def read_moe_layer(path: Path, layer: int) -> str:
     params_dtype = DTYPES[str(config.get("dtype") or config.get("torch_dtype"))]
     weights = load_weights(path)
     hidden, inter = config["hidden_size"], config["moe_intermediate_size"]
-    count = config.get("n_routed_experts") or config["num_experts"]
+    count = config.get("n_routed_experts") or config.get("num_experts") or config["num_local_experts"]
     base = f"model.layers.{layer}.mlp."
     kinds = [description.get(f"{base}experts.0.{p}.weight") for p in PROJECTIONS]
     if None in kinds:
@@ -220,7 +221,9 @@ def read_moe_layer(path: Path, layer: int) -> str:
     if description.get(f"{base}gate.weight") != "FLOAT":
         raise NotLoadable(f"{base}gate (the router) is described {description.get(f'{base}gate.weight')}: vLLM builds "
                           "it unquantized (a weight_scale would have no parameter)")
-    expected[f"{base}gate.weight"] = Param(params_dtype, (count, hidden))
+    router = weights.get(f"{base}gate.weight")   # copied into its parameter with a cast: any float dtype loads
+    if router is None or not router.is_floating_point() or tuple(router.shape) != (count, hidden):
+        raise NotLoadable(f"{base}gate.weight must be a float [{count}, {hidden}] tensor")
     for name, param in expected.items():
         got = weights.get(name)
         if got is None:
@@ -234,6 +237,8 @@ def read_moe_layer(path: Path, layer: int) -> str:
                              or description.get(f"{base}gate.e_score_correction_bias") != "FLOAT"):
         raise NotLoadable(f"{base}gate.e_score_correction_bias must be a FLOAT [{count}] tensor")
     stray = sorted(name for name in weights if name.startswith(f"{base}experts.") and name not in expected)
+    stray += sorted(name for name in weights if name.startswith(f"{base}gate.")
+                    and name not in (f"{base}gate.weight", f"{base}gate.e_score_correction_bias"))
     if stray:
         raise NotLoadable(f"checkpoint tensors with no parameter (KeyError in load_weights): {stray[:5]}")
     return str(kind)

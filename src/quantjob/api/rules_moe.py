@@ -59,10 +59,12 @@ def moe_layout(config: dict[str, Any], layers: str, count: int) -> MoeLayout | N
     """The routed experts ``config`` (config.json, text part) describes, or None for a dense model.
 
     DeepSeek-V3 / Kimi-K2 / GLM-4.5 (``n_routed_experts``): layers from ``first_k_dense_replace`` on,
-    every ``moe_layer_freq``-th; Qwen3-MoE (``num_experts``): layers not in ``mlp_only_layers`` whose
+    every ``moe_layer_freq``-th; Qwen3-MoE (``num_experts`` on the hub, ``num_local_experts`` as
+    transformers 5 writes it): layers not in ``mlp_only_layers`` whose
     ``(index + 1)`` is a multiple of ``decoder_sparse_step`` (transformers' modeling files).
     """
-    experts = _int(config, "n_routed_experts", 0) or _int(config, "num_experts", 0)
+    experts = (_int(config, "n_routed_experts", 0) or _int(config, "num_experts", 0)
+               or _int(config, "num_local_experts", 0))
     if experts <= 0:
         return None
     if "n_routed_experts" in config:

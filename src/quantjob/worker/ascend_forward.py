@@ -45,6 +45,7 @@ import torch
 from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.decoder import Skeleton, materialise, release
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.experts import expert_modules
 from quantjob.worker.savers.ascend_tensors import FLOAT, deq_scale_value
 
 DESCRIPTION = "quant_model_description.json"
@@ -328,6 +329,24 @@ class AscendLinear(torch.nn.Module):
         return f"{self.name}, {self.scheme}, in={self.in_features}, out={self.out_features}"
 
 
+class AscendExperts(torch.nn.Module):
+    """A MoE layer's routed experts computing what vllm-ascend's W8A8_DYNAMIC MoE method computes
+    (:func:`w8a8_dynamic_moe`); it takes the place of the layer's ``ExpertLinears``
+    (``quantjob.worker.experts``) and is called the same way: ``(hidden_states, top_k_index,
+    top_k_weights)``. The router and the shared experts stay the model's own modules."""
+
+    def __init__(self, name: str, experts: dict[int, DynamicExpert], *, fused: bool = False) -> None:
+        super().__init__()
+        self.name, self.experts, self.fused = name, experts, fused
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        return w8a8_dynamic_moe(hidden_states, top_k_index, top_k_weights, self.experts, fused=self.fused)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, W8A8_DYNAMIC, experts={len(self.experts)}, fused={self.fused}"
+
+
 # ---------------------------------------------------------------------------------------------
 # An output directory, read
 
@@ -429,14 +448,16 @@ class AscendOutput:
 
 @contextmanager
 def saved_layer(skeleton: Skeleton, index: int, output: SavedModel, device: torch.device, *,
-                divide: bool = False) -> Iterator[torch.nn.Module]:
+                divide: bool = False, fused_moe: bool = False) -> Iterator[torch.nn.Module]:
     """Decoder layer ``index`` rebuilt from ``output``'s files alone, on ``device``.
 
     Float tensors are materialised into the skeleton's layer; every quantized linear is swapped
     for an :class:`AscendLinear` (its float bias used only when the model's linear has a bias, as
     vLLM loads it); a ``<norm>.bias`` saved for a norm without one (asymmetric smoothing) is added
-    to that norm's output, as vllm-ascend's RMSNorm does. On exit the original modules come back
-    and the layer returns to the meta device, so the skeleton can be used again.
+    to that norm's output, as vllm-ascend's RMSNorm does. A MoE layer's routed experts saved
+    W8A8_DYNAMIC become one :class:`AscendExperts` (vllm-ascend's fused MoE arithmetic; ``fused_moe``
+    selects its MC2 path); experts saved float run as the model's own. On exit the original modules
+    come back and the layer returns to the meta device, so the skeleton can be used again.
     """
     prefix = skeleton.adapter.layer_prefix(index)
     layer = skeleton.layers[index]
@@ -444,7 +465,23 @@ def saved_layer(skeleton: Skeleton, index: int, output: SavedModel, device: torc
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     hooks: list[Any] = []
     try:
-        for module, linear in saved.quantized.items():
+        quantized = dict(saved.quantized)
+        for path, experts_module in expert_modules(layer).items():
+            name = prefix + path
+            mine = {module: quantized.pop(module) for module in list(quantized) if module.startswith(name + ".")}
+            if not mine:
+                continue  # float experts: materialised below and run as the model's own
+            experts = dynamic_experts(mine, name)
+            if len(experts) != experts_module.num_experts:
+                floats = sorted(set(range(experts_module.num_experts)) - set(experts))
+                raise QuantJobError(f"{name}: experts {floats[:8]} are not saved quantized while others are "
+                                    "W8A8_DYNAMIC; vllm-ascend loads every expert with experts.0's scheme; "
+                                    "re-run the quantization")
+            parent_name, _, child = path.rpartition(".")
+            parent = layer.get_submodule(parent_name) if parent_name else layer
+            setattr(parent, child, AscendExperts(name, experts, fused=fused_moe))
+            swapped.append((parent, child, experts_module))
+        for module, linear in quantized.items():
             scheme, own, bias = linear.scheme, linear.tensors, linear.bias
             local = module[len(prefix):]
             try:
