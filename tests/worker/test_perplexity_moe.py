@@ -90,3 +90,42 @@ def test_perplexity_scores_the_moe_output_near_the_float_model(moe_output: tuple
     assert all(math.isfinite(v) for v in quantized)
     assert quantized != floats                                  # the quantized arithmetic ran
     assert abs(ppl_q - ppl_f) / ppl_f < 0.05, (ppl_q, ppl_f)   # int8 everywhere: a small move
+
+
+def test_a_compressed_tensors_moe_output_scores_as_its_ascendv1_twin(tiny_model: Callable[..., Path],
+                                                                     calib_jsonl: Callable[..., Path],
+                                                                     tmp_path: Path) -> None:
+    """The same run saved both ways: read back layer by layer (compressed-tensors converted to the
+    ascendv1 tensors), the two outputs give the same scores to the bit."""
+    import transformers
+    import yaml
+
+    model = tiny_model("qwen3_moe", 3)
+    config = yaml.safe_load((CONFIGS / SHIPPED["qwen3_moe"]).read_text())
+    config["spec"]["save"] = [{"type": "ascendv1_saver"},
+                              {"type": "compressed_tensors_saver", "save_directory": "ct"}]
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    argv = ["quantize", "--model_path", str(model), "--save_path", str(out), "--device", "cpu", "--config_path",
+            str(path), "--calib_file", str(calib_jsonl(8)), "--calib_samples", "8", "--max_length", "32"]
+    assert main(argv) == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model))
+    ids = list(tokenizer(corpus_text()[:2000], add_special_tokens=False)["input_ids"])[:94]
+    windows = make_windows(ids, 48, None, 1)
+    ascend, kind = evaluate_windows(out / "ascendv1", windows, torch.device("cpu"))
+    compressed, ct_kind = evaluate_windows(out / "ct", windows, torch.device("cpu"))
+    assert (kind, ct_kind) == ("ascendv1", "compressed-tensors")
+    assert compressed == ascend
+
+
+def test_a_static_w8a8_preset_on_a_moe_model_is_refused_before_any_work(tiny_model: Callable[..., Path],
+                                                                        calib_jsonl: Callable[..., Path],
+                                                                        tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["quantize", "--model_path", str(tiny_model("qwen3_moe", 3)), "--save_path", str(tmp_path / "out"),
+            "--device", "cpu", "--quant_type", "w8a8", "--calib_file", str(calib_jsonl(8))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.layers.1.mlp.gate (the router)" in err and "only int8 MoE scheme is W8A8_DYNAMIC" in err
+    assert not (tmp_path / "out").exists()
