@@ -50,7 +50,7 @@ ROUTER_FLOAT = ["*mlp.gate"]
 
 
 def test_static_w8a8_on_experts_is_refused_for_ascendv1_with_the_mixed_config_as_fix() -> None:
-    problems = errors(cfg(lq(W8, STATIC, exclude=ROUTER_FLOAT)))
+    problems = errors(cfg(lq(W8, STATIC)))
     one(problems, "spec.process[0].qconfig.act.scope", "layer 0 (and 3 more MoE layers)",
         "model.layers.0.mlp.experts.0.gate_proj", "only int8 MoE scheme is W8A8_DYNAMIC", "(W8A8, moe)",
         "qwen3-30b-a3b-w8a8-mixed.yaml", "per_token")
@@ -69,16 +69,24 @@ def test_the_mixed_entries_pass() -> None:
     assert errors(cfg(lq(W8, STATIC, include=["*self_attn*"]))) == []
 
 
-def test_the_router_is_never_quantized() -> None:
-    problem = one(errors(cfg(lq(W8, DYNAMIC))), "spec.process[0].exclude", "model.layers.0.mlp.gate (the router)",
-                  "load the router unquantized", "add '*mlp.gate' to spec.process[0].exclude")
+def test_an_include_that_names_the_router_is_refused() -> None:
+    problem = one(errors(cfg(lq(W8, DYNAMIC, include=["*mlp.experts.*", "*mlp.gate"]))), "spec.process[0].include",
+                  "model.layers.0.mlp.gate (the router) is named", "keeps the router float",
+                  "remove it from spec.process[0].include")
     assert "(and 3 more MoE layers)" in problem.message
-    # a dense model has no router: the same entry passes
-    assert errors(cfg(lq(W8, DYNAMIC)), {"model_type": "qwen3", "num_hidden_layers": 4}) == []
-    # ... and so does a dense layer of DeepSeek-V3 (layers 0-2 have mlp.gate_proj, no router)
-    assert errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-2].*"])), DEEPSEEK_V3) == []
-    one(errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-3].*"])), DEEPSEEK_V3), "spec.process[0].exclude",
-        "layer 3:", "model.layers.3.mlp.gate")
+    one(errors(cfg(lq(W8, DYNAMIC, include=["model.layers.{1,2}.mlp.gate"]))), "spec.process[0].include",
+        "layer 1 (and 1 more MoE layers)")
+    # wildcards that only happen to match it select nothing there (the router is not a linear): they pass,
+    # and so do the experts' own names
+    for include in (["*"], ["*mlp*"], ["*mlp.experts.*", "*self_attn*"], ["*mlp.experts.*.gate_proj", "*mlp.experts.*.up_proj", "*mlp.experts.*.down_proj"]):
+        assert errors(cfg(lq(W8, DYNAMIC, include=include))) == [], include
+    # an exclude that keeps it out is fine, and a dense model has no router
+    assert errors(cfg(lq(W8, DYNAMIC, include=["*mlp.gate", "*experts*"], exclude=["*mlp.gate"]))) == []
+    assert errors(cfg(lq(W8, DYNAMIC, include=["*mlp.gate"])), {"model_type": "qwen3", "num_hidden_layers": 4}) == []
+    # DeepSeek-V3's dense layers 0-2 have no router
+    assert errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-2].mlp.gate"])), DEEPSEEK_V3) == []
+    one(errors(cfg(lq(W8, DYNAMIC, include=["model.layers.[0-3].mlp.gate"])), DEEPSEEK_V3),
+        "spec.process[0].include", "layer 3:", "model.layers.3.mlp.gate")
 
 
 def test_every_expert_of_a_layer_shares_one_scheme() -> None:

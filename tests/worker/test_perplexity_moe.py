@@ -127,5 +127,6 @@ def test_a_static_w8a8_preset_on_a_moe_model_is_refused_before_any_work(tiny_mod
             "--device", "cpu", "--quant_type", "w8a8", "--calib_file", str(calib_jsonl(8))]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "model.layers.1.mlp.gate (the router)" in err and "only int8 MoE scheme is W8A8_DYNAMIC" in err
+    assert "model.layers.1.mlp.experts.0.gate_proj (a routed expert) would be static W8A8" in err
+    assert "only int8 MoE scheme is W8A8_DYNAMIC" in err
     assert not (tmp_path / "out").exists()

@@ -13,7 +13,9 @@ MoE model from a dense one and judges without them. Sources, read at the commits
   the scheme of ``experts.0``'s three projections (they must be equal) applies to every expert; int8
   activations only dynamic per token with channel weights (``CompressedTensorsW8A8Int8MoEMethod``),
   weight-only 4 or 8 bits per channel or group (pack-quantized, WNA16);
-- both load the router (``mlp.gate``) unquantized, so no rule may quantize it.
+- both load the router (``mlp.gate``) unquantized; quantjob keeps it float (it is not a linear the
+  loop quantizes), so an ``include`` that names it asks for what cannot be given and is refused;
+  wildcards that only happen to match it (``*``) pass.
 
 Every expert of a layer gets one scheme: the engines take expert 0's and load every expert with it.
 Layer and expert indices are judged as the fused-shard rule judges layers: patterns without a digit,
@@ -22,10 +24,12 @@ Layer and expert indices are judged as the fused-shard rule judges layers: patte
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
-from quantjob.api.globs import matches
+from quantjob.api.globs import expand_braces, matches
 from quantjob.api.modelslim import LinearQuant
 from quantjob.api.problems import Problem
 
@@ -82,6 +86,14 @@ def _first(entries: list[tuple[str, LinearQuant]], name: str) -> tuple[str, Line
     return next(((path, lq) for path, lq in entries if matches(name, lq.include, lq.exclude)), ("", None))
 
 
+def _names_router(patterns: list[str], router: str) -> bool:
+    """Whether a pattern names the router in its text (``mlp.gate`` not followed by ``_``) and matches
+    it; wildcards that only happen to match it (``*``, ``*mlp*``) select nothing there, as the router is
+    not a linear quantjob quantizes."""
+    return any(re.search(r"mlp\.gate(?!_)", expanded) and fnmatchcase(router, expanded)
+               for pattern in patterns for expanded in expand_braces(pattern))
+
+
 def _distinguishes(entries: list[tuple[str, LinearQuant]]) -> bool:
     """Whether some pattern can tell one layer or expert index from another."""
     return any(char.isdigit() or char in "?[" for _, lq in entries for p in (*lq.include, *lq.exclude)
@@ -108,12 +120,13 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
         return scheme_key(lq) if exact else (scheme_type(lq) if lq else "FLOAT")
 
     for layer in layers:
-        router_path, router_lq = _first(entries, layout.router(layer))
-        if router_lq is not None:
-            report(f"{prefix}{router_path}.exclude", layer,
-                   f"{layout.router(layer)} (the router) would be quantized {_scheme_text(router_lq)}; vllm-ascend "
-                   "and vLLM load the router unquantized (and it stays float in quantjob); fix: add '*mlp.gate' "
-                   f"to {router_path}.exclude (and drop it from its include)")
+        router = layout.router(layer)
+        for path, lq in entries:
+            if matches(router, lq.include, lq.exclude) and _names_router(lq.include, router):
+                report(f"{prefix}{path}.include", layer,
+                       f"{router} (the router) is named for {_scheme_text(lq)}; quantjob keeps the router float "
+                       "(its weight and correction bias), as vllm-ascend and vLLM load it; fix: remove it from "
+                       f"{path}.include (name the experts' projections instead: '*mlp.experts.*')")
         base = f"{layout.layers}.{layer}."
         chosen: list[tuple[str, str, LinearQuant | None]] = []
         for expert in experts:
