@@ -104,3 +104,24 @@ def test_dynamic_activations_need_no_statistics(
     starved = [name for entry in summary.errors["experts"] for name in entry["starved"]]
     assert starved == ["model.layers.1.mlp.experts.6", "model.layers.1.mlp.experts.7"]
     assert summary.errors["calibrate_all_experts"] is False
+
+
+def test_packed_modules_of_moe_families_are_checked_alike() -> None:
+    """vllm-ascend packs DeepSeek's q_a_proj with kv_a_proj_with_mqa and reads a layer's experts from
+    expert 0's gate/up/down: a config that splits them is refused before any work."""
+    from quantjob.api.check import check
+    from quantjob.api.rules_output import layout_for
+
+    def problems(exclude: list[str], model_type: str) -> list[str]:
+        data = {"apiversion": "modelslim_v1", "spec": {"process": [
+            {"type": "linear_quant", "qconfig": DYNAMIC, "exclude": exclude}], "save": [{"type": "ascendv1_saver"}]}}
+        config = ModelslimConfig.model_validate(data)
+        found = check(config, 1, {"model_type": model_type, "num_hidden_layers": 4}, prefix="")
+        return [p.message for p in found if p.severity == "error"]
+
+    assert any("fused_qkv_a_proj" in m for m in problems(["*kv_a_proj_with_mqa"], "deepseek_v3"))
+    assert any("experts" in m and "down_proj" in m for m in problems(["*experts.0.down_proj"], "qwen3_moe"))
+    assert any("gate_up_proj" in m for m in problems(["*shared_experts.up_proj"], "glm4_moe"))
+    assert problems(["*mlp.gate"], "deepseek_v3") == []  # the router is no linear: nothing to split
+    assert {fused for fused, _ in layout_for({"model_type": "deepseek_v3"}).fused} >= {
+        "self_attn.fused_qkv_a_proj", "mlp.experts"}
