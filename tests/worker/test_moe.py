@@ -125,3 +125,42 @@ def test_packed_modules_of_moe_families_are_checked_alike() -> None:
     assert problems(["*mlp.gate"], "deepseek_v3") == []  # the router is no linear: nothing to split
     assert {fused for fused, _ in layout_for({"model_type": "deepseek_v3"}).fused} >= {
         "self_attn.fused_qkv_a_proj", "mlp.experts"}
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "glm4_moe"])
+def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Path],
+                                       calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    """Every linear of a dense and a sparse layer quantized within half a step, under the checkpoint's
+    names; every other source tensor handed to the saver once, float and byte-identical (the MTP
+    layer's with the embedding); routed tokens counted in the error table."""
+    from test_runner import _source
+
+    from quantjob.worker.checkpoint import load_tensor
+    from quantjob.worker.quantizers import dequantize_weight
+
+    model = tiny_model(family, 2)
+    summary = _run(model, _config(DYNAMIC), calib_jsonl(6), tmp_path / "out", memory_saver)
+    saver = memory_saver.last
+    source, seen = _source(model), set()
+    for index in (0, 1):
+        for record in saver.layers[index].quantized:
+            original = source[f"{record.name}.weight"]
+            deq = dequantize_weight(record.weight_q, record.weight_scale, record.weight_offset)
+            assert torch.all((deq - original.float()).abs() <= record.weight_scale / 2 + 1e-6), record.name
+            seen.update({f"{record.name}.weight", f"{record.name}.bias"})
+        for name, tensor in saver.layers[index].float_tensors.items():
+            assert name not in seen and tensor.dtype == source[name].dtype and torch.equal(tensor, source[name])
+            seen.add(name)
+    for name, info in saver.outer.items():
+        assert torch.equal(load_tensor(name, info), source[name]), name
+        seen.add(name)
+    assert set(source) <= seen
+    attention = {"qwen3_moe": 4, "glm4_moe": 4, "deepseek_v3": 5}[family]
+    shared = 0 if family == "qwen3_moe" else 3
+    assert len(saver.layers[0].quantized) == attention + 3  # the dense layer
+    sparse = {r.name for r in saver.layers[1].quantized}
+    assert len(sparse) == attention + shared + 3 * DEMO_EXPERTS
+    assert "model.layers.1.mlp.experts.7.down_proj" in sparse
+    (entry,) = summary.errors["experts"]
+    assert entry["layer"] == 1 and entry["experts"] == "model.layers.1.mlp.experts"
+    assert len(entry["routed_tokens"]) == DEMO_EXPERTS
