@@ -53,6 +53,20 @@ _DENSE = LayerLayout(
 # model_type -> layout; a family missing here (the worker refuses it anyway) is judged as _DENSE.
 LAYOUTS: dict[str, LayerLayout] = {"llama": _DENSE, "mistral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE}
 
+# Mixture-of-Experts families: vllm-ascend's packed_modules_model_mapping (vllm_ascend/quantization/
+# modelslim_config.py: qwen3_moe, deepseek_v3, glm4_moe): the shared experts' gate/up are packed like a
+# dense MLP's, and a layer's routed experts are one module whose scheme is read from expert 0's
+# gate/up/down (the same entry for every expert is the output rules' business, not a shard rule here).
+_EXPERTS0 = ("mlp.experts", ("mlp.experts.0.gate_proj", "mlp.experts.0.up_proj", "mlp.experts.0.down_proj"))
+_SHARED = ("mlp.shared_experts.gate_up_proj", ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"))
+LAYOUTS.update({
+    "qwen3_moe": LayerLayout("model.layers", (*_DENSE.fused, _EXPERTS0)),
+    "glm4_moe": LayerLayout("model.layers", (*_DENSE.fused, _SHARED, _EXPERTS0)),
+    "deepseek_v3": LayerLayout("model.layers", (
+        ("self_attn.fused_qkv_a_proj", ("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa")),
+        ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")), _SHARED, _EXPERTS0)),
+})
+
 LAYERS_WITHOUT_CONFIG = 128      # layer indices judged when the model's config is not known
 _MAX_EXPANSIONS = 4096           # brace expansions per pattern the fused-shard rule is willing to match
 

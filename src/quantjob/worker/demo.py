@@ -75,7 +75,7 @@ def write_tokenizer(directory: Path, vocab_size: int = DEFAULT_VOCAB) -> None:
 def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
                 intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                 vocab_size: int = DEFAULT_VOCAB, tie_word_embeddings: bool = False,
-                sliding_window: int | None = None,
+                sliding_window: int | None = None, experts: tuple[int, int, int] | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> transformers.PretrainedConfig:
     """A transformers config of one of the supported families.
 
@@ -102,11 +102,12 @@ def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int 
     if family in MOE_FAMILIES:
         if sliding_window is not None:
             raise ValueError(f"{family} has no sliding-window attention; leave sliding_window unset")
-        kwargs.update(num_experts_per_tok=2, moe_intermediate_size=intermediate_size // 4, norm_topk_prob=True)
+        routed, per_token, shared = experts or (DEMO_EXPERTS, 2, 1)
+        kwargs.update(num_experts_per_tok=per_token, moe_intermediate_size=intermediate_size // 4, norm_topk_prob=True)
     if family == "qwen3_moe":
-        kwargs.update(num_experts=DEMO_EXPERTS, decoder_sparse_step=1, mlp_only_layers=[0])
+        kwargs.update(num_experts=routed, decoder_sparse_step=1, mlp_only_layers=[0])
     if family in ("deepseek_v3", "glm4_moe"):
-        kwargs.update(n_routed_experts=DEMO_EXPERTS, first_k_dense_replace=1, n_shared_experts=1,
+        kwargs.update(n_routed_experts=routed, first_k_dense_replace=1, n_shared_experts=shared,
                       routed_scaling_factor=2.5, num_nextn_predict_layers=0)
     if family == "deepseek_v3":
         head = hidden_size // num_heads
@@ -159,8 +160,11 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
                      dtype: torch.dtype = torch.bfloat16, seed: int = 0, outlier_channels: int = 2,
                      outlier_scale: float = 20.0, max_shard_bytes: int | None = None,
                      tie_word_embeddings: bool = False, vocab_size: int = DEFAULT_VOCAB,
-                     sliding_window: int | None = None) -> Path:
+                     sliding_window: int | None = None, experts: tuple[int, int, int] | None = None) -> Path:
     """Write a random-weight model directory (config, safetensors, tokenizer) and return its path.
+
+    ``experts`` (MoE families): (routed experts, experts per token, shared experts); default
+    (``DEMO_EXPERTS``, 2, 1). Each expert's width is ``intermediate_size // 4``.
 
     ``max_shard_bytes`` splits the weights into shards with a ``model.safetensors.index.json``.
     """
@@ -171,7 +175,7 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
     config = demo_config(family, num_layers=num_layers, hidden_size=hidden_size,
                          intermediate_size=intermediate_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
                          vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
-                         sliding_window=sliding_window, dtype=dtype)
+                         sliding_window=sliding_window, experts=experts, dtype=dtype)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if family in ("qwen2", "glm4_moe"):  # attention biases start at zero: make them matter

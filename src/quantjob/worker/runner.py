@@ -36,8 +36,8 @@ from quantjob.worker.decoder import (
     release,
 )
 from quantjob.worker.device import release_memory
-from quantjob.worker.experts import count_routed, expert_modules, reduce_counts, set_all_tokens
 from quantjob.worker.distributed import Group, shard_indices
+from quantjob.worker.experts import count_routed, expert_modules, reduce_counts, set_all_tokens
 from quantjob.worker.finite import (
     check_activations,
     check_error,
