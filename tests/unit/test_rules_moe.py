@@ -94,9 +94,13 @@ def test_every_expert_of_a_layer_shares_one_scheme() -> None:
                   "spec.process[0].exclude", "layer 2:", "experts.0.gate_proj W8A8_DYNAMIC", "experts.5.gate_proj FLOAT",
                   "take a MoE layer's scheme from experts.0", "'*mlp.experts.*'")
     assert "more" not in problem.message
-    # gate/up/down of one expert differ (vllm-ascend: "Not all shards ... same quant type")
+    # gate/up/down of expert 0 differ (vllm-ascend: "Not all shards ... same quant type"): the family's layout
+    # judges them as one fused module (one problem, with a fix that keeps every expert alike)
     one(errors(cfg(lq(W8, DYNAMIC, exclude=[*ROUTER_FLOAT, "*experts.*.down_proj"]))), "spec.process[0].exclude",
-        "experts.0.down_proj FLOAT")
+        "down_proj FLOAT", "as one module (experts)", "exclude '*.mlp.experts.*'")
+    # ... and where the layout does not know the family, the MoE rule says it
+    one(errors(cfg(lq(W8, DYNAMIC, exclude=[*ROUTER_FLOAT, "*experts.*.down_proj"])),
+               {**QWEN3_MOE, "model_type": "some_moe"}), "spec.process[0].exclude", "experts.0.down_proj FLOAT")
 
 
 def test_compressed_tensors_needs_the_exact_scheme_on_every_expert() -> None:

@@ -101,8 +101,10 @@ def _distinguishes(entries: list[tuple[str, LinearQuant]]) -> bool:
 
 
 def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, formats: list[str | None],
-                 prefix: str) -> list[Problem]:
-    """The MoE rules for the savers' ``formats`` (``ascendv1``, ``compressed_tensors``)."""
+                 prefix: str, expert0_fused: bool = False) -> list[Problem]:
+    """The MoE rules for the savers' ``formats`` (``ascendv1``, ``compressed_tensors``).
+    ``expert0_fused``: the family's layout already judges expert 0's gate/up/down as one fused module
+    (``rules_output.LAYOUTS``), so a split inside expert 0 is left to that rule (one problem, not two)."""
     from quantjob.api.rules_output import _blame, _scheme_text, scheme_key, scheme_type
 
     exact = "compressed_tensors" in formats
@@ -139,7 +141,8 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
                     if problem is not None:
                         report(problem[0], layer, problem[1])
         odd = next((item for item in chosen if key(item[2]) != key(chosen[0][2])), None)
-        if odd is not None:
+        split0 = len({key(lq) for _, _, lq in chosen[:len(PROJECTIONS)]}) > 1
+        if odd is not None and not (split0 and expert0_fused):
             described = "; ".join(f"{shard.removeprefix('mlp.')} {_scheme_text(lq)}"
                                   + (f" by {path}" if path else "") for shard, path, lq in (chosen[0], odd))
             report(f"{prefix}{_blame(base, chosen)}", layer,

@@ -244,8 +244,7 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
                                   for shard, path, lq in chosen)
                 message = (f"{parts}. vllm-ascend and vLLM load {', '.join(short)} as one module "
                            f"({fused.split('.')[-1]}) and refuse shards that are not quantized alike; fix: quantize "
-                           "all of them the same way, or keep all of them float (e.g. exclude "
-                           f"'*.{shards[0].split('.')[0]}.{{{','.join(short)}}}')")
+                           f"all of them the same way, or keep all of them float (e.g. exclude {_float_all(shards)})")
                 found[at] = (message, [])
             found[at][1].append(layer)
     problems: list[Problem] = []
@@ -255,6 +254,15 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
         more = "" if others == 0 else f" (and {others} more)" if known else " (and every layer alike)"
         problems.append(Problem(at, f"layer {layers[0]}{more}: {message}"))
     return problems
+
+
+def _float_all(shards: tuple[str, ...]) -> str:
+    """A pattern that keeps every shard float: ``'*.self_attn.{q_proj,k_proj,v_proj}'``; for a layer's
+    routed experts (read from expert 0's shards), every expert: ``'*.mlp.experts.*'``."""
+    parent = shards[0].rpartition(".")[0]
+    if parent.startswith("mlp.experts."):
+        return "'*.mlp.experts.*'"
+    return f"'*.{parent}.{{{','.join(shard.rpartition('.')[2] for shard in shards)}}}'"
 
 
 def _blame(base: str, chosen: list[tuple[str, str, LinearQuant | None]]) -> str:
@@ -362,8 +370,10 @@ def _moe_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[str
     config = _text_config(model_config)
     if not config or not all(_judgeable(lq) for _, lq in entries):
         return []
-    layout = moe_layout(config, layout_for(model_config).layers, _layer_count(model_config))
-    return moe_problems(entries, layout, formats, prefix) if layout is not None else []
+    layers = layout_for(model_config)
+    layout = moe_layout(config, layers.layers, _layer_count(model_config))
+    expert0_fused = any(fused == "mlp.experts" for fused, _ in layers.fused)
+    return moe_problems(entries, layout, formats, prefix, expert0_fused) if layout is not None else []
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
