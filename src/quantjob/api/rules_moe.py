@@ -123,12 +123,12 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
 
     for layer in layers:
         router = layout.router(layer)
-        for path, lq in entries:
-            if matches(router, lq.include, lq.exclude) and _names_router(lq.include, router):
-                report(f"{prefix}{path}.include", layer,
-                       f"{router} (the router) is named for {_scheme_text(lq)}; quantjob keeps the router float "
-                       "(its weight and correction bias), as vllm-ascend and vLLM load it; fix: remove it from "
-                       f"{path}.include (name the experts' projections instead: '*mlp.experts.*')")
+        for entry_path, entry in entries:
+            if matches(router, entry.include, entry.exclude) and _names_router(entry.include, router):
+                report(f"{prefix}{entry_path}.include", layer,
+                       f"{router} (the router) is named for {_scheme_text(entry)}; quantjob keeps the router "
+                       "float (its weight and correction bias), as vllm-ascend and vLLM load it; fix: remove it "
+                       f"from {entry_path}.include (name the experts' projections instead: '*mlp.experts.*')")
         base = f"{layout.layers}.{layer}."
         chosen: list[tuple[str, str, LinearQuant | None]] = []
         for expert in experts:

@@ -257,10 +257,10 @@ def dynamic_experts(quantized: dict[str, SavedLinear], experts_prefix: str) -> d
     for module, linear in quantized.items():
         if not module.startswith(start):
             continue
-        index, _, projection = module[len(start):].partition(".")
-        if not index.isdigit() or projection not in ("gate_proj", "up_proj", "down_proj"):
+        number, _, projection = module[len(start):].partition(".")
+        if not number.isdigit() or projection not in ("gate_proj", "up_proj", "down_proj"):
             raise QuantJobError(f"{module}: not a routed expert's gate_proj, up_proj or down_proj")
-        found.setdefault(int(index), {})[projection] = linear
+        found.setdefault(int(number), {})[projection] = linear
     experts: dict[int, DynamicExpert] = {}
     for index, parts in sorted(found.items()):
         name = f"{experts_prefix}.{index}"
