@@ -293,7 +293,7 @@ def test_mixed_group_sizes_are_refused_at_admission() -> None:
                for p in problems), problems
 
 
-@pytest.mark.parametrize(("model_type", "ok"), [("gpt2", False), ("DeepSeek-V3", False), ("Qwen2.5-7B", True),
+@pytest.mark.parametrize(("model_type", "ok"), [("gpt2", False), ("Mixtral-8x7B", False), ("DeepSeek-V3", True), ("Qwen2.5-7B", True),
                                                 ("llama", True)])
 def test_model_type_override_is_checked_at_admission(model_type: str, ok: bool) -> None:
     result = check_document(job(quantType="w8a8", model={"pvc": "models", "path": "m", "modelType": model_type}))

@@ -169,3 +169,76 @@ def read(path: Path) -> dict[str, str]:
     if described != set(weights):
         raise NotLoadable(f"description and weights name different tensors: {sorted(described ^ set(weights))[:5]}")
     return schemes
+
+
+# --- Mixture-of-Experts layers ----------------------------------------------------------------------------------
+# vllm-ascend (same commit): ``modelslim_config.py`` ``packed_modules_model_mapping[model_type]["experts"]`` =
+# experts.0.{gate,up,down}_proj: the MoE layer's type is their common tag (``get_linear_quant_type``, ValueError
+# when they differ; ``is_layer_skipped_ascend``: all FLOAT -> unquantized MoE); ``create_scheme_for_layer`` looks
+# up (type, "moe") in the registry, where the only int8 entry is W8A8_DYNAMIC (``methods/w8a8_dynamic.py``
+# ``AscendW8A8DynamicFusedMoEMethod``: ``get_weight`` w13_weight int8 [E, 2I, H], w2_weight int8 [E, H, I];
+# ``get_dynamic_quant_param`` w13_weight_scale / w13_weight_offset params_dtype [E, 2I, 1], w2_weight_scale /
+# w2_weight_offset [E, H, 1]). vLLM's expert mapping loads ``experts.{e}.gate_proj.<suffix>`` into rows [0, I) of
+# ``w13_<suffix>`` of expert e, ``up_proj`` into rows [I, 2I), ``down_proj`` into ``w2_<suffix>``. The router
+# ``mlp.gate`` is an unquantized linear [E, H] (its float weight is copied in with a cast, so the checkpoint's float
+# dtype loads: DeepSeek's router is float32 in transformers); DeepSeek's ``e_score_correction_bias`` is a float
+# parameter [E] of it.
+MOE_SCHEMES = ("W8A8_DYNAMIC",)   # registered for "moe" among the int8 types quantjob writes
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def read_moe_layer(path: Path, layer: int) -> str:
+    """Load decoder layer ``layer``'s routed experts and router of the ascendv1 output at ``path`` as
+    vllm-ascend would; returns the MoE layer's scheme (``FLOAT`` when unquantized)."""
+    description: dict[str, Any] = json.loads((path / "quant_model_description.json").read_text())
+    config = json.loads((path / "config.json").read_text())
+    params_dtype = DTYPES[str(config.get("dtype") or config.get("torch_dtype"))]
+    weights = load_weights(path)
+    hidden, inter = config["hidden_size"], config["moe_intermediate_size"]
+    count = config.get("n_routed_experts") or config.get("num_experts") or config["num_local_experts"]
+    base = f"model.layers.{layer}.mlp."
+    kinds = [description.get(f"{base}experts.0.{p}.weight") for p in PROJECTIONS]
+    if None in kinds:
+        raise NotLoadable(f"{base}experts: an experts.0 projection has no description entry (KeyError)")
+    if len({kind == "FLOAT" for kind in kinds}) > 1:
+        raise ValueError(f"Detected some but not all shards of {base}experts are quantized")
+    if len(set(kinds)) > 1:
+        raise ValueError(f"Not all shards of {base}experts are quantized with same quant type: {kinds}")
+    kind = kinds[0]
+    if kind != "FLOAT" and kind not in MOE_SCHEMES:
+        raise NotImplementedError(f"vLLM Ascend doesn't support quant_type={kind} for layer_type=moe ({base}experts)")
+    shapes = {"gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    expected: dict[str, Param] = {}
+    for expert in range(count):
+        for projection, (out, inp) in shapes.items():
+            name = f"{base}experts.{expert}.{projection}"
+            if kind == "FLOAT":
+                expected[f"{name}.weight"] = Param(params_dtype, (out, inp))
+            else:
+                expected |= {f"{name}.weight": Param(torch.int8, (out, inp)),
+                             f"{name}.weight_scale": Param(params_dtype, (out, 1)),
+                             f"{name}.weight_offset": Param(params_dtype, (out, 1))}
+    if description.get(f"{base}gate.weight") != "FLOAT":
+        raise NotLoadable(f"{base}gate (the router) is described {description.get(f'{base}gate.weight')}: vLLM builds "
+                          "it unquantized (a weight_scale would have no parameter)")
+    router = weights.get(f"{base}gate.weight")   # copied into its parameter with a cast: any float dtype loads
+    if router is None or not router.is_floating_point() or tuple(router.shape) != (count, hidden):
+        raise NotLoadable(f"{base}gate.weight must be a float [{count}, {hidden}] tensor")
+    for name, param in expected.items():
+        got = weights.get(name)
+        if got is None:
+            raise NotLoadable(f"{name}: the parameter is not filled by the checkpoint (uninitialised memory)")
+        if (got.dtype, tuple(got.shape)) != (param.dtype, param.shape):
+            raise NotLoadable(f"{name}: checkpoint {got.dtype} {tuple(got.shape)}, parameter {param.dtype} {param.shape}")
+        if description.get(name) != (kind if name.startswith(f"{base}experts.") else "FLOAT"):
+            raise NotLoadable(f"{name} is described {description.get(name)}, the layer loads as {kind}")
+    bias = weights.get(f"{base}gate.e_score_correction_bias")
+    if bias is not None and (not bias.is_floating_point() or tuple(bias.shape) != (count,)
+                             or description.get(f"{base}gate.e_score_correction_bias") != "FLOAT"):
+        raise NotLoadable(f"{base}gate.e_score_correction_bias must be a FLOAT [{count}] tensor")
+    stray = sorted(name for name in weights if name.startswith(f"{base}experts.") and name not in expected)
+    stray += sorted(name for name in weights if name.startswith(f"{base}gate.")
+                    and name not in (f"{base}gate.weight", f"{base}gate.e_score_correction_bias"))
+    if stray:
+        raise NotLoadable(f"checkpoint tensors with no parameter (KeyError in load_weights): {stray[:5]}")
+    return str(kind)

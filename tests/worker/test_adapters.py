@@ -28,12 +28,14 @@ def test_adapter_names_exist_in_the_model(family: str) -> None:
         assert all(isinstance(layer.get_submodule(name), torch.nn.Linear) for name in subgraph.targets)
         if subgraph.kind == "ov":
             assert subgraph.heads is not None
-            assert source.out_features == subgraph.heads.num_kv_heads * subgraph.heads.head_dim
+            assert source.out_features == subgraph.heads.num_kv_heads * (
+                subgraph.heads.rows_before + subgraph.heads.head_dim)
             assert layer.get_submodule(subgraph.targets[0]).in_features == \
                 subgraph.heads.num_heads * subgraph.heads.head_dim
     norms = {name for name, module in layer.named_modules() if type(module).__name__.endswith("RMSNorm")}
     assert set(adapter.norms) == norms and len(adapter.norms) == len(norms)  # every norm, each once
-    assert set(adapter.input_norms) | set(adapter.output_norms) | set(adapter.qk_norms) == norms
+    assert set(adapter.input_norms) | set(adapter.output_norms) | set(adapter.qk_norms) | set(adapter.other_norms) \
+        == norms
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -93,8 +95,8 @@ def test_unsupported_architecture_lists_supported() -> None:
 def test_model_type_override_by_msmodelslim_name() -> None:
     assert adapter_for({"model_type": "llama"}, "Qwen2.5-7B-Instruct") is ADAPTERS["qwen2"]
     assert adapter_for({}, "Qwen3-8B") is ADAPTERS["qwen3"]
-    with pytest.raises(QuantJobError, match="--model_type 'DeepSeek-V3'"):
-        adapter_for({"model_type": "llama"}, "DeepSeek-V3")
+    with pytest.raises(QuantJobError, match="--model_type 'Mixtral-8x7B'"):
+        adapter_for({"model_type": "llama"}, "Mixtral-8x7B")
 
 
 def test_gemma3_names_and_settings() -> None:
@@ -133,3 +135,35 @@ def test_gemma_fold_never_cuts_a_channel_and_reports_the_scale_it_applied() -> N
     assert torch.allclose(multiplier * applied, weight.float() + 1, rtol=1e-6)
     # the requested scale is off by more than bf16's relative step where (1 + w) / s is small
     assert (applied / scale - 1).abs().max() > 2.0 ** -8
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "glm4_moe"])
+def test_sparse_layer_sites_name_per_expert_linears(family: str) -> None:
+    """Layer 0 of the demo MoE models is dense, layer 1 sparse: its sites (experts written out, as
+    msModelSlim's adapters list them) name linears of the skeleton the loop runs."""
+    from quantjob.worker.demo import DEMO_EXPERTS
+    from quantjob.worker.experts import fused_experts_to_linears
+
+    config = demo_config(family, num_layers=2)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    adapter = adapter_for(config.to_dict())
+    settings = config.to_dict()
+    assert not adapter.is_sparse(settings, 0) and adapter.is_sparse(settings, 1)
+    layer = model.get_submodule(adapter.layers)[1]
+    fused_experts_to_linears(layer, "mlp.experts")
+    sites = adapter.subgraphs(settings, 1)
+    for site in sites:
+        assert all(isinstance(layer.get_submodule(name), torch.nn.Linear) for name in site.targets)
+    expert_sites = [s for s in sites if s.source.startswith("mlp.experts.")]
+    assert [s.source for s in expert_sites] == (
+        [] if family == "glm4_moe" else [f"mlp.experts.{e}.up_proj" for e in range(DEMO_EXPERTS)])
+    assert not any("post_attention_layernorm" == s.source for s in sites)  # the router reads it too
+    assert not isinstance(layer.get_submodule("mlp.gate"), torch.nn.Linear)  # the router is never a linear
+
+
+def test_moe_names_resolve_to_moe_families() -> None:
+    for name, family in (("Qwen3-30B-A3B", "qwen3_moe"), ("Qwen3-235B-A22B-Instruct-2507", "qwen3_moe"),
+                         ("Qwen3-8B", "qwen3"), ("DeepSeek-V3", "deepseek_v3"), ("DeepSeek-R1", "deepseek_v3"),
+                         ("GLM-4.5-Air", "glm4_moe")):
+        assert adapter_for({}, name).name == family, name

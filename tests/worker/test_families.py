@@ -25,7 +25,7 @@ from quantjob.worker.adapters import adapter_for, supported_model_types
 from quantjob.worker.calibration import load_calibration
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.demo import FAMILIES, build_demo_model, demo_config, write_tokenizer
+from quantjob.worker.demo import FAMILIES, MOE_FAMILIES, build_demo_model, demo_config, write_tokenizer
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.model_config import read_model_config
@@ -35,7 +35,7 @@ CPU = torch.device("cpu")
 WINDOW = 16
 # the sliding window each family's test model gets (Llama has none); samples run past it
 WINDOWS: dict[str, int | None] = {"llama": None, "qwen2": WINDOW, "qwen3": WINDOW, "mistral": WINDOW,
-                                  "gemma3_text": WINDOW}
+                                  "gemma3_text": WINDOW, "qwen3_moe": None, "deepseek_v3": None, "glm4_moe": None}
 # hidden 80: sqrt(80) is not a bf16 number, so Gemma's embedding scale is really rounded
 SHAPE: dict[str, Any] = {"hidden_size": 80, "intermediate_size": 128, "num_heads": 4, "num_kv_heads": 2,
                          "seed": 11}
@@ -93,7 +93,11 @@ def test_loop_with_nothing_quantized_reproduces_transformers(
     if WINDOWS[family] is not None:  # the window cuts some samples and not others
         assert min(lengths) <= WINDOW < max(lengths), lengths
         assert config.get("sliding_window") == WINDOW
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, attn_implementation="sdpa")
+    # MoE: transformers' eager experts forward, the reference quantjob.worker.experts computes bit for bit
+    # (its default grouped_mm kernel sums the routed experts' outputs in another order: within 1 bf16 step)
+    moe = {"experts_implementation": "eager"} if family in MOE_FAMILIES else {}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                           **moe)
     last: list[torch.Tensor] = []
     hf.get_submodule(adapter_for(config).layers)[-1].register_forward_hook(
         lambda _m, _a, out: last.append(out[0] if isinstance(out, tuple) else out))

@@ -26,7 +26,7 @@ from quantjob.worker.adapters import adapter_for
 from quantjob.worker.calibration import load_calibration
 from quantjob.worker.checkpoint import Checkpoint, load_tensor
 from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.demo import FAMILIES, build_demo_model
+from quantjob.worker.demo import DENSE_FAMILIES, build_demo_model
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.quantizers import dequantize_weight, representable
@@ -85,7 +85,7 @@ def _check_outputs(saver: Any, model: Path, num_layers: int, quantized_per_layer
     assert set(source) <= seen  # every source tensor went to the saver exactly once as float or record
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DENSE_FAMILIES)  # MoE families: tests/worker/test_moe.py
 def test_w8a8_every_family(family: str, tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
                            memory_saver: Any, tmp_path: Path) -> None:
     model = tiny_model(family, 2)

@@ -14,6 +14,9 @@ are cited in ``docs/ascend-format-notes.md`` and ``docs/compressed-tensors-notes
   a float32 model;
 - W8A8 (both formats): per-channel, symmetric weights;
 - compressed-tensors (transformers, vLLM): no asymmetric smoothing (a norm bias neither loads);
+- Mixture-of-Experts layers (``quantjob.api.rules_moe``, config.json known): the router stays float,
+  every expert of a layer gets one scheme, and only schemes the engines have for MoE (ascendv1:
+  W8A8_DYNAMIC; vLLM: no static W8A8);
 - several savers: each writes its own sub-directory of the output (``saver_directories``).
 """
 
@@ -49,6 +52,20 @@ _DENSE = LayerLayout(
 
 # model_type -> layout; a family missing here (the worker refuses it anyway) is judged as _DENSE.
 LAYOUTS: dict[str, LayerLayout] = {"llama": _DENSE, "mistral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE}
+
+# Mixture-of-Experts families: vllm-ascend's packed_modules_model_mapping (vllm_ascend/quantization/
+# modelslim_config.py: qwen3_moe, deepseek_v3, glm4_moe): the shared experts' gate/up are packed like a
+# dense MLP's, and a layer's routed experts are one module whose scheme is read from expert 0's
+# gate/up/down (the same entry for every expert is the output rules' business, not a shard rule here).
+_EXPERTS0 = ("mlp.experts", ("mlp.experts.0.gate_proj", "mlp.experts.0.up_proj", "mlp.experts.0.down_proj"))
+_SHARED = ("mlp.shared_experts.gate_up_proj", ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"))
+LAYOUTS.update({
+    "qwen3_moe": LayerLayout("model.layers", (*_DENSE.fused, _EXPERTS0)),
+    "glm4_moe": LayerLayout("model.layers", (*_DENSE.fused, _SHARED, _EXPERTS0)),
+    "deepseek_v3": LayerLayout("model.layers", (
+        ("self_attn.fused_qkv_a_proj", ("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa")),
+        ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")), _SHARED, _EXPERTS0)),
+})
 
 LAYERS_WITHOUT_CONFIG = 128      # layer indices judged when the model's config is not known
 _MAX_EXPANSIONS = 4096           # brace expansions per pattern the fused-shard rule is willing to match
@@ -227,8 +244,7 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
                                   for shard, path, lq in chosen)
                 message = (f"{parts}. vllm-ascend and vLLM load {', '.join(short)} as one module "
                            f"({fused.split('.')[-1]}) and refuse shards that are not quantized alike; fix: quantize "
-                           "all of them the same way, or keep all of them float (e.g. exclude "
-                           f"'*.{shards[0].split('.')[0]}.{{{','.join(short)}}}')")
+                           f"all of them the same way, or keep all of them float (e.g. exclude {_float_all(shards)})")
                 found[at] = (message, [])
             found[at][1].append(layer)
     problems: list[Problem] = []
@@ -238,6 +254,15 @@ def _fused_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[s
         more = "" if others == 0 else f" (and {others} more)" if known else " (and every layer alike)"
         problems.append(Problem(at, f"layer {layers[0]}{more}: {message}"))
     return problems
+
+
+def _float_all(shards: tuple[str, ...]) -> str:
+    """A pattern that keeps every shard float: ``'*.self_attn.{q_proj,k_proj,v_proj}'``; for a layer's
+    routed experts (read from expert 0's shards), every expert: ``'*.mlp.experts.*'``."""
+    parent = shards[0].rpartition(".")[0]
+    if parent.startswith("mlp.experts."):
+        return "'*.mlp.experts.*'"
+    return f"'*.{parent}.{{{','.join(shard.rpartition('.')[2] for shard in shards)}}}'"
 
 
 def _blame(base: str, chosen: list[tuple[str, str, LinearQuant | None]]) -> str:
@@ -327,6 +352,7 @@ def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None
     formats = [saver_format(saver) for saver in savers]
     if entries and any(fmt is not None for fmt in formats):
         problems += _fused_problems(entries, model_config, prefix, exact="compressed_tensors" in formats)
+        problems += _moe_problems(entries, model_config, formats, prefix)
     for index, fmt in enumerate(formats):
         saver_at = f"spec.save[{index}]"
         if fmt == "ascendv1":
@@ -334,6 +360,20 @@ def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None
         elif fmt == "compressed_tensors":
             problems += _compressed_tensors_problems(config, saver_at, prefix)
     return _unique(problems)
+
+
+def _moe_problems(entries: list[tuple[str, LinearQuant]], model_config: dict[str, Any] | None,
+                  formats: list[str | None], prefix: str) -> list[Problem]:
+    """The MoE rules (``quantjob.api.rules_moe``), where config.json says the model has routed experts."""
+    from quantjob.api.rules_moe import moe_layout, moe_problems  # it builds on this module's scheme helpers
+
+    config = _text_config(model_config)
+    if not config or not all(_judgeable(lq) for _, lq in entries):
+        return []
+    layers = layout_for(model_config)
+    layout = moe_layout(config, layers.layers, _layer_count(model_config))
+    expert0_fused = any(fused == "mlp.experts" for fused, _ in layers.fused)
+    return moe_problems(entries, layout, formats, prefix, expert0_fused) if layout is not None else []
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

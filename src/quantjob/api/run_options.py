@@ -25,3 +25,6 @@ class RunOptions(BaseModel):
     overwrite: bool = False
     next_layer_input: NextLayerInput = "float"
     error_samples: int = Field(8, ge=0)
+    # MoE: also run every calibration token through every routed expert, for statistics only
+    # (quantjob.worker.experts): static activation scales for experts no token is routed to
+    calibrate_all_experts: bool = False

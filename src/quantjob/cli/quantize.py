@@ -96,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="feed each layer the float (default) or the quantized outputs of the previous one")
     parser.add_argument("--error_samples", type=int, default=8,
                         help="samples for the per-layer quantization error table (default 8)")
+    parser.add_argument("--calibrate_all_experts", action="store_true",
+                        help="MoE models: also run every calibration token through every routed expert, for "
+                             "statistics only (static activation scales for experts no token is routed to); "
+                             "the outputs stay the routed ones")
     parser.add_argument("--rendezvous_timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long a rank waits for rank 0 to answer (default 600)")
     parser.add_argument("--collective_timeout", type=float, metavar="SECONDS",
@@ -249,7 +253,8 @@ def run(namespace: argparse.Namespace) -> int:
                     calib_file=_calib_file(args, resolution.config), calib_samples=args.calib_samples,
                     max_length=args.max_length, model_type=args.model_type,
                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-                    next_layer_input=args.next_layer_input, error_samples=args.error_samples)
+                    next_layer_input=args.next_layer_input, error_samples=args.error_samples,
+                    calibrate_all_experts=args.calibrate_all_experts)
     try:
         group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout, collective_timeout_s=timeout_s)
         device = devices.torch_device(spec.type, local_device_index(spec, group))

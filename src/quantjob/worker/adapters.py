@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from quantjob.api.model_types import NAME_PREFIXES as _NAME_PREFIXES
-from quantjob.api.model_types import WRAPPED_TEXT_MODELS
+from quantjob.api.model_types import WRAPPED_TEXT_MODELS, family_for_name
 from quantjob.worker.errors import QuantJobError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI picks the adapter before launching ranks
@@ -33,11 +32,16 @@ SUBGRAPH_KINDS: tuple[SubgraphKind, ...] = ("norm-linear", "linear-linear", "ov"
 class AttentionHeads:
     """How ``o_proj``'s input channels map onto ``v_proj``'s output channels (grouped-query attention):
     o input channel ``h * head_dim + d`` reads v output channel ``(h // (num_heads // num_kv_heads)) *
-    head_dim + d``."""
+    (rows_before + head_dim) + rows_before + d``.
+
+    ``rows_before``: rows of the source linear that precede each head's value rows and are no value
+    (MLA: DeepSeek's ``kv_b_proj`` gives per head ``qk_nope_head_dim`` key rows, then ``v_head_dim``
+    value rows); a fold leaves them alone. 0 for ``v_proj``."""
 
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    rows_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,56 @@ def attention_heads(model_config: Mapping[str, Any]) -> AttentionHeads:
     return AttentionHeads(heads, kv_heads, int(head_dim))
 
 
+def latent_attention_heads(model_config: Mapping[str, Any]) -> AttentionHeads:
+    """Multi-head latent attention (DeepSeek-V3): ``kv_b_proj`` -> ``o_proj``. Every head has its own
+    ``qk_nope_head_dim`` key rows and ``v_head_dim`` value rows in ``kv_b_proj``; ``o_proj`` reads
+    the value rows, head by head (msModelSlim's deepseek_v3 adapter: its ``ov`` site with fusion
+    ``kv``, ``qk_nope_head_dim`` and ``v_head_dim``)."""
+    heads = int(model_config["num_attention_heads"])
+    return AttentionHeads(heads, heads, int(model_config["v_head_dim"]), int(model_config["qk_nope_head_dim"]))
+
+
+ConfigTest = Callable[[Mapping[str, Any], int], bool]
+
+
+@dataclass(frozen=True)
+class SparseLayers:
+    """Where a family's Mixture-of-Experts layers are and what they hold.
+
+    ``is_sparse(config, index)``: whether decoder layer ``index`` has a sparse MLP (the others are
+    dense and use the adapter's ``subgraph_specs``). ``specs``: the smoothing sites of a sparse layer;
+    a source or target holding ``{e}`` stands for one site per routed expert ``e``.
+    ``experts``: the experts module (transformers 5 holds it fused: ``gate_up_proj`` ``[E, 2I, H]``,
+    ``down_proj`` ``[E, H, I]``; the loop replaces it by one linear per expert and checkpoint name).
+    ``router``: the router (its weight and correction bias stay float). ``num_experts_keys``: the
+    config keys that may hold the number of routed experts (config.json's name first, then the one
+    transformers 5 renames it to)."""
+
+    is_sparse: ConfigTest
+    num_experts_keys: tuple[str, ...]
+    specs: tuple[SubgraphSpec, ...]
+    experts: str = "mlp.experts"
+    router: str = "mlp.gate"
+
+    def num_experts(self, model_config: Mapping[str, Any]) -> int:
+        for key in self.num_experts_keys:
+            if model_config.get(key):
+                return int(model_config[key])
+        raise QuantJobError(f"config.json: none of {', '.join(self.num_experts_keys)} gives the number of routed "
+                            "experts; add it as the model's published config.json has it")
+
+
+def expand_experts(specs: tuple[SubgraphSpec, ...], num_experts: int) -> list[SubgraphSpec]:
+    """``specs`` with every ``{e}`` template written out for experts 0..num_experts-1, in expert order."""
+    out: list[SubgraphSpec] = []
+    for spec in specs:
+        templated = "{e}" in spec.source or any("{e}" in t for t in spec.targets)
+        for e in range(num_experts) if templated else (None,):
+            out.append(spec if e is None else SubgraphSpec(
+                spec.kind, spec.source.replace("{e}", str(e)), tuple(t.replace("{e}", str(e)) for t in spec.targets)))
+    return out
+
+
 @dataclass(frozen=True)
 class Adapter:
     """Where an architecture keeps its parts and how they behave. Paths are relative to the CausalLM model;
@@ -109,6 +163,15 @@ class Adapter:
     post-feed-forward norms): they follow o_proj / down_proj and feed no linear.
     ``norm_bias``: vllm-ascend's norm for this family adds a saved ``<norm>.bias`` (its RMSNorm does;
     its GemmaRMSNorm does not), so asymmetric smoothing may write one.
+    ``other_norms``: norms of a layer that no smoothing site folds into (DeepSeek's
+    ``post_attention_layernorm`` feeds the router and the experts; ``kv_a_layernorm``).
+    ``heads``: the head layout of the ``ov`` sites, from config.json.
+    ``sparse``: the family's Mixture-of-Experts layers (None: every layer is dense).
+    ``float_any_dtype``: tensors (paths relative to a layer) that may be stored in another float
+    dtype than the model's (a router kept in float32, as transformers keeps it).
+    ``extra_layers_key``: config.json's count of layers stored after the decoder layers under the
+    same prefix (DeepSeek's multi-token-prediction layers, ``model.layers.{num_hidden_layers}.*``):
+    the loop does not run them; they are copied to the output as they are (float).
     """
 
     name: str
@@ -124,25 +187,48 @@ class Adapter:
     qk_norms: tuple[str, ...] = field(default=())
     output_norms: tuple[str, ...] = field(default=())
     norm_bias: bool = True
+    other_norms: tuple[str, ...] = field(default=())
+    heads: Callable[[Mapping[str, Any]], AttentionHeads] = attention_heads
+    sparse: SparseLayers | None = None
+    float_any_dtype: tuple[str, ...] = field(default=())
+    extra_layers_key: str | None = None
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
 
     @property
     def input_norms(self) -> tuple[str, ...]:
-        """The norms whose output feeds linears (the ``norm-linear`` sources), in layer order."""
-        return tuple(spec.source for spec in self.subgraph_specs if spec.kind == "norm-linear")
+        """The norms whose output feeds linears (the ``norm-linear`` sources of dense and sparse
+        layers), in layer order."""
+        specs = self.subgraph_specs + (self.sparse.specs if self.sparse is not None else ())
+        return tuple(dict.fromkeys(spec.source for spec in specs if spec.kind == "norm-linear"))
 
     @property
     def norms(self) -> tuple[str, ...]:
         """Every norm of a decoder layer; all of them multiply by ``norm_offset + weight``."""
-        return self.input_norms + self.output_norms + self.qk_norms
+        return self.input_norms + self.output_norms + self.qk_norms + self.other_norms
 
-    def subgraphs(self, model_config: Mapping[str, Any]) -> list[Subgraph]:
-        """The smoothing sites of one decoder layer of this model (``ov`` ones carry head counts)."""
-        heads = attention_heads(model_config)
+    def is_sparse(self, model_config: Mapping[str, Any], index: int) -> bool:
+        """Whether decoder layer ``index`` holds routed experts."""
+        return self.sparse is not None and self.sparse.is_sparse(model_config, index)
+
+    def layer_specs(self, model_config: Mapping[str, Any], index: int = 0) -> list[SubgraphSpec]:
+        """The smoothing sites of decoder layer ``index`` (expert templates written out)."""
+        if self.sparse is not None and self.sparse.is_sparse(model_config, index):
+            return expand_experts(self.sparse.specs, self.sparse.num_experts(model_config))
+        return list(self.subgraph_specs)
+
+    def subgraphs(self, model_config: Mapping[str, Any], index: int = 0) -> list[Subgraph]:
+        """The smoothing sites of decoder layer ``index`` of this model (``ov`` ones carry head counts)."""
+        heads = self.heads(model_config)
         return [Subgraph(spec.kind, spec.source, spec.targets, heads if spec.kind == "ov" else None)
-                for spec in self.subgraph_specs]
+                for spec in self.layer_specs(model_config, index)]
+
+    def extra_layers(self, model_config: Mapping[str, Any]) -> int:
+        """How many layers the checkpoint stores after the decoder layers (MTP layers), per config.json."""
+        if self.extra_layers_key is None:
+            return 0
+        return int(model_config.get(self.extra_layers_key) or 0)
 
     def folded_norm_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The norm weight that divides the norm's output by ``scale`` (float32 math, weight's dtype).
@@ -198,6 +284,56 @@ class Adapter:
         return rotary(probe, positions)
 
 
+# --- Mixture-of-Experts families ------------------------------------------------------------------
+# Smoothing sites as msModelSlim's adapters have them (Ascend/msmodelslim, msmodelslim/model/<family>/
+# model_adapter.py, get_adapter_config_for_subgraph): qwen3_moe: input_layernorm -> q/k/v, v -> o,
+# and every routed expert's up -> down (no post_attention_layernorm site: the router reads it too);
+# deepseek_v3: input_layernorm -> q_a_proj + kv_a_proj_with_mqa, q_a_layernorm -> q_b_proj,
+# kv_b_proj -> o_proj, up -> down of the dense MLP, of the shared experts and of every routed
+# expert; glm4_moe: input_layernorm -> q/k/v and v -> o only. Dense layers of a MoE family (Qwen3-MoE's
+# mlp_only_layers) keep the dense sites of their own MLP.
+
+
+def _qwen3_moe_sparse(config: Mapping[str, Any], index: int) -> bool:
+    """transformers' Qwen3MoeDecoderLayer: not in ``mlp_only_layers``, experts configured, and
+    ``(index + 1) % decoder_sparse_step == 0``."""
+    experts = config.get("num_experts") or config.get("num_local_experts") or 0
+    step = int(config.get("decoder_sparse_step") or 1)
+    return index not in (config.get("mlp_only_layers") or []) and experts > 0 and (index + 1) % step == 0
+
+
+def _after_first_k_dense(config: Mapping[str, Any], index: int) -> bool:
+    """DeepSeek-V3 / GLM-4.5: the first ``first_k_dense_replace`` layers are dense."""
+    return index >= int(config.get("first_k_dense_replace") or 0)
+
+
+_EXPERT_UP_DOWN = SubgraphSpec("up-down", "mlp.experts.{e}.up_proj", ("mlp.experts.{e}.down_proj",))
+_QKV_OV: tuple[SubgraphSpec, ...] = (
+    SubgraphSpec("norm-linear", "input_layernorm", _ATTN),
+    SubgraphSpec("ov", "self_attn.v_proj", ("self_attn.o_proj",)),
+)
+_MLA: tuple[SubgraphSpec, ...] = (
+    SubgraphSpec("norm-linear", "input_layernorm", ("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa")),
+    SubgraphSpec("norm-linear", "self_attn.q_a_layernorm", ("self_attn.q_b_proj",)),
+    SubgraphSpec("ov", "self_attn.kv_b_proj", ("self_attn.o_proj",)),
+)
+_ROUTER_FLOAT = ("mlp.gate.weight", "mlp.gate.e_score_correction_bias")
+
+QWEN3_MOE = Adapter(
+    "qwen3_moe", qk_norms=_QK_NORMS,
+    sparse=SparseLayers(_qwen3_moe_sparse, ("num_experts", "num_local_experts"), (*_QKV_OV, _EXPERT_UP_DOWN)))
+DEEPSEEK_V3 = Adapter(
+    "deepseek_v3", subgraph_specs=(*_MLA, SubgraphSpec("up-down", "mlp.up_proj", ("mlp.down_proj",))),
+    other_norms=("self_attn.kv_a_layernorm", "post_attention_layernorm"), heads=latent_attention_heads,
+    sparse=SparseLayers(_after_first_k_dense, ("n_routed_experts", "num_local_experts"), (
+        *_MLA, SubgraphSpec("up-down", "mlp.shared_experts.up_proj", ("mlp.shared_experts.down_proj",)),
+        _EXPERT_UP_DOWN)),
+    float_any_dtype=_ROUTER_FLOAT, extra_layers_key="num_nextn_predict_layers")
+GLM4_MOE = Adapter(
+    "glm4_moe", subgraph_specs=_QKV_OV, other_norms=("post_attention_layernorm",),
+    sparse=SparseLayers(_after_first_k_dense, ("n_routed_experts", "num_local_experts"), _QKV_OV),
+    float_any_dtype=_ROUTER_FLOAT, extra_layers_key="num_nextn_predict_layers")
+
 ADAPTERS: dict[str, Adapter] = {
     "llama": Adapter("llama"),
     "mistral": Adapter("mistral"),
@@ -206,9 +342,12 @@ ADAPTERS: dict[str, Adapter] = {
     "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
                            embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
                            output_norms=("post_attention_layernorm", "post_feedforward_layernorm"), norm_bias=False),
+    "qwen3_moe": QWEN3_MOE,
+    "deepseek_v3": DEEPSEEK_V3,
+    "glm4_moe": GLM4_MOE,
 }
 
-# WRAPPED_TEXT_MODELS (multimodal wrappers -> their text model_type) and _NAME_PREFIXES (msModelSlim-style
+# WRAPPED_TEXT_MODELS (multimodal wrappers -> their text model_type) and NAME_PREFIXES (msModelSlim-style
 # --model_type names -> adapter) live in quantjob.api.model_types, so admission judges by the same table.
 
 
@@ -243,12 +382,9 @@ def adapter_for(model_config: dict[str, Any], model_type: str | None = None, *,
 
 
 def _override(model_type: str) -> Adapter:
-    lowered = model_type.strip().lower()
-    for prefix, key in _NAME_PREFIXES:
-        if lowered.startswith(prefix):
-            if key is None:
-                break
-            return ADAPTERS[key]
+    key = family_for_name(model_type)
+    if key is not None:
+        return ADAPTERS[key]
     raise QuantJobError(f"--model_type {model_type!r} is not supported; supported model types: "
                         f"{', '.join(supported_model_types())} (or omit --model_type to use config.json's model_type)")
 

@@ -6,7 +6,10 @@ Two layers of API (sources, with file and line, in ``docs/ascend-arithmetic.md``
   vllm-ascend precomputes (:func:`input_scale_reciprocal`), static activation quantization
   (:func:`quantize_static`), per-token dynamic quantization (:func:`quantize_per_token`), the
   int8 matmul with exact integer accumulation (:func:`integer_matmul`), and the three linears
-  (:func:`w8a8_static_linear`, :func:`w8a8_dynamic_linear`, :func:`weight_only_linear`);
+  (:func:`w8a8_static_linear`, :func:`w8a8_dynamic_linear`, :func:`weight_only_linear`), and a
+  MoE layer's W8A8_DYNAMIC routed experts (:func:`w8a8_dynamic_expert` for one expert's tokens,
+  :func:`w8a8_dynamic_moe` for routing, weighting and summing; :func:`dynamic_experts` takes them
+  from a saved layer as vllm-ascend's MoE loader would);
 - an output directory opened for reading (:class:`AscendOutput`) and one decoder layer of it
   rebuilt from the saved files (:func:`saved_layer`): the float tensors go into the model's own
   layer code, every quantized linear is replaced by an :class:`AscendLinear` that computes what
@@ -42,6 +45,7 @@ import torch
 from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.decoder import Skeleton, materialise, release
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.experts import expert_modules
 from quantjob.worker.savers.ascend_tensors import FLOAT, deq_scale_value
 
 DESCRIPTION = "quant_model_description.json"
@@ -171,6 +175,117 @@ def weight_only_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torc
 
 
 # ---------------------------------------------------------------------------------------------
+# A MoE layer's routed experts (W8A8_DYNAMIC, vllm-ascend's only int8 MoE scheme)
+
+
+@dataclass(frozen=True)
+class DynamicExpert:
+    """One routed expert's saved W8A8_DYNAMIC tensors: int8 ``[out, in]`` weights and per-channel
+    ``[out, 1]`` scales of its gate, up and down projections (vllm-ascend stacks gate and up into
+    ``w13`` and down into ``w2``; the offsets are loaded but never read)."""
+
+    gate_weight: torch.Tensor
+    gate_scale: torch.Tensor
+    up_weight: torch.Tensor
+    up_scale: torch.Tensor
+    down_weight: torch.Tensor
+    down_scale: torch.Tensor
+
+
+def _dequantized_matmul(x_q: torch.Tensor, token_scale: torch.Tensor, weight: torch.Tensor,
+                        weight_scale: torch.Tensor) -> torch.Tensor:
+    """``npu_grouped_matmul`` with ``scale`` and ``per_token_scale``: the int32 accumulator times the
+    channel scale and the token scale, in float32 (not yet rounded)."""
+    return integer_matmul(x_q, weight).to(torch.float32) * weight_scale.reshape(-1).to(torch.float32) * token_scale
+
+
+def w8a8_dynamic_expert(x: torch.Tensor, expert: DynamicExpert, *, fused: bool = False) -> torch.Tensor:
+    """One expert's SwiGLU MLP on the tokens routed to it, as vllm-ascend's W8A8_DYNAMIC MoE computes it
+    (``ops/fused_moe/moe_mlp.py`` ``quant_apply_mlp``): the tokens quantized per token
+    (``npu_dynamic_quant``), gate and up as one int8 matmul dequantized by the channel and token
+    scales, ``silu(gate) * up``, quantized per token again, down likewise; the result in ``x``'s dtype.
+
+    ``fused=False`` is the grouped-matmul path (``npu_grouped_matmul`` with ``output_dtype`` the model
+    dtype, then ``npu_swiglu`` and ``npu_dynamic_quant``): gate/up and the SwiGLU output are rounded
+    to the model dtype. ``fused=True`` is the MC2 path (int32 ``npu_grouped_matmul``, then
+    ``npu_dequant_swiglu_quant``): dequantization, SwiGLU and requantization stay in float32.
+    """
+    x_q, token_scale = quantize_per_token(x)
+    gate = _dequantized_matmul(x_q, token_scale, expert.gate_weight, expert.gate_scale)
+    up = _dequantized_matmul(x_q, token_scale, expert.up_weight, expert.up_scale)
+    if not fused:
+        gate, up = gate.to(x.dtype).to(torch.float32), up.to(x.dtype).to(torch.float32)
+    hidden = torch.nn.functional.silu(gate) * up
+    if not fused:
+        hidden = hidden.to(x.dtype)
+    h_q, h_scale = quantize_per_token(hidden)
+    return _dequantized_matmul(h_q, h_scale, expert.down_weight, expert.down_scale).to(x.dtype)
+
+
+def w8a8_dynamic_moe(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                     experts: dict[int, DynamicExpert], *, fused: bool = False) -> torch.Tensor:
+    """The routed experts of a MoE layer for tokens ``x [T, H]``: each token goes through its top-k
+    experts only (``topk_ids [T, k]``), each output is weighted by the token's router weight (cast to
+    the model dtype, as ``AscendW8A8DynamicFusedMoEMethod.apply`` casts ``topk_weights``) and the k
+    outputs are summed in float32 and rounded once to ``x``'s dtype (the dispatcher's finalize step).
+    Shared experts and a routed scaling factor are the MoE module's, not this function's.
+
+    Experts no token is routed to need not be in ``experts``; a routed one that is missing is an error."""
+    if x.dim() != 2 or topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"w8a8_dynamic_moe: x {tuple(x.shape)}, topk_ids {tuple(topk_ids.shape)} and "
+                         f"topk_weights {tuple(topk_weights.shape)} do not fit [T, H], [T, k], [T, k]")
+    weights = topk_weights.to(x.dtype).to(torch.float32)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for expert_id in sorted(int(e) for e in torch.unique(topk_ids).tolist()):
+        if expert_id not in experts:
+            raise QuantJobError(f"tokens are routed to expert {expert_id}, which the saved layer does not hold "
+                                "(its experts: " + ", ".join(str(e) for e in sorted(experts)[:8])
+                                + (" ..." if len(experts) > 8 else "") + "); re-run the quantization")
+        tokens, slot = (topk_ids == expert_id).nonzero(as_tuple=True)
+        y = w8a8_dynamic_expert(x[tokens], experts[expert_id], fused=fused).to(torch.float32)
+        out.index_add_(0, tokens, y * weights[tokens, slot].unsqueeze(1))
+    return out.to(x.dtype)
+
+
+def dynamic_experts(quantized: dict[str, SavedLinear], experts_prefix: str) -> dict[int, DynamicExpert]:
+    """The routed experts under ``experts_prefix`` (``model.layers.3.mlp.experts``) of a saved layer's
+    quantized linears, checked as vllm-ascend's MoE loader would take them: every projection of every
+    expert W8A8_DYNAMIC (it takes the scheme of experts.0's gate/up/down for all of them), int8
+    ``[out, in]`` weights and ``[out, 1]`` scales, gate and up of one shape, down their transpose."""
+    found: dict[int, dict[str, SavedLinear]] = {}
+    start = experts_prefix + "."
+    for module, linear in quantized.items():
+        if not module.startswith(start):
+            continue
+        number, _, projection = module[len(start):].partition(".")
+        if not number.isdigit() or projection not in ("gate_proj", "up_proj", "down_proj"):
+            raise QuantJobError(f"{module}: not a routed expert's gate_proj, up_proj or down_proj")
+        found.setdefault(int(number), {})[projection] = linear
+    experts: dict[int, DynamicExpert] = {}
+    for index, parts in sorted(found.items()):
+        name = f"{experts_prefix}.{index}"
+        missing = [p for p in ("gate_proj", "up_proj", "down_proj") if p not in parts]
+        if missing:
+            raise QuantJobError(f"{name}: {', '.join(missing)} not saved quantized while the other projections "
+                                "are; vllm-ascend needs one scheme on every expert projection; re-run the quantization")
+        odd = {p: linear.scheme for p, linear in parts.items() if linear.scheme != "W8A8_DYNAMIC"}
+        if odd:
+            raise QuantJobError(f"{name}: described {odd}; vllm-ascend's only int8 MoE scheme is W8A8_DYNAMIC")
+        gate, up, down = (parts[p].tensors for p in ("gate_proj", "up_proj", "down_proj"))
+        shapes = [tuple(t["weight"].shape) for t in (gate, up, down)]
+        if shapes[0] != shapes[1] or shapes[2] != shapes[0][::-1] or any(len(s) != 2 for s in shapes):
+            raise QuantJobError(f"{name}: gate/up/down weights {shapes} are not [I, H], [I, H], [H, I]")
+        for projection, tensors in zip(("gate_proj", "up_proj", "down_proj"), (gate, up, down)):
+            out_features = tensors["weight"].shape[0]
+            if tensors["weight"].dtype != torch.int8 or tuple(tensors["weight_scale"].shape) != (out_features, 1):
+                raise QuantJobError(f"{name}.{projection}: W8A8_DYNAMIC needs an int8 weight and a "
+                                    f"[{out_features}, 1] weight_scale")
+        experts[index] = DynamicExpert(gate["weight"], gate["weight_scale"], up["weight"], up["weight_scale"],
+                                       down["weight"], down["weight_scale"])
+    return experts
+
+
+# ---------------------------------------------------------------------------------------------
 # One quantized linear as a module
 
 
@@ -212,6 +327,24 @@ class AscendLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.name}, {self.scheme}, in={self.in_features}, out={self.out_features}"
+
+
+class AscendExperts(torch.nn.Module):
+    """A MoE layer's routed experts computing what vllm-ascend's W8A8_DYNAMIC MoE method computes
+    (:func:`w8a8_dynamic_moe`); it takes the place of the layer's ``ExpertLinears``
+    (``quantjob.worker.experts``) and is called the same way: ``(hidden_states, top_k_index,
+    top_k_weights)``. The router and the shared experts stay the model's own modules."""
+
+    def __init__(self, name: str, experts: dict[int, DynamicExpert], *, fused: bool = False) -> None:
+        super().__init__()
+        self.name, self.experts, self.fused = name, experts, fused
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        return w8a8_dynamic_moe(hidden_states, top_k_index, top_k_weights, self.experts, fused=self.fused)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, W8A8_DYNAMIC, experts={len(self.experts)}, fused={self.fused}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,14 +448,16 @@ class AscendOutput:
 
 @contextmanager
 def saved_layer(skeleton: Skeleton, index: int, output: SavedModel, device: torch.device, *,
-                divide: bool = False) -> Iterator[torch.nn.Module]:
+                divide: bool = False, fused_moe: bool = False) -> Iterator[torch.nn.Module]:
     """Decoder layer ``index`` rebuilt from ``output``'s files alone, on ``device``.
 
     Float tensors are materialised into the skeleton's layer; every quantized linear is swapped
     for an :class:`AscendLinear` (its float bias used only when the model's linear has a bias, as
     vLLM loads it); a ``<norm>.bias`` saved for a norm without one (asymmetric smoothing) is added
-    to that norm's output, as vllm-ascend's RMSNorm does. On exit the original modules come back
-    and the layer returns to the meta device, so the skeleton can be used again.
+    to that norm's output, as vllm-ascend's RMSNorm does. A MoE layer's routed experts saved
+    W8A8_DYNAMIC become one :class:`AscendExperts` (vllm-ascend's fused MoE arithmetic; ``fused_moe``
+    selects its MC2 path); experts saved float run as the model's own. On exit the original modules
+    come back and the layer returns to the meta device, so the skeleton can be used again.
     """
     prefix = skeleton.adapter.layer_prefix(index)
     layer = skeleton.layers[index]
@@ -330,7 +465,23 @@ def saved_layer(skeleton: Skeleton, index: int, output: SavedModel, device: torc
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     hooks: list[Any] = []
     try:
-        for module, linear in saved.quantized.items():
+        quantized = dict(saved.quantized)
+        for path, experts_module in expert_modules(layer).items():
+            name = prefix + path
+            mine = {module: quantized.pop(module) for module in list(quantized) if module.startswith(name + ".")}
+            if not mine:
+                continue  # float experts: materialised below and run as the model's own
+            experts = dynamic_experts(mine, name)
+            if len(experts) != experts_module.num_experts:
+                floats = sorted(set(range(experts_module.num_experts)) - set(experts))
+                raise QuantJobError(f"{name}: experts {floats[:8]} are not saved quantized while others are "
+                                    "W8A8_DYNAMIC; vllm-ascend loads every expert with experts.0's scheme; "
+                                    "re-run the quantization")
+            parent_name, _, child = path.rpartition(".")
+            parent = layer.get_submodule(parent_name) if parent_name else layer
+            setattr(parent, child, AscendExperts(name, experts, fused=fused_moe))
+            swapped.append((parent, child, experts_module))
+        for module, linear in quantized.items():
             scheme, own, bias = linear.scheme, linear.tensors, linear.bias
             local = module[len(prefix):]
             try:

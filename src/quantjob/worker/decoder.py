@@ -19,6 +19,7 @@ import torch
 from quantjob.worker.adapters import LAYER_TYPES, Adapter
 from quantjob.worker.added_biases import add_missing_biases, remove_added_biases
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.experts import fused_experts_to_linears
 from quantjob.worker.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 
@@ -103,6 +104,12 @@ def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, t
         model = transformers.AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
     model.requires_grad_(False)
+    if adapter.sparse is not None:  # routed experts as one linear per expert (quantjob.worker.experts)
+        settings = model.config.to_dict()
+        layers = model.get_submodule(adapter.layers)
+        for index, layer in enumerate(layers):
+            if adapter.is_sparse(settings, index):
+                fused_experts_to_linears(layer, adapter.sparse.experts)
     meta_rotary = model.get_submodule(adapter.rotary)
     with torch.device(device):
         rotary = type(meta_rotary)(config=model.config)

@@ -21,7 +21,14 @@ import torch
 if TYPE_CHECKING:  # imported where used: building a config does not need it at module import
     import transformers
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
+DENSE_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
+# Mixture-of-Experts families: 8 routed experts, 2 per token; layer 0 dense, the others sparse;
+# DeepSeek-V3 with multi-head latent attention, grouped top-k (4 groups, 2 kept), a shared expert
+# and one multi-token-prediction layer stored after the decoder layers; GLM-4.5 with attention biases
+# and a shared expert.
+MOE_FAMILIES = ("qwen3_moe", "deepseek_v3", "glm4_moe")
+FAMILIES = DENSE_FAMILIES + MOE_FAMILIES
+DEMO_EXPERTS = 8
 DEFAULT_VOCAB = 512
 # Gemma3 always has sliding-window layers: a window shorter than most calibration samples, so
 # the window really cuts attention (the shipped samples run from 8 to 64 words).
@@ -68,7 +75,7 @@ def write_tokenizer(directory: Path, vocab_size: int = DEFAULT_VOCAB) -> None:
 def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
                 intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                 vocab_size: int = DEFAULT_VOCAB, tie_word_embeddings: bool = False,
-                sliding_window: int | None = None,
+                sliding_window: int | None = None, experts: tuple[int, int, int] | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> transformers.PretrainedConfig:
     """A transformers config of one of the supported families.
 
@@ -80,7 +87,8 @@ def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int 
 
     classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
                "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig,
-               "gemma3_text": transformers.Gemma3TextConfig}
+               "gemma3_text": transformers.Gemma3TextConfig, "qwen3_moe": transformers.Qwen3MoeConfig,
+               "deepseek_v3": transformers.DeepseekV3Config, "glm4_moe": transformers.Glm4MoeConfig}
     if family not in classes:
         raise ValueError(f"unknown demo family {family!r}; choose one of: {', '.join(FAMILIES)}")
     kwargs: dict[str, Any] = {
@@ -89,8 +97,25 @@ def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int 
         "max_position_embeddings": 4096, "tie_word_embeddings": tie_word_embeddings,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "rms_norm_eps": 1e-6,
     }
-    if family in ("qwen3", "gemma3_text"):
+    if family in ("qwen3", "gemma3_text", "qwen3_moe", "glm4_moe"):
         kwargs["head_dim"] = hidden_size // num_heads
+    if family in MOE_FAMILIES:
+        if sliding_window is not None:
+            raise ValueError(f"{family} has no sliding-window attention; leave sliding_window unset")
+        routed, per_token, shared = experts or (DEMO_EXPERTS, 2, 1)
+        kwargs.update(num_experts_per_tok=per_token, moe_intermediate_size=intermediate_size // 4, norm_topk_prob=True)
+    if family == "qwen3_moe":
+        kwargs.update(num_experts=routed, decoder_sparse_step=1, mlp_only_layers=[0])
+    if family in ("deepseek_v3", "glm4_moe"):
+        kwargs.update(n_routed_experts=routed, first_k_dense_replace=1, n_shared_experts=shared,
+                      routed_scaling_factor=2.5, num_nextn_predict_layers=0)
+    if family == "deepseek_v3":
+        head = hidden_size // num_heads
+        kwargs.update(n_group=4, topk_group=2, q_lora_rank=hidden_size // 2, kv_lora_rank=hidden_size // 4,
+                      qk_nope_head_dim=head, qk_rope_head_dim=head // 2, v_head_dim=head,
+                      num_key_value_heads=num_heads)
+    if family == "glm4_moe":
+        kwargs.update(n_group=1, topk_group=1, attention_bias=True)
     if family == "llama" and sliding_window is not None:
         raise ValueError("llama has no sliding-window attention; leave sliding_window unset")
     if family == "mistral":
@@ -135,8 +160,11 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
                      dtype: torch.dtype = torch.bfloat16, seed: int = 0, outlier_channels: int = 2,
                      outlier_scale: float = 20.0, max_shard_bytes: int | None = None,
                      tie_word_embeddings: bool = False, vocab_size: int = DEFAULT_VOCAB,
-                     sliding_window: int | None = None) -> Path:
+                     sliding_window: int | None = None, experts: tuple[int, int, int] | None = None) -> Path:
     """Write a random-weight model directory (config, safetensors, tokenizer) and return its path.
+
+    ``experts`` (MoE families): (routed experts, experts per token, shared experts); default
+    (``DEMO_EXPERTS``, 2, 1). Each expert's width is ``intermediate_size // 4``.
 
     ``max_shard_bytes`` splits the weights into shards with a ``model.safetensors.index.json``.
     """
@@ -147,21 +175,75 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
     config = demo_config(family, num_layers=num_layers, hidden_size=hidden_size,
                          intermediate_size=intermediate_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
                          vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
-                         sliding_window=sliding_window, dtype=dtype)
+                         sliding_window=sliding_window, experts=experts, dtype=dtype)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if family in ("qwen2",):  # Qwen2 attention biases start at zero: make them matter
+    if family in ("qwen2", "glm4_moe"):  # attention biases start at zero: make them matter
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("proj.bias"):
                     param.normal_(0.0, 0.02)
+    if family in MOE_FAMILIES:
+        _spread_routers(model, seed)
     _inject_outliers(model, family, outlier_channels, outlier_scale, seed)
     model = model.to(dtype)
+    if getattr(model, "_keep_in_fp32_modules_strict", None):  # DeepSeek / GLM routers stay float32, as saved
+        for module_name, module in model.named_modules():
+            if module_name.endswith(".mlp.gate"):
+                module.float()
     kwargs = {"max_shard_size": max_shard_bytes} if max_shard_bytes else {}
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(path, safe_serialization=True, **kwargs)
+    if family == "deepseek_v3":
+        _add_mtp_layer(path, config, dtype, seed)
     write_tokenizer(path, vocab_size)
     return path
+
+
+def _spread_routers(model: torch.nn.Module, seed: int) -> None:
+    """Routers that route: a wider router weight than the initialiser's (tokens spread over the
+    experts) and a non-zero ``e_score_correction_bias`` where the family has one."""
+    generator = torch.Generator().manual_seed(seed + 104729)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith("mlp.gate.weight"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+            elif name.endswith("e_score_correction_bias"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+
+
+def _add_mtp_layer(path: Path, config: Any, dtype: torch.dtype, seed: int) -> None:
+    """DeepSeek-V3's multi-token-prediction layer, as its checkpoints store it: a decoder layer
+    ``model.layers.{num_hidden_layers}`` (MoE) with ``enorm``, ``hnorm``, ``eh_proj`` and
+    ``shared_head.norm``; config.json says ``num_nextn_predict_layers: 1``. Written into the single
+    safetensors file (transformers builds no module for it)."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    index = config.num_hidden_layers
+    extended = transformers.DeepseekV3Config(**{**config.to_dict(), "num_hidden_layers": index + 1})
+    torch.manual_seed(seed + 1)
+    mtp = transformers.AutoModelForCausalLM.from_config(extended, dtype=torch.float32).to(dtype)
+    prefix = f"model.layers.{index}."
+    tensors = {name: t.contiguous() for name, t in mtp.state_dict().items() if name.startswith(prefix)}
+    hidden = config.hidden_size
+    generator = torch.Generator().manual_seed(seed + 2)
+    extra = {"enorm.weight": torch.ones(hidden), "hnorm.weight": torch.ones(hidden),
+             "shared_head.norm.weight": torch.ones(hidden),
+             "eh_proj.weight": torch.randn(hidden, 2 * hidden, generator=generator) * 0.02}
+    tensors.update({prefix + name: t.to(dtype) for name, t in extra.items()})
+    # per-expert names, as the checkpoint keeps them (the fused module's tensors split)
+    fused_gate_up, fused_down = tensors.pop(prefix + "mlp.experts.gate_up_proj"), tensors.pop(prefix + "mlp.experts.down_proj")
+    for e in range(fused_gate_up.shape[0]):
+        gate, up = fused_gate_up[e].chunk(2, dim=0)
+        tensors[f"{prefix}mlp.experts.{e}.gate_proj.weight"] = gate.contiguous()
+        tensors[f"{prefix}mlp.experts.{e}.up_proj.weight"] = up.contiguous()
+        tensors[f"{prefix}mlp.experts.{e}.down_proj.weight"] = fused_down[e].contiguous()
+    file = path / "model.safetensors"
+    save_file({**load_file(file), **tensors}, file, metadata={"format": "pt"})
+    settings = json.loads((path / "config.json").read_text())
+    settings["num_nextn_predict_layers"] = 1
+    (path / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def calibration_texts(num_samples: int, *, seed: int = 0, min_words: int = 8, max_words: int = 64) -> list[str]:

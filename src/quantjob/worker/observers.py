@@ -116,16 +116,28 @@ Probes = dict[str, dict[int, torch.Tensor]]  # linear name -> global sample inde
 
 @contextmanager
 def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int],
-                  per_sample: int) -> Iterator[Probes]:
+                  per_sample: int, *, block: torch.nn.Module | None = None) -> Iterator[Probes]:
     """Keep the input rows of each module at ``evenly_spaced(per_sample, length)`` positions.
 
     The k-th forward through the block belongs to global sample ``samples[k]`` (the loop runs its
     samples one at a time, in that order), so the choice depends on the sample and its length
     only, never on the rank that holds it. Linears fed the same tensor share one copy.
+
+    ``block``: the decoder layer; its forwards are counted instead of each module's calls, so a
+    module that a sample may skip (a routed expert no token of it reaches) keeps the right sample
+    index. A module called twice in one sample keeps the rows of its last call.
     """
     probes: Probes = {name: {} for name in modules}
     calls = dict.fromkeys(modules, 0)
+    current = [-1]  # the block's forward under way (block given)
     handles = []
+    if block is not None:
+        def block_hook(_module: torch.nn.Module, _args: Any) -> None:
+            current[0] += 1
+            if current[0] >= len(samples):
+                raise RuntimeError(f"more forward calls than the {len(samples)} samples being probed")
+
+        handles.append(block.register_forward_pre_hook(block_hook))
     last: list[Any] = [None, None]  # [input tensor, its rows]
 
     def rows_of(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +149,7 @@ def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int]
 
     for name, module in modules.items():
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _name: str = name) -> None:
-            index = calls[_name]
+            index = calls[_name] if block is None else current[0]
             if index >= len(samples):
                 raise RuntimeError(f"{_name}: more forward calls than the {len(samples)} samples being probed")
             probes[_name][samples[index]] = rows_of(args[0])

@@ -10,7 +10,7 @@ headers, so every rank refuses the same run with the same message, and none is l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quantjob.api.globs import names_literally
 from quantjob.api.rules_output import output_problems
@@ -61,6 +61,17 @@ def _layer_of(name: str, adapter: Adapter) -> str:
     return f" (decoder layer {index})" if index.isdigit() else ""
 
 
+def extra_layer_names(adapter: Adapter, model_config: dict[str, Any], num_layers: int,
+                      checkpoint: Checkpoint) -> frozenset[str]:
+    """The checkpoint's tensors of the layers stored after the decoder layers that config.json
+    declares (DeepSeek-V3's multi-token-prediction layers, ``model.layers.{num_hidden_layers}.*``).
+    Policy: the loop does not run them (they predict a further token from the last hidden state, not
+    the next layer's input); they are copied to the output as stored, float, like the embedding."""
+    count = adapter.extra_layers(model_config)
+    prefixes = tuple(adapter.layer_prefix(num_layers + i) for i in range(count))
+    return frozenset(name for name in checkpoint.tensors if prefixes and name.startswith(prefixes))
+
+
 def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
     """Refuse a checkpoint whose tensors do not fit config.json's model: a missing or unexpected
     decoder-layer tensor, a shape the model does not have, or a dtype other than the model's."""
@@ -68,8 +79,10 @@ def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.model.state_dict().items()}
     inside = adapter.layers + "."
     problems: list[str] = []
+    extra = extra_layer_names(adapter, skeleton.config.to_dict(), skeleton.num_layers, checkpoint)
     missing = sorted(name for name in expected if name.startswith(inside) and name not in checkpoint.tensors)
-    unexpected = sorted(name for name in checkpoint.tensors if name.startswith(inside) and name not in expected)
+    unexpected = sorted(name for name in checkpoint.tensors
+                        if name.startswith(inside) and name not in expected and name not in extra)
     embed = f"{adapter.embed}.weight"
     if embed not in checkpoint.tensors:
         missing.insert(0, embed)
@@ -90,6 +103,8 @@ def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
                             f"quantize holds floating weights ({', '.join(FLOAT_DTYPES)})")
         else:
             for name, info in sorted(checkpoint.tensors.items()):
+                if name in extra or (name.endswith(adapter.float_any_dtype) and info.dtype in FLOAT_DTYPES):
+                    continue  # copied as they are / a router transformers itself keeps in float32
                 if name.startswith(inside) and info.dtype != dtype:
                     problems.append(f"tensor {name}{_layer_of(name, adapter)} in {info.file.name} is {info.dtype} "
                                     f"but {embed} is {dtype}; every decoder-layer tensor must have the model's "

@@ -37,6 +37,7 @@ from quantjob.worker.decoder import (
 )
 from quantjob.worker.device import release_memory
 from quantjob.worker.distributed import Group, shard_indices
+from quantjob.worker.experts import count_routed, expert_modules, reduce_counts, set_all_tokens
 from quantjob.worker.finite import (
     check_activations,
     check_error,
@@ -53,7 +54,7 @@ from quantjob.worker.observers import (
     reduce_stats,
 )
 from quantjob.worker.phase_times import PhaseTimes
-from quantjob.worker.preflight import check_layout, preflight
+from quantjob.worker.preflight import check_layout, extra_layer_names, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
@@ -102,6 +103,8 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
         "next_layer_input": job.next_layer_input, "error_samples": job.error_samples,
         "model_type": job.model_type,
     }
+    if job.calibrate_all_experts:  # changes the statistics of experts: part of the output's identity
+        identity["calibrate_all_experts"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -130,7 +133,9 @@ class _Loop:
         self.num_samples = n
         self.probes_per_sample = probes_per_sample(n) if any(
             processor_for(proc.type).uses_probes for proc in job.config.spec.process) else 0
-        self.subgraphs = skeleton.adapter.subgraphs(skeleton.config.to_dict())
+        self.settings = skeleton.config.to_dict()
+        # MoE layers: tokens routed to each expert, reduced over all ranks (layer -> experts path -> counts)
+        self.routed: dict[int, dict[str, list[int]]] = {}
 
     def embed(self) -> dict[int, torch.Tensor]:
         name = f"{self.skeleton.adapter.embed}.weight"
@@ -151,18 +156,38 @@ class _Loop:
                 del hidden[g]
         return out
 
+    def replay_forward(self, index: int, layer: torch.nn.Module,
+                       hidden: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """A committed layer's float outputs (those the next steps need). A MoE layer runs every local
+        sample, counting the tokens routed to each expert, so a resumed run reports them as well."""
+        if not expert_modules(layer):
+            needed = self.local if self.job.next_layer_input == "float" else self.error_local
+            return self.forward(index, layer, hidden, needed, keep=self.kept_inputs)
+        with count_routed(layer) as counts:
+            out = self.forward(index, layer, hidden, self.local, keep=self.kept_inputs)
+        self.routed[index] = reduce_counts(counts, self.group)
+        return out
+
     def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
                 hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None
                 ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
         """One pass of the local samples observing every linear's inputs: the statistics reduced over
-        all ranks, this rank's probe rows (when a processor uses them) and the layer outputs."""
+        all ranks, this rank's probe rows (when a processor uses them) and the layer outputs. The
+        first pass over a MoE layer also counts the tokens routed to each expert (over all ranks)."""
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probes_per_sample:
-            probing = record_probes(linears, self.local, self.probes_per_sample)
+            probing = record_probes(linears, self.local, self.probes_per_sample, block=layer)
+        counting = count_routed(layer) if index not in self.routed else nullcontext({})
         with self.times.phase("observation"):
-            with observe_inputs(linears) as local_stats, probing as probes:
-                out = self.forward(index, layer, hidden, self.local, keep=keep)
+            set_all_tokens(layer, self.job.calibrate_all_experts)
+            try:
+                with observe_inputs(linears) as local_stats, probing as probes, counting as counts:
+                    out = self.forward(index, layer, hidden, self.local, keep=keep)
+            finally:
+                set_all_tokens(layer, False)
             stats = reduce_stats(local_stats, self.group)
+            if index not in self.routed:
+                self.routed[index] = reduce_counts(counts, self.group)
         check_activations(stats, index)  # reduced: every rank stops here alike
         return stats, probes, out
 
@@ -172,7 +197,8 @@ class _Loop:
         linears = {prefix + name: module for name, module in layer.named_modules()
                    if isinstance(module, torch.nn.Linear)}
         ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter, group=self.group,
-                           subgraphs=self.subgraphs, num_samples=self.num_samples, config=self.job.config)
+                           subgraphs=self.skeleton.adapter.subgraphs(self.settings, index),
+                           num_samples=self.num_samples, config=self.job.config)
 
         def reobserve() -> None:
             if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
@@ -220,11 +246,21 @@ class _Loop:
         return float((total[0] / total[1]).sqrt()) if total[1] > 0 else 0.0
 
     def outer(self) -> dict[str, TensorInfo]:
-        """The checkpoint's tensors outside the decoder layers (embedding, final norm, lm_head):
-        they stay float and the saver copies them as they are."""
-        layers_prefix = self.skeleton.adapter.layers + "."
+        """The checkpoint's tensors outside the decoder layers (embedding, final norm, lm_head) and
+        those of the layers stored after them (MTP layers, ``preflight.extra_layer_names``): they
+        stay float and the saver copies them as they are."""
+        adapter = self.skeleton.adapter
+        layers_prefix = adapter.layers + "."
+        extra = extra_layer_names(adapter, self.settings, self.skeleton.num_layers, self.checkpoint)
         return {name: info for name, info in sorted(self.checkpoint.tensors.items())
-                if not name.startswith(layers_prefix)}
+                if not name.startswith(layers_prefix) or name in extra}
+
+    def expert_report(self) -> list[dict[str, Any]]:
+        """Per MoE layer: the tokens routed to each expert (all ranks) and the experts none reached."""
+        prefix = self.skeleton.adapter.layer_prefix
+        return [{"layer": index, "experts": f"{prefix(index)}{path}", "routed_tokens": counts,
+                 "starved": [f"{prefix(index)}{path}.{e}" for e, count in enumerate(counts) if count == 0]}
+                for index, per_path in sorted(self.routed.items()) for path, counts in sorted(per_path.items())]
 
 
 def run_quantization(job: WorkerJob, group: Group, device: torch.device, progress: ProgressHook | None = None,
@@ -277,6 +313,14 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                  "next_layer_input": job.next_layer_input,
                  "layers": [{"layer": i, "quantized_linears": count, "relative_error": error}
                             for i, (count, error) in enumerate(layer_errors)]}
+        experts = loop.expert_report()
+        if experts:  # MoE: routed tokens per expert; starved experts named (also in the log)
+            table["calibrate_all_experts"] = job.calibrate_all_experts
+            table["experts"] = experts
+            starved = [name for entry in experts for name in entry["starved"]]
+            if starved and group.is_main:
+                log.warning("%d routed experts got no calibration token: %s%s", len(starved),
+                            ", ".join(starved[:8]), " ..." if len(starved) > 8 else "")
         group.where = "the finish (assembling the output)"
         with times.phase("finish"):
             saver.write_json(ERRORS_FILE, table)
@@ -322,8 +366,7 @@ def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
             if index < committed:  # replay: no observation, the records come back from the saver
                 with times.phase("replay"):
                     output = saver.load_layer(index)
-                    needed = loop.local if loop.job.next_layer_input == "float" else loop.error_local
-                    float_out = loop.forward(index, layer, hidden, needed, keep=loop.kept_inputs)
+                    float_out = loop.replay_forward(index, layer, hidden)
             else:
                 output, float_out = loop.process(index, prefix, layer, hidden)
                 with times.phase("saving"):

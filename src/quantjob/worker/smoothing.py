@@ -86,9 +86,13 @@ def _groups(values: torch.Tensor, heads: AttentionHeads) -> torch.Tensor:
 
 
 def _expand(per_kv: torch.Tensor, heads: AttentionHeads) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o scales ``[num_heads * head_dim]``, v scales ``[num_kv_heads * head_dim]``) from ``[kv, head_dim]``."""
+    """(o scales ``[num_heads * head_dim]``, source row scales ``[num_kv_heads * (rows_before + head_dim)]``)
+    from ``[kv, head_dim]``."""
     ratio = heads.num_heads // heads.num_kv_heads
     o_scales = per_kv.unsqueeze(1).expand(heads.num_kv_heads, ratio, heads.head_dim).reshape(-1)
+    if heads.rows_before:  # MLA: each head's key rows come first in the source and keep scale 1
+        per_kv = torch.cat([torch.ones(heads.num_kv_heads, heads.rows_before, dtype=per_kv.dtype,
+                                       device=per_kv.device), per_kv], dim=1)
     return o_scales.contiguous(), per_kv.reshape(-1).contiguous()
 
 

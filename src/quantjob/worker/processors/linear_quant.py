@@ -10,6 +10,7 @@ import torch
 
 from quantjob.api.globs import matches
 from quantjob.api.modelslim import Group, LinearQuant
+from quantjob.worker.errors import QuantJobError
 from quantjob.worker.observers import ACTIVATION_METHODS, WEIGHT_METHODS
 from quantjob.worker.processors.context import LayerContext
 from quantjob.worker.processors.preflight import Preflight
@@ -32,6 +33,13 @@ def quantize_linear(name: str, module: torch.nn.Linear, entry: LinearQuant, ctx:
         weight_offset=weight_offset, bias=None if module.bias is None else module.bias.detach(),
         dtype=module.weight.dtype, group_size=group_size, weight_symmetric=weight_spec.symmetric)
     if act is not None and act.scope == "per_tensor":
+        if not ctx.stats[name].observed:  # reduced statistics: every rank refuses alike
+            raise QuantJobError(
+                f"{name} (decoder layer {ctx.index}): no calibration token reached this linear on any rank (a routed "
+                "expert no token is routed to), so a static activation scale cannot be computed; rerun with "
+                "--calibrate_all_experts (every token also goes through every expert, for statistics only), use "
+                "per-token dynamic activations (w8a8_dynamic) for the experts, exclude it, or calibrate on more "
+                "or more varied samples")
         method = ACTIVATION_METHODS[act.method]
         record.input_scale, record.input_offset = method(ctx.stats[name], act.bits, act.symmetric,
                                                          module.weight.dtype)

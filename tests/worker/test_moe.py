@@ -1,0 +1,166 @@
+"""Mixture-of-Experts models through the loop (in one process): routed-token counts and starved
+experts (a static activation scheme refused naming the expert, or every token run through every
+expert for statistics with ``calibrate_all_experts``; dynamic activations need no statistics), the
+router kept float, the MTP layer copied float, and the expert linears under the checkpoint's names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from quantjob.api.check import resolve
+from quantjob.api.modelslim import ModelslimConfig
+from quantjob.worker.demo import DEMO_EXPERTS, build_demo_model
+from quantjob.worker.distributed import Group
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.runner import WorkerJob, run_quantization
+
+CPU = torch.device("cpu")
+STATIC = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
+DYNAMIC = {"act": {"scope": "per_token"}, "weight": {"scope": "per_channel"}}
+
+
+def _config(qconfig: dict[str, Any]) -> ModelslimConfig:
+    data = {"apiversion": "modelslim_v1", "spec": {"process": [{"type": "linear_quant", "qconfig": qconfig}]}}
+    config = resolve(ModelslimConfig.model_validate(data), 1).config
+    assert config is not None
+    return config
+
+
+@pytest.fixture(scope="module")
+def starving_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepSeek-V3, 3 layers (0 dense, 1-2 MoE, an MTP layer after them): in layer 1 expert 7's
+    correction bias is -100, so its group (experts 6 and 7) never wins the grouped top-k and
+    no token reaches either."""
+    path = build_demo_model(tmp_path_factory.mktemp("moe") / "deepseek", family="deepseek_v3", num_layers=3,
+                            hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=4, seed=5)
+    file = path / "model.safetensors"
+    tensors = load_file(file)
+    bias = tensors["model.layers.1.mlp.gate.e_score_correction_bias"].clone()
+    bias[7] = -100.0
+    tensors["model.layers.1.mlp.gate.e_score_correction_bias"] = bias
+    save_file(tensors, file, metadata={"format": "pt"})
+    return path
+
+
+def _run(model: Path, config: ModelslimConfig, calib: Path, save: Path, saver: Any, **options: Any) -> Any:
+    job = WorkerJob(model_path=model, save_path=save, config=config, calib_file=calib, calib_samples=6,
+                    max_length=64, **options)
+    return run_quantization(job, Group(), CPU, open_saver_fn=saver)
+
+
+def test_static_activations_of_a_starved_expert_are_refused_by_name(
+        starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    with pytest.raises(QuantJobError) as info:
+        _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver)
+    message = str(info.value)
+    assert "model.layers.1.mlp.experts.6." in message and "no calibration token" in message
+    assert "--calibrate_all_experts" in message
+
+
+def test_calibrate_all_experts_gives_starved_experts_static_scales(
+        starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    summary = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
+                   calibrate_all_experts=True)
+    saver = memory_saver.last
+    records = {r.name: r for r in saver.layers[1].quantized}
+    for e in (6, 7):
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            record = records[f"model.layers.1.mlp.experts.{e}.{proj}"]
+            assert record.scheme == "W8A8" and record.input_scale is not None
+    report = {entry["layer"]: entry for entry in summary.errors["experts"]}
+    assert summary.errors["calibrate_all_experts"] is True
+    assert report[1]["starved"] == ["model.layers.1.mlp.experts.6", "model.layers.1.mlp.experts.7"]
+    assert report[1]["routed_tokens"][6:] == [0, 0] and sum(report[1]["routed_tokens"]) > 0
+    # the routed outputs are unchanged by the statistics-only pass: the same float inputs reach layer 2
+    plain = _run(starving_model, _config(DYNAMIC), calib_jsonl(6), tmp_path / "plain", memory_saver)
+    assert [e["routed_tokens"] for e in plain.errors["experts"]] == \
+        [e["routed_tokens"] for e in summary.errors["experts"]]
+
+
+def test_dynamic_activations_need_no_statistics(
+        starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    summary = _run(starving_model, _config(DYNAMIC), calib_jsonl(6), tmp_path / "out", memory_saver)
+    saver = memory_saver.last
+    names = {r.name for r in saver.layers[1].quantized}
+    expected = {f"model.layers.1.mlp.experts.{e}.{p}" for e in range(DEMO_EXPERTS)
+                for p in ("gate_proj", "up_proj", "down_proj")}
+    assert expected <= names  # every expert quantized under the checkpoint's names, starved ones included
+    assert {f"model.layers.1.mlp.shared_experts.{p}" for p in ("gate_proj", "up_proj", "down_proj")} <= names
+    floats = saver.layers[1].float_tensors
+    # the router stays float (float32 as stored)
+    assert floats["model.layers.1.mlp.gate.weight"].dtype == torch.float32
+    assert "model.layers.1.mlp.gate.e_score_correction_bias" in floats
+    assert not any(name.startswith("model.layers.1.mlp.gate") for name in names)
+    # the MTP layer (model.layers.3.*) is not run; its tensors are copied float with the embedding
+    assert saver.outer is not None and "model.layers.3.eh_proj.weight" in saver.outer
+    assert "model.layers.3.mlp.experts.0.up_proj.weight" in saver.outer
+    assert 3 not in saver.layers
+    starved = [name for entry in summary.errors["experts"] for name in entry["starved"]]
+    assert starved == ["model.layers.1.mlp.experts.6", "model.layers.1.mlp.experts.7"]
+    assert summary.errors["calibrate_all_experts"] is False
+
+
+def test_packed_modules_of_moe_families_are_checked_alike() -> None:
+    """vllm-ascend packs DeepSeek's q_a_proj with kv_a_proj_with_mqa and reads a layer's experts from
+    expert 0's gate/up/down: a config that splits them is refused before any work."""
+    from quantjob.api.check import check
+    from quantjob.api.rules_output import layout_for
+
+    def problems(exclude: list[str], model_type: str) -> list[str]:
+        data = {"apiversion": "modelslim_v1", "spec": {"process": [
+            {"type": "linear_quant", "qconfig": DYNAMIC, "exclude": exclude}], "save": [{"type": "ascendv1_saver"}]}}
+        config = ModelslimConfig.model_validate(data)
+        found = check(config, 1, {"model_type": model_type, "num_hidden_layers": 4}, prefix="")
+        return [p.message for p in found if p.severity == "error"]
+
+    assert any("fused_qkv_a_proj" in m for m in problems(["*kv_a_proj_with_mqa"], "deepseek_v3"))
+    assert any("experts" in m and "down_proj" in m for m in problems(["*experts.0.down_proj"], "qwen3_moe"))
+    assert any("gate_up_proj" in m for m in problems(["*shared_experts.up_proj"], "glm4_moe"))
+    assert problems(["*mlp.gate"], "deepseek_v3") == []  # the router is no linear: nothing to split
+    assert {fused for fused, _ in layout_for({"model_type": "deepseek_v3"}).fused} >= {
+        "self_attn.fused_qkv_a_proj", "mlp.experts"}
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "glm4_moe"])
+def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Path],
+                                       calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    """Every linear of a dense and a sparse layer quantized within half a step, under the checkpoint's
+    names; every other source tensor handed to the saver once, float and byte-identical (the MTP
+    layer's with the embedding); routed tokens counted in the error table."""
+    from test_runner import _source
+
+    from quantjob.worker.checkpoint import load_tensor
+    from quantjob.worker.quantizers import dequantize_weight
+
+    model = tiny_model(family, 2)
+    summary = _run(model, _config(DYNAMIC), calib_jsonl(6), tmp_path / "out", memory_saver)
+    saver = memory_saver.last
+    source, seen = _source(model), set()
+    for index in (0, 1):
+        for record in saver.layers[index].quantized:
+            original = source[f"{record.name}.weight"]
+            deq = dequantize_weight(record.weight_q, record.weight_scale, record.weight_offset)
+            assert torch.all((deq - original.float()).abs() <= record.weight_scale / 2 + 1e-6), record.name
+            seen.update({f"{record.name}.weight", f"{record.name}.bias"})
+        for name, tensor in saver.layers[index].float_tensors.items():
+            assert name not in seen and tensor.dtype == source[name].dtype and torch.equal(tensor, source[name])
+            seen.add(name)
+    for name, info in saver.outer.items():
+        assert torch.equal(load_tensor(name, info), source[name]), name
+        seen.add(name)
+    assert set(source) <= seen
+    attention = {"qwen3_moe": 4, "glm4_moe": 4, "deepseek_v3": 5}[family]
+    shared = 0 if family == "qwen3_moe" else 3
+    assert len(saver.layers[0].quantized) == attention + 3  # the dense layer
+    sparse = {r.name for r in saver.layers[1].quantized}
+    assert len(sparse) == attention + shared + 3 * DEMO_EXPERTS
+    assert "model.layers.1.mlp.experts.7.down_proj" in sparse
+    (entry,) = summary.errors["experts"]
+    assert entry["layer"] == 1 and entry["experts"] == "model.layers.1.mlp.experts"
+    assert len(entry["routed_tokens"]) == DEMO_EXPERTS
