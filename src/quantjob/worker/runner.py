@@ -177,7 +177,8 @@ class _Loop:
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probes_per_sample:
             probing = record_probes(linears, self.local, self.probes_per_sample, block=layer)
-        counting = count_routed(layer) if index not in self.routed else nullcontext({})
+        counting: AbstractContextManager[dict[str, torch.Tensor]] = (
+            count_routed(layer) if index not in self.routed else nullcontext({}))
         with self.times.phase("observation"):
             set_all_tokens(layer, self.job.calibrate_all_experts)
             try:
