@@ -164,3 +164,17 @@ def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Pa
     (entry,) = summary.errors["experts"]
     assert entry["layer"] == 1 and entry["experts"] == "model.layers.1.mlp.experts"
     assert len(entry["routed_tokens"]) == DEMO_EXPERTS
+
+
+def test_preflight_sees_no_router_and_no_mtp_layer_as_linears(starving_model: Path) -> None:
+    """Rules judged from checkpoint headers (group widths, asymmetric smoothing) see the experts, never
+    the router or the MTP layer's tensors (copied as they are)."""
+    from quantjob.worker.adapters import adapter_for
+    from quantjob.worker.checkpoint import Checkpoint
+    from quantjob.worker.model_config import read_model_config
+    from quantjob.worker.preflight import _weight_shapes
+
+    config = read_model_config(starving_model)
+    shapes = _weight_shapes(Checkpoint(starving_model), adapter_for(config), config)
+    assert "model.layers.1.mlp.experts.7.down_proj" in shapes
+    assert not any(name.endswith("mlp.gate") or name.startswith("model.layers.3.") for name in shapes)

@@ -329,7 +329,8 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                 config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
                 checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
                 options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
-                                                             "error_samples", "model_type", "trust_remote_code"}),
+                                                             "error_samples", "model_type", "trust_remote_code",
+                                                             "calibrate_all_experts"}),
                 world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
             saver.finish(loop.outer())
     except BaseException as error:
