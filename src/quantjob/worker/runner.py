@@ -177,8 +177,8 @@ class _Loop:
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probes_per_sample:
             probing = record_probes(linears, self.local, self.probes_per_sample, block=layer)
-        counting: AbstractContextManager[dict[str, torch.Tensor]] = (
-            count_routed(layer) if index not in self.routed else nullcontext({}))
+        count = index not in self.routed and bool(expert_modules(layer))  # MoE layers only: no collective else
+        counting: AbstractContextManager[dict[str, torch.Tensor]] = count_routed(layer) if count else nullcontext({})
         with self.times.phase("observation"):
             set_all_tokens(layer, self.job.calibrate_all_experts)
             try:
@@ -187,7 +187,7 @@ class _Loop:
             finally:
                 set_all_tokens(layer, False)
             stats = reduce_stats(local_stats, self.group)
-            if index not in self.routed:
+            if count:
                 self.routed[index] = reduce_counts(counts, self.group)
         check_activations(stats, index)  # reduced: every rank stops here alike
         return stats, probes, out
