@@ -178,3 +178,21 @@ def test_preflight_sees_no_router_and_no_mtp_layer_as_linears(starving_model: Pa
     shapes = _weight_shapes(Checkpoint(starving_model), adapter_for(config), config)
     assert "model.layers.1.mlp.experts.7.down_proj" in shapes
     assert not any(name.endswith("mlp.gate") or name.startswith("model.layers.3.") for name in shapes)
+
+
+@pytest.mark.parametrize("mode", ["float", "quantized"])
+def test_resume_of_a_moe_model_reports_the_same_expert_counts(
+        mode: str, starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    """Replayed MoE layers count their routed tokens again (every local sample runs through the float
+    layer), so a resumed run writes the same quant_errors.json and the same later records."""
+    fresh = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
+                 calibrate_all_experts=True, next_layer_input=mode)
+    full = memory_saver.last
+    memory_saver.options = {"committed": 2, "stored": {0: full.layers[0], 1: full.layers[1]}}
+    resumed = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
+                   calibrate_all_experts=True, next_layer_input=mode)
+    again = memory_saver.last
+    assert resumed.resumed_from == 2 and resumed.errors == fresh.errors
+    assert [e["layer"] for e in resumed.errors["experts"]] == [1, 2]
+    for a, b in zip(full.layers[2].quantized, again.layers[2].quantized, strict=True):
+        assert a.name == b.name and torch.equal(a.weight_q, b.weight_q) and torch.equal(a.input_scale, b.input_scale)
