@@ -196,3 +196,13 @@ def test_resume_of_a_moe_model_reports_the_same_expert_counts(
     assert [e["layer"] for e in resumed.errors["experts"]] == [1, 2]
     for a, b in zip(full.layers[2].quantized, again.layers[2].quantized, strict=True):
         assert a.name == b.name and torch.equal(a.weight_q, b.weight_q) and torch.equal(a.input_scale, b.input_scale)
+
+
+def test_experts_laid_out_by_the_models_own_code_are_refused_with_the_fix() -> None:
+    from quantjob.worker.experts import fused_experts_to_linears
+
+    layer = torch.nn.Module()
+    layer.mlp = torch.nn.Module()
+    layer.mlp.experts = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    with pytest.raises(QuantJobError, match=r"mlp.experts: ModuleList .* without --trust_remote_code"):
+        fused_experts_to_linears(layer, "mlp.experts")
