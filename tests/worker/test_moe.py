@@ -206,3 +206,34 @@ def test_experts_laid_out_by_the_models_own_code_are_refused_with_the_fix() -> N
     layer.mlp.experts = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
     with pytest.raises(QuantJobError, match=r"mlp.experts: ModuleList .* without --trust_remote_code"):
         fused_experts_to_linears(layer, "mlp.experts")
+
+
+def test_latent_attention_ov_fold_keeps_the_attention_function() -> None:
+    """kv_b_proj's value rows divided by s, o_proj's columns multiplied by s (key rows untouched): the
+    attention output is the same to float32 rounding; dividing the key rows too changes it."""
+    import transformers
+
+    from quantjob.worker.adapters import latent_attention_heads
+    from quantjob.worker.demo import demo_config
+    from quantjob.worker.smoothing import divide_rows, ov_scales_mean, scale_columns
+
+    config = demo_config("deepseek_v3", num_layers=2, hidden_size=64, num_heads=4)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    attention = model.model.layers[0].self_attn
+    x = torch.randn(1, 12, 64)
+    positions = model.model.rotary_emb(x, torch.arange(12).unsqueeze(0))
+    heads = latent_attention_heads(config.to_dict())
+    scales = torch.exp(torch.randn(heads.num_heads * heads.head_dim))
+    consumer, source = ov_scales_mean(scales, heads)
+    assert source.numel() == attention.kv_b_proj.out_features
+    with torch.no_grad():
+        before = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        kv_b, o = attention.kv_b_proj.weight.clone(), attention.o_proj.weight.clone()
+        attention.kv_b_proj.weight.copy_(divide_rows(kv_b, source))
+        attention.o_proj.weight.copy_(scale_columns(o, consumer))
+        after = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+        attention.kv_b_proj.weight.copy_(divide_rows(kv_b, torch.cat([consumer] * 2)[:source.numel()]))
+        wrong = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        assert (wrong - before).abs().max() > 1e-2 * before.abs().max()
