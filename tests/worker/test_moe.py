@@ -237,3 +237,42 @@ def test_latent_attention_ov_fold_keeps_the_attention_function() -> None:
         attention.kv_b_proj.weight.copy_(divide_rows(kv_b, torch.cat([consumer] * 2)[:source.numel()]))
         wrong = attention(x, position_embeddings=positions, attention_mask=None)[0]
         assert (wrong - before).abs().max() > 1e-2 * before.abs().max()
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_an_expert_sees_only_its_routed_tokens_unless_all_tokens(family: str) -> None:
+    """Each expert's linears get exactly the tokens routed to it (no dense all-expert compute); with
+    ``all_tokens`` they also see every token, and the block's output is the same bits."""
+    import transformers
+
+    from quantjob.worker.demo import demo_config
+    from quantjob.worker.experts import count_routed, fused_experts_to_linears, set_all_tokens
+
+    config = demo_config(family, num_layers=2, hidden_size=64)
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
+    layer = model.model.layers[1]
+    fused = layer.mlp.experts
+    gate_up, down = fused.gate_up_proj.detach().clone(), fused.down_proj.detach().clone()
+    experts = fused_experts_to_linears(layer, "mlp.experts").to(torch.bfloat16)
+    width = gate_up.shape[1] // 2
+    with torch.no_grad():
+        for e in range(experts.num_experts):
+            expert = experts.expert(e)
+            expert.gate_proj.weight.copy_(gate_up[e, :width])
+            expert.up_proj.weight.copy_(gate_up[e, width:])
+            expert.down_proj.weight.copy_(down[e])
+    rows: dict[int, int] = dict.fromkeys(range(experts.num_experts), 0)
+    for e in range(experts.num_experts):
+        experts.expert(e).down_proj.register_forward_pre_hook(
+            lambda _m, args, _e=e: rows.__setitem__(_e, rows[_e] + args[0].shape[0]))
+    x = torch.randn(1, 40, 64).to(torch.bfloat16)
+    with torch.no_grad(), count_routed(layer) as counts:
+        routed_out = layer.mlp(x)
+    assert rows == dict(enumerate(counts["mlp.experts"].tolist())) and sum(rows.values()) == 40 * 2
+    rows.update(dict.fromkeys(rows, 0))
+    set_all_tokens(layer, True)
+    with torch.no_grad():
+        all_out = layer.mlp(x)
+    assert all(rows[e] == counts["mlp.experts"][e] + 40 for e in rows)  # routed pass + statistics pass
+    assert torch.equal(all_out, routed_out)
