@@ -167,3 +167,22 @@ def test_moe_names_resolve_to_moe_families() -> None:
                          ("Qwen3-8B", "qwen3"), ("DeepSeek-V3", "deepseek_v3"), ("DeepSeek-R1", "deepseek_v3"),
                          ("GLM-4.5-Air", "glm4_moe")):
         assert adapter_for({}, name).name == family, name
+
+
+@pytest.mark.parametrize(("family", "settings"), [
+    ("qwen3_moe", {"decoder_sparse_step": 2, "mlp_only_layers": [3]}),
+    ("qwen3_moe", {"decoder_sparse_step": 1, "mlp_only_layers": [0, 2]}),
+    ("deepseek_v3", {"first_k_dense_replace": 2}),
+    ("glm4_moe", {"first_k_dense_replace": 0}),
+])
+def test_sparse_layers_are_those_transformers_builds(family: str, settings: dict[str, object]) -> None:
+    """``Adapter.is_sparse`` picks the layers transformers gives experts, for every layout setting."""
+    config = demo_config(family, num_layers=6)
+    for key, value in settings.items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    adapter = adapter_for(config.to_dict())
+    built = [hasattr(layer.mlp, "experts") for layer in model.get_submodule(adapter.layers)]
+    assert [adapter.is_sparse(config.to_dict(), i) for i in range(6)] == built
+    assert any(built) and (family == "glm4_moe" or not all(built))

@@ -164,3 +164,115 @@ def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Pa
     (entry,) = summary.errors["experts"]
     assert entry["layer"] == 1 and entry["experts"] == "model.layers.1.mlp.experts"
     assert len(entry["routed_tokens"]) == DEMO_EXPERTS
+
+
+def test_preflight_sees_no_router_and_no_mtp_layer_as_linears(starving_model: Path) -> None:
+    """Rules judged from checkpoint headers (group widths, asymmetric smoothing) see the experts, never
+    the router or the MTP layer's tensors (copied as they are)."""
+    from quantjob.worker.adapters import adapter_for
+    from quantjob.worker.checkpoint import Checkpoint
+    from quantjob.worker.model_config import read_model_config
+    from quantjob.worker.preflight import _weight_shapes
+
+    config = read_model_config(starving_model)
+    shapes = _weight_shapes(Checkpoint(starving_model), adapter_for(config), config)
+    assert "model.layers.1.mlp.experts.7.down_proj" in shapes
+    assert not any(name.endswith("mlp.gate") or name.startswith("model.layers.3.") for name in shapes)
+
+
+@pytest.mark.parametrize("mode", ["float", "quantized"])
+def test_resume_of_a_moe_model_reports_the_same_expert_counts(
+        mode: str, starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    """Replayed MoE layers count their routed tokens again (every local sample runs through the float
+    layer), so a resumed run writes the same quant_errors.json and the same later records."""
+    fresh = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
+                 calibrate_all_experts=True, next_layer_input=mode)
+    full = memory_saver.last
+    memory_saver.options = {"committed": 2, "stored": {0: full.layers[0], 1: full.layers[1]}}
+    resumed = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
+                   calibrate_all_experts=True, next_layer_input=mode)
+    again = memory_saver.last
+    assert resumed.resumed_from == 2 and resumed.errors == fresh.errors
+    assert [e["layer"] for e in resumed.errors["experts"]] == [1, 2]
+    for a, b in zip(full.layers[2].quantized, again.layers[2].quantized, strict=True):
+        assert a.name == b.name and torch.equal(a.weight_q, b.weight_q) and torch.equal(a.input_scale, b.input_scale)
+
+
+def test_experts_laid_out_by_the_models_own_code_are_refused_with_the_fix() -> None:
+    from quantjob.worker.experts import fused_experts_to_linears
+
+    layer = torch.nn.Module()
+    layer.mlp = torch.nn.Module()
+    layer.mlp.experts = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    with pytest.raises(QuantJobError, match=r"mlp.experts: ModuleList .* without --trust_remote_code"):
+        fused_experts_to_linears(layer, "mlp.experts")
+
+
+def test_latent_attention_ov_fold_keeps_the_attention_function() -> None:
+    """kv_b_proj's value rows divided by s, o_proj's columns multiplied by s (key rows untouched): the
+    attention output is the same to float32 rounding; dividing the key rows too changes it."""
+    import transformers
+
+    from quantjob.worker.adapters import latent_attention_heads
+    from quantjob.worker.demo import demo_config
+    from quantjob.worker.smoothing import divide_rows, ov_scales_mean, scale_columns
+
+    config = demo_config("deepseek_v3", num_layers=2, hidden_size=64, num_heads=4)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    attention = model.model.layers[0].self_attn
+    x = torch.randn(1, 12, 64)
+    positions = model.model.rotary_emb(x, torch.arange(12).unsqueeze(0))
+    heads = latent_attention_heads(config.to_dict())
+    scales = torch.exp(torch.randn(heads.num_heads * heads.head_dim))
+    consumer, source = ov_scales_mean(scales, heads)
+    assert source.numel() == attention.kv_b_proj.out_features
+    with torch.no_grad():
+        before = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        kv_b, o = attention.kv_b_proj.weight.clone(), attention.o_proj.weight.clone()
+        attention.kv_b_proj.weight.copy_(divide_rows(kv_b, source))
+        attention.o_proj.weight.copy_(scale_columns(o, consumer))
+        after = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+        attention.kv_b_proj.weight.copy_(divide_rows(kv_b, torch.cat([consumer] * 2)[:source.numel()]))
+        wrong = attention(x, position_embeddings=positions, attention_mask=None)[0]
+        assert (wrong - before).abs().max() > 1e-2 * before.abs().max()
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_an_expert_sees_only_its_routed_tokens_unless_all_tokens(family: str) -> None:
+    """Each expert's linears get exactly the tokens routed to it (no dense all-expert compute); with
+    ``all_tokens`` they also see every token, and the block's output is the same bits."""
+    import transformers
+
+    from quantjob.worker.demo import demo_config
+    from quantjob.worker.experts import count_routed, fused_experts_to_linears, set_all_tokens
+
+    config = demo_config(family, num_layers=2, hidden_size=64)
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
+    layer = model.model.layers[1]
+    fused = layer.mlp.experts
+    gate_up, down = fused.gate_up_proj.detach().clone(), fused.down_proj.detach().clone()
+    experts = fused_experts_to_linears(layer, "mlp.experts").to(torch.bfloat16)
+    width = gate_up.shape[1] // 2
+    with torch.no_grad():
+        for e in range(experts.num_experts):
+            expert = experts.expert(e)
+            expert.gate_proj.weight.copy_(gate_up[e, :width])
+            expert.up_proj.weight.copy_(gate_up[e, width:])
+            expert.down_proj.weight.copy_(down[e])
+    rows: dict[int, int] = dict.fromkeys(range(experts.num_experts), 0)
+    for e in range(experts.num_experts):
+        experts.expert(e).down_proj.register_forward_pre_hook(
+            lambda _m, args, _e=e: rows.__setitem__(_e, rows[_e] + args[0].shape[0]))
+    x = torch.randn(1, 40, 64).to(torch.bfloat16)
+    with torch.no_grad(), count_routed(layer) as counts:
+        routed_out = layer.mlp(x)
+    assert rows == dict(enumerate(counts["mlp.experts"].tolist())) and sum(rows.values()) == 40 * 2
+    rows.update(dict.fromkeys(rows, 0))
+    set_all_tokens(layer, True)
+    with torch.no_grad():
+        all_out = layer.mlp(x)
+    assert all(rows[e] == counts["mlp.experts"][e] + 40 for e in rows)  # routed pass + statistics pass
+    assert torch.equal(all_out, routed_out)

@@ -91,17 +91,26 @@ def fused_experts_to_linears(layer: torch.nn.Module, path: str) -> ExpertLinears
         return fused
     gate_up = getattr(fused, "gate_up_proj", None)
     down = getattr(fused, "down_proj", None)
+    if isinstance(fused, torch.nn.ModuleList):  # a model's own code (trust_remote_code) with its own MoE forward
+        raise QuantJobError(f"{path}: {type(fused).__name__} holds the experts as the model's own Python code lays "
+                            "them out; quantjob runs transformers' modeling of this family (its routing is what "
+                            "the tests check): run without --trust_remote_code, with config.json's model_type "
+                            "set to the family (e.g. deepseek_v3 for Kimi-K2)")
     if not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor) or gate_up.dim() != 3:
         raise QuantJobError(f"{path}: {type(fused).__name__} is not the fused experts module quantjob knows "
                             "(gate_up_proj [E, 2I, H], down_proj [E, H, I]); this transformers version lays the "
                             "experts out differently: use the transformers version quantjob pins")
+    act_fn = getattr(fused, "act_fn", None)
+    if not isinstance(act_fn, torch.nn.Module):
+        raise QuantJobError(f"{path}: {type(fused).__name__} has no activation module (act_fn); quantjob runs "
+                            "experts with one")
     experts, double, hidden = gate_up.shape
     if getattr(fused, "has_bias", False) or getattr(fused, "is_transposed", False) \
             or tuple(down.shape) != (experts, hidden, double // 2):
         raise QuantJobError(f"{path}: {type(fused).__name__} has biases or a transposed layout; quantjob runs "
                             "experts laid out as gate_up_proj [E, 2I, H] and down_proj [E, H, I] only")
     with torch.device(gate_up.device):
-        module = ExpertLinears(experts, hidden, double // 2, fused.act_fn)
+        module = ExpertLinears(experts, hidden, double // 2, act_fn)
     parent, _, name = path.rpartition(".")
     layer.get_submodule(parent).register_module(name, module) if parent else layer.register_module(name, module)
     return module

@@ -28,15 +28,22 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _FIX = "check --model_type against the checkpoint, or re-copy the model"
 
 
-def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter) -> dict[str, tuple[int, ...]]:
-    """Module name -> weight shape for every 2-D weight under the decoder layers (from headers)."""
+def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter,
+                   model_config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Module name -> weight shape for every 2-D weight under the decoder layers (from headers),
+    but a MoE router (never a linear) and the layers copied as they are (MTP layers)."""
+    layers = int(model_config.get("num_hidden_layers") or 0)
+    extra = extra_layer_names(adapter, model_config, layers, checkpoint) if layers else frozenset()
+    router = f".{adapter.sparse.router}.weight" if adapter.sparse is not None else None
     return {name[:-len(".weight")]: info.shape for name, info in checkpoint.tensors.items()
-            if name.startswith(adapter.layers + ".") and name.endswith(".weight") and len(info.shape) == 2}
+            if name.startswith(adapter.layers + ".") and name.endswith(".weight") and len(info.shape) == 2
+            and name not in extra and not (router and name.endswith(router))}
 
 
 def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
     """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
-    shapes = _weight_shapes(checkpoint, adapter)
+    model_config = read_model_config(job.model_path)
+    shapes = _weight_shapes(checkpoint, adapter, model_config)
     view = Preflight(shapes, job.config, adapter, frozenset(checkpoint.tensors))
     problems: list[str] = []
     for index, proc in enumerate(job.config.spec.process):
@@ -49,7 +56,7 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
         if names_literally(lq.include, adapter.lm_head):
             problems.append(f"{path}.include: quantizing {adapter.lm_head} is not supported; it stays float "
                             f"(remove {adapter.lm_head!r} from include)")
-    problems.extend(str(p) for p in output_problems(job.config, read_model_config(job.model_path), "")
+    problems.extend(str(p) for p in output_problems(job.config, model_config, "")
                     if p.severity == "error")
     if problems:
         raise QuantJobError("; ".join(problems))

@@ -177,7 +177,8 @@ class _Loop:
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probes_per_sample:
             probing = record_probes(linears, self.local, self.probes_per_sample, block=layer)
-        counting = count_routed(layer) if index not in self.routed else nullcontext({})
+        count = index not in self.routed and bool(expert_modules(layer))  # MoE layers only: no collective else
+        counting: AbstractContextManager[dict[str, torch.Tensor]] = count_routed(layer) if count else nullcontext({})
         with self.times.phase("observation"):
             set_all_tokens(layer, self.job.calibrate_all_experts)
             try:
@@ -186,7 +187,7 @@ class _Loop:
             finally:
                 set_all_tokens(layer, False)
             stats = reduce_stats(local_stats, self.group)
-            if index not in self.routed:
+            if count:
                 self.routed[index] = reduce_counts(counts, self.group)
         check_activations(stats, index)  # reduced: every rank stops here alike
         return stats, probes, out
@@ -328,7 +329,8 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
                 config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
                 checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
                 options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
-                                                             "error_samples", "model_type", "trust_remote_code"}),
+                                                             "error_samples", "model_type", "trust_remote_code",
+                                                             "calibrate_all_experts"}),
                 world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
             saver.finish(loop.outer())
     except BaseException as error:
