@@ -43,6 +43,7 @@ from quantjob.worker.finite import (
     check_records,
     check_weights,
 )
+from quantjob.worker.fp8 import fp8_blocks
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import (
     ActivationStats,
@@ -234,7 +235,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     times = PhaseTimes()
     model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
-    checkpoint = Checkpoint(job.model_path)
+    checkpoint = Checkpoint(job.model_path, fp8_blocks(model_config, str(job.model_path / "config.json")))
     preflight(job, checkpoint, adapter)
     check_save_path(job.save_path, job.model_path)
     skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
