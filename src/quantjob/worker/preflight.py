@@ -5,22 +5,38 @@ headers, so every rank refuses the same run with the same message, and none is l
   per_group widths, an ``lm_head`` request and the outputs' load rules with the model's config.json
   (also refused at admission, by ``quantjob.api.check``);
 - ``check_layout``: every checkpoint tensor against the model skeleton built from config.json:
-  names and shapes, one floating dtype for the embedding and the decoder layers.
+  names and shapes, one floating dtype for the embedding and the decoder layers;
+- ``check_memory``: every rank's peak memory (``quantjob.worker.memory_estimate``) against what
+  one rank may use: the device's memory, or on cpu the pod's (cgroup) or host's memory.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from quantjob.api.globs import names_literally
 from quantjob.api.rules_output import output_problems
 from quantjob.worker.adapters import Adapter
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.memory_estimate import (
+    LIMIT_ENV,
+    Capacity,
+    Dims,
+    Holding,
+    check_fits,
+    host_capacity,
+    layer_bytes,
+    rank_peaks,
+)
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.processors import Preflight, processor_for
 
 if TYPE_CHECKING:
+    import torch
+
     from quantjob.worker.decoder import Skeleton
     from quantjob.worker.runner import WorkerJob
 
@@ -112,3 +128,31 @@ def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
     if problems:
         raise QuantJobError(f"{checkpoint.model_dir}: the checkpoint does not match config.json: "
                             f"{'; '.join(problems)}; {_FIX}")
+
+
+def holding(job: WorkerJob) -> Holding:
+    """Which hidden states the loop keeps through a layer (``_Loop.kept_inputs``)."""
+    if job.next_layer_input == "quantized":
+        return "quantized"
+    return "keep_all" if any(processor_for(proc.type).reobserves for proc in job.config.spec.process) else "float"
+
+
+def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, lengths: Sequence[int],
+                 world_size: int, device: torch.device) -> None:
+    """Refuse a run whose largest rank peak exceeds what one rank may use, before any compute.
+    ``lengths``: the token count of every global calibration sample."""
+    from quantjob.worker.device import total_memory_bytes
+    from quantjob.worker.launcher import LAUNCHER_PID_ENV
+
+    sizes = layer_bytes(checkpoint.tensors, skeleton.adapter, skeleton.num_layers)
+    model_config: dict[str, Any] = skeleton.config.to_dict()
+    peaks = rank_peaks(sizes, Dims.of(model_config), lengths, world_size, error_samples=job.error_samples,
+                       holding=holding(job))
+    capacity: Capacity | None
+    override = os.environ.get(LIMIT_ENV, "").strip()
+    total = total_memory_bytes(device)
+    if total is None or override:
+        capacity = host_capacity(world_size if os.environ.get(LAUNCHER_PID_ENV) else 1)
+    else:
+        capacity = Capacity(total, f"{device}'s memory")
+    check_fits(peaks, capacity, str(device))

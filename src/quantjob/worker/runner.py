@@ -54,7 +54,7 @@ from quantjob.worker.observers import (
     reduce_stats,
 )
 from quantjob.worker.phase_times import PhaseTimes
-from quantjob.worker.preflight import check_layout, preflight
+from quantjob.worker.preflight import check_layout, check_memory, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
@@ -243,6 +243,8 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     calibration = load_calibration(job.calib_file, job.model_path, samples=job.calib_samples,
                                    max_length=job.max_length, vocab_size=model_config.get("vocab_size"),
                                    trust_remote_code=job.trust_remote_code)
+    check_memory(job, checkpoint, skeleton, [int(ids.numel()) for ids in calibration.samples], group.world_size,
+                 device)
     loop = _Loop(job, group, device, skeleton, checkpoint, calibration, times)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:
