@@ -14,7 +14,7 @@ from dp_runs import calibration, child_env, quantize_argv, tiny_model
 from fp8_models import write_fp8_model
 
 from quantjob.worker.adapters import ADAPTERS
-from quantjob.worker.checkpoint import Checkpoint
+from quantjob.worker.checkpoint import Checkpoint, TensorInfo
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.fp8 import fp8_blocks
 from quantjob.worker.memory_estimate import (
@@ -23,6 +23,7 @@ from quantjob.worker.memory_estimate import (
     Dims,
     LayerBytes,
     check_fits,
+    gib,
     host_capacity,
     layer_bytes,
     rank_peaks,
@@ -128,3 +129,68 @@ def test_validate_prints_the_estimate_per_rank(models: tuple[Path, Path], tmp_pa
     missing = _validate("--model_path", str(tmp_path / "none"))
     assert missing.returncode == 1 and "does not exist or is not a directory; fix --model_path" in missing.stdout
     assert _validate().returncode == 2
+
+
+# DeepSeek-V3's shapes (its config.json): hidden 7168, dense intermediate 18432, 256 routed experts and
+# 1 shared expert of intermediate 2048, 128 heads, MLA ranks q 1536 / kv 512, head dims 128 (nope),
+# 64 (rope), 128 (v), vocab 129280, 61 layers of which the first 3 are dense.
+V3 = {"hidden": 7168, "intermediate": 18432, "expert": 2048, "experts": 256, "heads": 128, "q_rank": 1536,
+      "kv_rank": 512, "nope": 128, "rope": 64, "v": 128, "vocab": 129280, "layers": 61, "dense": 3}
+DOC = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
+
+
+def _v3_tensors() -> dict[str, TensorInfo]:
+    """The tensors of DeepSeek-V3 as the loop sees them (FP8 linears listed dequantized to bf16)."""
+    h, heads = V3["hidden"], V3["heads"]
+
+    def info(*shape: int, dtype: str = "BF16") -> TensorInfo:
+        return TensorInfo(Path("model.safetensors"), dtype, shape)
+
+    tensors = {"model.embed_tokens.weight": info(V3["vocab"], h)}
+    for i in range(V3["layers"]):
+        p = f"model.layers.{i}."
+        tensors.update({
+            p + "input_layernorm.weight": info(h), p + "post_attention_layernorm.weight": info(h),
+            p + "self_attn.q_a_proj.weight": info(V3["q_rank"], h),
+            p + "self_attn.q_a_layernorm.weight": info(V3["q_rank"]),
+            p + "self_attn.q_b_proj.weight": info(heads * (V3["nope"] + V3["rope"]), V3["q_rank"]),
+            p + "self_attn.kv_a_proj_with_mqa.weight": info(V3["kv_rank"] + V3["rope"], h),
+            p + "self_attn.kv_a_layernorm.weight": info(V3["kv_rank"]),
+            p + "self_attn.kv_b_proj.weight": info(heads * (V3["nope"] + V3["v"]), V3["kv_rank"]),
+            p + "self_attn.o_proj.weight": info(h, heads * V3["v"])})
+        mlps = [(p + "mlp.", V3["intermediate"])] if i < V3["dense"] else \
+            [(p + f"mlp.experts.{e}.", V3["expert"]) for e in range(V3["experts"])] + [(p + "mlp.shared_experts.",
+                                                                                       V3["expert"])]
+        for mlp, width in mlps:
+            tensors.update({mlp + "gate_proj.weight": info(width, h), mlp + "up_proj.weight": info(width, h),
+                            mlp + "down_proj.weight": info(h, width)})
+        if i >= V3["dense"]:
+            tensors[p + "mlp.gate.weight"] = info(V3["experts"], h)
+            tensors[p + "mlp.gate.e_score_correction_bias"] = info(V3["experts"], dtype="F32")
+    return tensors
+
+
+def test_deepseek_v3_arithmetic_in_operator_doc() -> None:
+    sizes = layer_bytes(_v3_tensors(), ADAPTERS["llama"], V3["layers"])  # same names: model.layers.{i}.
+    moe = sizes.layers[V3["dense"]]
+    assert moe == 23_014_573_056 and 2 * 257 * 3 * 7168 * 2048 + 2 * 187_105_280 + 2 * 1_835_008 + 4 * 256 \
+        + 2 * 16_384 == moe
+    weights, at = weights_peak(sizes)
+    peaks = rank_peaks(sizes, Dims(V3["hidden"], V3["intermediate"], V3["heads"]), [2048] * 128, 16,
+                       error_samples=8)
+    worst = max(peaks, key=lambda p: p.total)
+    assert (worst.rank, at) == (0, 3)
+    text = " ".join(DOC.read_text().split())
+    figures = {"one MoE layer": gib(moe), "one dense layer": gib(sizes.layers[0]), "weights at layer 3": gib(weights),
+               "codes": gib(sizes.linears[3] // 2), "hidden states": gib(worst.hidden),
+               "scratch": gib(worst.scratch), "embedding phase": gib(worst.embedding_phase),
+               "peak": gib(worst.total)}
+    assert figures == {"one MoE layer": "21.43 GiB", "one dense layer": "1.09 GiB", "weights at layer 3": "75.02 GiB",
+                       "codes": "10.72 GiB", "hidden states": "308.0 MiB", "scratch": "2.53 GiB",
+                       "embedding phase": "1.94 GiB", "peak": "78.35 GiB"}
+    for figure in figures.values():
+        assert figure in text, figure
+    assert f"{moe:,} bytes in bf16" in text
+    with pytest.raises(QuantJobError, match=r"78.35 GiB .* but 64Gi allows 64.00 GiB"):
+        check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0")
+    check_fits(peaks, Capacity(79 * 2 ** 30, "79Gi"), "npu:0")

@@ -12,6 +12,7 @@ headers, so every rank refuses the same run with the same message, and none is l
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from quantjob.worker.memory_estimate import (
     Dims,
     Holding,
     check_fits,
+    gib,
     host_capacity,
     layer_bytes,
     rank_peaks,
@@ -155,4 +157,8 @@ def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, len
         capacity = host_capacity(world_size if os.environ.get(LAUNCHER_PID_ENV) else 1)
     else:
         capacity = Capacity(total, f"{device}'s memory")
+    worst = max(peaks, key=lambda p: p.total)
+    logging.getLogger("quantjob.worker").info(
+        "memory estimate, largest rank: %s; allowed: %s", worst.explain(),
+        f"{gib(capacity.bytes)} ({capacity.source})" if capacity is not None else "not checked")
     check_fits(peaks, capacity, str(device))
