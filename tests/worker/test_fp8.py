@@ -172,3 +172,19 @@ def test_an_already_quantized_model_is_refused_before_any_work(fp8_pair: tuple[P
     assert proc.returncode == 3, out
     assert f"{model / 'config.json'}: quantization_config.quant_method is 'gptq'" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_fp8_outside_the_decoder_layers_is_refused(fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from quantjob.worker.adapters import ADAPTERS
+    from quantjob.worker.preflight import _fp8_outside_layers
+
+    def lm_head_in_fp8(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["lm_head.weight"], tensors["lm_head.weight_scale_inv"] = quantize_blocks(
+            tensors["lm_head.weight"], (32, 48))
+
+    target = _rewrite(fp8_pair[0], tmp_path / "head", lm_head_in_fp8)
+    problems = _fp8_outside_layers(Checkpoint(target, Fp8Blocks((32, 48))), ADAPTERS["llama"])
+    assert problems == [(f"{target}: lm_head.weight outside the decoder layers are FP8; quantjob reads FP8 weights "
+                        "only inside the decoder layers and copies the rest unchanged; give a checkpoint whose "
+                        "embedding, final norm and lm_head are float")]
+    assert _fp8_outside_layers(Checkpoint(fp8_pair[0], Fp8Blocks((32, 48))), ADAPTERS["llama"]) == []

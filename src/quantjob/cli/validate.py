@@ -93,11 +93,11 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
         dims = Dims.of(model_config)
         capacity = None
         if args.memory_limit:
-            limit = parse_size(args.memory_limit)
-            if limit is None:
+            limit_bytes = parse_size(args.memory_limit)
+            if limit_bytes is None:
                 raise ValueError(f"--memory_limit {args.memory_limit!r} is not a memory size; give bytes or a "
                                  "Kubernetes quantity such as 64Gi")
-            capacity = Capacity(limit, f"--memory_limit {args.memory_limit}")
+            capacity = Capacity(limit_bytes, f"--memory_limit {args.memory_limit}")
     except (QuantJobError, KeyError, TypeError, ValueError) as error:
         detail = f"config.json has no {error}" if isinstance(error, KeyError) else str(error)
         out.write(f"{args.model_path}: {detail}\n")
@@ -117,8 +117,8 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
     except QuantJobError as error:
         out.write(f"{args.model_path}: {error}\n")
         return 1
-    limit = f" within {gib(capacity.bytes)}" if isinstance(capacity, Capacity) else ""
-    out.write(f"{args.model_path}: peak per rank about {gib(worst.total)} on {devices} device(s){limit}\n")
+    within = f" within {gib(capacity.bytes)}" if isinstance(capacity, Capacity) else ""
+    out.write(f"{args.model_path}: peak per rank about {gib(worst.total)} on {devices} device(s){within}\n")
     return 0
 
 

@@ -15,7 +15,8 @@ weights counted dequantized, ``TensorInfo.loaded_nbytes``):
   linear (two float32 copies), whichever is larger;
 - the **embedding** table only while the first hidden states are made (it is freed before layer 0
   is read), so the peak is the larger of that phase and the layers';
-- a fixed **runtime** allowance (the interpreter, torch and the worker's modules on the host).
+- a fixed **runtime** allowance (the interpreter, torch and the worker's modules on the host), more
+  for a rank of a group (the process group and its buffers).
 
 Figures compared with the measured peak RSS in ``bench/memory_estimate.py``.
 """
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 GiB = 2 ** 30
 RUNTIME_BYTES = 512 * 2 ** 20        # interpreter + torch + transformers + the worker, host RSS (measured ~0.4 GiB)
+GROUP_BYTES = 256 * 2 ** 20          # a rank of a group: the process group and its buffers (measured ~0.12 GiB on gloo)
 LIMIT_ENV = "QUANTJOB_MEMORY_LIMIT"  # bytes one rank may use (a Kubernetes quantity, e.g. 60Gi); "none": no check
 _CGROUP_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 _UNLIMITED = 2 ** 60                 # cgroup v1 writes a huge number for "no limit"
@@ -134,8 +136,11 @@ def weights_peak(sizes: LayerBytes) -> tuple[int, int]:
 
 
 def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size: int, *, error_samples: int,
-               holding: Holding = "float", runtime: int = RUNTIME_BYTES) -> list[RankPeak]:
-    """Every rank's peak for global samples of ``lengths`` tokens (rank r owns r, r + W, ...)."""
+               holding: Holding = "float", runtime: int | None = None) -> list[RankPeak]:
+    """Every rank's peak for global samples of ``lengths`` tokens (rank r owns r, r + W, ...);
+    ``runtime`` None: ``RUNTIME_BYTES``, plus ``GROUP_BYTES`` for more than one rank."""
+    if runtime is None:
+        runtime = RUNTIME_BYTES + (GROUP_BYTES if world_size > 1 else 0)
     weights, at = weights_peak(sizes)
     errors = min(error_samples, len(lengths))
     token = dims.hidden * sizes.dtype_bytes
