@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--ranks", default="1,2", help="world sizes to run (default 1,2)")
+    parser.add_argument("--checkpoints", default="bf16,fp8", help="which copies to run (default bf16,fp8)")
     args = parser.parse_args(argv)
     shape = ModelShape(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, vocab=32000,
                        heads=16, kv_heads=16, outlier_channels=4)
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {shape.key}; {args.samples} samples x {args.seq} tokens; w8a8_dynamic")
     print(f"{'checkpoint':<10} {'ranks':>5} {'estimate MiB':>13} {'peak RSS MiB':>13} {'est/peak':>9}  estimate parts")
     for label, model in (("bf16", float_model), ("fp8", fp8_model)):
+        if label not in args.checkpoints.split(","):
+            continue
         for ranks in (int(r) for r in args.ranks.split(",")):
             with tempfile.TemporaryDirectory(prefix="quantjob-mem-") as tmp:
                 log = Path(tmp) / "run.log"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.fp8 import Fp8Blocks, dequantize_blocks, fp8_blocks, scale_grid
+from quantjob.worker.fp8 import Fp8Blocks, dequantize_blocks, fp8_blocks, read_dequantized, scale_grid
 
 CPU = torch.device("cpu")
 # W8A8 dynamic with the down_proj of layers 0 and 1 kept float
@@ -39,6 +39,23 @@ def test_dequantization_equals_the_reference_on_block_edges(shape: tuple[int, in
     assert scale_grid(shape, block) == tuple(scale.shape)
     last = (fp8[-1, -1].float() * scale[-1, -1]).to(torch.bfloat16)
     assert torch.equal(got[-1, -1], last)
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (129, 257), (1, 1), (7, 1000)])
+def test_dequantization_into_the_memory_of_the_fp8_bytes_gives_the_same(shape: tuple[int, int]) -> None:
+    fp8, scale = quantize_blocks(torch.randn(shape, generator=torch.Generator().manual_seed(1)), (128, 128))
+    buffers: list[torch.Tensor] = []
+
+    def read(into: torch.Tensor) -> torch.Tensor:
+        buffers.append(into)
+        into.copy_(fp8.view(torch.uint8).reshape(-1))
+        return into.view(torch.float8_e4m3fn).view(shape)
+
+    got = read_dequantized(read, shape, scale, (128, 128), torch.bfloat16)
+    assert torch.equal(got, reference_dequant(fp8, scale, (128, 128)))
+    assert buffers[0].untyped_storage().data_ptr() == got.untyped_storage().data_ptr()  # one buffer
+    assert torch.equal(read_dequantized(read, shape, scale, (128, 128), torch.float32),
+                       reference_dequant(fp8, scale, (128, 128), torch.float32))
 
 
 def test_dequantization_rounds_once_from_float32() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.fp8 import FP8_DTYPES, SCALE_SUFFIX, Fp8Blocks, dequantize_blocks, scale_grid
+from quantjob.worker.fp8 import FP8_DTYPES, SCALE_SUFFIX, Fp8Blocks, read_dequantized, scale_grid
 from quantjob.worker.safetensors_stream import read_tensor, torch_dtype
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -160,12 +160,14 @@ def load_tensor(name: str, info: TensorInfo) -> torch.Tensor:
     """One tensor described by ``read_header``, copied into fresh memory (never memory-mapped);
     an FP8 block-scaled weight comes back dequantized to ``info.dtype``."""
     try:
-        stored = read_tensor(info.file, info.offset, info.nbytes, torch_dtype(info.stored_dtype or info.dtype),
-                             info.shape)
-        if info.scale is None or info.block is None:
-            return stored
+        if info.scale is None or info.block is None or info.stored_dtype is None:
+            return read_tensor(info.file, info.offset, info.nbytes, torch_dtype(info.dtype), info.shape)
         scale = load_tensor(name + SCALE_SUFFIX, info.scale)
-        return dequantize_blocks(stored, scale, info.block, torch_dtype(info.dtype))
+        stored = torch_dtype(info.stored_dtype)
+        rows, cols = info.shape
+        return read_dequantized(lambda into: read_tensor(info.file, info.offset, info.nbytes, stored, info.shape,
+                                                         into=into),
+                                (rows, cols), scale, info.block, torch_dtype(info.dtype))
     except (OSError, EOFError, ValueError) as error:
         raise QuantJobError(f"{info.file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
 

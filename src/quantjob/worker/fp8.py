@@ -19,6 +19,7 @@ gptq, awq, compressed-tensors, ...) are refused: quantizing needs the float weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,9 +87,14 @@ def scale_grid(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, int
 
 
 def dequantize_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
-                      dtype: torch.dtype) -> torch.Tensor:
+                      dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` (FP8 ``[rows, cols]``) times its block's ``scale_inv`` factor in float32, rounded
-    once to ``dtype``. One row of blocks at a time, so the float32 scratch is ``block[0]`` rows."""
+    once to ``dtype``. One row of blocks at a time, so the float32 scratch is ``block[0]`` rows.
+
+    ``out`` (``[rows, cols]`` of ``dtype``) may share its memory with ``weight`` when ``weight``
+    occupies its upper half (``dequantize_in_place``): each row block is read whole before it is
+    written, and rows ``0..k`` of a 2-byte ``out`` end before the bytes of row ``k + 1`` of a
+    1-byte ``weight`` begin."""
     import torch
 
     rows, cols = weight.shape
@@ -96,9 +102,27 @@ def dequantize_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: tupl
         raise ValueError(f"scale shape {list(scale_inv.shape)} does not fit weight [{rows}, {cols}] in "
                          f"{block[0]}x{block[1]} blocks (expected {list(scale_grid((rows, cols), block))})")
     factors = scale_inv.float()
-    out = torch.empty((rows, cols), dtype=dtype, device=weight.device)
+    if out is None:
+        out = torch.empty((rows, cols), dtype=dtype, device=weight.device)
     for index, start in enumerate(range(0, rows, block[0])):
         stop = min(start + block[0], rows)
         row_factors = factors[index].repeat_interleave(block[1])[:cols]  # [cols], edge block cut short
         out[start:stop] = (weight[start:stop].float() * row_factors).to(dtype)
     return out
+
+
+def read_dequantized(read: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], scale_inv: torch.Tensor,
+                     block: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A weight dequantized into the memory its FP8 bytes were read into: ``read(buffer)`` fills the
+    upper half of the result's bytes with the FP8 weight and returns it. No second buffer, so
+    loading a layer leaves no freed FP8 buffers between its tensors (the host's RSS stays as for a
+    bf16 checkpoint)."""
+    import torch
+
+    numel = shape[0] * shape[1]
+    size = torch.empty((), dtype=dtype).element_size()
+    if size != 2:  # the in-place layout needs a 2-byte result: otherwise a buffer of its own
+        return dequantize_blocks(read(torch.empty(numel, dtype=torch.uint8)), scale_inv, block, dtype)
+    memory = torch.empty(2 * numel, dtype=torch.uint8)
+    weight = read(memory[numel:])
+    return dequantize_blocks(weight, scale_inv, block, dtype, out=memory.view(dtype).view(shape))
