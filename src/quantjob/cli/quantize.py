@@ -181,6 +181,7 @@ def run(namespace: argparse.Namespace) -> int:
     from quantjob.worker import device as devices
     from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
+    from quantjob.worker.fp8 import fp8_blocks
     from quantjob.worker.model_config import read_model_config
     from quantjob.worker.save_path import name_too_long
 
@@ -202,6 +203,7 @@ def run(namespace: argparse.Namespace) -> int:
     try:
         model_config = read_model_config(args.model_path)
         adapter_for(model_config, args.model_type, config_file=str(args.model_path / "config.json"))
+        fp8_blocks(model_config, str(args.model_path / "config.json"))  # an already quantized model: refused now
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts

@@ -1,10 +1,16 @@
-"""``quantjob validate FILE [--devices N]``: check a QuantJob manifest or a modelslim_v1 config.
+"""``quantjob validate FILE [--devices N]``: check a QuantJob manifest or a modelslim_v1 config;
+``quantjob validate --model_path DIR [--devices N]``: print each rank's peak memory estimate.
 
 Prints one line per problem, ``path: message`` (warnings as ``path: warning: message``), and exits 1
 when any document has an error, 0 otherwise. Multi-document YAML is checked document by document;
 a YAML syntax error prints ``FILE:line: message``. A file larger than 3 MiB, nested deeper than 64
 or standing for more than 20000 values through aliases is refused the same way, before it is
 built (``quantjob.api.yaml_input``). Needs neither torch nor a cluster.
+
+With ``--model_path`` the model's headers give every rank's peak memory
+(``quantjob.worker.memory_estimate``) for ``--devices`` ranks and ``--calib_samples`` samples of
+``--max_length`` tokens (the longest a sample can be); with ``--memory_limit`` a rank that does not
+fit makes the exit status 1. An unreadable model directory exits 1 with the reason.
 """
 
 from __future__ import annotations
@@ -37,11 +43,83 @@ def register(subparsers: Any) -> None:
         description="Check a QuantJob manifest or a modelslim_v1 config (as for `msmodelslim quant "
                     "--config_path`) with the same rules as the admission webhook. Prints `path: message` "
                     "per problem; exits 1 on any error.")
-    parser.add_argument("file", metavar="FILE", help="YAML file ('-' reads stdin); several documents allowed")
+    parser.add_argument("file", metavar="FILE", nargs="?",
+                        help="YAML file ('-' reads stdin); several documents allowed")
     parser.add_argument("--devices", type=_positive, metavar="N",
                         help="number of devices to check for (overrides a QuantJob's spec.devices.count; "
                              "default: the manifest's count, 1 for a bare config)")
+    model = parser.add_argument_group("memory estimate (with --model_path)")
+    model.add_argument("--model_path", type=Path, metavar="DIR",
+                       help="a model directory: print every rank's peak memory estimate")
+    model.add_argument("--model_type", help="override config.json's model_type (as quantize takes it)")
+    model.add_argument("--calib_samples", type=_positive, default=128, metavar="N",
+                       help="calibration samples (default 128, as quantize)")
+    model.add_argument("--max_length", type=_positive, default=2048, metavar="N",
+                       help="tokens per sample at most; every sample is counted this long (default 2048)")
+    model.add_argument("--error_samples", type=int, default=8, metavar="N", help="as quantize (default 8)")
+    model.add_argument("--next_layer_input", choices=("float", "quantized"), default="float",
+                       help="as quantize (default float)")
+    model.add_argument("--memory_limit", metavar="QUANTITY",
+                       help="what one rank may use (e.g. 64Gi): exit 1 when a rank's estimate is larger")
     parser.set_defaults(run=run)
+
+
+def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the per-rank estimate for ``args.model_path``; the exit status."""
+    from quantjob.worker.adapters import adapter_for
+    from quantjob.worker.checkpoint import Checkpoint
+    from quantjob.worker.errors import QuantJobError
+    from quantjob.worker.fp8 import fp8_blocks
+    from quantjob.worker.memory_estimate import (
+        Capacity,
+        Dims,
+        check_fits,
+        gib,
+        layer_bytes,
+        parse_size,
+        rank_peaks,
+        weights_peak,
+    )
+    from quantjob.worker.model_config import read_model_config
+
+    devices = args.devices or 1
+    config_file = str(args.model_path / "config.json")
+    try:
+        model_config = read_model_config(args.model_path)
+        adapter = adapter_for(model_config, args.model_type, config_file=config_file)
+        checkpoint = Checkpoint(args.model_path, fp8_blocks(model_config, config_file))
+        text = model_config.get("text_config") or model_config
+        sizes = layer_bytes(checkpoint.tensors, adapter, int(text["num_hidden_layers"]))
+        dims = Dims.of(model_config)
+        capacity = None
+        if args.memory_limit:
+            limit_bytes = parse_size(args.memory_limit)
+            if limit_bytes is None:
+                raise ValueError(f"--memory_limit {args.memory_limit!r} is not a memory size; give bytes or a "
+                                 "Kubernetes quantity such as 64Gi")
+            capacity = Capacity(limit_bytes, f"--memory_limit {args.memory_limit}")
+    except (QuantJobError, KeyError, TypeError, ValueError) as error:
+        detail = f"config.json has no {error}" if isinstance(error, KeyError) else str(error)
+        out.write(f"{args.model_path}: {detail}\n")
+        return 1
+    peaks = rank_peaks(sizes, dims, [args.max_length] * args.calib_samples, devices,
+                       error_samples=args.error_samples, holding="quantized" if args.next_layer_input == "quantized"
+                       else "float")
+    weights, at = weights_peak(sizes)
+    fp8 = " (FP8, counted dequantized to bf16)" if checkpoint.fp8 else ""
+    out.write(f"{args.model_path}: {len(sizes.layers)} decoder layers{fp8}; largest layer "
+              f"{gib(max(sizes.layers, default=0))}, embedding {gib(sizes.embedding)}; weights held at layer {at}: "
+              f"{gib(weights)} (the layer, the next one read ahead, its int8 codes and dequantized copy)\n")
+    out.writelines(f"  {peak.explain()}\n" for peak in peaks)
+    worst = max(peaks, key=lambda p: p.total)
+    try:
+        check_fits(peaks, capacity, "each device")
+    except QuantJobError as error:
+        out.write(f"{args.model_path}: {error}\n")
+        return 1
+    within = f" within {gib(capacity.bytes)}" if isinstance(capacity, Capacity) else ""
+    out.write(f"{args.model_path}: peak per rank about {gib(worst.total)} on {devices} device(s){within}\n")
+    return 0
 
 
 def _read(name: str) -> str | YamlProblem:
@@ -99,6 +177,19 @@ def validate_text(name: str, text: str, devices: int | None, out: TextIO) -> int
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model_path is not None:
+        status = estimate_text(args, sys.stdout)
+        if args.file is None:
+            return status
+        return max(status, run_file(args))
+    if args.file is None:
+        print("quantjob validate: give FILE (a QuantJob or modelslim_v1 config) or --model_path DIR",
+              file=sys.stderr)
+        return 2
+    return run_file(args)
+
+
+def run_file(args: argparse.Namespace) -> int:
     try:
         text = _read(args.file)
     except (OSError, UnicodeDecodeError) as error:

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.fp8 import FP8_DTYPES, SCALE_SUFFIX, Fp8Blocks, read_dequantized, scale_grid
 from quantjob.worker.safetensors_stream import read_tensor, torch_dtype
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -32,11 +33,29 @@ _REDOWNLOAD = "re-copy or re-download the model"
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """Where one tensor's bytes are and what ``load_tensor`` returns.
+
+    With ``scale`` set (an FP8 block-scaled weight, ``quantjob.worker.fp8``) the bytes at ``offset``
+    are FP8 (``stored_dtype``) and ``dtype`` is what they load as: dequantized with ``scale`` (its
+    float32 ``weight_scale_inv``) per ``block``. Such a tensor cannot be copied byte for byte.
+    """
+
     file: Path
     dtype: str
     shape: tuple[int, ...]
     offset: int = 0    # absolute byte offset of the tensor's data in ``file``
-    nbytes: int = 0
+    nbytes: int = 0    # bytes stored at ``offset``
+    scale: TensorInfo | None = None
+    block: tuple[int, int] | None = None
+    stored_dtype: str | None = None   # set with ``scale``: the dtype of the bytes at ``offset``
+
+    @property
+    def loaded_nbytes(self) -> int:
+        """Bytes of the tensor ``load_tensor`` returns (after any dequantization)."""
+        numel = 1
+        for dim in self.shape:
+            numel *= dim
+        return numel * _DTYPE_BYTES[self.dtype]
 
 
 def read_header(file: Path) -> dict[str, TensorInfo]:
@@ -138,9 +157,17 @@ def file_fingerprint(file: Path) -> str:
 
 
 def load_tensor(name: str, info: TensorInfo) -> torch.Tensor:
-    """One tensor described by ``read_header``, copied into fresh memory (never memory-mapped)."""
+    """One tensor described by ``read_header``, copied into fresh memory (never memory-mapped);
+    an FP8 block-scaled weight comes back dequantized to ``info.dtype``."""
     try:
-        return read_tensor(info.file, info.offset, info.nbytes, torch_dtype(info.dtype), info.shape)
+        if info.scale is None or info.block is None or info.stored_dtype is None:
+            return read_tensor(info.file, info.offset, info.nbytes, torch_dtype(info.dtype), info.shape)
+        scale = load_tensor(name + SCALE_SUFFIX, info.scale)
+        stored = torch_dtype(info.stored_dtype)
+        rows, cols = info.shape
+        return read_dequantized(lambda into: read_tensor(info.file, info.offset, info.nbytes, stored, info.shape,
+                                                         into=into),
+                                (rows, cols), scale, info.block, torch_dtype(info.dtype))
     except (OSError, EOFError, ValueError) as error:
         raise QuantJobError(f"{info.file}: cannot read tensor {name!r} ({error}); {_REDOWNLOAD}") from error
 
@@ -161,14 +188,49 @@ def _inside_model_dir(model_dir: Path, name: object, what: str) -> None:
                             f"copy the weight files into the model directory: {_REDOWNLOAD}")
 
 
-class Checkpoint:
-    """Every tensor of a model directory (single file or sharded with an index), read lazily."""
+def fp8_view(stored: dict[str, TensorInfo], fp8: Fp8Blocks) -> dict[str, TensorInfo]:
+    """The tensors of an FP8 block-scaled checkpoint as the loop sees them: every FP8 ``.weight``
+    paired with its ``.weight_scale_inv`` and loaded as ``fp8.compute_dtype``, the scales gone."""
+    view: dict[str, TensorInfo] = {}
+    for name, info in stored.items():
+        if name.endswith(SCALE_SUFFIX):
+            weight = stored.get(name[:-len(SCALE_SUFFIX)])
+            if weight is None or weight.dtype not in FP8_DTYPES:
+                raise QuantJobError(f"{info.file}: tensor {name!r} has no FP8 weight "
+                                    f"{name[:-len(SCALE_SUFFIX)]!r} beside it; {_REDOWNLOAD}")
+            continue
+        if info.dtype not in FP8_DTYPES:
+            view[name] = info
+            continue
+        scale = stored.get(name + SCALE_SUFFIX)
+        if scale is None:
+            raise QuantJobError(f"{info.file}: FP8 tensor {name!r} has no {name + SCALE_SUFFIX!r}; config.json "
+                                f"declares block-scaled FP8, whose every FP8 weight has its scales; {_REDOWNLOAD}")
+        if len(info.shape) != 2 or scale.dtype != "F32" or scale.shape != scale_grid(info.shape, fp8.block):
+            raise QuantJobError(
+                f"{scale.file}: {name + SCALE_SUFFIX!r} is {scale.dtype} {list(scale.shape)} for the weight "
+                f"{list(info.shape)}; with weight_block_size {list(fp8.block)} it must be F32 "
+                f"{list(scale_grid(info.shape, fp8.block)) if len(info.shape) == 2 else '[rows, columns]'} "
+                f"(check config.json's weight_block_size, or {_REDOWNLOAD})")
+        view[name] = TensorInfo(info.file, fp8.compute_dtype, info.shape, info.offset, info.nbytes,
+                                scale=scale, block=fp8.block, stored_dtype=info.dtype)
+    return view
 
-    def __init__(self, model_dir: Path) -> None:
+
+class Checkpoint:
+    """Every tensor of a model directory (single file or sharded with an index), read lazily.
+
+    ``stored`` holds every tensor of the files; ``tensors`` what the loop sees: the same, except
+    that with ``fp8`` (config.json's block-scaled FP8, ``quantjob.worker.fp8.fp8_blocks``) the FP8
+    weights load dequantized and their ``weight_scale_inv`` tensors are not listed."""
+
+    def __init__(self, model_dir: Path, fp8: Fp8Blocks | None = None) -> None:
         self.model_dir = model_dir
-        self.tensors: dict[str, TensorInfo] = {}
+        self.fp8 = fp8
+        self.stored: dict[str, TensorInfo] = {}
         for file in self._files():
-            self.tensors.update(read_header(file))
+            self.stored.update(read_header(file))
+        self.tensors = fp8_view(self.stored, fp8) if fp8 is not None else dict(self.stored)
 
     def _files(self) -> list[Path]:
         index = self.model_dir / INDEX_NAME
@@ -197,14 +259,14 @@ class Checkpoint:
 
     @property
     def files(self) -> list[Path]:
-        return sorted({info.file for info in self.tensors.values()})
+        return sorted({info.file for info in self.stored.values()})
 
     def names_under(self, prefix: str) -> list[str]:
         """Tensor names that start with ``prefix`` (e.g. ``model.layers.3.``), sorted."""
         return sorted(name for name in self.tensors if name.startswith(prefix))
 
     def load(self, names: Iterable[str], device: torch.device) -> dict[str, torch.Tensor]:
-        """The named tensors, exactly as stored, on ``device``."""
+        """The named tensors on ``device``: exactly as stored, or dequantized (FP8 weights)."""
         out: dict[str, torch.Tensor] = {}
         for name in names:
             if name not in self.tensors:

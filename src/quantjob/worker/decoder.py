@@ -100,6 +100,10 @@ def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, t
         raise QuantJobError(f"{model_dir / 'config.json'}: transformers cannot read it "
                             f"({str(error).splitlines()[0]}); check the file or pass --trust_remote_code") from error
     _check_layer_types(config, model_dir / "config.json")
+    # An FP8 checkpoint's quantization_config describes how its files are stored, which the
+    # checkpoint reader undoes (quantjob.worker.fp8); the skeleton is the float model.
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")

@@ -192,3 +192,11 @@ def load_extension(kind: str) -> None:
     """Import what a device type needs before its process group starts (torch_npu for npu)."""
     if _check_type(kind) == "npu":
         _import_torch_npu()
+
+
+def total_memory_bytes(device: torch.device) -> int | None:
+    """An accelerator's memory in bytes (what its properties report); None on cpu."""
+    module = _accelerator_module(device)
+    if module is None:
+        return None
+    return int(module.get_device_properties(device).total_memory)  # type: ignore[attr-defined]

@@ -5,11 +5,16 @@ headers, so every rank refuses the same run with the same message, and none is l
   per_group widths, an ``lm_head`` request and the outputs' load rules with the model's config.json
   (also refused at admission, by ``quantjob.api.check``);
 - ``check_layout``: every checkpoint tensor against the model skeleton built from config.json:
-  names and shapes, one floating dtype for the embedding and the decoder layers.
+  names and shapes, one floating dtype for the embedding and the decoder layers;
+- ``check_memory``: every rank's peak memory (``quantjob.worker.memory_estimate``) against what
+  one rank may use: the device's memory, or on cpu the pod's (cgroup) or host's memory.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from quantjob.api.globs import names_literally
@@ -17,10 +22,23 @@ from quantjob.api.rules_output import output_problems
 from quantjob.worker.adapters import Adapter
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.memory_estimate import (
+    LIMIT_ENV,
+    Capacity,
+    Dims,
+    Holding,
+    check_fits,
+    gib,
+    host_capacity,
+    layer_bytes,
+    rank_peaks,
+)
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.processors import Preflight, processor_for
 
 if TYPE_CHECKING:
+    import torch
+
     from quantjob.worker.decoder import Skeleton
     from quantjob.worker.runner import WorkerJob
 
@@ -58,8 +76,22 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
                             f"(remove {adapter.lm_head!r} from include)")
     problems.extend(str(p) for p in output_problems(job.config, model_config, "")
                     if p.severity == "error")
+    problems.extend(_fp8_outside_layers(checkpoint, adapter))
     if problems:
         raise QuantJobError("; ".join(problems))
+
+
+def _fp8_outside_layers(checkpoint: Checkpoint, adapter: Adapter) -> list[str]:
+    """FP8 tensors outside the decoder layers: the savers copy those bytes unchanged, so they must be
+    float (DeepSeek-V3 and Kimi-K2 keep their embedding, final norm and lm_head in bf16)."""
+    inside = adapter.layers + "."
+    fp8 = sorted(name for name, info in checkpoint.tensors.items()
+                 if info.scale is not None and not name.startswith(inside))
+    if not fp8:
+        return []
+    return [(f"{checkpoint.model_dir}: {', '.join(fp8[:3])} outside the decoder layers are FP8; quantjob reads FP8 "
+            "weights only inside the decoder layers and copies the rest unchanged; give a checkpoint whose "
+            "embedding, final norm and lm_head are float")]
 
 
 def _layer_of(name: str, adapter: Adapter) -> str:
@@ -120,3 +152,35 @@ def check_layout(skeleton: Skeleton, checkpoint: Checkpoint) -> None:
     if problems:
         raise QuantJobError(f"{checkpoint.model_dir}: the checkpoint does not match config.json: "
                             f"{'; '.join(problems)}; {_FIX}")
+
+
+def holding(job: WorkerJob) -> Holding:
+    """Which hidden states the loop keeps through a layer (``_Loop.kept_inputs``)."""
+    if job.next_layer_input == "quantized":
+        return "quantized"
+    return "keep_all" if any(processor_for(proc.type).reobserves for proc in job.config.spec.process) else "float"
+
+
+def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, lengths: Sequence[int],
+                 world_size: int, device: torch.device) -> None:
+    """Refuse a run whose largest rank peak exceeds what one rank may use, before any compute.
+    ``lengths``: the token count of every global calibration sample."""
+    from quantjob.worker.device import total_memory_bytes
+    from quantjob.worker.launcher import LAUNCHER_PID_ENV
+
+    sizes = layer_bytes(checkpoint.tensors, skeleton.adapter, skeleton.num_layers)
+    model_config: dict[str, Any] = skeleton.config.to_dict()
+    peaks = rank_peaks(sizes, Dims.of(model_config), lengths, world_size, error_samples=job.error_samples,
+                       holding=holding(job))
+    capacity: Capacity | None
+    override = os.environ.get(LIMIT_ENV, "").strip()
+    total = total_memory_bytes(device)
+    if total is None or override:
+        capacity = host_capacity(world_size if os.environ.get(LAUNCHER_PID_ENV) else 1)
+    else:
+        capacity = Capacity(total, f"{device}'s memory")
+    worst = max(peaks, key=lambda p: p.total)
+    logging.getLogger("quantjob.worker").info(
+        "memory estimate, largest rank: %s; allowed: %s", worst.explain(),
+        f"{gib(capacity.bytes)} ({capacity.source})" if capacity is not None else "not checked")
+    check_fits(peaks, capacity, str(device))

@@ -44,6 +44,7 @@ from quantjob.worker.finite import (
     check_records,
     check_weights,
 )
+from quantjob.worker.fp8 import fp8_blocks
 from quantjob.worker.model_config import read_model_config
 from quantjob.worker.observers import (
     ActivationStats,
@@ -54,7 +55,7 @@ from quantjob.worker.observers import (
     reduce_stats,
 )
 from quantjob.worker.phase_times import PhaseTimes
-from quantjob.worker.preflight import check_layout, extra_layer_names, preflight
+from quantjob.worker.preflight import check_layout, check_memory, extra_layer_names, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
 from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
@@ -271,7 +272,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     times = PhaseTimes()
     model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
-    checkpoint = Checkpoint(job.model_path)
+    checkpoint = Checkpoint(job.model_path, fp8_blocks(model_config, str(job.model_path / "config.json")))
     preflight(job, checkpoint, adapter)
     check_save_path(job.save_path, job.model_path)
     skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
@@ -279,6 +280,8 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     calibration = load_calibration(job.calib_file, job.model_path, samples=job.calib_samples,
                                    max_length=job.max_length, vocab_size=model_config.get("vocab_size"),
                                    trust_remote_code=job.trust_remote_code)
+    check_memory(job, checkpoint, skeleton, [int(ids.numel()) for ids in calibration.samples], group.world_size,
+                 device)
     loop = _Loop(job, group, device, skeleton, checkpoint, calibration, times)
     num_layers = skeleton.num_layers
     if open_saver_fn is None:

@@ -167,14 +167,16 @@ def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             writer.write(spec.name, tensors[spec.name])
 
 
-def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """The tensor whose ``nbytes`` raw bytes start at absolute ``offset`` of ``file``, in fresh memory.
+def read_tensor(file: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...],
+                into: torch.Tensor | None = None) -> torch.Tensor:
+    """The tensor whose ``nbytes`` raw bytes start at absolute ``offset`` of ``file``, in fresh memory
+    (or in ``into``, a contiguous uint8 CPU tensor of ``nbytes`` the caller gives).
 
     Raises EOFError when the file ends early (a truncated file).
     """
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    buffer = torch.empty(nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
+    buffer = torch.empty(nbytes, dtype=torch.uint8) if into is None else into  # every byte is read into it
     view = buffer.numpy().data
     with open(file, "rb", buffering=0) as handle:
         handle.seek(offset)

@@ -1,0 +1,229 @@
+"""Each rank's peak memory, from the checkpoint headers and the calibration lengths, before any compute.
+
+What the loop (``quantjob.worker.runner``) holds at once, per rank, in the compute dtype (FP8
+weights counted dequantized, ``TensorInfo.loaded_nbytes``):
+
+- **weights**: at layer ``i``, the layer itself, layer ``i + 1`` read ahead by the prefetcher, and,
+  while the layer is rebuilt from its records for the error pass (``decoder.quantized_layer``), the
+  int8 codes of its linears (1 byte per weight) and their dequantized copies (as large as the
+  linears): ``max_i (B_i + B_{i+1} + Lin_i + codes_i)``, every linear counted as quantized;
+- **hidden states** of the rank's own samples (``tokens x hidden``): the layer inputs still needed,
+  the float outputs, and the quantized outputs of the error samples; inputs are dropped as their
+  output appears, except those a later step needs (``_Loop.kept_inputs``);
+- **scratch** of one sample's forward (q/k/v, the attention scores in float32, the MLP's
+  intermediates, an observer's float32 copy of a linear's input) or of quantizing the largest
+  linear (two float32 copies), whichever is larger;
+- the **embedding** table only while the first hidden states are made (it is freed before layer 0
+  is read), so the peak is the larger of that phase and the layers';
+- a fixed **runtime** allowance (the interpreter, torch and the worker's modules on the host), more
+  for a rank of a group (the process group and its buffers).
+
+Figures compared with the measured peak RSS in ``bench/memory_estimate.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from quantjob.worker.errors import QuantJobError
+
+if TYPE_CHECKING:
+    from quantjob.worker.adapters import Adapter
+    from quantjob.worker.checkpoint import TensorInfo
+
+GiB = 2 ** 30
+RUNTIME_BYTES = 512 * 2 ** 20        # interpreter + torch + transformers + the worker, host RSS (measured ~0.4 GiB)
+GROUP_BYTES = 256 * 2 ** 20          # a rank of a group: the process group and its buffers (measured ~0.12 GiB on gloo)
+LIMIT_ENV = "QUANTJOB_MEMORY_LIMIT"  # bytes one rank may use (a Kubernetes quantity, e.g. 60Gi); "none": no check
+_CGROUP_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+_UNLIMITED = 2 ** 60                 # cgroup v1 writes a huge number for "no limit"
+
+Holding = Literal["float", "keep_all", "quantized"]
+
+
+@dataclass(frozen=True)
+class LayerBytes:
+    """Byte counts from the headers, in the dtype the loop computes in."""
+
+    dtype_bytes: int
+    embedding: int
+    layers: tuple[int, ...]          # every tensor of decoder layer i
+    linears: tuple[int, ...]         # its 2-D weights (what gets quantized)
+    largest_linear: int              # elements of the largest 2-D weight of any layer
+
+
+def layer_bytes(tensors: Mapping[str, TensorInfo], adapter: Adapter, num_layers: int) -> LayerBytes:
+    layers, linears, largest = [], [], 0
+    for index in range(num_layers):
+        prefix = adapter.layer_prefix(index)
+        infos = [info for name, info in tensors.items() if name.startswith(prefix)]
+        weights = [info for name, info in tensors.items()
+                   if name.startswith(prefix) and name.endswith(".weight") and len(info.shape) == 2]
+        layers.append(sum(info.loaded_nbytes for info in infos))
+        linears.append(sum(info.loaded_nbytes for info in weights))
+        largest = max([largest, *(math.prod(info.shape) for info in weights)])
+    embed = tensors.get(f"{adapter.embed}.weight")
+    embedding = embed.loaded_nbytes if embed is not None else 0
+    dtype_bytes = embed.loaded_nbytes // max(1, math.prod(embed.shape)) if embed is not None else 2
+    return LayerBytes(dtype_bytes, embedding, tuple(layers), tuple(linears), largest)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The config.json sizes the activations depend on."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+
+    @staticmethod
+    def of(model_config: Mapping[str, Any]) -> Dims:
+        config = model_config.get("text_config") or model_config
+        hidden = int(config["hidden_size"])
+        intermediate = max(int(config.get(key) or 0) for key in
+                           ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"))
+        return Dims(hidden, intermediate or 4 * hidden, int(config.get("num_attention_heads") or 1))
+
+
+@dataclass(frozen=True)
+class RankPeak:
+    """One rank's estimate, by part (bytes)."""
+
+    rank: int
+    samples: int
+    tokens: int
+    weights: int
+    at_layer: int
+    hidden: int
+    scratch: int
+    embedding_phase: int
+    runtime: int
+
+    @property
+    def layers_phase(self) -> int:
+        return self.weights + self.hidden + self.scratch
+
+    @property
+    def total(self) -> int:
+        return self.runtime + max(self.embedding_phase, self.layers_phase)
+
+    def explain(self) -> str:
+        return (f"rank {self.rank} ({self.samples} samples, {self.tokens} tokens): {gib(self.total)} = runtime "
+                f"{gib(self.runtime)} + max(embedding phase {gib(self.embedding_phase)}, layers: weights "
+                f"{gib(self.weights)} at layer {self.at_layer} + hidden states {gib(self.hidden)} + scratch "
+                f"{gib(self.scratch)})")
+
+
+def gib(count: int) -> str:
+    """A byte count for people: GiB with two decimals, MiB below 1 GiB."""
+    return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / 2 ** 20:.1f} MiB"
+
+
+def weights_peak(sizes: LayerBytes) -> tuple[int, int]:
+    """(bytes, layer) of ``max_i (B_i + B_{i+1} + Lin_i + codes_i)``."""
+    best, at = 0, 0
+    for i, own in enumerate(sizes.layers):
+        ahead = sizes.layers[i + 1] if i + 1 < len(sizes.layers) else 0
+        rebuilt = sizes.linears[i] + sizes.linears[i] // max(1, sizes.dtype_bytes)
+        if own + ahead + rebuilt > best:
+            best, at = own + ahead + rebuilt, i
+    return best, at
+
+
+def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size: int, *, error_samples: int,
+               holding: Holding = "float", runtime: int | None = None) -> list[RankPeak]:
+    """Every rank's peak for global samples of ``lengths`` tokens (rank r owns r, r + W, ...);
+    ``runtime`` None: ``RUNTIME_BYTES``, plus ``GROUP_BYTES`` for more than one rank."""
+    if runtime is None:
+        runtime = RUNTIME_BYTES + (GROUP_BYTES if world_size > 1 else 0)
+    weights, at = weights_peak(sizes)
+    errors = min(error_samples, len(lengths))
+    token = dims.hidden * sizes.dtype_bytes
+    peaks = []
+    for rank in range(world_size):
+        own = [lengths[g] for g in range(rank, len(lengths), world_size)]
+        err = [lengths[g] for g in range(rank, errors, world_size)]
+        longest = max(own, default=0)
+        tokens, err_tokens = sum(own), sum(err)
+        held = {"float": tokens + 2 * err_tokens + longest,   # inputs left + outputs, error inputs and outputs
+                "keep_all": 2 * tokens + err_tokens,           # every input kept for a second observation
+                "quantized": 3 * tokens}[holding]             # inputs, float outputs, quantized outputs
+        forward = longest * (4 * dims.hidden + 4 * dims.intermediate) * sizes.dtype_bytes \
+            + 4 * dims.heads * longest * longest + 4 * longest * max(dims.hidden, dims.intermediate)
+        scratch = max(forward, 8 * sizes.largest_linear)
+        peaks.append(RankPeak(rank, len(own), tokens, weights, at, held * token, scratch,
+                              sizes.embedding + tokens * token, runtime))
+    return peaks
+
+
+@dataclass(frozen=True)
+class Capacity:
+    bytes: int
+    source: str
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes from a byte count or a Kubernetes quantity (``60Gi``, ``64G``); None when it is neither."""
+    from quantjob.api.kube_rules import parse_quantity
+
+    value = parse_quantity(text.strip())
+    return int(value) if value is not None and value > 0 else None
+
+
+def host_capacity(ranks_on_host: int, env: Mapping[str, str] | None = None) -> Capacity | None:
+    """What one rank may use of this host: ``QUANTJOB_MEMORY_LIMIT``, else the container's cgroup
+    limit (a pod's ``resources.limits.memory``), else the machine's memory; shared by the ranks of
+    this host (the local launcher's). None: the check is switched off (``QUANTJOB_MEMORY_LIMIT=none``)."""
+    env = os.environ if env is None else env
+    override = env.get(LIMIT_ENV, "").strip()
+    if override.lower() == "none":
+        return None
+    if override:
+        value = parse_size(override)
+        if value is None:
+            raise QuantJobError(f"{LIMIT_ENV}={override!r} is not a memory size; give bytes or a Kubernetes "
+                                "quantity (e.g. 60Gi), or none to skip the memory check", exit_code=2)
+        return Capacity(value, f"{LIMIT_ENV}={override}")
+    found: list[Capacity] = []
+    for file in _CGROUP_FILES:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED:
+            found.append(Capacity(int(text), f"the container's memory limit ({file})"))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                found.append(Capacity(int(line.split()[1]) * 1024, "the host's memory (/proc/meminfo MemTotal)"))
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        return None
+    smallest = min(found, key=lambda c: c.bytes)
+    if ranks_on_host > 1:
+        return Capacity(smallest.bytes // ranks_on_host, f"{smallest.source} shared by {ranks_on_host} ranks")
+    return smallest
+
+
+def check_fits(peaks: Sequence[RankPeak], capacity: Capacity | None, device: str) -> None:
+    """Refuse, with the arithmetic, a run whose largest rank peak exceeds what one rank may use.
+    Every rank checks every rank's peak, so all refuse alike (same memory on every rank assumed)."""
+    if capacity is None or not peaks:
+        return
+    worst = max(peaks, key=lambda p: p.total)
+    if worst.total <= capacity.bytes:
+        return
+    weights_alone = worst.runtime + worst.weights + worst.scratch
+    advice = ("a device or pod with more memory (the runtime, two decoder layers with one's quantized copy and "
+              f"the scratch alone need {gib(weights_alone)} per rank, whatever the number of ranks)"
+              if weights_alone > capacity.bytes else
+              "more ranks, fewer --calib_samples or a shorter --max_length (fewer hidden states per rank), "
+              "or a device or pod with more memory")
+    raise QuantJobError(f"not enough memory on {device}: {worst.explain()}, but {capacity.source} allows "
+                        f"{gib(capacity.bytes)}; use {advice}. {LIMIT_ENV}=none skips this check")
