@@ -9,7 +9,13 @@ import torch
 
 from quantjob.worker.adapters import AttentionHeads, Subgraph
 from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, evenly_spaced, probes_per_sample
+from quantjob.worker.observers import (
+    ActivationStats,
+    evenly_spaced,
+    probe_positions,
+    probes_per_sample,
+    record_probes,
+)
 from quantjob.worker.processors.flex_smooth import (
     independent_batches,
     search_alpha_beta,
@@ -201,6 +207,27 @@ def test_probe_positions_depend_on_the_sample_only() -> None:
     assert evenly_spaced(4, 8).tolist() == [1, 3, 5, 7]
     assert evenly_spaced(10, 3).tolist() == [0, 1, 2]
     assert probes_per_sample(64) == 4 and probes_per_sample(7) == 37 and probes_per_sample(1000) == 1
+
+
+@pytest.mark.parametrize(("count", "length"), [(1, 1), (1, 512), (4, 8), (4, 9), (37, 512), (600, 512), (3, 0)])
+def test_every_samples_first_token_is_probed(count: int, length: int) -> None:
+    """Issue 23: token 0 (the attention sink, with the largest activations) is always scored, which
+    the bin middles alone miss whenever a sample is longer than twice the count."""
+    positions = probe_positions(count, length).tolist()
+    assert positions == sorted(set(positions)) and all(0 <= p < length for p in positions)
+    assert (0 in positions) == (length > 0)
+    assert set(evenly_spaced(count, length).tolist()) <= set(positions)
+
+
+def test_recorded_probes_hold_each_samples_first_token() -> None:
+    linear = torch.nn.Linear(4, 2)
+    samples = [torch.randn(1, 100, 4), torch.randn(1, 7, 4)]
+    with record_probes({"fc": linear}, [5, 9], per_sample=3) as probes:
+        for x in samples:
+            linear(x)
+    for index, x in zip((5, 9), samples, strict=True):
+        assert torch.equal(probes["fc"][index][0], x[0, 0])
+        assert torch.equal(probes["fc"][index], x[0, probe_positions(3, x.shape[1])])
 
 
 @pytest.mark.parametrize("sizes", [(7,), (1024, 256, 256), (3, 5, 2), (100, 1, 1), (2, 300)])

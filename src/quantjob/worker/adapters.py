@@ -109,6 +109,14 @@ class Adapter:
     post-feed-forward norms): they follow o_proj / down_proj and feed no linear.
     ``norm_bias``: vllm-ascend's norm for this family adds a saved ``<norm>.bias`` (its RMSNorm does;
     its GemmaRMSNorm does not), so asymmetric smoothing may write one.
+    ``smoothing_kinds``: the subgraph kinds msModelSlim smooths for this family, the sites a smoothing
+    entry works on by default (``enable_subgraph_type`` selects among them; the entry's
+    ``ext.sites: all`` selects every kind of ``subgraph_specs``). A family without a smoothing adapter
+    of its own in msModelSlim falls back to its default adapter, which auto-detects norm-linear pairs
+    only (msmodelslim/processor/anti_outlier/default/model_adapter.py, used by
+    ``BaseSmoothProcessor.preprocess`` when the model adapter lacks IterSmoothInterface /
+    FlexSmoothQuantInterface); Qwen3's adapter lists all four kinds
+    (msmodelslim/model/qwen3/model_adapter.py, ``get_adapter_config_for_subgraph``).
     """
 
     name: str
@@ -124,6 +132,7 @@ class Adapter:
     qk_norms: tuple[str, ...] = field(default=())
     output_norms: tuple[str, ...] = field(default=())
     norm_bias: bool = True
+    smoothing_kinds: tuple[SubgraphKind, ...] = ("norm-linear",)
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
@@ -202,7 +211,7 @@ ADAPTERS: dict[str, Adapter] = {
     "llama": Adapter("llama"),
     "mistral": Adapter("mistral"),
     "qwen2": Adapter("qwen2"),  # attention biases: kept as float tensors / record biases
-    "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS),
+    "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS, smoothing_kinds=SUBGRAPH_KINDS),
     "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
                            embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
                            output_norms=("post_attention_layernorm", "post_feedforward_layernorm"), norm_bias=False),

@@ -58,7 +58,7 @@ LAST = len(SEARCH_GRID) - 1
 
 
 def apply_flex_smooth(entry: FlexSmoothQuant, ctx: LayerContext) -> None:
-    sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude)
+    sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude, entry.ext.sites)
              if consumer_stats(ctx, site) is not None]
     search = entry.alpha is None or entry.beta is None
     activations = gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites]) if search and sites else {}

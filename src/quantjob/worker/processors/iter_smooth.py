@@ -34,7 +34,7 @@ from quantjob.worker.smoothing import (
 
 def apply_iter_smooth(entry: IterSmooth, ctx: LayerContext) -> None:
     alpha, beta = entry.alpha, 1.0 - entry.alpha
-    for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude):
+    for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude, entry.ext.sites):
         stats = consumer_stats(ctx, site)
         if stats is None:
             continue
