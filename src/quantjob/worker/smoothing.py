@@ -210,7 +210,10 @@ class SearchProblem:
         return dequantize_weight(q, step, offset), torch.ones(1, 1)
 
     def error(self, alpha: float, beta: float) -> float:
-        scale = smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR)
+        return self.error_of(smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR))
+
+    def error_of(self, scale: torch.Tensor) -> float:
+        """The relative output error with the per-channel smoothing ``scale`` (float32 ``[d]``)."""
         acts, act_step = self._activations(scale)
         weights, weight_step = self._weights(scale)
         out = (acts @ weights.T).mul_(act_step).mul_(weight_step)
