@@ -8,7 +8,7 @@ Each decoder layer's four smoothing sites (input_layernorm -> q/k/v, v -> o, pos
 
 - the reference: every calibration token and every weight row of the consumers;
 - ``N`` probe tokens (``observers.probe_positions``: token 0 and ``ceil(N / samples)`` evenly spaced
-  positions of each sample) with ``flex_smooth.SEARCH_ROWS`` weight rows and with all of them, for
+  positions of each sample) with ``SEARCH_ROWS`` (128, the rows scored before issue 23) weight rows and with all of them, for
   N in ``--budgets``;
 - the same without token 0 (the probes before issue 23), and every token with ``SEARCH_ROWS`` rows.
 
@@ -32,7 +32,7 @@ from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_i
 from bench.report import machine, markdown_table
 from quantjob.worker.distributed import Group
 from quantjob.worker.observers import ActivationStats, evenly_spaced, probe_positions, probes_per_sample
-from quantjob.worker.processors.flex_smooth import SEARCH_ROWS, search_alpha_beta, stacked_rows
+from quantjob.worker.processors.flex_smooth import search_alpha_beta, stacked_rows
 from quantjob.worker.smoothing import SearchProblem, SearchScheme, weight_absmax
 
 SITES = (  # (name, first consumer, every consumer), relative to a decoder layer
@@ -42,6 +42,7 @@ SITES = (  # (name, first consumer, every consumer), relative to a decoder layer
     ("up_proj", "mlp.down_proj", ("mlp.down_proj",)),
 )
 SCHEME = SearchScheme(act="per_tensor")  # the anchor job: W8A8 static
+SEARCH_ROWS = 128  # the weight rows the search scored before issue 23 (flex_smooth.SEARCH_ROWS then)
 
 
 @dataclass

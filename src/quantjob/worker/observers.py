@@ -97,7 +97,10 @@ def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str,
 
 # --- probes: a bounded, rank-independent subset of the activations ----------------------------------
 
-PROBE_TOKENS = 256  # tokens per layer kept for searches (flex_smooth_quant), over all samples
+# tokens per layer kept for searches (flex_smooth_quant), over all samples, besides each sample's
+# token 0; from issue 23's table (docs/algorithms.md): with every weight row, 1024 tokens chose the
+# (alpha, beta) of all the calibration tokens
+PROBE_TOKENS = 1024
 
 
 def evenly_spaced(count: int, size: int) -> torch.Tensor:

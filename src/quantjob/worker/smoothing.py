@@ -71,6 +71,15 @@ def weight_absmax(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     return columns.clamp(min=WEIGHT_FLOOR)
 
 
+def weight_signed_max(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-input-channel signed ``max W`` over the rows of every weight, at least ``WEIGHT_FLOOR``:
+    what msModelSlim's iter_smooth reduces the consumer weight of ``ov``, ``up-down`` and
+    ``linear-linear`` subgraphs to (``IterSmoothScaleCalculator.compute_smooth_scale`` is handed the
+    raw weight there, ``processor/anti_outlier/iter_smooth/api.py``; ``docs/algorithms.md``)."""
+    columns = torch.stack([w.detach().amax(dim=0).float() for w in weights]).amax(dim=0)
+    return columns.clamp(min=WEIGHT_FLOOR)
+
+
 # --- scales -----------------------------------------------------------------------------------
 
 def smoothing_scales(act: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float,
