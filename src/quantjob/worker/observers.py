@@ -98,9 +98,9 @@ def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str,
 # --- probes: a bounded, rank-independent subset of the activations ----------------------------------
 
 # tokens per layer kept for searches (flex_smooth_quant), over all samples, besides each sample's
-# token 0; from issue 23's table (docs/algorithms.md): with every weight row, 1024 tokens chose the
-# (alpha, beta) of all the calibration tokens
-PROBE_TOKENS = 1024
+# token 0; from issue 23's table (docs/algorithms.md): with every weight row, 256 tokens chose as
+# well as 1024 or 4096 (the weight rows, not the tokens, decided the pair)
+PROBE_TOKENS = 256
 
 
 def evenly_spaced(count: int, size: int) -> torch.Tensor:
