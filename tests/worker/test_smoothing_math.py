@@ -39,6 +39,7 @@ from quantjob.worker.smoothing import (
     shifted_norm_bias,
     smoothing_scales,
     weight_absmax,
+    weight_signed_max,
 )
 
 
@@ -52,6 +53,15 @@ def test_statistics_from_the_observed_range() -> None:
     assert act_midpoint(s).tolist() == [-3.0, 3.0, -2.0]
     # max |x - z| over the range is half its width
     assert shifted_absmax(s, act_midpoint(s)).tolist() == [5.0, 2.0, 1.0]
+
+
+def test_signed_weight_maximum_is_msmodelslims() -> None:
+    """iter_smooth's ov / up-down / linear-linear weight statistic: the signed column maximum over
+    every consumer (msModelSlim's IterSmoothScaleCalculator on the raw weight), floored at 1e-5."""
+    first = torch.tensor([[-3.0, 1.0, -2.0], [2.0, -5.0, -4.0]])
+    second = torch.tensor([[0.5, 0.25, -1.0]])
+    assert weight_signed_max([first, second]).tolist() == pytest.approx([2.0, 1.0, 1e-5])
+    assert weight_absmax([first, second]).tolist() == [3.0, 5.0, 4.0]
 
 
 def test_scales_follow_the_smoothquant_formula() -> None:
