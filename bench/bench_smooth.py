@@ -98,11 +98,16 @@ class Variant:
 
 ITER = ({"type": "iter_smooth"},)
 FLEX = ({"type": "flex_smooth_quant"},)
+# issue 23: quantjob's wider set of smoothing sites (ov and up-down as well as msModelSlim's norm-linear)
+ITER_ALL = ({"type": "iter_smooth", "ext": {"sites": "all"}},)
+FLEX_ALL = ({"type": "flex_smooth_quant", "ext": {"sites": "all"}},)
 VARIANTS = (
     Variant("minmax alone"),
     Variant("iter_smooth", ITER),
     Variant("flex_smooth_quant", FLEX),
     Variant("flex_smooth_quant + ssz", FLEX, weight_method="ssz"),
+    Variant("iter_smooth, all sites", ITER_ALL),
+    Variant("flex_smooth_quant, all sites", FLEX_ALL),
     Variant("minmax alone, quantized propagation", next_layer_input="quantized"),
     Variant("iter_smooth, quantized propagation", ITER, next_layer_input="quantized"),
     Variant("flex_smooth_quant, quantized propagation", FLEX, next_layer_input="quantized"),

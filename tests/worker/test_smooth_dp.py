@@ -28,6 +28,9 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     "iter_smooth asymmetric, ssz": [{"type": "iter_smooth", "symmetric": False, "alpha": 0.7},
                                     {"type": "linear_quant", "qconfig": W8A8_SSZ}],
     "flex_smooth, ssz": [{"type": "flex_smooth"}, {"type": "linear_quant", "qconfig": W8A8_SSZ}],
+    # quantjob's wider set (ov, up-down as well): qwen2's default is msModelSlim's, norm-linear only
+    "flex_smooth, all sites": [{"type": "flex_smooth", "ext": {"sites": "all"}},
+                               {"type": "linear_quant", "qconfig": W8A8}],
 }
 
 

@@ -38,13 +38,18 @@ def test_practice_config_runs(tiny_model: Any, calib_jsonl: Any, memory_saver: A
     assert any(name.endswith("input_layernorm.weight") for name in layer.float_tensors)
 
 
-@pytest.mark.parametrize("smooth", [{"type": "iter_smooth"}, {"type": "flex_smooth"}])
+# msModelSlim's sites for llama (norm-linear only) measured 0.87x (iter) and 0.82x (flex) of
+# minmax's error here; quantjob's wider set (ext.sites: all, with ov and up-down) under 0.8x
+@pytest.mark.parametrize(("smooth", "bound"), [
+    ({"type": "iter_smooth"}, 0.9), ({"type": "flex_smooth"}, 0.9),
+    ({"type": "iter_smooth", "ext": {"sites": "all"}}, 0.8), ({"type": "flex_smooth", "ext": {"sites": "all"}}, 0.8),
+])
 def test_smoothing_lowers_the_static_w8a8_error(tiny_model: Any, calib_jsonl: Any, memory_saver: Any,
-                                                tmp_path: Path, smooth: dict[str, Any]) -> None:
+                                                tmp_path: Path, smooth: dict[str, Any], bound: float) -> None:
     model = tiny_model("llama", outlier_channels=3)
     minmax = preset_dict("w8a8")
     smoothed = preset_dict("w8a8")
     smoothed["spec"]["process"].insert(0, smooth)
     before = _run(model, calib_jsonl(), minmax, memory_saver, tmp_path)
     after = _run(model, calib_jsonl(), smoothed, memory_saver, tmp_path)
-    assert sum(after) < 0.8 * sum(before), (before, after)
+    assert sum(after) < bound * sum(before), (before, after)

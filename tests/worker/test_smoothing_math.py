@@ -9,7 +9,13 @@ import torch
 
 from quantjob.worker.adapters import AttentionHeads, Subgraph
 from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, evenly_spaced, probes_per_sample
+from quantjob.worker.observers import (
+    ActivationStats,
+    evenly_spaced,
+    probe_positions,
+    probes_per_sample,
+    record_probes,
+)
 from quantjob.worker.processors.flex_smooth import (
     independent_batches,
     search_alpha_beta,
@@ -33,6 +39,7 @@ from quantjob.worker.smoothing import (
     shifted_norm_bias,
     smoothing_scales,
     weight_absmax,
+    weight_signed_max,
 )
 
 
@@ -46,6 +53,15 @@ def test_statistics_from_the_observed_range() -> None:
     assert act_midpoint(s).tolist() == [-3.0, 3.0, -2.0]
     # max |x - z| over the range is half its width
     assert shifted_absmax(s, act_midpoint(s)).tolist() == [5.0, 2.0, 1.0]
+
+
+def test_signed_weight_maximum_is_msmodelslims() -> None:
+    """iter_smooth's ov / up-down / linear-linear weight statistic: the signed column maximum over
+    every consumer (msModelSlim's IterSmoothScaleCalculator on the raw weight), floored at 1e-5."""
+    first = torch.tensor([[-3.0, 1.0, -2.0], [2.0, -5.0, -4.0]])
+    second = torch.tensor([[0.5, 0.25, -1.0]])
+    assert weight_signed_max([first, second]).tolist() == pytest.approx([2.0, 1.0, 1e-5])
+    assert weight_absmax([first, second]).tolist() == [3.0, 5.0, 4.0]
 
 
 def test_scales_follow_the_smoothquant_formula() -> None:
@@ -200,7 +216,29 @@ def test_independent_batches_keep_dependent_sites_apart() -> None:
 def test_probe_positions_depend_on_the_sample_only() -> None:
     assert evenly_spaced(4, 8).tolist() == [1, 3, 5, 7]
     assert evenly_spaced(10, 3).tolist() == [0, 1, 2]
-    assert probes_per_sample(64) == 4 and probes_per_sample(7) == 37 and probes_per_sample(1000) == 1
+    assert probes_per_sample(64, 256) == 4 and probes_per_sample(7, 256) == 37 and probes_per_sample(1000, 256) == 1
+    assert probes_per_sample(64) == 4  # PROBE_TOKENS = 256 (issue 23)
+
+
+@pytest.mark.parametrize(("count", "length"), [(1, 1), (1, 512), (4, 8), (4, 9), (37, 512), (600, 512), (3, 0)])
+def test_every_samples_first_token_is_probed(count: int, length: int) -> None:
+    """Issue 23: token 0 (the attention sink, with the largest activations) is always scored, which
+    the bin middles alone miss whenever a sample is longer than twice the count."""
+    positions = probe_positions(count, length).tolist()
+    assert positions == sorted(set(positions)) and all(0 <= p < length for p in positions)
+    assert (0 in positions) == (length > 0)
+    assert set(evenly_spaced(count, length).tolist()) <= set(positions)
+
+
+def test_recorded_probes_hold_each_samples_first_token() -> None:
+    linear = torch.nn.Linear(4, 2)
+    samples = [torch.randn(1, 100, 4), torch.randn(1, 7, 4)]
+    with record_probes({"fc": linear}, [5, 9], per_sample=3) as probes:
+        for x in samples:
+            linear(x)
+    for index, x in zip((5, 9), samples, strict=True):
+        assert torch.equal(probes["fc"][index][0], x[0, 0])
+        assert torch.equal(probes["fc"][index], x[0, probe_positions(3, x.shape[1])])
 
 
 @pytest.mark.parametrize("sizes", [(7,), (1024, 256, 256), (3, 5, 2), (100, 1, 1), (2, 300)])

@@ -39,7 +39,7 @@ class Algorithm:
     format: str | None = None
 
 
-_SMOOTH_OPTIONS = ("enable_subgraph_type", "include", "exclude")
+_SMOOTH_OPTIONS = ("enable_subgraph_type", "include", "exclude", "ext")
 
 _ENTRIES: tuple[Algorithm, ...] = (
     # --- processors -------------------------------------------------------------------

@@ -135,6 +135,18 @@ class Group(Strict):
         return data
 
 
+class SmoothExt(Strict):
+    """A smoothing entry's ``ext`` (quantjob's own options; msModelSlim ignores the key).
+
+    ``sites``: ``family`` (default) smooths the subgraph kinds msModelSlim smooths for the model's
+    family (norm-linear only, except Qwen3: all four; ``Adapter.smoothing_kinds``); ``all`` smooths
+    every site quantjob's adapter lists for the family (norm-linear, ov, up-down). Either way
+    ``enable_subgraph_type`` then selects among them. ``docs/algorithms.md`` measures both.
+    """
+
+    sites: Literal["family", "all"] = "family"
+
+
 class IterSmooth(Strict):
     type: Literal["iter_smooth"] = "iter_smooth"
     alpha: float = Field(0.9, ge=0.0, le=1.0)
@@ -143,6 +155,7 @@ class IterSmooth(Strict):
     enable_subgraph_type: list[SubgraphType] = Field(default_factory=lambda: list(ALL_SUBGRAPHS))
     include: Globs = Field(default_factory=lambda: ["*"])
     exclude: ExcludeGlobs = Field(default_factory=list)
+    ext: SmoothExt = Field(default_factory=SmoothExt)
 
 
 class FlexSmoothQuant(Strict):
@@ -154,6 +167,7 @@ class FlexSmoothQuant(Strict):
     enable_subgraph_type: list[SubgraphType] = Field(default_factory=lambda: list(ALL_SUBGRAPHS))
     include: Globs = Field(default_factory=lambda: ["*"])
     exclude: ExcludeGlobs = Field(default_factory=list)
+    ext: SmoothExt = Field(default_factory=SmoothExt)
 
 
 class OtherProcessor(BaseModel):

@@ -172,6 +172,14 @@ class Adapter:
     ``extra_layers_key``: config.json's count of layers stored after the decoder layers under the
     same prefix (DeepSeek's multi-token-prediction layers, ``model.layers.{num_hidden_layers}.*``):
     the loop does not run them; they are copied to the output as they are (float).
+    ``smoothing_kinds``: the subgraph kinds msModelSlim smooths for this family, the sites a smoothing
+    entry works on by default (``enable_subgraph_type`` selects among them; the entry's
+    ``ext.sites: all`` selects every kind of ``subgraph_specs``). A family without a smoothing adapter
+    of its own in msModelSlim falls back to its default adapter, which auto-detects norm-linear pairs
+    only (msmodelslim/processor/anti_outlier/default/model_adapter.py, used by
+    ``BaseSmoothProcessor.preprocess`` when the model adapter lacks IterSmoothInterface /
+    FlexSmoothQuantInterface); Qwen3's adapter lists all four kinds
+    (msmodelslim/model/qwen3/model_adapter.py, ``get_adapter_config_for_subgraph``).
     """
 
     name: str
@@ -192,6 +200,7 @@ class Adapter:
     sparse: SparseLayers | None = None
     float_any_dtype: tuple[str, ...] = field(default=())
     extra_layers_key: str | None = None
+    smoothing_kinds: tuple[SubgraphKind, ...] = ("norm-linear",)
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}."
@@ -291,7 +300,8 @@ class Adapter:
 # deepseek_v3: input_layernorm -> q_a_proj + kv_a_proj_with_mqa, q_a_layernorm -> q_b_proj,
 # kv_b_proj -> o_proj, up -> down of the dense MLP, of the shared experts and of every routed
 # expert; glm4_moe: input_layernorm -> q/k/v and v -> o only. Dense layers of a MoE family (Qwen3-MoE's
-# mlp_only_layers) keep the dense sites of their own MLP.
+# mlp_only_layers) keep the dense sites of their own MLP. These tables hold msModelSlim's sites only,
+# so each family's smoothing_kinds offers every kind they hold.
 
 
 def _qwen3_moe_sparse(config: Mapping[str, Any], index: int) -> bool:
@@ -320,17 +330,17 @@ _MLA: tuple[SubgraphSpec, ...] = (
 _ROUTER_FLOAT = ("mlp.gate.weight", "mlp.gate.e_score_correction_bias")
 
 QWEN3_MOE = Adapter(
-    "qwen3_moe", qk_norms=_QK_NORMS,
+    "qwen3_moe", qk_norms=_QK_NORMS, smoothing_kinds=SUBGRAPH_KINDS,
     sparse=SparseLayers(_qwen3_moe_sparse, ("num_experts", "num_local_experts"), (*_QKV_OV, _EXPERT_UP_DOWN)))
 DEEPSEEK_V3 = Adapter(
-    "deepseek_v3", subgraph_specs=(*_MLA, SubgraphSpec("up-down", "mlp.up_proj", ("mlp.down_proj",))),
+    "deepseek_v3", smoothing_kinds=SUBGRAPH_KINDS, subgraph_specs=(*_MLA, SubgraphSpec("up-down", "mlp.up_proj", ("mlp.down_proj",))),
     other_norms=("self_attn.kv_a_layernorm", "post_attention_layernorm"), heads=latent_attention_heads,
     sparse=SparseLayers(_after_first_k_dense, ("n_routed_experts", "num_local_experts"), (
         *_MLA, SubgraphSpec("up-down", "mlp.shared_experts.up_proj", ("mlp.shared_experts.down_proj",)),
         _EXPERT_UP_DOWN)),
     float_any_dtype=_ROUTER_FLOAT, extra_layers_key="num_nextn_predict_layers")
 GLM4_MOE = Adapter(
-    "glm4_moe", subgraph_specs=_QKV_OV, other_norms=("post_attention_layernorm",),
+    "glm4_moe", smoothing_kinds=SUBGRAPH_KINDS, subgraph_specs=_QKV_OV, other_norms=("post_attention_layernorm",),
     sparse=SparseLayers(_after_first_k_dense, ("n_routed_experts", "num_local_experts"), _QKV_OV),
     float_any_dtype=_ROUTER_FLOAT, extra_layers_key="num_nextn_predict_layers")
 
@@ -338,7 +348,7 @@ ADAPTERS: dict[str, Adapter] = {
     "llama": Adapter("llama"),
     "mistral": Adapter("mistral"),
     "qwen2": Adapter("qwen2"),  # attention biases: kept as float tensors / record biases
-    "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS),
+    "qwen3": Adapter("qwen3", qk_norms=_QK_NORMS, smoothing_kinds=SUBGRAPH_KINDS),
     "gemma3_text": Adapter("gemma3_text", subgraph_specs=_GEMMA3_SUBGRAPHS, norm_offset=1.0,
                            embed_scale=sqrt_hidden_size, rotary_per_layer_type=True, qk_norms=_QK_NORMS,
                            output_norms=("post_attention_layernorm", "post_feedforward_layernorm"), norm_bias=False),

@@ -97,13 +97,26 @@ def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str,
 
 # --- probes: a bounded, rank-independent subset of the activations ----------------------------------
 
-PROBE_TOKENS = 256  # tokens per layer kept for searches (flex_smooth_quant), over all samples
+# tokens per layer kept for searches (flex_smooth_quant), over all samples, besides each sample's
+# token 0; from issue 23's table (docs/algorithms.md): with every weight row, 256 tokens chose as
+# well as 1024 or 4096 (the weight rows, not the tokens, decided the pair)
+PROBE_TOKENS = 256
 
 
 def evenly_spaced(count: int, size: int) -> torch.Tensor:
     """``min(count, size)`` indices spread over ``range(size)``: the middle of equal bins."""
     k = min(count, size)
     return ((torch.arange(k, dtype=torch.float64) + 0.5) * size / k).floor().long()
+
+
+def probe_positions(count: int, length: int) -> torch.Tensor:
+    """The token positions probed in a sample of ``length`` tokens: ``evenly_spaced(count, length)``
+    and always position 0, the first token (often an attention sink with the largest activations,
+    which the bin middles would skip whenever ``length > 2 * count``)."""
+    spread = evenly_spaced(count, length)
+    if length == 0 or (spread.numel() and int(spread[0]) == 0):
+        return spread
+    return torch.cat([torch.zeros(1, dtype=spread.dtype), spread])
 
 
 def probes_per_sample(num_samples: int, budget: int = PROBE_TOKENS) -> int:
@@ -117,7 +130,8 @@ Probes = dict[str, dict[int, torch.Tensor]]  # linear name -> global sample inde
 @contextmanager
 def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int],
                   per_sample: int, *, block: torch.nn.Module | None = None) -> Iterator[Probes]:
-    """Keep the input rows of each module at ``evenly_spaced(per_sample, length)`` positions.
+    """Keep the input rows of each module at ``probe_positions(per_sample, length)`` (token 0 of each
+    sample and ``per_sample`` evenly spaced ones).
 
     The k-th forward through the block belongs to global sample ``samples[k]`` (the loop runs its
     samples one at a time, in that order), so the choice depends on the sample and its length
@@ -143,7 +157,7 @@ def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int]
     def rows_of(x: torch.Tensor) -> torch.Tensor:
         if last[0] is not x:
             flat = x.detach().reshape(-1, x.shape[-1])
-            last[0], last[1] = x, flat[evenly_spaced(per_sample, flat.shape[0]).to(flat.device)].clone()
+            last[0], last[1] = x, flat[probe_positions(per_sample, flat.shape[0]).to(flat.device)].clone()
         rows: torch.Tensor = last[1]
         return rows
 

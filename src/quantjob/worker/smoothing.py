@@ -71,6 +71,15 @@ def weight_absmax(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     return columns.clamp(min=WEIGHT_FLOOR)
 
 
+def weight_signed_max(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-input-channel signed ``max W`` over the rows of every weight, at least ``WEIGHT_FLOOR``:
+    what msModelSlim's iter_smooth reduces the consumer weight of ``ov``, ``up-down`` and
+    ``linear-linear`` subgraphs to (``IterSmoothScaleCalculator.compute_smooth_scale`` is handed the
+    raw weight there, ``processor/anti_outlier/iter_smooth/api.py``; ``docs/algorithms.md``)."""
+    columns = torch.stack([w.detach().amax(dim=0).float() for w in weights]).amax(dim=0)
+    return columns.clamp(min=WEIGHT_FLOOR)
+
+
 # --- scales -----------------------------------------------------------------------------------
 
 def smoothing_scales(act: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float,
@@ -214,7 +223,10 @@ class SearchProblem:
         return dequantize_weight(q, step, offset), torch.ones(1, 1)
 
     def error(self, alpha: float, beta: float) -> float:
-        scale = smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR)
+        return self.error_of(smoothing_scales(self.act, self.weight, alpha, beta, WEIGHT_FLOOR))
+
+    def error_of(self, scale: torch.Tensor) -> float:
+        """The relative output error with the per-channel smoothing ``scale`` (float32 ``[d]``)."""
         acts, act_step = self._activations(scale)
         weights, weight_step = self._weights(scale)
         out = (acts @ weights.T).mul_(act_step).mul_(weight_step)

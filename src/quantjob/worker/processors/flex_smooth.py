@@ -7,9 +7,9 @@ alpha on the grid 0, 0.05, ..., 1 with beta = 1 - alpha, phase 2 keeps that alph
 the same grid; the score is the relative output error of the subgraph with both sides
 fake-quantized to int8 (``smoothing.SearchProblem``).
 
-The score is measured on a bounded subset: the probe rows of the activations (about
-``observers.PROBE_TOKENS`` tokens at fixed positions of every calibration sample, gathered from
-all ranks in global sample order) and ``SEARCH_ROWS`` evenly spaced output rows of the consumers.
+The score is measured on the probe rows of the activations (about ``observers.PROBE_TOKENS``
+tokens: token 0 and evenly spaced positions of every calibration sample, gathered from all ranks in
+global sample order) and every output row of the consumers (``SEARCH_ROWS``).
 Every rank then holds the same inputs; the candidates of a round are dealt out over the ranks
 (candidate ``t`` to rank ``t % world_size``), each scored by one deterministic computation, and
 the scores are gathered in candidate order, so every rank picks the same alpha and beta, and the
@@ -53,12 +53,15 @@ from quantjob.worker.smoothing import (
 
 log = logging.getLogger("quantjob.worker")
 
-SEARCH_ROWS = 128  # consumer output rows the search error is measured on (evenly spaced)
+# consumer output rows the search error is measured on (evenly spaced); None: every row, as
+# msModelSlim. Issue 23's table (docs/algorithms.md, bench/flex_data.py): 128 rows changed the chosen
+# (alpha, beta) however many tokens were scored; with every row the excess error stayed under 0.25%.
+SEARCH_ROWS: int | None = None
 LAST = len(SEARCH_GRID) - 1
 
 
 def apply_flex_smooth(entry: FlexSmoothQuant, ctx: LayerContext) -> None:
-    sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude)
+    sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude, entry.ext.sites)
              if consumer_stats(ctx, site) is not None]
     search = entry.alpha is None or entry.beta is None
     activations = gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites]) if search and sites else {}
@@ -102,7 +105,7 @@ def _problem(ctx: LayerContext, site: Subgraph, x: torch.Tensor) -> SearchProble
     stats = consumer_stats(ctx, site)
     assert stats is not None
     weights = consumer_weights(ctx, site)
-    rows = stacked_rows(weights, SEARCH_ROWS)
+    rows = torch.cat(weights) if SEARCH_ROWS is None else stacked_rows(weights, SEARCH_ROWS)
     entry = ctx.config.linear_quant_for(ctx.full_name(site.targets[0])) if ctx.config is not None else None
     return SearchProblem(x, rows, stats, weight_absmax(weights), search_scheme(entry))
 

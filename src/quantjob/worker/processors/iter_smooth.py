@@ -2,8 +2,10 @@
 
 Per selected subgraph (consumers first, ``smoothing_sites.PRIORITY``): the per-channel maximum of
 the activations (``max |x|``; in the asymmetric mode, ``max |x - z|`` around the channel midpoint
-``z``, norm-linear only) and of the consumers' weight columns give ``s = a^alpha / w^(1-alpha)``,
-at least ``scale_min``; the fold divides the producer by ``s`` and multiplies the consumers by it.
+``z``, norm-linear only) and of the consumers' weight columns (``max |W|`` for norm-linear, the
+signed ``max W`` for the other kinds, as msModelSlim) give ``s = a^alpha / w^(1-alpha)``, at least
+``scale_min``, kept in float32 (``docs/algorithms.md``: where this differs from msModelSlim); the fold divides the producer by ``s``
+and multiplies the consumers by it.
 For ``ov`` the scales of the query heads that read one key/value head are averaged. Both maxima
 and the midpoint come from the layer's min/max statistics, reduced exactly over all ranks (one
 ``all_min``), so every world size computes the same scales. Math: ``docs/algorithms.md``.
@@ -29,22 +31,25 @@ from quantjob.worker.smoothing import (
     shifted_absmax,
     smoothing_scales,
     weight_absmax,
+    weight_signed_max,
 )
 
 
 def apply_iter_smooth(entry: IterSmooth, ctx: LayerContext) -> None:
     alpha, beta = entry.alpha, 1.0 - entry.alpha
-    for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude):
+    for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude, entry.ext.sites):
         stats = consumer_stats(ctx, site)
         if stats is None:
             continue
-        weight = weight_absmax(consumer_weights(ctx, site))
+        weights = consumer_weights(ctx, site)
         if site.kind == "norm-linear":
             shift = None if entry.symmetric else act_midpoint(stats)
             act = act_absmax(stats) if shift is None else shifted_absmax(stats, shift)
-            fold_norm_linear(ctx, site, smoothing_scales(act, weight, alpha, beta, entry.scale_min), shift)
+            scales = smoothing_scales(act, weight_absmax(weights), alpha, beta, entry.scale_min)
+            fold_norm_linear(ctx, site, scales, shift)
             continue
-        scales = smoothing_scales(act_absmax(stats), weight, alpha, beta, entry.scale_min)
+        # msModelSlim's ov / up-down / linear-linear reduce the consumer weight to its signed column max
+        scales = smoothing_scales(act_absmax(stats), weight_signed_max(weights), alpha, beta, entry.scale_min)
         if site.kind == "ov":
             assert site.heads is not None
             consumer, source = ov_scales_mean(scales, site.heads)

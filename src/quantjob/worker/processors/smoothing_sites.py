@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from quantjob.api.globs import matches
-from quantjob.worker.adapters import Subgraph
+from quantjob.worker.adapters import Adapter, Subgraph
 from quantjob.worker.added_biases import add_bias, has_bias
 from quantjob.worker.observers import ActivationStats
 from quantjob.worker.processors.context import LayerContext
@@ -33,12 +33,22 @@ from quantjob.worker.smoothing import (
 PRIORITY = {"up-down": 1, "ov": 2, "linear-linear": 3, "norm-linear": 4}
 
 
+def offered_kinds(adapter: Adapter, sites: str) -> tuple[str, ...]:
+    """The subgraph kinds a smoothing entry may work on for ``adapter``'s family: msModelSlim's for
+    the family (``sites: family``, ``Adapter.smoothing_kinds``) or every kind the adapter lists
+    (``sites: all``, quantjob's wider set)."""
+    if sites == "all":
+        return tuple(dict.fromkeys(spec.kind for spec in adapter.subgraph_specs))
+    return adapter.smoothing_kinds
+
+
 def selected_sites(ctx: LayerContext, kinds: Sequence[str], include: Sequence[str],
-                   exclude: Sequence[str]) -> list[Subgraph]:
-    """The layer's subgraphs of an enabled kind whose source (full module name) the patterns select,
-    in processing order."""
+                   exclude: Sequence[str], sites: str = "family") -> list[Subgraph]:
+    """The layer's subgraphs of a kind the family offers (``offered_kinds``) and the entry enables,
+    whose source (full module name) the patterns select, in processing order."""
+    offered = offered_kinds(ctx.adapter, sites)
     chosen = [site for site in ctx.subgraphs
-              if site.kind in kinds and matches(ctx.full_name(site.source), include, exclude)]
+              if site.kind in kinds and site.kind in offered and matches(ctx.full_name(site.source), include, exclude)]
     return sorted(chosen, key=lambda site: PRIORITY[site.kind])
 
 
