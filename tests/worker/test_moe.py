@@ -48,12 +48,32 @@ def starving_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def no_output_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static int8 experts load in no engine today, so the output rules refuse them before any work
+    (``quantjob.api.rules_moe``; ``test_static_experts_are_refused_by_the_output_rules``). The loop's
+    own handling of starved experts under static activations is what these tests check: they take
+    the output rules away so that a run reaches it."""
+    from quantjob.worker import preflight
+
+    monkeypatch.setattr(preflight, "output_problems", lambda *args, **kwargs: [])
+
+
 def _run(model: Path, config: ModelslimConfig, calib: Path, save: Path, saver: Any, **options: Any) -> Any:
     job = WorkerJob(model_path=model, save_path=save, config=config, calib_file=calib, calib_samples=6,
                     max_length=64, **options)
     return run_quantization(job, Group(), CPU, open_saver_fn=saver)
 
 
+def test_static_experts_are_refused_by_the_output_rules(
+        starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
+    with pytest.raises(QuantJobError) as info:
+        _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver)
+    assert "model.layers.1.mlp.experts.0.gate_proj (a routed expert) would be static W8A8" in str(info.value)
+    assert memory_saver.last is None  # refused before a saver was opened
+
+
+@pytest.mark.usefixtures("no_output_rules")
 def test_static_activations_of_a_starved_expert_are_refused_by_name(
         starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
     with pytest.raises(QuantJobError) as info:
@@ -63,6 +83,7 @@ def test_static_activations_of_a_starved_expert_are_refused_by_name(
     assert "--calibrate_all_experts" in message
 
 
+@pytest.mark.usefixtures("no_output_rules")
 def test_calibrate_all_experts_gives_starved_experts_static_scales(
         starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
     summary = _run(starving_model, _config(STATIC), calib_jsonl(6), tmp_path / "out", memory_saver,
@@ -180,6 +201,7 @@ def test_preflight_sees_no_router_and_no_mtp_layer_as_linears(starving_model: Pa
     assert not any(name.endswith("mlp.gate") or name.startswith("model.layers.3.") for name in shapes)
 
 
+@pytest.mark.usefixtures("no_output_rules")
 @pytest.mark.parametrize("mode", ["float", "quantized"])
 def test_resume_of_a_moe_model_reports_the_same_expert_counts(
         mode: str, starving_model: Path, calib_jsonl: Callable[..., Path], memory_saver: Any, tmp_path: Path) -> None:
