@@ -1,4 +1,6 @@
-"""What a QuantJob should be doing, decided from what is observed: one pure function, ``decide``.
+"""What a QuantJob should be doing, decided from what is observed: one pure function, ``decide``,
+which names the observed ``State`` (``observed_state``) and hands it to that state's function
+(``DECIDE``: one short function per state, named for it), then writes the status from its verdict.
 
 An attempt is one Job running the whole group. Its pod failure policy (``builders.pod_failure_policy``)
 ends it at the first failed rank; then, as JobSet's failure policy does for a set of Jobs:
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 from quantjob.api.durations import format_duration
 from quantjob.api.exit_codes import USER_ERRORS
@@ -327,120 +330,230 @@ def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, A
     return {key: value for key, value in progress.items() if value is not None}
 
 
-def decide(observed: Observed) -> Decision:
-    """The status to write and the actions to take, for a QuantJob that passed its review."""
-    prev = dict(observed.status)
-    limits, now, names = observed.limits, observed.now, ChildNames(observed.name)
-    attempts = [dict(entry) for entry in prev.get("attempts") or []]
-    attempt = int(prev.get("attempt") or 1)
-    towards = int(prev.get("restartsCountTowardsMax") or 0)
-    disruptions = int(prev.get("disruptions") or 0)
-    decision = Decision(status={})
-    phase, reason, message = str(prev.get("phase") or "Pending"), str(prev.get("reason") or ""), ""
-    job_status: Mapping[str, Any] = (observed.job or {}).get("status") or {}
-    ready = ready_ranks(observed.job, observed.pods) if observed.job is not None else 0
+class State(str, Enum):
+    """What one look at a QuantJob found; ``decide`` hands each to the function of the same name."""
 
-    def finish(entry: dict[str, Any] | None, outcome: str, text: str) -> None:
-        if entry is not None and not entry.get("outcome"):
-            entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=now)
+    FINISHED = "finished"                  # Succeeded or Failed earlier: only progress is mirrored
+    JOB_VANISHED = "job_vanished"          # the attempt's Job was deleted while the attempt ran
+    VOLUME_REFUSED = "volume_refused"      # a claim the ranks cannot all mount
+    RUNTIME_CLASS_MISSING = "runtime_class_missing"  # the API server would refuse every pod
+    NO_JOB = "no_job"                      # the attempt's Job is to be created
+    JOB_COMPLETE = "job_complete"
+    JOB_FAILED = "job_failed"              # or about to (FailureTarget)
+    JOB_SUSPENDED = "job_suspended"        # waiting in its queue (Kueue)
+    RUNNING = "running"                    # every rank runs (or ran, and the rest finished)
+    STARTING = "starting"                  # not every rank runs yet
 
-    def ended(entry: dict[str, Any], failure: Failure) -> tuple[str, str, str]:
-        """The current attempt ended with ``failure``: fail, or start the next attempt once its pods
-        are gone (or abandoned past the bound), or wait for them."""
-        nonlocal attempt, towards, disruptions
-        phase_, reason_, message_ = _after_failure(failure, attempt, towards, disruptions, limits)
-        if phase_ == "Failed":
-            finish(entry, OUTCOMES[failure.kind], failure.message)
-            return phase_, reason_, message_
-        entry.setdefault("endedTime", now)
-        stopped, note = attempt_stopped(observed.job, observed.pods, now, entry.get("endedTime"))
-        if not stopped:
-            return phase_, reason_, (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for "
-                                     f"its pods to stop before attempt {attempt + 1}")
-        finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
-        if failure.kind == DISRUPTION:
-            disruptions += 1
-        else:
-            towards += 1
-        attempt += 1
-        attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-        decision.create_attempt = attempt
-        text = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}"
-                f"{'; ' + note if note else ''}; started attempt {attempt}, which resumes at the last "
-                "committed layer")
-        decision.events.append(("Warning", "Restarting", text))
-        return phase_, reason_, text
 
-    current = _attempt_entry(attempts, attempt)
-    if phase in TERMINAL_PHASES:
-        pass  # finished: only progress is still mirrored
-    elif observed.job is None and current is not None and current.get("jobCreated") and not current.get("outcome"):
-        # The attempt's Job is gone (deleted by hand, or by a garbage collector): never create it again
-        # under its name while its pods may still run; the next attempt gets a new name.
-        phase, reason, message = ended(current, Failure(FAILURE, f"Job {names.job(attempt)} was deleted while "
-                                                                 "the attempt ran"))
-    elif observed.job is None and observed.volume_error:
-        phase, reason, message = "Failed", "VolumeAccessMode", observed.volume_error
-    elif observed.job is None:
-        if observed.missing_runtime_class:
-            phase, reason = "Pending", "RuntimeClassNotFound"
-            message = (f"RuntimeClass {observed.missing_runtime_class!r} (operator setting "
-                       "QUANTJOB_NPU_RUNTIME_CLASS) does not exist, so the API server would refuse every pod; "
-                       "create it, or set the setting to '' where Ascend's runtime is the default runtime "
-                       "(MindCluster)")
-        else:
-            if current is None:
-                attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-            decision.create_attempt = attempt
-            phase, reason, message = "Pending", "Creating", f"creating Job {names.job(attempt)}"
-    else:
-        entry = current
-        if entry is None:  # the status was lost; the Job is the truth
-            entry = {"attempt": attempt, "job": names.job(attempt), "startTime": now}
-            attempts.append(entry)
+class Verdict(NamedTuple):
+    phase: str
+    reason: str
+    message: str  # "" keeps the previous status message
+
+
+@dataclass
+class _Step:
+    """What ``decide`` works on: the observation, and the attempt counters a state may advance."""
+
+    observed: Observed
+    attempts: list[dict[str, Any]]
+    attempt: int
+    towards: int        # restarts that count towards maxRestarts
+    disruptions: int
+    ready: int
+    decision: Decision = field(default_factory=lambda: Decision(status={}))
+
+    @classmethod
+    def of(cls, observed: Observed) -> _Step:
+        prev = observed.status
+        return cls(observed=observed, attempts=[dict(entry) for entry in prev.get("attempts") or []],
+                   attempt=int(prev.get("attempt") or 1), towards=int(prev.get("restartsCountTowardsMax") or 0),
+                   disruptions=int(prev.get("disruptions") or 0),
+                   ready=ready_ranks(observed.job, observed.pods) if observed.job is not None else 0)
+
+    @property
+    def names(self) -> ChildNames:
+        return ChildNames(self.observed.name)
+
+    @property
+    def job_status(self) -> Mapping[str, Any]:
+        return (self.observed.job or {}).get("status") or {}
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The current attempt's entry in ``status.attempts``; None when the status does not have it."""
+        return _attempt_entry(self.attempts, self.attempt)
+
+    def add_entry(self) -> dict[str, Any]:
+        """A new entry in ``status.attempts`` for the current attempt, starting now."""
+        entry = {"attempt": self.attempt, "job": self.names.job(self.attempt), "startTime": self.observed.now}
+        self.attempts.append(entry)
+        return entry
+
+    def job_entry(self) -> dict[str, Any]:
+        """The current attempt's entry once its Job exists (made again when the status was lost: the
+        Job is the truth)."""
+        entry = self.current or self.add_entry()
         entry["jobCreated"] = True
-        complete = job_condition(job_status, "SuccessCriteriaMet", "Complete")
-        failed = job_condition(job_status, "Failed", "FailureTarget")
-        suspended = job_condition(job_status, "Suspended")
-        if complete:
-            phase, reason, message = "Succeeded", "Completed", f"all {limits.world_size} rank(s) finished"
-            finish(entry, "Succeeded", message)
-        elif failed:
-            phase, reason, message = ended(entry, classify_failure(observed.job, observed.pods))
-        elif suspended:
-            phase, reason = "Pending", "Suspended"
-            message = str(suspended.get("message") or "the Job is suspended (waiting in its queue)")
-        else:
-            if ready >= limits.world_size or (entry.get("readyTime") and ready > 0):
-                phase, reason = "Running", "Running"
-                message = f"{ready} of {limits.world_size} rank(s) running"
-                entry.setdefault("readyTime", now)
-            else:
-                phase = "Pending"
-                reason, message = pending_reason(observed)
-                started = job_status.get("startTime") or entry.get("startTime")
-                waited = seconds_between(started, now)
-                if not entry.get("readyTime") and waited is not None and waited > limits.startup_timeout_s:
-                    phase, reason = "Failed", "StartupTimeout"
-                    message = (f"not every rank ran within startupTimeoutSeconds ({limits.startup_timeout_s}s) "
-                               f"of attempt {attempt}; last reason: {message}")
-                    finish(entry, "StartupTimeout", message)
-                    decision.delete_job = names.job(attempt)  # free the devices a partial group holds
+        return entry
 
-    progress = _progress(observed, attempts)
-    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(attempts) - MAX_ATTEMPTS_KEPT, 0)
-    attempts = attempts[-MAX_ATTEMPTS_KEPT:]
+    def finish(self, entry: dict[str, Any] | None, outcome: str, text: str) -> None:
+        if entry is not None and not entry.get("outcome"):
+            entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=self.observed.now)
+
+
+def observed_state(observed: Observed) -> State:
+    """Which of the states ``decide`` knows the observation is in (first match wins)."""
+    step = _Step.of(observed)
+    current, job_status = step.current, step.job_status
+    if str(observed.status.get("phase") or "Pending") in TERMINAL_PHASES:
+        return State.FINISHED
+    if observed.job is None:
+        if current is not None and current.get("jobCreated") and not current.get("outcome"):
+            return State.JOB_VANISHED
+        if observed.volume_error:
+            return State.VOLUME_REFUSED
+        return State.RUNTIME_CLASS_MISSING if observed.missing_runtime_class else State.NO_JOB
+    if job_condition(job_status, "SuccessCriteriaMet", "Complete"):
+        return State.JOB_COMPLETE
+    if job_condition(job_status, "Failed", "FailureTarget"):
+        return State.JOB_FAILED
+    if job_condition(job_status, "Suspended"):
+        return State.JOB_SUSPENDED
+    ran = bool((current or {}).get("readyTime")) and step.ready > 0
+    return State.RUNNING if step.ready >= observed.limits.world_size or ran else State.STARTING
+
+
+def finished(step: _Step) -> Verdict:
+    prev = step.observed.status
+    return Verdict(str(prev.get("phase")), str(prev.get("reason") or ""), "")
+
+
+def job_vanished(step: _Step) -> Verdict:
+    """Never create the Job again under its name while its pods may still run: the attempt ended, and
+    the next one gets a new name."""
+    failure = Failure(FAILURE, f"Job {step.names.job(step.attempt)} was deleted while the attempt ran")
+    return attempt_ended(step, step.job_entry(), failure)
+
+
+def volume_refused(step: _Step) -> Verdict:
+    return Verdict("Failed", "VolumeAccessMode", step.observed.volume_error or "")
+
+
+def runtime_class_missing(step: _Step) -> Verdict:
+    return Verdict("Pending", "RuntimeClassNotFound", (
+        f"RuntimeClass {step.observed.missing_runtime_class!r} (operator setting QUANTJOB_NPU_RUNTIME_CLASS) "
+        "does not exist, so the API server would refuse every pod; create it, or set the setting to '' where "
+        "Ascend's runtime is the default runtime (MindCluster)"))
+
+
+def no_job(step: _Step) -> Verdict:
+    if step.current is None:
+        step.add_entry()
+    step.decision.create_attempt = step.attempt
+    return Verdict("Pending", "Creating", f"creating Job {step.names.job(step.attempt)}")
+
+
+def job_complete(step: _Step) -> Verdict:
+    message = f"all {step.observed.limits.world_size} rank(s) finished"
+    step.finish(step.job_entry(), "Succeeded", message)
+    return Verdict("Succeeded", "Completed", message)
+
+
+def job_failed(step: _Step) -> Verdict:
+    entry = step.job_entry()
+    return attempt_ended(step, entry, classify_failure(step.observed.job or {}, step.observed.pods))
+
+
+def job_suspended(step: _Step) -> Verdict:
+    step.job_entry()
+    suspended = job_condition(step.job_status, "Suspended") or {}
+    return Verdict("Pending", "Suspended", str(suspended.get("message") or "the Job is suspended (waiting in its queue)"))
+
+
+def running(step: _Step) -> Verdict:
+    step.job_entry().setdefault("readyTime", step.observed.now)
+    return Verdict("Running", "Running", f"{step.ready} of {step.observed.limits.world_size} rank(s) running")
+
+
+def starting(step: _Step) -> Verdict:
+    """Not every rank runs yet: say why, and fail a group that never fully started within
+    ``startupTimeoutSeconds`` (deleting its Job frees the devices a partial group holds)."""
+    entry, limits, now = step.job_entry(), step.observed.limits, step.observed.now
+    reason, message = pending_reason(step.observed)
+    waited = seconds_between(step.job_status.get("startTime") or entry.get("startTime"), now)
+    if entry.get("readyTime") or waited is None or waited <= limits.startup_timeout_s:
+        return Verdict("Pending", reason, message)
+    message = (f"not every rank ran within startupTimeoutSeconds ({limits.startup_timeout_s}s) of attempt "
+               f"{step.attempt}; last reason: {message}")
+    step.finish(entry, "StartupTimeout", message)
+    step.decision.delete_job = step.names.job(step.attempt)
+    return Verdict("Failed", "StartupTimeout", message)
+
+
+def attempt_ended(step: _Step, entry: dict[str, Any], failure: Failure) -> Verdict:
+    """The current attempt ended with ``failure``: fail, or start the next attempt once its pods are
+    gone (or abandoned past the bound), or wait for them."""
+    verdict = _after_failure(failure, step.attempt, step.towards, step.disruptions, step.observed.limits)
+    if verdict.phase == "Failed":
+        step.finish(entry, OUTCOMES[failure.kind], failure.message)
+        return verdict
+    observed, attempt = step.observed, step.attempt
+    entry.setdefault("endedTime", observed.now)
+    stopped, note = attempt_stopped(observed.job, observed.pods, observed.now, entry.get("endedTime"))
+    if not stopped:
+        return verdict._replace(message=f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting "
+                                        f"for its pods to stop before attempt {attempt + 1}")
+    step.finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
+    if failure.kind == DISRUPTION:
+        step.disruptions += 1
+    else:
+        step.towards += 1
+    step.attempt += 1
+    step.add_entry()
+    step.decision.create_attempt = step.attempt
+    text = (f"attempt {attempt} ended ({failure.kind}): {failure.message}{'; ' + note if note else ''}; "
+            f"started attempt {attempt + 1}, which resumes at the last committed layer")
+    step.decision.events.append(("Warning", "Restarting", text))
+    return verdict._replace(message=text)
+
+
+DECIDE: dict[State, Callable[[_Step], Verdict]] = {
+    State.FINISHED: finished, State.JOB_VANISHED: job_vanished, State.VOLUME_REFUSED: volume_refused,
+    State.RUNTIME_CLASS_MISSING: runtime_class_missing, State.NO_JOB: no_job, State.JOB_COMPLETE: job_complete,
+    State.JOB_FAILED: job_failed, State.JOB_SUSPENDED: job_suspended, State.RUNNING: running,
+    State.STARTING: starting,
+}
+
+
+def decide(observed: Observed) -> Decision:
+    """The status to write and the actions to take, for a QuantJob that passed its review: the
+    function of the observed state (``DECIDE``) moves the attempt on, then the status is written from
+    the verdict."""
+    step = _Step.of(observed)
+    verdict = DECIDE[observed_state(observed)](step)
+    step.decision.status = _status(step, verdict)
+    _phase_event(step, verdict)
+    return step.decision
+
+
+def _status(step: _Step, verdict: Verdict) -> dict[str, Any]:
+    """``status`` after ``verdict``: counters, the latest attempts, readiness, progress, conditions;
+    a QuantJob that finished earlier keeps what was decided then and refreshes progress only."""
+    prev, limits, now, job_status = step.observed.status, step.observed.limits, step.observed.now, step.job_status
+    phase, reason, message = verdict
+    progress = _progress(step.observed, step.attempts)
+    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(step.attempts) - MAX_ATTEMPTS_KEPT, 0)
+    ready = 0 if step.decision.create_attempt is not None else step.ready  # a new attempt's Job has no pods yet
     status: dict[str, Any] = {
         "phase": phase, "reason": reason, "message": message[:MAX_MESSAGE] if message else prev.get("message"),
-        "job": names.job(attempt), "attempt": attempt, "restarts": towards + disruptions,
-        "restartsCountTowardsMax": towards, "disruptions": disruptions, "attempts": attempts,
+        "job": step.names.job(step.attempt), "attempt": step.attempt, "restarts": step.towards + step.disruptions,
+        "restartsCountTowardsMax": step.towards, "disruptions": step.disruptions,
+        "attempts": step.attempts[-MAX_ATTEMPTS_KEPT:],
     }
     if omitted:
         status["attemptsOmitted"] = omitted
-    if decision.create_attempt is not None:
-        ready = 0  # the new attempt's Job has no pods yet
-    status["ready"] = ready
-    status["readySummary"] = f"{ready}/{limits.world_size}"
+    status["ready"], status["readySummary"] = ready, f"{ready}/{limits.world_size}"
     if progress is not None:
         status["progress"] = progress
     if job_status.get("startTime") and not prev.get("startTime"):
@@ -449,32 +562,38 @@ def decide(observed: Observed) -> Decision:
         status["completionTime"] = job_status.get("completionTime") or now
     status["conditions"] = _conditions(prev, phase, reason, message, job_status, ready, limits, now)
     if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
-        # finished earlier: keep what was decided then, refresh progress only
-        status = {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
-    elif (phase, reason) != (prev.get("phase"), prev.get("reason")) and reason not in ("Creating", "Starting"):
-        kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
-            else "Normal"
-        if reason != "Restarting" or not decision.events:
-            decision.events.append((kind, reason, message or phase))
-    decision.status = status
-    return decision
+        return {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
+    return status
+
+
+def _phase_event(step: _Step, verdict: Verdict) -> None:
+    """An event for a new (phase, reason), but for the routine ones and a restart already announced."""
+    prev, (phase, reason, message) = step.observed.status, verdict
+    if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
+        return
+    if (phase, reason) == (prev.get("phase"), prev.get("reason")) or reason in ("Creating", "Starting"):
+        return
+    kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
+        else "Normal"
+    if reason != "Restarting" or not step.decision.events:
+        step.decision.events.append((kind, reason, message or phase))
 
 
 def _after_failure(failure: Failure, attempt: int, towards: int, disruptions: int,
-                   limits: Limits) -> tuple[str, str, str]:
-    """(phase, reason, message) once attempt ``attempt`` failed with ``failure``."""
+                   limits: Limits) -> Verdict:
+    """The verdict once attempt ``attempt`` failed with ``failure``: final, or a restart."""
     if failure.kind == USER_ERROR:
-        return "Failed", "UserError", failure.message
+        return Verdict("Failed", "UserError", failure.message)
     if failure.kind == DEADLINE:
-        return "Failed", "DeadlineExceeded", (f"attempt {attempt} ran longer than activeDeadlineSeconds "
-                                              f"({limits.active_deadline_s}s): {failure.message}")
+        return Verdict("Failed", "DeadlineExceeded", f"attempt {attempt} ran longer than activeDeadlineSeconds "
+                                                     f"({limits.active_deadline_s}s): {failure.message}")
     if failure.kind == DISRUPTION and disruptions >= limits.max_disruptions:
-        return "Failed", "DisruptionsExhausted", (f"{disruptions + 1} disruption(s), maxDisruptions is "
-                                                  f"{limits.max_disruptions}; last: {failure.message}")
+        return Verdict("Failed", "DisruptionsExhausted", f"{disruptions + 1} disruption(s), maxDisruptions is "
+                                                         f"{limits.max_disruptions}; last: {failure.message}")
     if failure.kind == FAILURE and towards >= limits.max_restarts:
-        return "Failed", "RestartsExhausted", (f"attempt {attempt} failed after {towards} restart(s) "
-                                               f"(maxRestarts {limits.max_restarts}): {failure.message}")
-    return "Pending", "Restarting", ""
+        return Verdict("Failed", "RestartsExhausted", f"attempt {attempt} failed after {towards} restart(s) "
+                                                      f"(maxRestarts {limits.max_restarts}): {failure.message}")
+    return Verdict("Pending", "Restarting", "")
 
 
 def _conditions(prev: Mapping[str, Any], phase: str, reason: str, message: str, job_status: Mapping[str, Any],
