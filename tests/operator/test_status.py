@@ -1,20 +1,13 @@
-"""What a QuantJob should do, from what is observed: ``lifecycle.decide`` and its helpers (pure)."""
+"""What a QuantJob should do, from what is observed: ``lifecycle.decide`` and what it reads of the
+observation (``observation``), all pure."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from quantjob.api.problems import Problem
-from quantjob.operator.lifecycle import (
-    DECIDE,
-    Limits,
-    Observed,
-    State,
-    classify_failure,
-    decide,
-    observed_state,
-    pending_reason,
-)
+from quantjob.operator.lifecycle import DECIDE, State, decide, observed_state
+from quantjob.operator.observation import Limits, Observed, classify_failure, pending_reason
 from quantjob.operator.status import (
     changed,
     invalid_status,

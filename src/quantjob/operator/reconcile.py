@@ -32,7 +32,8 @@ from quantjob.operator.builders import (
     build_setup,
     owner_reference,
 )
-from quantjob.operator.lifecycle import Limits, Observed, decide
+from quantjob.operator.lifecycle import decide
+from quantjob.operator.observation import Limits, Observed
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import Settings
 from quantjob.operator.status import (
