@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from quantjob.api.problems import Problem
-from quantjob.operator.lifecycle import Limits, Observed, decide
+from quantjob.operator.lifecycle import decide
+from quantjob.operator.observation import Limits, Observed
 from quantjob.operator.status import invalid_status
 from quantjob.worker.progress_k8s import PROGRESS_KEY, KubernetesProgress
 

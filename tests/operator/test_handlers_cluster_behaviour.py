@@ -163,9 +163,9 @@ async def test_a_rank_stuck_terminating_is_abandoned_after_the_bound(cluster: An
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """26.6: rank 1's node is unreachable: its pod never leaves Terminating and the Job stays at
     FailureTarget; past the bound (shortened here) the next attempt starts and says why."""
-    from quantjob.operator import lifecycle
+    from quantjob.operator import observation
 
-    monkeypatch.setattr(lifecycle, "TERMINATING_BOUND_S", 2)
+    monkeypatch.setattr(observation, "TERMINATING_BOUND_S", 2)
     async with start_operator():
         await create_quantjob(cluster, quantjob_manifest(count=2))
         await eventually(lambda: stored(cluster, JOBS, "qwen2-w8a8-a1"))

@@ -1,17 +1,13 @@
-"""What a QuantJob should do, from what is observed: ``lifecycle.decide`` and its helpers (pure)."""
+"""What a QuantJob should do, from what is observed: ``lifecycle.decide`` and what it reads of the
+observation (``observation``), all pure."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from quantjob.api.problems import Problem
-from quantjob.operator.lifecycle import (
-    Limits,
-    Observed,
-    classify_failure,
-    decide,
-    pending_reason,
-)
+from quantjob.operator.lifecycle import DECIDE, State, decide, observed_state
+from quantjob.operator.observation import Limits, Observed, classify_failure, pending_reason
 from quantjob.operator.status import (
     changed,
     invalid_status,
@@ -55,6 +51,31 @@ def test_first_look_creates_attempt_one() -> None:
     assert decision.status["phase"] == "Pending" and decision.status["reason"] == "Creating"
     assert decision.status["attempts"] == [{"attempt": 1, "job": "q-a1", "startTime": T1}]
     assert decision.status["readySummary"] == "0/2"
+
+
+def test_each_observed_state_has_one_function_named_for_it() -> None:
+    assert set(DECIDE) == set(State)
+    assert {state.value: function.__name__ for state, function in DECIDE.items()} == \
+        {state.value: state.value for state in State}
+
+
+def test_observed_state_names_what_was_seen() -> None:
+    created = [{"attempt": 1, "job": "q-a1", "startTime": T0, "jobCreated": True}]
+    running = {"phase": "Running", "attempt": 1, "attempts": [{**created[0], "readyTime": T0}]}
+    seen = {
+        State.FINISHED: observe(status={"phase": "Succeeded", "attempt": 1}),
+        State.JOB_VANISHED: observe(status={"phase": "Pending", "attempt": 1, "attempts": created}),
+        State.VOLUME_REFUSED: observe(volume_error="claim data is ReadWriteOnce"),
+        State.RUNTIME_CLASS_MISSING: observe(missing_runtime_class="ascend"),
+        State.NO_JOB: observe(status={}),
+        State.JOB_COMPLETE: observe(job=job(conditions=[cond("Complete")])),
+        State.JOB_FAILED: observe(job=job(conditions=[cond("FailureTarget", "PodFailurePolicy")])),
+        State.JOB_SUSPENDED: observe(job=job(conditions=[cond("Suspended")])),
+        State.RUNNING: observe(status=running, job=job(active=2, ready=1)),  # it ran; ranks finish one by one
+        State.STARTING: observe(job=job(active=2, ready=1)),
+    }
+    assert {state: observed_state(observed) for state, observed in seen.items()} == {state: state for state in seen}
+    assert set(seen) == set(State)
 
 
 def test_missing_runtime_class_creates_nothing() -> None:

@@ -457,12 +457,13 @@ def build_job(job: QuantJob, resolution: Resolution, settings: Settings, namespa
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def build_pod_group(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
-                    attempt: int = 1) -> Manifest | None:
+def build_attempt_pod_group(job: QuantJob, resolution: Resolution, settings: Settings, namespace: str | None,
+                            attempt: int = 1) -> Manifest | None:
+    """Attempt ``attempt``'s PodGroup, named and labelled as its child (None without gang scheduling)."""
     name = job.metadata["name"]
     group = ChildNames(name).pod_group(attempt)
-    return gang.build_pod_group(job, group, resolution.world_size, settings,
-                                _metadata(group, name, namespace, **{LABEL_ATTEMPT: str(attempt)}))
+    return gang.build_scheduler_pod_group(job, resolution.world_size, settings,
+                                          _metadata(group, name, namespace, **{LABEL_ATTEMPT: str(attempt)}))
 
 
 def build_setup(job: QuantJob, resolution: Resolution, settings: Settings,
@@ -482,7 +483,7 @@ def build_attempt(job: QuantJob, resolution: Resolution, settings: Settings, nam
                   attempt: int = 1) -> list[Manifest]:
     """An attempt's own children: its PodGroup (with gang scheduling), then its Job."""
     namespace = namespace or job.metadata.get("namespace")
-    group = build_pod_group(job, resolution, settings, namespace, attempt)
+    group = build_attempt_pod_group(job, resolution, settings, namespace, attempt)
     return [*([group] if group else []), build_job(job, resolution, settings, namespace, attempt)]
 
 

@@ -45,8 +45,10 @@ def gang_problems(job: QuantJob, settings: Settings, overlay_scheduler: str | No
     return problems
 
 
-def build_pod_group(job: QuantJob, name: str, world_size: int, settings: Settings,
-                    metadata: dict[str, Any]) -> dict[str, Any] | None:
+def build_scheduler_pod_group(job: QuantJob, world_size: int, settings: Settings,
+                              metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The PodGroup object of the gang scheduler in use (Volcano's or coscheduling's), with ``metadata``
+    as given; None without gang scheduling."""
     gang = gang_of(job, settings)
     if gang == "volcano":
         spec: dict[str, Any] = {"minMember": world_size}

@@ -1,4 +1,6 @@
-"""What a QuantJob should be doing, decided from what is observed: one pure function, ``decide``.
+"""What a QuantJob should be doing, decided from what is observed: one pure function, ``decide``,
+which names the observed ``State`` (``observed_state``) and hands it to that state's function
+(``DECIDE``: one short function per state, named for it), then writes the status from its verdict.
 
 An attempt is one Job running the whole group. Its pod failure policy (``builders.pod_failure_policy``)
 ends it at the first failed rank; then, as JobSet's failure policy does for a set of Jobs:
@@ -22,74 +24,39 @@ attempt runs (``Job.status.ready``), Succeeded, Failed (with a reason).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 from quantjob.api.durations import format_duration
-from quantjob.api.exit_codes import USER_ERRORS
-from quantjob.operator.builders import (
-    RULE_DISRUPTION,
-    RULE_FAILURE,
-    RULE_USER_ERROR,
-    ChildNames,
+from quantjob.operator.builders import ChildNames
+from quantjob.operator.observation import (
+    DEADLINE,
+    DISRUPTION,
+    FAILURE,
+    USER_ERROR,
+    Failure,
+    Limits,
+    Observed,
+    attempt_stopped,
+    classify_failure,
+    pending_reason,
+    ready_ranks,
 )
 from quantjob.operator.status import (
     MAX_MESSAGE,
     TERMINAL_PHASES,
     job_condition,
-    parse_time,
-    pod_failure_message,
-    pod_index,
     seconds_between,
     set_condition,
-    terminated_codes,
 )
 
-USER_ERROR, DISRUPTION, FAILURE, DEADLINE = "UserError", "Disruption", "Failure", "DeadlineExceeded"
-_RULE_KINDS = {RULE_USER_ERROR: USER_ERROR, RULE_DISRUPTION: DISRUPTION, RULE_FAILURE: FAILURE}
 OUTCOMES = {USER_ERROR: "UserError", DISRUPTION: "Disrupted", FAILURE: "Failed", DEADLINE: "DeadlineExceeded"}
-_RULE_INDEX = re.compile(r"rule at index (\d+)")
-_POD_IN_MESSAGE = re.compile(r"[Pp]od ([-a-z0-9.]+)/([-a-z0-9.]+)")
 
-# Waiting reasons of a container that keep a rank from starting, most telling first.
-_WAITING_REASONS = ("InvalidImageName", "ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff",
-                    "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-_EVENT_REASONS = ("FailedMount", "FailedAttachVolume", "FailedScheduling")
-# How long after its deletion a pod that never ends (its node unreachable) holds up the next attempt.
-# Kubernetes' own node controller waits 300 s (the default not-ready/unreachable tolerations) before it
-# even evicts such a pod; twice that leaves the grace period and a slow kubelet their time.
-TERMINATING_BOUND_S = 600
 # status.attempts keeps the latest attempts only (a QuantJob with maxDisruptions in the thousands must
 # not outgrow an object); status.attempt is their count and attemptsOmitted how many were dropped.
 MAX_ATTEMPTS_KEPT = 10
-
-
-@dataclass(frozen=True)
-class Limits:
-    world_size: int
-    max_restarts: int
-    max_disruptions: int
-    startup_timeout_s: int
-    active_deadline_s: int
-
-
-@dataclass
-class Observed:
-    """One look at the cluster for one QuantJob (the reconciler fills it)."""
-
-    name: str
-    status: Mapping[str, Any]
-    limits: Limits
-    now: str
-    job: Mapping[str, Any] | None = None          # the current attempt's Job
-    pods: Sequence[Mapping[str, Any]] = ()        # the current attempt's pods
-    job_events: Sequence[Mapping[str, Any]] = ()  # events about that Job
-    pod_events: Sequence[Mapping[str, Any]] = ()  # events about its pods
-    missing_runtime_class: str | None = None      # the configured RuntimeClass, when it does not exist
-    progress: Mapping[str, Any] | None = None     # the worker's progress ConfigMap, parsed
-    volume_error: str | None = None               # a claim the ranks cannot all mount (claims.py)
 
 
 @dataclass
@@ -98,186 +65,6 @@ class Decision:
     create_attempt: int | None = None   # create this attempt's PodGroup and Job
     delete_job: str | None = None       # stop a Job (a group that never fully started)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-
-
-@dataclass(frozen=True)
-class Failure:
-    kind: str
-    message: str
-
-
-def classify_failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Failure:
-    """Why an attempt's Job failed: the matched pod failure policy rule, else the pods themselves."""
-    job_status = job.get("status") or {}
-    condition = job_condition(job_status, "Failed", "FailureTarget") or {}
-    reason, message = str(condition.get("reason") or ""), str(condition.get("message") or "")
-    culprit = _POD_IN_MESSAGE.search(message)
-    prefer = culprit.group(2) if culprit else None
-    kind: str | None = DEADLINE if reason == "DeadlineExceeded" else None
-    disrupted = [pod for pod in pods if _disrupted(pod)]
-    if kind is None and disrupted:
-        # The Job controller names the first pod it matched; when one rank is drained or preempted its
-        # peers exit non-zero at once (a lost collective), and may be matched first.
-        kind = DISRUPTION
-        prefer = (disrupted[0].get("metadata") or {}).get("name")
-    if kind is None and reason == "PodFailurePolicy":
-        rule = _RULE_INDEX.search(message)
-        kind = _RULE_KINDS.get(int(rule.group(1))) if rule else None
-    if kind is None:
-        kind = USER_ERROR if any(code in USER_ERRORS for pod in pods for code in terminated_codes(pod)) else FAILURE
-    codes = USER_ERRORS if kind == USER_ERROR else None
-    text = pod_failure_message(pods, prefer=prefer, codes=codes) or pod_failure_message(pods, prefer=prefer)
-    if kind == DISRUPTION and disrupted:
-        condition = next(c for c in (disrupted[0].get("status") or {}).get("conditions") or []
-                         if c.get("type") == "DisruptionTarget")
-        text = (f"{_rank(disrupted[0])} was disrupted ({condition.get('reason') or 'DisruptionTarget'}"
-                f"{': ' + str(condition['message']) if condition.get('message') else ''})")
-    return Failure(kind, text or message or reason or "the Job failed")
-
-
-def _disrupted(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def _ended(pod: Mapping[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
-def attempt_stopped(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: str,
-                    since: str | None) -> tuple[bool, str]:
-    """Whether the next attempt may start: every pod of this one has ended or is gone. A pod still
-    Terminating ``TERMINATING_BOUND_S`` after its deletion (its node unreachable: the kubelet never
-    confirms) is abandoned, and the note says which; ``since`` is when the attempt was seen to end,
-    the start of the bound for pods not yet marked for deletion."""
-    job_status = (job or {}).get("status") or {}
-    if job is not None and job_condition(job_status, "Failed", "FailureTarget") is None:
-        return False, ""
-    running = [pod for pod in pods if not _ended(pod)]
-    counted = int(job_status.get("active") or 0) + int(job_status.get("terminating") or 0)
-    settled = job is None or job_condition(job_status, "Failed") is not None
-    if not running and (settled and not counted):
-        return True, ""
-    stuck: list[str] = []
-    for pod in running:
-        began = (pod.get("metadata") or {}).get("deletionTimestamp") or since
-        waited = seconds_between(began, now)
-        if waited is None or waited <= TERMINATING_BOUND_S:
-            return False, ""
-        node = (pod.get("spec") or {}).get("nodeName")
-        stuck.append(f"{_rank(pod)}{f' on node {node}' if node else ''} still terminating since {began}")
-    if not stuck:  # the Job counts pods not listed yet
-        waited = seconds_between(since, now)
-        if waited is None or waited <= TERMINATING_BOUND_S:
-            return False, ""
-        stuck.append(f"{counted} pod(s) the Job still counts")
-    return True, (f"abandoned after {TERMINATING_BOUND_S}s: {'; '.join(stuck)} (an unreachable node never "
-                  "confirms; its rank cannot reach the new attempt's rendezvous, and the output lock stops it "
-                  "writing alongside the new group)")
-
-
-def pods_stopped(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
-    """Every pod of a failed attempt has ended (Kubernetes sets ``Failed`` after terminating them)."""
-    job_status = job.get("status") or {}
-    if job_condition(job_status, "Failed") is None:
-        return False
-    if int(job_status.get("active") or 0) or int(job_status.get("terminating") or 0):
-        return False
-    return all(_ended(pod) for pod in pods)
-
-
-def ready_ranks(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
-    job_status = job.get("status") or {}
-    if job_status.get("ready") is not None:
-        return int(job_status["ready"])
-    return sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Running")
-
-
-def _rank(pod: Mapping[str, Any]) -> str:
-    index = pod_index(pod)
-    name = (pod.get("metadata") or {}).get("name")
-    return f"rank {index} (pod {name})" if index is not None else f"pod {name}"
-
-
-def _index_or_last(pod: Mapping[str, Any]) -> int:
-    index = pod_index(pod)
-    return index if index is not None else 1 << 30
-
-
-def _event_time(event: Mapping[str, Any]) -> str | None:
-    series = event.get("series") or {}
-    return (event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime")
-            or event.get("firstTimestamp") or (event.get("metadata") or {}).get("creationTimestamp"))
-
-
-def _current(event: Mapping[str, Any], obj: Mapping[str, Any] | None, since: str | None) -> bool:
-    """An event about ``obj`` as it is now: not about an earlier object of the same name (uid), and
-    not older than ``since`` (the attempt's start). Events live about an hour, so without this an
-    earlier QuantJob's or attempt's troubles would be reported as today's."""
-    uid = ((obj or {}).get("metadata") or {}).get("uid")
-    about = (event.get("involvedObject") or {}).get("uid")
-    if uid and about and uid != about:
-        return False
-    at, start = parse_time(_event_time(event)), parse_time(since)
-    return at is None or start is None or at >= start
-
-
-def _scheduled(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    return bool((pod.get("spec") or {}).get("nodeName")) or any(
-        c.get("type") == "PodScheduled" and c.get("status") == "True" for c in status.get("conditions") or [])
-
-
-def _superseded(event: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
-    """Whether the pod's current state answers the event: scheduled since a FailedScheduling, its
-    containers started since a FailedMount or FailedAttachVolume."""
-    if event.get("reason") == "FailedScheduling":
-        return _scheduled(pod)
-    return (pod.get("status") or {}).get("phase") not in (None, "Pending")
-
-
-def attempt_start(observed: Observed) -> str | None:
-    """When the current attempt began: its Job's creation, else the operator's record of it."""
-    created = ((observed.job or {}).get("metadata") or {}).get("creationTimestamp")
-    attempt = int(observed.status.get("attempt") or 1)
-    entry: Mapping[str, Any] = next((item for item in observed.status.get("attempts") or []
-                                     if item.get("attempt") == attempt), {})
-    return created or entry.get("startTime")
-
-
-def pending_reason(observed: Observed) -> tuple[str, str]:
-    """Why not every rank runs yet, from the pods' conditions and statuses and from events newer than
-    the attempt that the pods' current state has not answered."""
-    since = attempt_start(observed)
-    job_status = (observed.job or {}).get("status") or {}
-    made = max(len(observed.pods), sum(int(job_status.get(key) or 0) for key in ("active", "succeeded", "failed")))
-    if made < observed.limits.world_size:  # a FailedCreate is answered once every pod exists
-        for event in sorted(observed.job_events, key=lambda e: _event_time(e) or "", reverse=True):
-            if event.get("reason") == "FailedCreate" and _current(event, observed.job, since):
-                return "FailedCreate", str(event.get("message") or "")
-    found: list[tuple[int, str, str]] = []
-    for pod in sorted(observed.pods, key=_index_or_last):
-        status = pod.get("status") or {}
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                message = str(condition.get("message") or condition.get("reason") or "")
-                reason = "PersistentVolumeClaimPending" if "persistentvolumeclaim" in message.lower() else \
-                    str(condition.get("reason") or "Unschedulable")
-                found.append((0, reason, f"{_rank(pod)}: {message}"))
-        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _WAITING_REASONS:
-                found.append((1, str(waiting["reason"]), f"{_rank(pod)}: {waiting.get('message') or waiting['reason']}"))
-    pods_by_name = {(p.get("metadata") or {}).get("name"): p for p in observed.pods}
-    for event in sorted(observed.pod_events, key=lambda e: _event_time(e) or "", reverse=True):
-        subject = pods_by_name.get((event.get("involvedObject") or {}).get("name"))
-        if event.get("reason") in _EVENT_REASONS and subject is not None and _current(event, subject, since) \
-                and not _superseded(event, subject):
-            found.append((2, str(event["reason"]), f"{_rank(subject)}: {event.get('message') or ''}"))
-    if found:
-        return min(found, key=lambda item: item[0])[1:]
-    ready = ready_ranks(observed.job or {}, observed.pods)
-    return "Starting", f"{ready} of {observed.limits.world_size} rank(s) running"
 
 
 def _attempt_entry(attempts: list[dict[str, Any]], attempt: int) -> dict[str, Any] | None:
@@ -327,120 +114,230 @@ def _progress(observed: Observed, attempts: list[dict[str, Any]]) -> dict[str, A
     return {key: value for key, value in progress.items() if value is not None}
 
 
-def decide(observed: Observed) -> Decision:
-    """The status to write and the actions to take, for a QuantJob that passed its review."""
-    prev = dict(observed.status)
-    limits, now, names = observed.limits, observed.now, ChildNames(observed.name)
-    attempts = [dict(entry) for entry in prev.get("attempts") or []]
-    attempt = int(prev.get("attempt") or 1)
-    towards = int(prev.get("restartsCountTowardsMax") or 0)
-    disruptions = int(prev.get("disruptions") or 0)
-    decision = Decision(status={})
-    phase, reason, message = str(prev.get("phase") or "Pending"), str(prev.get("reason") or ""), ""
-    job_status: Mapping[str, Any] = (observed.job or {}).get("status") or {}
-    ready = ready_ranks(observed.job, observed.pods) if observed.job is not None else 0
+class State(str, Enum):
+    """What one look at a QuantJob found; ``decide`` hands each to the function of the same name."""
 
-    def finish(entry: dict[str, Any] | None, outcome: str, text: str) -> None:
-        if entry is not None and not entry.get("outcome"):
-            entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=now)
+    FINISHED = "finished"                  # Succeeded or Failed earlier: only progress is mirrored
+    JOB_VANISHED = "job_vanished"          # the attempt's Job was deleted while the attempt ran
+    VOLUME_REFUSED = "volume_refused"      # a claim the ranks cannot all mount
+    RUNTIME_CLASS_MISSING = "runtime_class_missing"  # the API server would refuse every pod
+    NO_JOB = "no_job"                      # the attempt's Job is to be created
+    JOB_COMPLETE = "job_complete"
+    JOB_FAILED = "job_failed"              # or about to (FailureTarget)
+    JOB_SUSPENDED = "job_suspended"        # waiting in its queue (Kueue)
+    RUNNING = "running"                    # every rank runs (or ran, and the rest finished)
+    STARTING = "starting"                  # not every rank runs yet
 
-    def ended(entry: dict[str, Any], failure: Failure) -> tuple[str, str, str]:
-        """The current attempt ended with ``failure``: fail, or start the next attempt once its pods
-        are gone (or abandoned past the bound), or wait for them."""
-        nonlocal attempt, towards, disruptions
-        phase_, reason_, message_ = _after_failure(failure, attempt, towards, disruptions, limits)
-        if phase_ == "Failed":
-            finish(entry, OUTCOMES[failure.kind], failure.message)
-            return phase_, reason_, message_
-        entry.setdefault("endedTime", now)
-        stopped, note = attempt_stopped(observed.job, observed.pods, now, entry.get("endedTime"))
-        if not stopped:
-            return phase_, reason_, (f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting for "
-                                     f"its pods to stop before attempt {attempt + 1}")
-        finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
-        if failure.kind == DISRUPTION:
-            disruptions += 1
-        else:
-            towards += 1
-        attempt += 1
-        attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-        decision.create_attempt = attempt
-        text = (f"attempt {attempt - 1} ended ({failure.kind}): {failure.message}"
-                f"{'; ' + note if note else ''}; started attempt {attempt}, which resumes at the last "
-                "committed layer")
-        decision.events.append(("Warning", "Restarting", text))
-        return phase_, reason_, text
 
-    current = _attempt_entry(attempts, attempt)
-    if phase in TERMINAL_PHASES:
-        pass  # finished: only progress is still mirrored
-    elif observed.job is None and current is not None and current.get("jobCreated") and not current.get("outcome"):
-        # The attempt's Job is gone (deleted by hand, or by a garbage collector): never create it again
-        # under its name while its pods may still run; the next attempt gets a new name.
-        phase, reason, message = ended(current, Failure(FAILURE, f"Job {names.job(attempt)} was deleted while "
-                                                                 "the attempt ran"))
-    elif observed.job is None and observed.volume_error:
-        phase, reason, message = "Failed", "VolumeAccessMode", observed.volume_error
-    elif observed.job is None:
-        if observed.missing_runtime_class:
-            phase, reason = "Pending", "RuntimeClassNotFound"
-            message = (f"RuntimeClass {observed.missing_runtime_class!r} (operator setting "
-                       "QUANTJOB_NPU_RUNTIME_CLASS) does not exist, so the API server would refuse every pod; "
-                       "create it, or set the setting to '' where Ascend's runtime is the default runtime "
-                       "(MindCluster)")
-        else:
-            if current is None:
-                attempts.append({"attempt": attempt, "job": names.job(attempt), "startTime": now})
-            decision.create_attempt = attempt
-            phase, reason, message = "Pending", "Creating", f"creating Job {names.job(attempt)}"
-    else:
-        entry = current
-        if entry is None:  # the status was lost; the Job is the truth
-            entry = {"attempt": attempt, "job": names.job(attempt), "startTime": now}
-            attempts.append(entry)
+class Verdict(NamedTuple):
+    phase: str
+    reason: str
+    message: str  # "" keeps the previous status message
+
+
+@dataclass
+class _Step:
+    """What ``decide`` works on: the observation, and the attempt counters a state may advance."""
+
+    observed: Observed
+    attempts: list[dict[str, Any]]
+    attempt: int
+    towards: int        # restarts that count towards maxRestarts
+    disruptions: int
+    ready: int
+    decision: Decision = field(default_factory=lambda: Decision(status={}))
+
+    @classmethod
+    def of(cls, observed: Observed) -> _Step:
+        prev = observed.status
+        return cls(observed=observed, attempts=[dict(entry) for entry in prev.get("attempts") or []],
+                   attempt=int(prev.get("attempt") or 1), towards=int(prev.get("restartsCountTowardsMax") or 0),
+                   disruptions=int(prev.get("disruptions") or 0),
+                   ready=ready_ranks(observed.job, observed.pods) if observed.job is not None else 0)
+
+    @property
+    def names(self) -> ChildNames:
+        return ChildNames(self.observed.name)
+
+    @property
+    def job_status(self) -> Mapping[str, Any]:
+        return (self.observed.job or {}).get("status") or {}
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The current attempt's entry in ``status.attempts``; None when the status does not have it."""
+        return _attempt_entry(self.attempts, self.attempt)
+
+    def add_entry(self) -> dict[str, Any]:
+        """A new entry in ``status.attempts`` for the current attempt, starting now."""
+        entry = {"attempt": self.attempt, "job": self.names.job(self.attempt), "startTime": self.observed.now}
+        self.attempts.append(entry)
+        return entry
+
+    def job_entry(self) -> dict[str, Any]:
+        """The current attempt's entry once its Job exists (made again when the status was lost: the
+        Job is the truth)."""
+        entry = self.current or self.add_entry()
         entry["jobCreated"] = True
-        complete = job_condition(job_status, "SuccessCriteriaMet", "Complete")
-        failed = job_condition(job_status, "Failed", "FailureTarget")
-        suspended = job_condition(job_status, "Suspended")
-        if complete:
-            phase, reason, message = "Succeeded", "Completed", f"all {limits.world_size} rank(s) finished"
-            finish(entry, "Succeeded", message)
-        elif failed:
-            phase, reason, message = ended(entry, classify_failure(observed.job, observed.pods))
-        elif suspended:
-            phase, reason = "Pending", "Suspended"
-            message = str(suspended.get("message") or "the Job is suspended (waiting in its queue)")
-        else:
-            if ready >= limits.world_size or (entry.get("readyTime") and ready > 0):
-                phase, reason = "Running", "Running"
-                message = f"{ready} of {limits.world_size} rank(s) running"
-                entry.setdefault("readyTime", now)
-            else:
-                phase = "Pending"
-                reason, message = pending_reason(observed)
-                started = job_status.get("startTime") or entry.get("startTime")
-                waited = seconds_between(started, now)
-                if not entry.get("readyTime") and waited is not None and waited > limits.startup_timeout_s:
-                    phase, reason = "Failed", "StartupTimeout"
-                    message = (f"not every rank ran within startupTimeoutSeconds ({limits.startup_timeout_s}s) "
-                               f"of attempt {attempt}; last reason: {message}")
-                    finish(entry, "StartupTimeout", message)
-                    decision.delete_job = names.job(attempt)  # free the devices a partial group holds
+        return entry
 
-    progress = _progress(observed, attempts)
-    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(attempts) - MAX_ATTEMPTS_KEPT, 0)
-    attempts = attempts[-MAX_ATTEMPTS_KEPT:]
+    def finish(self, entry: dict[str, Any] | None, outcome: str, text: str) -> None:
+        if entry is not None and not entry.get("outcome"):
+            entry.update(outcome=outcome, message=text[:MAX_MESSAGE], completionTime=self.observed.now)
+
+
+def observed_state(observed: Observed) -> State:
+    """Which of the states ``decide`` knows the observation is in (first match wins)."""
+    step = _Step.of(observed)
+    current, job_status = step.current, step.job_status
+    if str(observed.status.get("phase") or "Pending") in TERMINAL_PHASES:
+        return State.FINISHED
+    if observed.job is None:
+        if current is not None and current.get("jobCreated") and not current.get("outcome"):
+            return State.JOB_VANISHED
+        if observed.volume_error:
+            return State.VOLUME_REFUSED
+        return State.RUNTIME_CLASS_MISSING if observed.missing_runtime_class else State.NO_JOB
+    if job_condition(job_status, "SuccessCriteriaMet", "Complete"):
+        return State.JOB_COMPLETE
+    if job_condition(job_status, "Failed", "FailureTarget"):
+        return State.JOB_FAILED
+    if job_condition(job_status, "Suspended"):
+        return State.JOB_SUSPENDED
+    ran = bool((current or {}).get("readyTime")) and step.ready > 0
+    return State.RUNNING if step.ready >= observed.limits.world_size or ran else State.STARTING
+
+
+def finished(step: _Step) -> Verdict:
+    prev = step.observed.status
+    return Verdict(str(prev.get("phase")), str(prev.get("reason") or ""), "")
+
+
+def job_vanished(step: _Step) -> Verdict:
+    """Never create the Job again under its name while its pods may still run: the attempt ended, and
+    the next one gets a new name."""
+    failure = Failure(FAILURE, f"Job {step.names.job(step.attempt)} was deleted while the attempt ran")
+    return attempt_ended(step, step.job_entry(), failure)
+
+
+def volume_refused(step: _Step) -> Verdict:
+    return Verdict("Failed", "VolumeAccessMode", step.observed.volume_error or "")
+
+
+def runtime_class_missing(step: _Step) -> Verdict:
+    return Verdict("Pending", "RuntimeClassNotFound", (
+        f"RuntimeClass {step.observed.missing_runtime_class!r} (operator setting QUANTJOB_NPU_RUNTIME_CLASS) "
+        "does not exist, so the API server would refuse every pod; create it, or set the setting to '' where "
+        "Ascend's runtime is the default runtime (MindCluster)"))
+
+
+def no_job(step: _Step) -> Verdict:
+    if step.current is None:
+        step.add_entry()
+    step.decision.create_attempt = step.attempt
+    return Verdict("Pending", "Creating", f"creating Job {step.names.job(step.attempt)}")
+
+
+def job_complete(step: _Step) -> Verdict:
+    message = f"all {step.observed.limits.world_size} rank(s) finished"
+    step.finish(step.job_entry(), "Succeeded", message)
+    return Verdict("Succeeded", "Completed", message)
+
+
+def job_failed(step: _Step) -> Verdict:
+    entry = step.job_entry()
+    return attempt_ended(step, entry, classify_failure(step.observed.job or {}, step.observed.pods))
+
+
+def job_suspended(step: _Step) -> Verdict:
+    step.job_entry()
+    suspended = job_condition(step.job_status, "Suspended") or {}
+    return Verdict("Pending", "Suspended", str(suspended.get("message") or "the Job is suspended (waiting in its queue)"))
+
+
+def running(step: _Step) -> Verdict:
+    step.job_entry().setdefault("readyTime", step.observed.now)
+    return Verdict("Running", "Running", f"{step.ready} of {step.observed.limits.world_size} rank(s) running")
+
+
+def starting(step: _Step) -> Verdict:
+    """Not every rank runs yet: say why, and fail a group that never fully started within
+    ``startupTimeoutSeconds`` (deleting its Job frees the devices a partial group holds)."""
+    entry, limits, now = step.job_entry(), step.observed.limits, step.observed.now
+    reason, message = pending_reason(step.observed)
+    waited = seconds_between(step.job_status.get("startTime") or entry.get("startTime"), now)
+    if entry.get("readyTime") or waited is None or waited <= limits.startup_timeout_s:
+        return Verdict("Pending", reason, message)
+    message = (f"not every rank ran within startupTimeoutSeconds ({limits.startup_timeout_s}s) of attempt "
+               f"{step.attempt}; last reason: {message}")
+    step.finish(entry, "StartupTimeout", message)
+    step.decision.delete_job = step.names.job(step.attempt)
+    return Verdict("Failed", "StartupTimeout", message)
+
+
+def attempt_ended(step: _Step, entry: dict[str, Any], failure: Failure) -> Verdict:
+    """The current attempt ended with ``failure``: fail, or start the next attempt once its pods are
+    gone (or abandoned past the bound), or wait for them."""
+    verdict = _after_failure(failure, step.attempt, step.towards, step.disruptions, step.observed.limits)
+    if verdict.phase == "Failed":
+        step.finish(entry, OUTCOMES[failure.kind], failure.message)
+        return verdict
+    observed, attempt = step.observed, step.attempt
+    entry.setdefault("endedTime", observed.now)
+    stopped, note = attempt_stopped(observed.job, observed.pods, observed.now, entry.get("endedTime"))
+    if not stopped:
+        return verdict._replace(message=f"attempt {attempt} ended ({failure.kind}): {failure.message}; waiting "
+                                        f"for its pods to stop before attempt {attempt + 1}")
+    step.finish(entry, OUTCOMES[failure.kind], failure.message + (f"; {note}" if note else ""))
+    if failure.kind == DISRUPTION:
+        step.disruptions += 1
+    else:
+        step.towards += 1
+    step.attempt += 1
+    step.add_entry()
+    step.decision.create_attempt = step.attempt
+    text = (f"attempt {attempt} ended ({failure.kind}): {failure.message}{'; ' + note if note else ''}; "
+            f"started attempt {attempt + 1}, which resumes at the last committed layer")
+    step.decision.events.append(("Warning", "Restarting", text))
+    return verdict._replace(message=text)
+
+
+DECIDE: dict[State, Callable[[_Step], Verdict]] = {
+    State.FINISHED: finished, State.JOB_VANISHED: job_vanished, State.VOLUME_REFUSED: volume_refused,
+    State.RUNTIME_CLASS_MISSING: runtime_class_missing, State.NO_JOB: no_job, State.JOB_COMPLETE: job_complete,
+    State.JOB_FAILED: job_failed, State.JOB_SUSPENDED: job_suspended, State.RUNNING: running,
+    State.STARTING: starting,
+}
+
+
+def decide(observed: Observed) -> Decision:
+    """The status to write and the actions to take, for a QuantJob that passed its review: the
+    function of the observed state (``DECIDE``) moves the attempt on, then the status is written from
+    the verdict."""
+    step = _Step.of(observed)
+    verdict = DECIDE[observed_state(observed)](step)
+    step.decision.status = _status(step, verdict)
+    _phase_event(step, verdict)
+    return step.decision
+
+
+def _status(step: _Step, verdict: Verdict) -> dict[str, Any]:
+    """``status`` after ``verdict``: counters, the latest attempts, readiness, progress, conditions;
+    a QuantJob that finished earlier keeps what was decided then and refreshes progress only."""
+    prev, limits, now, job_status = step.observed.status, step.observed.limits, step.observed.now, step.job_status
+    phase, reason, message = verdict
+    progress = _progress(step.observed, step.attempts)
+    omitted = int(prev.get("attemptsOmitted") or 0) + max(len(step.attempts) - MAX_ATTEMPTS_KEPT, 0)
+    ready = 0 if step.decision.create_attempt is not None else step.ready  # a new attempt's Job has no pods yet
     status: dict[str, Any] = {
         "phase": phase, "reason": reason, "message": message[:MAX_MESSAGE] if message else prev.get("message"),
-        "job": names.job(attempt), "attempt": attempt, "restarts": towards + disruptions,
-        "restartsCountTowardsMax": towards, "disruptions": disruptions, "attempts": attempts,
+        "job": step.names.job(step.attempt), "attempt": step.attempt, "restarts": step.towards + step.disruptions,
+        "restartsCountTowardsMax": step.towards, "disruptions": step.disruptions,
+        "attempts": step.attempts[-MAX_ATTEMPTS_KEPT:],
     }
     if omitted:
         status["attemptsOmitted"] = omitted
-    if decision.create_attempt is not None:
-        ready = 0  # the new attempt's Job has no pods yet
-    status["ready"] = ready
-    status["readySummary"] = f"{ready}/{limits.world_size}"
+    status["ready"], status["readySummary"] = ready, f"{ready}/{limits.world_size}"
     if progress is not None:
         status["progress"] = progress
     if job_status.get("startTime") and not prev.get("startTime"):
@@ -449,32 +346,38 @@ def decide(observed: Observed) -> Decision:
         status["completionTime"] = job_status.get("completionTime") or now
     status["conditions"] = _conditions(prev, phase, reason, message, job_status, ready, limits, now)
     if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
-        # finished earlier: keep what was decided then, refresh progress only
-        status = {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
-    elif (phase, reason) != (prev.get("phase"), prev.get("reason")) and reason not in ("Creating", "Starting"):
-        kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
-            else "Normal"
-        if reason != "Restarting" or not decision.events:
-            decision.events.append((kind, reason, message or phase))
-    decision.status = status
-    return decision
+        return {key: value for key, value in status.items() if key in ("progress", "attempts", "attemptsOmitted")}
+    return status
+
+
+def _phase_event(step: _Step, verdict: Verdict) -> None:
+    """An event for a new (phase, reason), but for the routine ones and a restart already announced."""
+    prev, (phase, reason, message) = step.observed.status, verdict
+    if phase in TERMINAL_PHASES and prev.get("phase") in TERMINAL_PHASES:
+        return
+    if (phase, reason) == (prev.get("phase"), prev.get("reason")) or reason in ("Creating", "Starting"):
+        return
+    kind = "Warning" if phase == "Failed" or (phase == "Pending" and reason not in ("Suspended", "Restarting")) \
+        else "Normal"
+    if reason != "Restarting" or not step.decision.events:
+        step.decision.events.append((kind, reason, message or phase))
 
 
 def _after_failure(failure: Failure, attempt: int, towards: int, disruptions: int,
-                   limits: Limits) -> tuple[str, str, str]:
-    """(phase, reason, message) once attempt ``attempt`` failed with ``failure``."""
+                   limits: Limits) -> Verdict:
+    """The verdict once attempt ``attempt`` failed with ``failure``: final, or a restart."""
     if failure.kind == USER_ERROR:
-        return "Failed", "UserError", failure.message
+        return Verdict("Failed", "UserError", failure.message)
     if failure.kind == DEADLINE:
-        return "Failed", "DeadlineExceeded", (f"attempt {attempt} ran longer than activeDeadlineSeconds "
-                                              f"({limits.active_deadline_s}s): {failure.message}")
+        return Verdict("Failed", "DeadlineExceeded", f"attempt {attempt} ran longer than activeDeadlineSeconds "
+                                                     f"({limits.active_deadline_s}s): {failure.message}")
     if failure.kind == DISRUPTION and disruptions >= limits.max_disruptions:
-        return "Failed", "DisruptionsExhausted", (f"{disruptions + 1} disruption(s), maxDisruptions is "
-                                                  f"{limits.max_disruptions}; last: {failure.message}")
+        return Verdict("Failed", "DisruptionsExhausted", f"{disruptions + 1} disruption(s), maxDisruptions is "
+                                                         f"{limits.max_disruptions}; last: {failure.message}")
     if failure.kind == FAILURE and towards >= limits.max_restarts:
-        return "Failed", "RestartsExhausted", (f"attempt {attempt} failed after {towards} restart(s) "
-                                               f"(maxRestarts {limits.max_restarts}): {failure.message}")
-    return "Pending", "Restarting", ""
+        return Verdict("Failed", "RestartsExhausted", f"attempt {attempt} failed after {towards} restart(s) "
+                                                      f"(maxRestarts {limits.max_restarts}): {failure.message}")
+    return Verdict("Pending", "Restarting", "")
 
 
 def _conditions(prev: Mapping[str, Any], phase: str, reason: str, message: str, job_status: Mapping[str, Any],
