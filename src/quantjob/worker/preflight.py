@@ -76,22 +76,8 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
                             f"(remove {adapter.lm_head!r} from include)")
     problems.extend(str(p) for p in output_problems(job.config, model_config, "")
                     if p.severity == "error")
-    problems.extend(_fp8_outside_layers(checkpoint, adapter))
     if problems:
         raise QuantJobError("; ".join(problems))
-
-
-def _fp8_outside_layers(checkpoint: Checkpoint, adapter: Adapter) -> list[str]:
-    """FP8 tensors outside the decoder layers: the savers copy those bytes unchanged, so they must be
-    float (DeepSeek-V3 and Kimi-K2 keep their embedding, final norm and lm_head in bf16)."""
-    inside = adapter.layers + "."
-    fp8 = sorted(name for name, info in checkpoint.tensors.items()
-                 if info.scale is not None and not name.startswith(inside))
-    if not fp8:
-        return []
-    return [(f"{checkpoint.model_dir}: {', '.join(fp8[:3])} outside the decoder layers are FP8; quantjob reads FP8 "
-            "weights only inside the decoder layers and copies the rest unchanged; give a checkpoint whose "
-            "embedding, final norm and lm_head are float")]
 
 
 def _layer_of(name: str, adapter: Adapter) -> str:
