@@ -156,17 +156,22 @@ def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, len
 
     sizes = layer_bytes(checkpoint.tensors, skeleton.adapter, skeleton.num_layers)
     model_config: dict[str, Any] = skeleton.config.to_dict()
+    accelerator = device.type != "cpu"
     peaks = rank_peaks(sizes, Dims.of(model_config), lengths, world_size, error_samples=job.error_samples,
-                       holding=holding(job))
+                       holding=holding(job), accelerator=accelerator)
     capacity: Capacity | None
+    host: Capacity | None = None
     override = os.environ.get(LIMIT_ENV, "").strip()
     total = total_memory_bytes(device)
+    ranks_on_host = world_size if os.environ.get(LAUNCHER_PID_ENV) else 1
     if total is None or override:
-        capacity = host_capacity(world_size if os.environ.get(LAUNCHER_PID_ENV) else 1)
+        capacity = host_capacity(ranks_on_host)
     else:
         capacity = Capacity(total, f"{device}'s memory")
+        if accelerator:
+            host = host_capacity(ranks_on_host)
     worst = max(peaks, key=lambda p: p.total)
     logging.getLogger("quantjob.worker").info(
         "memory estimate, largest rank: %s; allowed: %s", worst.explain(),
         f"{gib(capacity.bytes)} ({capacity.source})" if capacity is not None else "not checked")
-    check_fits(peaks, capacity, str(device))
+    check_fits(peaks, capacity, str(device), host)
