@@ -54,14 +54,14 @@ def test_byte_counts_from_the_headers_float_and_fp8(models: tuple[Path, Path]) -
         assert sizes.largest_linear == 128 * 64
         # layer 0 + layer 1 read ahead + layer 0's int8 codes (1 byte each) + one dequantized linear (the largest)
         assert weights_peak(sizes) == (2 * LAYER_BYTES + LINEAR_ELEMENTS + 2 * 128 * 64, 0)
-        # on an accelerator layer 1 waits in host memory
-        assert weights_peak(sizes, accelerator=True) == (LAYER_BYTES + LINEAR_ELEMENTS + 2 * 128 * 64, 0)
+        # on an accelerator layer 1 waits in host memory; at layer 1 the saver may still hold layer 0's codes
+        assert weights_peak(sizes, accelerator=True) == (LAYER_BYTES + 2 * LINEAR_ELEMENTS, 1)
 
 
 def test_hidden_states_per_rank() -> None:
     sizes = LayerBytes(2, 1000, (100, 300, 200), (80, 240, 160), 10)
-    assert weights_peak(sizes) == (300 + 200 + 120 + 20, 1)
-    assert weights_peak(sizes, accelerator=True) == (300 + 120 + 20, 1)
+    assert weights_peak(sizes) == (300 + 200 + 120 + 40, 1)   # layer 0's codes (40) held by the saver > 20
+    assert weights_peak(sizes, accelerator=True) == (300 + 120 + 40, 1)
     dims = Dims(hidden=8, intermediate=16, heads=2)
     lengths = [10, 20, 30, 40, 50]
     peaks = rank_peaks(sizes, dims, lengths, 2, error_samples=3, runtime=0)
@@ -72,10 +72,10 @@ def test_hidden_states_per_rank() -> None:
     assert peaks[1].hidden == (60 + 2 * 20 + 40) * token
     assert peaks[0].embedding_phase == 1000 + 90 * token
     assert peaks[0].scratch == 50 * (4 * 8 + 4 * 16) * 2 + 4 * 2 * 50 * 50 + 4 * 50 * 16
-    assert peaks[0].total == max(peaks[0].embedding_phase, 640 + peaks[0].hidden + peaks[0].scratch)
+    assert peaks[0].total == max(peaks[0].embedding_phase, 660 + peaks[0].hidden + peaks[0].scratch)
     assert peaks[0].host_total is None
     device = rank_peaks(sizes, dims, lengths, 2, error_samples=3, runtime=0, accelerator=True)
-    assert device[0].weights == 440 and device[0].host_total == 300  # the largest layer read ahead, on the host
+    assert device[0].weights == 460 and device[0].host_total == 300  # the largest layer read ahead, on the host
     quantized = rank_peaks(sizes, dims, lengths, 2, error_samples=3, holding="quantized", runtime=0)
     assert quantized[0].hidden == 3 * 90 * token
     one = rank_peaks(sizes, dims, lengths, 1, error_samples=3, runtime=0)
@@ -103,7 +103,7 @@ def test_refusal_names_the_rank_and_the_numbers() -> None:
         check_fits(peaks, Capacity(7 * 10 ** 9, "7GB"), "cpu")
     assert caught.value.exit_code == 3
     device = rank_peaks(sizes, Dims(8, 16, 2), [4] * 4, 2, error_samples=0, runtime=0, accelerator=True)
-    check_fits(device, Capacity(7 * 10 ** 9, "7GB"), "npu:0", Capacity(4 * 2 ** 30, "host"))  # 4.50 GiB + 3 GiB
+    check_fits(device, Capacity(7 * 10 ** 9, "7GB"), "npu:0", Capacity(4 * 2 ** 30, "host"))  # 6.00 GiB on the device, 3 GiB on the host
     with pytest.raises(QuantJobError, match=r"not enough host memory beside npu:0: a rank needs 3.00 GiB \(the "
                                             r"runtime and the next decoder layer, read ahead into host memory\), "
                                             r"but 2Gi allows 2.00 GiB; give the pod more memory"):
@@ -191,24 +191,24 @@ def test_deepseek_v3_arithmetic_in_operator_doc() -> None:
     dims = Dims(V3["hidden"], V3["intermediate"], V3["heads"])
     peaks = rank_peaks(sizes, dims, [2048] * 128, 16, error_samples=8, accelerator=True)
     worst = max(peaks, key=lambda p: p.total)
-    assert (worst.rank, at) == (0, 3)
+    assert (worst.rank, at) == (0, 4)   # the first MoE layer after a MoE layer
     on_cpu = max(rank_peaks(sizes, dims, [2048] * 128, 16, error_samples=8), key=lambda p: p.total)
     text = " ".join(DOC.read_text().split())
-    figures = {"one MoE layer": gib(moe), "one dense layer": gib(sizes.layers[0]), "weights at layer 3": gib(weights),
+    figures = {"one MoE layer": gib(moe), "one dense layer": gib(sizes.layers[0]), "weights at layer 4": gib(weights),
                "codes": gib(sizes.linears[3] // 2), "largest linear": gib(2 * sizes.largest_linear),
                "hidden states": gib(worst.hidden), "scratch": gib(worst.scratch),
                "embedding phase": gib(worst.embedding_phase), "peak": gib(worst.total),
                "host": gib(worst.host_total or 0), "margin": gib(64 * 2 ** 30 - worst.total),
                "cpu": gib(on_cpu.total)}
-    assert figures == {"one MoE layer": "21.43 GiB", "one dense layer": "1.09 GiB", "weights at layer 3": "32.40 GiB",
+    assert figures == {"one MoE layer": "21.43 GiB", "one dense layer": "1.09 GiB", "weights at layer 4": "42.87 GiB",
                        "codes": "10.72 GiB", "largest linear": "252.0 MiB", "hidden states": "308.0 MiB",
-                       "scratch": "2.53 GiB", "embedding phase": "1.94 GiB", "peak": "35.98 GiB",
-                       "host": "22.18 GiB", "margin": "28.02 GiB", "cpu": "57.41 GiB"}
+                       "scratch": "2.53 GiB", "embedding phase": "1.94 GiB", "peak": "46.45 GiB",
+                       "host": "22.18 GiB", "margin": "17.55 GiB", "cpu": "67.88 GiB"}
     for figure in figures.values():
         assert figure in text, figure
     assert f"{moe:,} bytes in bf16" in text
     check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0", Capacity(24 * 2 ** 30, "24Gi"))
     with pytest.raises(QuantJobError, match=r"a rank needs 22.18 GiB .* but 16Gi allows 16.00 GiB"):
         check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0", Capacity(16 * 2 ** 30, "16Gi"))
-    with pytest.raises(QuantJobError, match=r"memory 57.41 GiB .* but 56Gi allows 56.00 GiB"):
-        check_fits([on_cpu], Capacity(56 * 2 ** 30, "56Gi"), "cpu")
+    with pytest.raises(QuantJobError, match=r"memory 67.88 GiB .* but 64Gi allows 64.00 GiB"):
+        check_fits([on_cpu], Capacity(64 * 2 ** 30, "64Gi"), "cpu")

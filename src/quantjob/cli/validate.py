@@ -113,7 +113,7 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"{args.model_path}: {len(sizes.layers)} decoder layers{fp8}; largest layer "
               f"{gib(max(sizes.layers, default=0))}, embedding {gib(sizes.embedding)}; weights held at layer {at}: "
               f"{gib(weights)} (the layer{'' if args.device_type != 'cpu' else ', the next one read ahead'}, its int8 "
-              "codes and one dequantized linear)\n")
+              "codes, and the previous layer's codes the saver may hold or one dequantized linear)\n")
     out.writelines(f"  {peak.explain()}\n" for peak in peaks)
     worst = max(peaks, key=lambda p: p.total)
     try:

@@ -6,7 +6,9 @@ weights counted dequantized, ``TensorInfo.loaded_nbytes``):
 - **weights**: at layer ``i``, the layer itself and its linears' int8 codes (1 byte per weight,
   every linear counted as quantized), and while the layer is rebuilt from its records for the
   error pass (``decoder.quantized_layer``, in place, one linear at a time) one dequantized linear
-  beside the float one it replaces: ``B_i + codes_i + largest linear``. Layer ``i + 1``, read
+  beside the float one it replaces; before that, while its processors run, the records of layer
+  ``i - 1`` may still be held by the saver's commit thread: ``B_i + codes_i + max(codes_{i-1},
+  largest linear)``. Layer ``i + 1``, read
   ahead by the prefetcher (``checkpoint.Prefetcher``), waits in host memory on an accelerator
   (``host``: runtime + ``B_{i+1}``) and adds ``B_{i+1}`` to the weights on cpu (one memory);
 - **hidden states** of the rank's own samples (``tokens x hidden``): the layer inputs still needed,
@@ -138,13 +140,18 @@ def gib(count: int) -> str:
 
 
 def weights_peak(sizes: LayerBytes, *, accelerator: bool = False) -> tuple[int, int]:
-    """(bytes, layer) of ``max_i (B_i + codes_i + largest linear [+ B_{i+1} on cpu])`` on the compute
-    device (``accelerator``: the layer read ahead waits in host memory instead)."""
+    """(bytes, layer) of ``max_i (B_i + codes_i + max(codes_{i-1}, largest linear) [+ B_{i+1} on
+    cpu])`` on the compute device (``accelerator``: the layer read ahead waits in host memory).
+
+    ``codes_{i-1}``: the saver commits layer ``i - 1`` on a background thread and holds its records
+    until done, at the latest until layer ``i``'s records are handed over (``save`` waits for it),
+    so they may share the processors of layer ``i``; the rebuild for the error pass comes after."""
     best, at = 0, 0
     rebuilt = sizes.largest_linear * sizes.dtype_bytes
+    codes = [linear // max(1, sizes.dtype_bytes) for linear in sizes.linears]
     for i, own in enumerate(sizes.layers):
         ahead = sizes.layers[i + 1] if i + 1 < len(sizes.layers) and not accelerator else 0
-        held = own + ahead + sizes.linears[i] // max(1, sizes.dtype_bytes) + rebuilt
+        held = own + ahead + codes[i] + max(codes[i - 1] if i else 0, rebuilt)
         if held > best:
             best, at = held, i
     return best, at
