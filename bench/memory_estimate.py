@@ -26,7 +26,7 @@ from bench.measure import run_measured, thread_env
 from bench.models import ModelShape, calibration_file, model_dir
 from bench.runs import REPO_ROOT
 
-_ESTIMATE = re.compile(r"memory estimate, largest rank: rank \d+ \(.*?\): (?P<value>[0-9.]+) (?P<unit>GiB|MiB) = "
+_ESTIMATE = re.compile(r"memory estimate, largest rank: rank \d+ \(.*?\): (?:memory |device )?(?P<value>[0-9.]+) (?P<unit>GiB|MiB) = "
                        r"(?P<detail>.*?); allowed")
 MiB = 2 ** 20
 

@@ -34,3 +34,7 @@ def test_the_estimate_line_parses() -> None:
     found = _ESTIMATE.search(f"memory estimate, largest rank: {peak.explain()}; allowed: 8.00 GiB (host)")
     assert found is not None and float(found["value"]) == round(peak.total / 2 ** 30, 2)
     assert found["unit"] == "GiB" and found["detail"].startswith("runtime 512.0 MiB")
+    device = RankPeak(0, 4, 2048, 3 * 2 ** 30, 3, 2 ** 28, 2 ** 27, 2 ** 29, 2 ** 29, ahead_on_host=2 ** 31)
+    found = _ESTIMATE.search(f"memory estimate, largest rank: {device.explain()}; allowed: 64.00 GiB (npu:0)")
+    assert found is not None and float(found["value"]) == round(device.total / 2 ** 30, 2)
+    assert "host memory 2.50 GiB = runtime + the layer read ahead 2.00 GiB" in found["detail"]

@@ -54,6 +54,23 @@ def test_prefetcher_returns_the_same_tensors(tiny_model: Callable[..., Path]) ->
         prefetcher.close()
 
 
+def test_prefetcher_reads_ahead_into_host_memory_for_an_accelerator(tiny_model: Callable[..., Path]) -> None:
+    """For a device other than cpu the layer read ahead waits in host memory (checked there) and
+    reaches the device only when taken. The meta device stands in for an accelerator."""
+    checkpoint = Checkpoint(tiny_model("llama", 2))
+    names = checkpoint.names_under("model.layers.0.")
+    seen: list[str] = []
+    prefetcher = Prefetcher(checkpoint, torch.device("meta"),
+                            verify=lambda _key, tensors: seen.extend(t.device.type for t in tensors.values()))
+    try:
+        prefetcher.submit("l0", names)
+        got = prefetcher.take("l0", names)
+    finally:
+        prefetcher.close()
+    assert seen and set(seen) == {"cpu"}
+    assert set(got) == set(names) and {t.device.type for t in got.values()} == {"meta"}
+
+
 def _copy(model: Path, tmp_path: Path) -> Path:
     target = tmp_path / "model"
     shutil.copytree(model, target)

@@ -191,17 +191,65 @@ def test_an_already_quantized_model_is_refused_before_any_work(fp8_pair: tuple[P
     assert not (tmp_path / "out").exists()
 
 
-def test_fp8_outside_the_decoder_layers_is_refused(fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
-    from quantjob.worker.adapters import ADAPTERS
-    from quantjob.worker.preflight import _fp8_outside_layers
-
+def test_fp8_outside_the_decoder_layers_is_saved_dequantized(fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """An FP8 lm_head (outside the decoder layers, kept float) is written as the checkpoint loads
+    it: dequantized bf16, without its scales."""
     def lm_head_in_fp8(tensors: dict[str, torch.Tensor]) -> None:
         tensors["lm_head.weight"], tensors["lm_head.weight_scale_inv"] = quantize_blocks(
             tensors["lm_head.weight"], (32, 48))
 
     target = _rewrite(fp8_pair[0], tmp_path / "head", lm_head_in_fp8)
-    problems = _fp8_outside_layers(Checkpoint(target, Fp8Blocks((32, 48))), ADAPTERS["llama"])
-    assert problems == [(f"{target}: lm_head.weight outside the decoder layers are FP8; quantjob reads FP8 weights "
-                        "only inside the decoder layers and copies the rest unchanged; give a checkpoint whose "
-                        "embedding, final norm and lm_head are float")]
-    assert _fp8_outside_layers(Checkpoint(fp8_pair[0], Fp8Blocks((32, 48))), ADAPTERS["llama"]) == []
+    stored = load_file(target / "model.safetensors")
+    out = tmp_path / "out"
+    run_quantize(quantize_argv(target, out, calibration(tmp_path), "cpu", "w8a8_dynamic"))
+    saved: dict[str, torch.Tensor] = {}
+    for file in out.glob("*.safetensors"):
+        saved.update(load_file(file))
+    expected = reference_dequant(stored["lm_head.weight"], stored["lm_head.weight_scale_inv"], (32, 48))
+    assert saved["lm_head.weight"].dtype == torch.bfloat16 and torch.equal(saved["lm_head.weight"], expected)
+    assert not any(name.endswith("_scale_inv") for name in saved)
+
+
+DEEPSEEK_MIXED = Path(__file__).resolve().parents[2] / "examples" / "configs" / "deepseek-v3-w8a8-mixed.yaml"
+
+
+def test_deepseek_v3_as_published_quantizes_as_its_dequantized_twin_on_1_and_2_ranks(tmp_path: Path) -> None:
+    """DeepSeek-V3 as it is published: MLA, a dense and two MoE layers (shared experts, grouped
+    top-k, the router and its F32 ``e_score_correction_bias`` float), every linear of the decoder
+    and of the MTP layer FP8 with block scales (32 x 48: partial edge blocks). The shipped mixed
+    config gives, byte for byte, the output of the dequantized bf16 twin, on 1 and 2 ranks; the MTP
+    layer is copied dequantized (bf16, no scales) and no FP8 ``quantization_config`` is left."""
+    from quantjob.worker.demo import build_demo_model
+
+    source = build_demo_model(tmp_path / "deepseek", family="deepseek_v3", num_layers=3, hidden_size=64,
+                              intermediate_size=128, num_heads=4, num_kv_heads=4, seed=3)
+    fp8_dir, reference_dir = tmp_path / "fp8", tmp_path / "reference"
+    write_fp8_model(source, fp8_dir, reference_dir, block=(32, 48))
+    stored = load_file(fp8_dir / "model.safetensors")
+    assert stored["model.layers.3.mlp.experts.0.up_proj.weight"].dtype == torch.float8_e4m3fn  # the MTP layer
+    assert stored["model.layers.3.eh_proj.weight"].dtype == torch.float8_e4m3fn
+    assert stored["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
+    calib = calibration(tmp_path)
+    runs = {}
+    for label, model, devices in (("fp8-1", fp8_dir, "cpu"), ("fp8-2", fp8_dir, "cpu:0,1"),
+                                  ("ref-1", reference_dir, "cpu")):
+        runs[label] = tmp_path / label
+        argv = quantize_argv(model, runs[label], calib, devices, "w8a8_dynamic")
+        run_quantize([*argv[:-6], "--config_path", str(DEEPSEEK_MIXED), *argv[-4:]])
+    assert_same_tree(runs["fp8-1"], runs["fp8-2"])
+    assert "quantization_config" not in json.loads((runs["fp8-1"] / "config.json").read_text())
+    for file in sorted(runs["ref-1"].glob("*.safetensors")) + [runs["ref-1"] / "quant_errors.json",
+                                                               runs["ref-1"] / "quant_model_description.json"]:
+        assert (runs["fp8-1"] / file.name).read_bytes() == file.read_bytes(), file.name
+    saved: dict[str, torch.Tensor] = {}
+    for file in runs["fp8-1"].glob("*.safetensors"):
+        saved.update(load_file(file))
+    assert not any(name.endswith("_scale_inv") for name in saved)
+    assert saved["model.layers.1.mlp.experts.0.up_proj.weight"].dtype == torch.int8
+    assert saved["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
+    reference = load_file(reference_dir / "model.safetensors")
+    mtp = sorted(name for name in reference if name.startswith("model.layers.3."))
+    assert "model.layers.3.mlp.experts.0.down_proj.weight" in mtp and "model.layers.3.eh_proj.weight" in mtp
+    for name in mtp:
+        assert saved[name].dtype == reference[name].dtype and torch.equal(saved[name], reference[name]), name
+    assert saved["model.layers.3.eh_proj.weight"].dtype == torch.bfloat16

@@ -52,13 +52,16 @@ def test_byte_counts_from_the_headers_float_and_fp8(models: tuple[Path, Path]) -
         assert sizes.linears == (2 * LINEAR_ELEMENTS, 2 * LINEAR_ELEMENTS)
         assert sizes.embedding == 2 * config["vocab_size"] * 64 and sizes.dtype_bytes == 2
         assert sizes.largest_linear == 128 * 64
-        # layer 0 + layer 1 read ahead + layer 0's int8 codes (1 byte each) and dequantized copy (2 bytes each)
-        assert weights_peak(sizes) == (2 * LAYER_BYTES + 3 * LINEAR_ELEMENTS, 0)
+        # layer 0 + layer 1 read ahead + layer 0's int8 codes (1 byte each) + one dequantized linear (the largest)
+        assert weights_peak(sizes) == (2 * LAYER_BYTES + LINEAR_ELEMENTS + 2 * 128 * 64, 0)
+        # on an accelerator layer 1 waits in host memory; at layer 1 the saver may still hold layer 0's codes
+        assert weights_peak(sizes, accelerator=True) == (LAYER_BYTES + 2 * LINEAR_ELEMENTS, 1)
 
 
 def test_hidden_states_per_rank() -> None:
     sizes = LayerBytes(2, 1000, (100, 300, 200), (80, 240, 160), 10)
-    assert weights_peak(sizes) == (300 + 200 + 240 + 120, 1)
+    assert weights_peak(sizes) == (300 + 200 + 120 + 40, 1)   # layer 0's codes (40) held by the saver > 20
+    assert weights_peak(sizes, accelerator=True) == (300 + 120 + 40, 1)
     dims = Dims(hidden=8, intermediate=16, heads=2)
     lengths = [10, 20, 30, 40, 50]
     peaks = rank_peaks(sizes, dims, lengths, 2, error_samples=3, runtime=0)
@@ -69,7 +72,10 @@ def test_hidden_states_per_rank() -> None:
     assert peaks[1].hidden == (60 + 2 * 20 + 40) * token
     assert peaks[0].embedding_phase == 1000 + 90 * token
     assert peaks[0].scratch == 50 * (4 * 8 + 4 * 16) * 2 + 4 * 2 * 50 * 50 + 4 * 50 * 16
-    assert peaks[0].total == max(peaks[0].embedding_phase, 860 + peaks[0].hidden + peaks[0].scratch)
+    assert peaks[0].total == max(peaks[0].embedding_phase, 660 + peaks[0].hidden + peaks[0].scratch)
+    assert peaks[0].host_total is None
+    device = rank_peaks(sizes, dims, lengths, 2, error_samples=3, runtime=0, accelerator=True)
+    assert device[0].weights == 460 and device[0].host_total == 300  # the largest layer read ahead, on the host
     quantized = rank_peaks(sizes, dims, lengths, 2, error_samples=3, holding="quantized", runtime=0)
     assert quantized[0].hidden == 3 * 90 * token
     one = rank_peaks(sizes, dims, lengths, 1, error_samples=3, runtime=0)
@@ -91,11 +97,17 @@ def test_refusal_names_the_rank_and_the_numbers() -> None:
     sizes = LayerBytes(2, 0, (3 * 2 ** 30, 3 * 2 ** 30), (3 * 2 ** 30, 3 * 2 ** 30), 10)
     peaks = rank_peaks(sizes, Dims(8, 16, 2), [4] * 4, 2, error_samples=0, runtime=0)
     check_fits(peaks, Capacity(16 * 2 ** 30, "test"), "npu:0")
-    with pytest.raises(QuantJobError, match=r"not enough memory on npu:0: rank 0 \(2 samples, 8 tokens\): "
-                                            r"10.50 GiB = .*weights 10.50 GiB at layer 0.*but 8GB allows 7.45 GiB; "
+    with pytest.raises(QuantJobError, match=r"not enough memory on cpu: rank 0 \(2 samples, 8 tokens\): "
+                                            r"memory 7.50 GiB = .*weights 7.50 GiB at layer 0.*but 7GB allows 6.52 GiB; "
                                             r"use a device or pod with more memory") as caught:
-        check_fits(peaks, Capacity(8 * 10 ** 9, "8GB"), "npu:0")
+        check_fits(peaks, Capacity(7 * 10 ** 9, "7GB"), "cpu")
     assert caught.value.exit_code == 3
+    device = rank_peaks(sizes, Dims(8, 16, 2), [4] * 4, 2, error_samples=0, runtime=0, accelerator=True)
+    check_fits(device, Capacity(7 * 10 ** 9, "7GB"), "npu:0", Capacity(4 * 2 ** 30, "host"))  # 6.00 GiB on the device, 3 GiB on the host
+    with pytest.raises(QuantJobError, match=r"not enough host memory beside npu:0: a rank needs 3.00 GiB \(the "
+                                            r"runtime and the next decoder layer, read ahead into host memory\), "
+                                            r"but 2Gi allows 2.00 GiB; give the pod more memory"):
+        check_fits(device, Capacity(7 * 10 ** 9, "7GB"), "npu:0", Capacity(2 * 2 ** 30, "2Gi"))
 
 
 def test_quantize_refuses_a_run_that_does_not_fit_before_any_work(models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -123,7 +135,7 @@ def test_validate_prints_the_estimate_per_rank(models: tuple[Path, Path], tmp_pa
     assert [line.split(":")[0].strip() for line in lines[1:4]] == ["rank 0 (4 samples, 256 tokens)",
                                                                    "rank 1 (3 samples, 192 tokens)",
                                                                    "rank 2 (3 samples, 192 tokens)"]
-    assert lines[-1].startswith(f"{fp8}: peak per rank about ") and "on 3 device(s)" in lines[-1]
+    assert lines[-1].startswith(f"{fp8}: peak per rank about ") and "on 3 cpu device(s)" in lines[-1]
     refused = _validate("--model_path", str(fp8), "--memory_limit", "64Mi")
     assert refused.returncode == 1 and "but --memory_limit 64Mi allows 64.0 MiB" in refused.stdout
     missing = _validate("--model_path", str(tmp_path / "none"))
@@ -175,22 +187,28 @@ def test_deepseek_v3_arithmetic_in_operator_doc() -> None:
     moe = sizes.layers[V3["dense"]]
     assert moe == 23_014_573_056 and 2 * 257 * 3 * 7168 * 2048 + 2 * 187_105_280 + 2 * 1_835_008 + 4 * 256 \
         + 2 * 16_384 == moe
-    weights, at = weights_peak(sizes)
-    peaks = rank_peaks(sizes, Dims(V3["hidden"], V3["intermediate"], V3["heads"]), [2048] * 128, 16,
-                       error_samples=8)
+    weights, at = weights_peak(sizes, accelerator=True)
+    dims = Dims(V3["hidden"], V3["intermediate"], V3["heads"])
+    peaks = rank_peaks(sizes, dims, [2048] * 128, 16, error_samples=8, accelerator=True)
     worst = max(peaks, key=lambda p: p.total)
-    assert (worst.rank, at) == (0, 3)
+    assert (worst.rank, at) == (0, 4)   # the first MoE layer after a MoE layer
+    on_cpu = max(rank_peaks(sizes, dims, [2048] * 128, 16, error_samples=8), key=lambda p: p.total)
     text = " ".join(DOC.read_text().split())
-    figures = {"one MoE layer": gib(moe), "one dense layer": gib(sizes.layers[0]), "weights at layer 3": gib(weights),
-               "codes": gib(sizes.linears[3] // 2), "hidden states": gib(worst.hidden),
-               "scratch": gib(worst.scratch), "embedding phase": gib(worst.embedding_phase),
-               "peak": gib(worst.total)}
-    assert figures == {"one MoE layer": "21.43 GiB", "one dense layer": "1.09 GiB", "weights at layer 3": "75.02 GiB",
-                       "codes": "10.72 GiB", "hidden states": "308.0 MiB", "scratch": "2.53 GiB",
-                       "embedding phase": "1.94 GiB", "peak": "78.60 GiB"}
+    figures = {"one MoE layer": gib(moe), "one dense layer": gib(sizes.layers[0]), "weights at layer 4": gib(weights),
+               "codes": gib(sizes.linears[3] // 2), "largest linear": gib(2 * sizes.largest_linear),
+               "hidden states": gib(worst.hidden), "scratch": gib(worst.scratch),
+               "embedding phase": gib(worst.embedding_phase), "peak": gib(worst.total),
+               "host": gib(worst.host_total or 0), "margin": gib(64 * 2 ** 30 - worst.total),
+               "cpu": gib(on_cpu.total)}
+    assert figures == {"one MoE layer": "21.43 GiB", "one dense layer": "1.09 GiB", "weights at layer 4": "42.87 GiB",
+                       "codes": "10.72 GiB", "largest linear": "252.0 MiB", "hidden states": "308.0 MiB",
+                       "scratch": "2.53 GiB", "embedding phase": "1.94 GiB", "peak": "46.45 GiB",
+                       "host": "22.18 GiB", "margin": "17.55 GiB", "cpu": "67.88 GiB"}
     for figure in figures.values():
         assert figure in text, figure
     assert f"{moe:,} bytes in bf16" in text
-    with pytest.raises(QuantJobError, match=r"78.60 GiB .* but 64Gi allows 64.00 GiB"):
-        check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0")
-    check_fits(peaks, Capacity(79 * 2 ** 30, "79Gi"), "npu:0")
+    check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0", Capacity(24 * 2 ** 30, "24Gi"))
+    with pytest.raises(QuantJobError, match=r"a rank needs 22.18 GiB .* but 16Gi allows 16.00 GiB"):
+        check_fits(peaks, Capacity(64 * 2 ** 30, "64Gi"), "npu:0", Capacity(16 * 2 ** 30, "16Gi"))
+    with pytest.raises(QuantJobError, match=r"memory 67.88 GiB .* but 64Gi allows 64.00 GiB"):
+        check_fits([on_cpu], Capacity(64 * 2 ** 30, "64Gi"), "cpu")

@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
     model.add_argument("--error_samples", type=int, default=8, metavar="N", help="as quantize (default 8)")
     model.add_argument("--next_layer_input", choices=("float", "quantized"), default="float",
                        help="as quantize (default float)")
+    model.add_argument("--device_type", choices=("cpu", "npu", "cuda"), default="cpu",
+                       help="the ranks' device: on npu or cuda the layer read ahead waits in host memory, so the "
+                            "device holds one layer; on cpu one memory holds both (default cpu, the larger figure)")
     model.add_argument("--memory_limit", metavar="QUANTITY",
                        help="what one rank may use (e.g. 64Gi): exit 1 when a rank's estimate is larger")
     parser.set_defaults(run=run)
@@ -104,21 +107,24 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     peaks = rank_peaks(sizes, dims, [args.max_length] * args.calib_samples, devices,
                        error_samples=args.error_samples, holding="quantized" if args.next_layer_input == "quantized"
-                       else "float")
-    weights, at = weights_peak(sizes)
+                       else "float", accelerator=args.device_type != "cpu")
+    weights, at = weights_peak(sizes, accelerator=args.device_type != "cpu")
     fp8 = " (FP8, counted dequantized to bf16)" if checkpoint.fp8 else ""
     out.write(f"{args.model_path}: {len(sizes.layers)} decoder layers{fp8}; largest layer "
               f"{gib(max(sizes.layers, default=0))}, embedding {gib(sizes.embedding)}; weights held at layer {at}: "
-              f"{gib(weights)} (the layer, the next one read ahead, its int8 codes and dequantized copy)\n")
+              f"{gib(weights)} (the layer{'' if args.device_type != 'cpu' else ', the next one read ahead'}, its int8 "
+              "codes, and the previous layer's codes the saver may hold or one dequantized linear)\n")
     out.writelines(f"  {peak.explain()}\n" for peak in peaks)
     worst = max(peaks, key=lambda p: p.total)
     try:
-        check_fits(peaks, capacity, "each device")
+        check_fits(peaks, capacity, f"each {args.device_type} device")
     except QuantJobError as error:
         out.write(f"{args.model_path}: {error}\n")
         return 1
     within = f" within {gib(capacity.bytes)}" if isinstance(capacity, Capacity) else ""
-    out.write(f"{args.model_path}: peak per rank about {gib(worst.total)} on {devices} device(s){within}\n")
+    host = "" if worst.host_total is None else f", and {gib(worst.host_total)} of host memory beside it"
+    out.write(f"{args.model_path}: peak per rank about {gib(worst.total)} on {devices} {args.device_type} "
+              f"device(s){within}{host}\n")
     return 0
 
 

@@ -154,18 +154,31 @@ def layer_forward(skeleton: Skeleton, index: int, layer: torch.nn.Module, hidden
     return out[0] if isinstance(out, tuple) else out
 
 
-def fake_quant_weights(records: list[QuantizedLinear]) -> dict[str, torch.Tensor]:
-    """Dequantized weights ``{module name: [out, in] in the model dtype}`` from records.
+def fake_quant_weight(record: QuantizedLinear) -> torch.Tensor:
+    """One record's dequantized weight ``[out, in]`` in the model dtype.
 
     Scales and offsets are first rounded to the model dtype (as the saved files hold them and the
     inference engine uses them), so replaying saved records gives the same bits as fresh ones.
     """
-    weights: dict[str, torch.Tensor] = {}
-    for record in records:
-        scale = record.weight_scale.to(record.dtype).float()
-        offset = record.weight_offset.to(record.dtype).float()
-        weights[record.name] = dequantize_weight(record.weight_q, scale, offset, record.dtype)
-    return weights
+    scale = record.weight_scale.to(record.dtype).float()
+    offset = record.weight_offset.to(record.dtype).float()
+    return dequantize_weight(record.weight_q, scale, offset, record.dtype)
+
+
+def fake_quant_weights(records: list[QuantizedLinear]) -> dict[str, torch.Tensor]:
+    """Dequantized weights ``{module name: [out, in] in the model dtype}`` from records."""
+    return {record.name: fake_quant_weight(record) for record in records}
+
+
+def _assign(layer: torch.nn.Module, local: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of the layer's parameter or buffer ``local``; the tensor it held is
+    freed here (unless something else holds it), not after the whole layer is rebuilt."""
+    owner, _, attr = local.rpartition(".")
+    module = layer.get_submodule(owner) if owner else layer
+    if attr in module._parameters:
+        module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[attr] = tensor
 
 
 def _activation_hook(record: QuantizedLinear) -> Any:
@@ -193,15 +206,30 @@ def quantized_layer(layer: torch.nn.Module, prefix: str, output: LayerOutput,
     """The layer rebuilt from ``output`` alone: float tensors, dequantized weights, biases, and
     activation fake-quantization hooks (removed on exit). Used for fresh layers and for replay.
     Biases the records hold and the model's modules lack (asymmetric smoothing's shifts) are added
-    to the skeleton first (``quantjob.worker.added_biases``); ``release`` removes them."""
-    tensors = {name: tensor.to(device) for name, tensor in output.float_tensors.items()}
-    for name, weight in fake_quant_weights(output.quantized).items():
-        tensors[f"{name}.weight"] = weight.to(device)
+    to the skeleton first (``quantjob.worker.added_biases``); ``release`` removes them.
+
+    The layer is rebuilt in place one tensor at a time: each linear's float weight is replaced by
+    its dequantized copy as soon as that is made, so the rebuild holds the layer, its int8 codes
+    and one dequantized linear at once (not a second, dequantized copy of every linear)."""
+    names = [*output.float_tensors, *(f"{r.name}.weight" for r in output.quantized),
+             *(f"{r.name}.bias" for r in output.quantized if r.bias is not None)]
+    local = [name[len(prefix):] for name in names]
+    add_missing_biases(layer, local)
+    expected = set(layer.state_dict().keys())
+    missing, unexpected = sorted(expected - set(local)), sorted(set(local) - expected)
+    if missing or unexpected or len(local) != len(set(local)):
+        detail = (f"missing {', '.join(prefix + n for n in missing)}" if missing
+                  else f"unexpected {', '.join(prefix + n for n in unexpected)}" if unexpected
+                  else "a tensor given twice")
+        raise QuantJobError(f"checkpoint tensors do not match the {prefix.rstrip('.')} layout ({detail}); "
+                            "check --model_type against the checkpoint, or re-copy the model")
+    for name, tensor in output.float_tensors.items():
+        _assign(layer, name[len(prefix):], tensor.to(device))
     for record in output.quantized:
+        local_name = record.name[len(prefix):]
+        _assign(layer, f"{local_name}.weight", fake_quant_weight(record).to(device))
         if record.bias is not None:
-            tensors[f"{record.name}.bias"] = record.bias.to(device)
-    add_missing_biases(layer, [name[len(prefix):] for name in tensors])
-    materialise(layer, prefix, tensors)
+            _assign(layer, f"{local_name}.bias", record.bias.to(device))
     handles = []
     for record in output.quantized:
         hook = _activation_hook(record)

@@ -161,6 +161,26 @@ def release_memory(device: torch.device) -> None:
         libc.malloc_trim(0)
 
 
+def staging_device(device: torch.device) -> torch.device:
+    """Where the next decoder layer is read ahead while ``device`` computes: host memory for an
+    accelerator (the device holds one layer at a time; the read-ahead layer moves over when the
+    loop takes it), ``device`` itself on cpu (there is no other memory)."""
+    import torch
+
+    return torch.device("cpu") if device.type != "cpu" else device
+
+
+def pinned(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) in page-locked memory, so its copy to accelerator ``device`` runs
+    at the link's full speed; the tensor as it is on cpu, or where the runtime cannot pin."""
+    if device.type == "cpu":
+        return tensor
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:
+        return tensor
+
+
 def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak memory allocated on an accelerator by this process; None on cpu (not tracked)."""
     module = _accelerator_module(device)

@@ -3,10 +3,14 @@
 What the loop (``quantjob.worker.runner``) holds at once, per rank, in the compute dtype (FP8
 weights counted dequantized, ``TensorInfo.loaded_nbytes``):
 
-- **weights**: at layer ``i``, the layer itself, layer ``i + 1`` read ahead by the prefetcher, and,
-  while the layer is rebuilt from its records for the error pass (``decoder.quantized_layer``), the
-  int8 codes of its linears (1 byte per weight) and their dequantized copies (as large as the
-  linears): ``max_i (B_i + B_{i+1} + Lin_i + codes_i)``, every linear counted as quantized;
+- **weights**: at layer ``i``, the layer itself and its linears' int8 codes (1 byte per weight,
+  every linear counted as quantized), and while the layer is rebuilt from its records for the
+  error pass (``decoder.quantized_layer``, in place, one linear at a time) one dequantized linear
+  beside the float one it replaces; before that, while its processors run, the records of layer
+  ``i - 1`` may still be held by the saver's commit thread: ``B_i + codes_i + max(codes_{i-1},
+  largest linear)``. Layer ``i + 1``, read
+  ahead by the prefetcher (``checkpoint.Prefetcher``), waits in host memory on an accelerator
+  (``host``: runtime + ``B_{i+1}``) and adds ``B_{i+1}`` to the weights on cpu (one memory);
 - **hidden states** of the rank's own samples (``tokens x hidden``): the layer inputs still needed,
   the float outputs, and the quantized outputs of the error samples; inputs are dropped as their
   output appears, except those a later step needs (``_Loop.kept_inputs``);
@@ -92,7 +96,9 @@ class Dims:
 
 @dataclass(frozen=True)
 class RankPeak:
-    """One rank's estimate, by part (bytes)."""
+    """One rank's estimate, by part (bytes). ``total``: the compute device's peak (on cpu, the
+    host's: one memory); ``host_total``: on an accelerator, the host memory the rank needs beside it
+    (the runtime and the layer read ahead), None on cpu."""
 
     rank: int
     samples: int
@@ -103,6 +109,7 @@ class RankPeak:
     scratch: int
     embedding_phase: int
     runtime: int
+    ahead_on_host: int | None = None   # accelerator: the largest layer read ahead, in host memory
 
     @property
     def layers_phase(self) -> int:
@@ -112,11 +119,19 @@ class RankPeak:
     def total(self) -> int:
         return self.runtime + max(self.embedding_phase, self.layers_phase)
 
+    @property
+    def host_total(self) -> int | None:
+        return None if self.ahead_on_host is None else self.runtime + self.ahead_on_host
+
     def explain(self) -> str:
-        return (f"rank {self.rank} ({self.samples} samples, {self.tokens} tokens): {gib(self.total)} = runtime "
-                f"{gib(self.runtime)} + max(embedding phase {gib(self.embedding_phase)}, layers: weights "
+        ahead = ("" if self.ahead_on_host is None else
+                 f"; host memory {gib(self.host_total or 0)} = runtime + the layer read ahead "
+                 f"{gib(self.ahead_on_host)}")
+        where = "device" if self.ahead_on_host is not None else "memory"
+        return (f"rank {self.rank} ({self.samples} samples, {self.tokens} tokens): {where} {gib(self.total)} = "
+                f"runtime {gib(self.runtime)} + max(embedding phase {gib(self.embedding_phase)}, layers: weights "
                 f"{gib(self.weights)} at layer {self.at_layer} + hidden states {gib(self.hidden)} + scratch "
-                f"{gib(self.scratch)})")
+                f"{gib(self.scratch)}){ahead}")
 
 
 def gib(count: int) -> str:
@@ -124,24 +139,33 @@ def gib(count: int) -> str:
     return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / 2 ** 20:.1f} MiB"
 
 
-def weights_peak(sizes: LayerBytes) -> tuple[int, int]:
-    """(bytes, layer) of ``max_i (B_i + B_{i+1} + Lin_i + codes_i)``."""
+def weights_peak(sizes: LayerBytes, *, accelerator: bool = False) -> tuple[int, int]:
+    """(bytes, layer) of ``max_i (B_i + codes_i + max(codes_{i-1}, largest linear) [+ B_{i+1} on
+    cpu])`` on the compute device (``accelerator``: the layer read ahead waits in host memory).
+
+    ``codes_{i-1}``: the saver commits layer ``i - 1`` on a background thread and holds its records
+    until done, at the latest until layer ``i``'s records are handed over (``save`` waits for it),
+    so they may share the processors of layer ``i``; the rebuild for the error pass comes after."""
     best, at = 0, 0
+    rebuilt = sizes.largest_linear * sizes.dtype_bytes
+    codes = [linear // max(1, sizes.dtype_bytes) for linear in sizes.linears]
     for i, own in enumerate(sizes.layers):
-        ahead = sizes.layers[i + 1] if i + 1 < len(sizes.layers) else 0
-        rebuilt = sizes.linears[i] + sizes.linears[i] // max(1, sizes.dtype_bytes)
-        if own + ahead + rebuilt > best:
-            best, at = own + ahead + rebuilt, i
+        ahead = sizes.layers[i + 1] if i + 1 < len(sizes.layers) and not accelerator else 0
+        held = own + ahead + codes[i] + max(codes[i - 1] if i else 0, rebuilt)
+        if held > best:
+            best, at = held, i
     return best, at
 
 
 def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size: int, *, error_samples: int,
-               holding: Holding = "float", runtime: int | None = None) -> list[RankPeak]:
+               holding: Holding = "float", runtime: int | None = None, accelerator: bool = False) -> list[RankPeak]:
     """Every rank's peak for global samples of ``lengths`` tokens (rank r owns r, r + W, ...);
-    ``runtime`` None: ``RUNTIME_BYTES``, plus ``GROUP_BYTES`` for more than one rank."""
+    ``runtime`` None: ``RUNTIME_BYTES``, plus ``GROUP_BYTES`` for more than one rank; ``accelerator``:
+    the compute device is not the host (the read-ahead layer is counted in host memory)."""
     if runtime is None:
         runtime = RUNTIME_BYTES + (GROUP_BYTES if world_size > 1 else 0)
-    weights, at = weights_peak(sizes)
+    weights, at = weights_peak(sizes, accelerator=accelerator)
+    ahead = max(sizes.layers[1:], default=0) if accelerator else None
     errors = min(error_samples, len(lengths))
     token = dims.hidden * sizes.dtype_bytes
     peaks = []
@@ -157,7 +181,7 @@ def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size
             + 4 * dims.heads * longest * longest + 4 * longest * max(dims.hidden, dims.intermediate)
         scratch = max(forward, 8 * sizes.largest_linear)
         peaks.append(RankPeak(rank, len(own), tokens, weights, at, held * token, scratch,
-                              sizes.embedding + tokens * token, runtime))
+                              sizes.embedding + tokens * token, runtime, ahead))
     return peaks
 
 
@@ -211,19 +235,27 @@ def host_capacity(ranks_on_host: int, env: Mapping[str, str] | None = None) -> C
     return smallest
 
 
-def check_fits(peaks: Sequence[RankPeak], capacity: Capacity | None, device: str) -> None:
-    """Refuse, with the arithmetic, a run whose largest rank peak exceeds what one rank may use.
+def check_fits(peaks: Sequence[RankPeak], capacity: Capacity | None, device: str,
+               host: Capacity | None = None) -> None:
+    """Refuse, with the arithmetic, a run whose largest rank peak exceeds what one rank may use
+    (``capacity``: the compute device's; ``host``: on an accelerator, the host memory of one rank).
     Every rank checks every rank's peak, so all refuse alike (same memory on every rank assumed)."""
-    if capacity is None or not peaks:
+    if not peaks:
         return
     worst = max(peaks, key=lambda p: p.total)
-    if worst.total <= capacity.bytes:
-        return
-    weights_alone = worst.runtime + worst.weights + worst.scratch
-    advice = ("a device or pod with more memory (the runtime, two decoder layers with one's quantized copy and "
-              f"the scratch alone need {gib(weights_alone)} per rank, whatever the number of ranks)"
-              if weights_alone > capacity.bytes else
-              "more ranks, fewer --calib_samples or a shorter --max_length (fewer hidden states per rank), "
-              "or a device or pod with more memory")
-    raise QuantJobError(f"not enough memory on {device}: {worst.explain()}, but {capacity.source} allows "
-                        f"{gib(capacity.bytes)}; use {advice}. {LIMIT_ENV}=none skips this check")
+    if capacity is not None and worst.total > capacity.bytes:
+        weights_alone = worst.runtime + worst.weights + worst.scratch
+        advice = ("a device or pod with more memory (the runtime, a decoder layer with its int8 codes"
+                  f"{'' if worst.ahead_on_host is not None else ', the next layer read ahead'} and the scratch alone "
+                  f"need {gib(weights_alone)} per rank, whatever the number of ranks)"
+                  if weights_alone > capacity.bytes else
+                  "more ranks, fewer --calib_samples or a shorter --max_length (fewer hidden states per rank), "
+                  "or a device or pod with more memory")
+        raise QuantJobError(f"not enough memory on {device}: {worst.explain()}, but {capacity.source} allows "
+                            f"{gib(capacity.bytes)}; use {advice}. {LIMIT_ENV}=none skips this check")
+    needs = max((p.host_total or 0 for p in peaks), default=0)
+    if host is not None and needs > host.bytes:
+        raise QuantJobError(f"not enough host memory beside {device}: a rank needs {gib(needs)} (the runtime and "
+                            f"the next decoder layer, read ahead into host memory), but {host.source} allows "
+                            f"{gib(host.bytes)}; give the pod more memory (resources.limits.memory). "
+                            f"{LIMIT_ENV}=none skips this check")

@@ -76,22 +76,8 @@ def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
                             f"(remove {adapter.lm_head!r} from include)")
     problems.extend(str(p) for p in output_problems(job.config, model_config, "")
                     if p.severity == "error")
-    problems.extend(_fp8_outside_layers(checkpoint, adapter))
     if problems:
         raise QuantJobError("; ".join(problems))
-
-
-def _fp8_outside_layers(checkpoint: Checkpoint, adapter: Adapter) -> list[str]:
-    """FP8 tensors outside the decoder layers: the savers copy those bytes unchanged, so they must be
-    float (DeepSeek-V3 and Kimi-K2 keep their embedding, final norm and lm_head in bf16)."""
-    inside = adapter.layers + "."
-    fp8 = sorted(name for name, info in checkpoint.tensors.items()
-                 if info.scale is not None and not name.startswith(inside))
-    if not fp8:
-        return []
-    return [(f"{checkpoint.model_dir}: {', '.join(fp8[:3])} outside the decoder layers are FP8; quantjob reads FP8 "
-            "weights only inside the decoder layers and copies the rest unchanged; give a checkpoint whose "
-            "embedding, final norm and lm_head are float")]
 
 
 def _layer_of(name: str, adapter: Adapter) -> str:
@@ -170,17 +156,22 @@ def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, len
 
     sizes = layer_bytes(checkpoint.tensors, skeleton.adapter, skeleton.num_layers)
     model_config: dict[str, Any] = skeleton.config.to_dict()
+    accelerator = device.type != "cpu"
     peaks = rank_peaks(sizes, Dims.of(model_config), lengths, world_size, error_samples=job.error_samples,
-                       holding=holding(job))
+                       holding=holding(job), accelerator=accelerator)
     capacity: Capacity | None
+    host: Capacity | None = None
     override = os.environ.get(LIMIT_ENV, "").strip()
     total = total_memory_bytes(device)
+    ranks_on_host = world_size if os.environ.get(LAUNCHER_PID_ENV) else 1
     if total is None or override:
-        capacity = host_capacity(world_size if os.environ.get(LAUNCHER_PID_ENV) else 1)
+        capacity = host_capacity(ranks_on_host)
     else:
         capacity = Capacity(total, f"{device}'s memory")
+        if accelerator:
+            host = host_capacity(ranks_on_host)
     worst = max(peaks, key=lambda p: p.total)
     logging.getLogger("quantjob.worker").info(
         "memory estimate, largest rank: %s; allowed: %s", worst.explain(),
         f"{gib(capacity.bytes)} ({capacity.source})" if capacity is not None else "not checked")
-    check_fits(peaks, capacity, str(device))
+    check_fits(peaks, capacity, str(device), host)

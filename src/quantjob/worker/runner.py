@@ -250,7 +250,8 @@ class _Loop:
     def outer(self) -> dict[str, TensorInfo]:
         """The checkpoint's tensors outside the decoder layers (embedding, final norm, lm_head) and
         those of the layers stored after them (MTP layers, ``preflight.extra_layer_names``): they
-        stay float and the saver copies them as they are."""
+        stay float and the saver copies them as they are, but FP8 block-scaled ones, which it writes
+        dequantized (``TensorInfo.scale``; bf16, without their ``weight_scale_inv``)."""
         adapter = self.skeleton.adapter
         layers_prefix = adapter.layers + "."
         extra = extra_layer_names(adapter, self.settings, self.skeleton.num_layers, self.checkpoint)

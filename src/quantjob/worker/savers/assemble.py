@@ -5,7 +5,8 @@ the staged records and the source checkpoint), so ``plan_output`` (rank 0) lays 
 file, ``create_parts`` (rank 0) writes each header and sizes the file, and then every rank
 ``write_share``s the bytes of the tensors it owns at their offsets: the decoder layers it
 committed, and a balanced share of the tensors outside the decoder layers (embedding, final
-norm, lm_head), which are copied straight from the source checkpoint. The bytes do not depend on
+norm, lm_head, MTP layers), which are copied straight from the source checkpoint (an FP8
+block-scaled one is written dequantized, as the checkpoint loads it). The bytes do not depend on
 who wrote them, so the files are the same for any world size.
 
 Order of work, so that an interrupted run never looks complete: weight files, index, copied
@@ -32,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantjob.worker.checkpoint import TensorInfo, read_header
+from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order
+from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order, tensor_bytes
 from quantjob.worker.savers.formats import FLOAT, OutputContents, OutputFormat
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,
@@ -108,9 +109,9 @@ def plan_tensors(staging: Path, num_layers: int, source_tensors: Mapping[str, Te
                                          meta["sha256"][name], owner))
             load[owner] += info.nbytes
     writers: dict[str, int] = {}
-    for name in sorted(source_tensors, key=lambda n: (-source_tensors[n].nbytes, n)):
+    for name in sorted(source_tensors, key=lambda n: (-source_tensors[n].loaded_nbytes, n)):
         writers[name] = min(range(world_size), key=lambda rank: (load[rank], rank))
-        load[writers[name]] += source_tensors[name].nbytes
+        load[writers[name]] += source_tensors[name].loaded_nbytes
     for name in sorted(source_tensors):
         info = source_tensors[name]
         planned.append(PlannedTensor(TensorSpec(name, info.dtype, info.shape), FLOAT, info, None, writers[name]))
@@ -224,8 +225,10 @@ def _read_range(fd: int, offset: int, nbytes: int, ends_early: str) -> Iterator[
 def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> str:
     """Copy one tensor's bytes to ``offset`` of ``out_fd`` in chunks; returns their sha256, checked
     against the staged record's."""
-    digest = hashlib.sha256()
     source = item.source
+    if source.scale is not None:
+        return _write_dequantized(item, out_fd, offset)
+    digest = hashlib.sha256()
     if source.nbytes != item.spec.nbytes:
         raise ValueError(f"tensor {item.spec.name!r} in {source.file} has {source.nbytes} bytes, "
                          f"{item.spec.nbytes} expected")
@@ -246,6 +249,22 @@ def _copy_tensor(item: PlannedTensor, out_fd: int, offset: int) -> str:
         raise ValueError(f"staged tensor {item.spec.name!r} in {source.file} no longer matches its checksum; "
                          "delete that file to redo the layer")
     return digest.hexdigest()
+
+
+def _write_dequantized(item: PlannedTensor, out_fd: int, offset: int) -> str:
+    """An FP8 block-scaled source tensor (outside the decoder layers, or of an MTP layer) written as
+    what the checkpoint loads it as: dequantized to the float dtype of the plan (one tensor at a
+    time: DeepSeek-V3's largest, an expert's or the embedding's, are at most a few hundred MB);
+    returns the sha256 of the bytes written."""
+    tensor = load_tensor(item.spec.name, item.source)
+    data = tensor_bytes(tensor)
+    if len(data) != item.spec.nbytes:
+        raise ValueError(f"tensor {item.spec.name!r} in {item.source.file} loads as {len(data)} bytes, "
+                         f"{item.spec.nbytes} expected")
+    done = 0
+    while done < len(data):
+        done += os.pwrite(out_fd, data[done:], offset + done)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_share(save_path: Path, plan: OutputPlan, rank: int) -> dict[str, str]:
