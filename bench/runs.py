@@ -43,7 +43,7 @@ def _summary_seconds(lines: list[str]) -> float | None:
 
 
 # the progress line after each layer: "layer 3/16 done (relative output error 2.639e-02, 13.4s)"
-_LAYER_DONE = re.compile(r"layer (\d+)/\d+ done \(.*, ([0-9.]+)s\)\s*$")
+_LAYER_DONE = re.compile(r"layer (\d+)/\d+ done \(.*, ([0-9.]+)s(?:, ETA [^)]*)?\)\s*$")  # ETA after all but the last
 
 
 def per_layer_seconds(result: RunResult) -> float | None:

@@ -29,9 +29,9 @@ def test_engine_seconds_reads_rank_zero_summary(tmp_path: Path) -> None:
 def test_per_layer_seconds_is_the_slope_after_the_first_layer(tmp_path: Path) -> None:
     log = tmp_path / "q.log"
     log.write_text("[rank 1] rank 1 of 2 joined the process group\nquantizing 4 decoder layers\n"
-                   "layer 1/4 done (relative output error 7.385e-02, 5.0s)\n"
-                   "layer 2/4 done (relative output error 3.890e-02, 9.5s)\n"
-                   "layer 3/4 done (relative output error n/a, 13.4s)\n"
+                   "layer 1/4 done (relative output error 7.385e-02, 5.0s, ETA 15s)\n"
+                   "layer 2/4 done (relative output error 3.890e-02, 9.5s, ETA 9s)\n"
+                   "layer 3/4 done (relative output error n/a, 13.4s, ETA 4s)\n"
                    "layer 4/4 done (relative output error 2.261e-02, 17.6s)\nwrote /tmp/out\n")
     assert per_layer_seconds(RunResult([], 1, 1.0, 0, 0, [], log)) == (17.6 - 5.0) / 3
     log.write_text("layer 1/1 done (relative output error 1.0e-02, 3.0s)\n")  # one layer: no slope
