@@ -121,6 +121,11 @@ def _calib_file(args: WorkerArgs, config: ModelslimConfig) -> Path | None:
     return None
 
 
+def run_option_values(args: RunOptions) -> dict[str, Any]:
+    """The run options of ``args``, by the table (what ``WorkerJob`` takes from the command line)."""
+    return {name: getattr(args, name) for name in run_options(type(args))}
+
+
 @dataclass(frozen=True)
 class _Checked:
     """What the checks before any weight is read found: where to run and the resolved config."""
@@ -222,8 +227,8 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
 
     # the launcher's rule for its ranks, for this process too (a pod, or a single --device cpu)
     torch.set_num_threads(threads_per_rank(1, available_cores(), os.environ))
-    options = {name: getattr(args, name) for name in run_options()}
-    job = WorkerJob(**{**options, "calib_file": _calib_file(args, checked.config)}, config=checked.config)
+    job = WorkerJob(**{**run_option_values(args), "calib_file": _calib_file(args, checked.config)},
+                    config=checked.config)
     spec = checked.devices
     try:
         group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout,
