@@ -16,14 +16,8 @@ from pydantic import ValidationError
 
 from quantjob.api import exit_codes
 from quantjob.api.presets import QUANT_TYPES, SUMMARIES
-from quantjob.api.run_options import choices_of, run_options
+from quantjob.api.run_options import RunOptions, choices_of, run_options
 from quantjob.cli.arguments import report_argument_errors
-from quantjob.worker.entry import WorkerArgs
-from quantjob.worker.entry import load_config as _load_config
-
-QuantizeArgs = WorkerArgs  # the command line, validated (its former name here)
-
-__all__ = ["QuantizeArgs", "_load_config", "add_run_option_flags", "msmodelslim_bool", "register", "run"]
 
 
 def msmodelslim_bool(text: str) -> bool:
@@ -35,7 +29,7 @@ def msmodelslim_bool(text: str) -> bool:
     return value
 
 
-def add_run_option_flags(parser: argparse.ArgumentParser, model: type[Any] = WorkerArgs,
+def add_run_option_flags(parser: argparse.ArgumentParser, model: type[Any] = RunOptions,
                          after: dict[str, Any] | None = None) -> None:
     """One ``--<name>`` flag per run option of ``model`` (``quantjob.api.run_options``); ``after``
     maps an option to a function that adds the flags that follow it (the CLI's own)."""
@@ -87,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(namespace: argparse.Namespace) -> int:
     from quantjob.worker import main
+    from quantjob.worker.entry import WorkerArgs
 
     values = {k: v for k, v in vars(namespace).items() if k in WorkerArgs.model_fields}
     try:
