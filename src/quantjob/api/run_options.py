@@ -114,7 +114,9 @@ def spec_fields(model: type[BaseModel] = RunOptions) -> dict[str, Any]:
         if option.spec is not None:
             continue
         bounds = [item for item in field.metadata if not isinstance(item, Option)]
-        annotation = Annotated[(field.annotation, *bounds)] if bounds else field.annotation
+        annotation: Any = field.annotation
+        for bound in bounds:  # the table's bounds (ge, le, ...) hold in the QuantJob too
+            annotation = Annotated[annotation, bound]
         out[camel(name)] = (annotation, Field(field.default, description=option.spec_description or option.help))
     return out
 
