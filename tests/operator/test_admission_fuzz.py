@@ -42,7 +42,6 @@ from quantjob.api.crd import build_crd
 from quantjob.api.model_types import model_type_problems
 from quantjob.api.problems import Problem, has_errors
 from quantjob.cli import build_parser
-from quantjob.cli.quantize import QuantizeArgs, _load_config
 from quantjob.cli.validate import validate_text
 from quantjob.operator.admission import admission_problems
 from quantjob.operator.builders import (
@@ -54,6 +53,8 @@ from quantjob.operator.builders import (
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import Settings
 from quantjob.worker.device import parse_devices
+from quantjob.worker.entry import WorkerArgs as QuantizeArgs
+from quantjob.worker.entry import load_config as _load_config
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.save_path import check_save_path
 

@@ -4,6 +4,7 @@ names exists, every code object it names is importable, and nothing cites the ol
 from __future__ import annotations
 
 import importlib
+import itertools
 import re
 from pathlib import Path
 
@@ -46,3 +47,19 @@ def test_code_and_docs_cite_the_design_in_the_repository() -> None:
               and "DESIGN.md" in path.read_text(encoding="utf-8", errors="replace") and path != Path(__file__)]
     citing += [Path("README.md")] if "DESIGN.md" in (ROOT / "README.md").read_text(encoding="utf-8") else []
     assert not citing, f"cite docs/design.md instead of DESIGN.md (not in the repository): {citing}"
+
+
+def test_the_seams_table_gives_each_extension_one_edit_and_a_test() -> None:
+    """Each row of the seams table (§2) names what to edit and a test that exists; the run options row
+    is there (a new option is one field of ``RunOptions``, ``tests/unit/test_run_options.py``)."""
+    text = DESIGN.read_text(encoding="utf-8")
+    table = text[text.index("| to add | edit | derived from it | test |"):]
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), table.splitlines()[2:]))
+    assert rows, "docs/design.md has no seams table"
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 4 and all(cells), row
+        tests = re.findall(r"`(tests/[\w/]+\.py)`", cells[3])
+        assert tests and all((ROOT / path).is_file() for path in tests), row
+    assert any(row.startswith("| a run option |") and "RunOptions" in row and "test_run_options.py" in row
+               for row in rows)

@@ -214,7 +214,7 @@ def test_the_refused_combinations_would_not_load(name: str, entry: dict[str, Any
                  "--config_path", str(config)]) == 2                 # refused before any work
     assert not (tmp_path / "refused").exists()
     # written anyway, with every rule bypassed, the output fails where vllm-ascend would
-    monkeypatch.setattr("quantjob.cli.quantize.resolve", _without_output_rules)
+    monkeypatch.setattr("quantjob.worker.entry.resolve", _without_output_rules)
     monkeypatch.setattr(preflight, "output_problems", lambda *args, **kwargs: [])
     out = _quantize(model, calib, tmp_path / "out", "--config_path", str(config))
     with pytest.raises(error, match=message):

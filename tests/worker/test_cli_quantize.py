@@ -12,7 +12,7 @@ import pytest
 
 from quantjob.api import exit_codes
 from quantjob.cli import build_parser, main
-from quantjob.cli.quantize import QuantizeArgs
+from quantjob.worker.entry import WorkerArgs as QuantizeArgs
 from quantjob.worker.phase_times import LOG_PREFIX, ORDER, parse_phase_times
 
 

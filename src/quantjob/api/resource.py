@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
 
 from quantjob.api import kube_rules
 from quantjob.api.modelslim import ModelslimConfig
@@ -24,6 +24,7 @@ from quantjob.api.pod_layout import (
 from quantjob.api.pod_objects import VOLUME_SOURCES, Affinity, first_problem
 from quantjob.api.presets import QUANT_TYPES
 from quantjob.api.problems import field_error
+from quantjob.api.run_options import spec_fields
 
 GROUP = "quantjob.io"
 VERSION = "v1alpha1"
@@ -453,7 +454,9 @@ class Scheduling(CamelModel):
         return self
 
 
-class QuantJobSpec(CamelModel):
+class QuantJobSpecFields(CamelModel):
+    """``QuantJobSpec`` less the top-level run options (added from ``quantjob.api.run_options``)."""
+
     model: ModelSource
     output: OutputTarget
     devices: Devices = Field(default_factory=Devices)
@@ -478,8 +481,8 @@ class QuantJobSpec(CamelModel):
     collectiveTimeoutSeconds: int = Field(1_800, ge=60, le=17_340, description="a collective that takes longer "
                                                                                 "fails the attempt (HCCL_EXEC_TIMEOUT)")
     env: dict[str, str] = Field(default_factory=dict, description="extra worker environment, e.g. HCCL_SOCKET_IFNAME")
-    nextLayerInput: Literal["float", "quantized"] = Field(
-        "float", description="inputs of layer i+1: outputs of the float or of the quantized layer i")
+    # the run options the table generates (nextLayerInput, calibrateAllExperts, ...) follow these:
+    # quantjob.api.run_options.spec_fields
 
     @model_validator(mode="before")
     @classmethod
@@ -549,7 +552,7 @@ class QuantJobSpec(CamelModel):
         return value
 
     @model_validator(mode="after")
-    def _one_config_source(self) -> QuantJobSpec:
+    def _one_config_source(self) -> QuantJobSpecFields:
         if self.config is not None and self.quantType is not None:
             raise field_error("quantType", "quantType and config are mutually exclusive; keep one of them")
         if self.config is None and self.quantType is None:
@@ -632,6 +635,13 @@ class QuantJobStatus(CamelModel):
     startTime: str | None = None
     completionTime: str | None = None
     progress: Progress | None = None
+
+
+if TYPE_CHECKING:  # checkers see the declared fields; the run options are read through the table
+    QuantJobSpec = QuantJobSpecFields
+else:
+    QuantJobSpec = create_model("QuantJobSpec", __base__=QuantJobSpecFields, __module__=__name__,
+                                **spec_fields())
 
 
 class QuantJob(CamelModel):

@@ -1,62 +1,23 @@
 """``quantjob quantize``: msModelSlim's ``msmodelslim quant`` flags, run by the layer-wise loop.
 
-The config is checked (``quantjob.api.check.resolve``) before any weight is read: problems are
-printed as ``path: message`` and errors exit 2. Every expected failure prints one
-``quantjob: error: ...`` line and leaves with its code from ``quantjob.api.exit_codes``: 2 for
-bad flags, config or environment, 3 for bad input the worker finds (missing files, corrupt or
-non-finite weights, empty calibration, an occupied output, a full output volume), 1 for a
-broken group (a lost or stuck peer, a collective timeout) and for crashes, which keep their
-traceback. With several devices and no ``RANK`` in the environment, the local launcher starts
-one process per device, each re-running this command as one rank.
+This module parses the command line: the run options' flags come from their table
+(``quantjob.api.run_options``), then ``--device``, the config source and the group's timeouts.
+The validated arguments go to the worker's entry point, ``quantjob.worker.main``, which checks the
+config before any weight is read and returns the exit code (``quantjob.worker.entry`` says which);
+bad flags exit 2 here.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from quantjob.api import exit_codes
-from quantjob.api.check import resolve
-from quantjob.api.modelslim import ModelslimConfig
-from quantjob.api.presets import QUANT_TYPES, SUMMARIES, preset
-from quantjob.api.problems import from_validation_error, has_errors
-from quantjob.api.run_options import RunOptions
-from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
+from quantjob.api.presets import QUANT_TYPES, SUMMARIES
+from quantjob.api.run_options import RunOptions, choices_of, run_options
 from quantjob.cli.arguments import report_argument_errors
-
-
-class QuantizeArgs(RunOptions):
-    """The command line, validated: the run's options plus the device and the config source."""
-
-    device: str = "cpu"
-    quant_type: str | None = None
-    config_path: Path | None = None
-    rendezvous_timeout: float = Field(600.0, gt=0)
-    collective_timeout: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: the environment's or 600
-
-    @model_validator(mode="after")
-    def _one_config(self) -> QuantizeArgs:
-        if (self.quant_type is None) == (self.config_path is None):
-            raise ValueError("give exactly one of --quant_type and --config_path")
-        if self.quant_type is not None and self.quant_type.lower() not in QUANT_TYPES:
-            raise ValueError(f"--quant_type {self.quant_type!r} is unknown; choose one of: {', '.join(QUANT_TYPES)}")
-        return self
-
-    def argv(self) -> list[str]:
-        """This command line again (what the local launcher runs once per rank)."""
-        out = ["quantize"]
-        for name, value in self.model_dump().items():
-            if value is None or value is False:
-                continue
-            flag = f"--{name}"
-            out.extend([flag] if value is True else [flag, str(value)])
-        return out
 
 
 def msmodelslim_bool(text: str) -> bool:
@@ -68,6 +29,40 @@ def msmodelslim_bool(text: str) -> bool:
     return value
 
 
+def add_run_option_flags(parser: argparse.ArgumentParser, model: type[Any] = RunOptions,
+                         after: dict[str, Any] | None = None) -> None:
+    """One ``--<name>`` flag per run option of ``model`` (``quantjob.api.run_options``); ``after``
+    maps an option to a function that adds the flags that follow it (the CLI's own)."""
+    for name, (field, option) in run_options(model).items():
+        flag = f"--{name}"
+        if field.annotation is bool and option.msmodelslim_bool:
+            parser.add_argument(flag, type=msmodelslim_bool, nargs="?", const=True, default=False,
+                                metavar=option.metavar, help=option.help)
+        elif field.annotation is bool:
+            parser.add_argument(flag, action="store_true", help=option.help)
+        else:
+            kind = field.annotation if field.annotation in (int, float) else None
+            extra: dict[str, Any] = {"required": True} if field.is_required() else {"default": field.default}
+            if kind is not None:
+                extra["type"] = kind
+            choices = choices_of(field.annotation)
+            if choices:
+                extra["choices"] = choices
+            if option.metavar:
+                extra["metavar"] = option.metavar
+            parser.add_argument(flag, help=option.help, **extra)
+        if after and name in after:
+            after[name](parser)
+
+
+def _device_and_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu | cpu:0,1 | npu | npu:0,1,2,3 | cuda:0,1 (default cpu)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--quant_type", help="preset: " + "; ".join(f"{name} ({SUMMARIES[name]})"
+                                                                    for name in QUANT_TYPES))
+    which.add_argument("--config_path", help="a modelslim_v1 YAML config")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     # "quant" is msmodelslim's name for this command, so its command lines run with only the program
     # name changed: `msmodelslim quant ...` -> `quantjob quant ...` (or `quantjob quantize ...`).
@@ -75,31 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantize", aliases=["quant"], help="quantize a model layer by layer (msmodelslim quant flags)",
         description="Quantize a Hugging Face model directory one decoder layer at a time. Takes "
                     "msmodelslim quant's command line as it is.")
-    parser.add_argument("--model_path", required=True, help="model directory (config.json, safetensors, tokenizer)")
-    parser.add_argument("--save_path", required=True, help="output directory")
-    parser.add_argument("--device", default="cpu", help="cpu | cpu:0,1 | npu | npu:0,1,2,3 | cuda:0,1 (default cpu)")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--quant_type", help="preset: " + "; ".join(f"{name} ({SUMMARIES[name]})"
-                                                                    for name in QUANT_TYPES))
-    which.add_argument("--config_path", help="a modelslim_v1 YAML config")
-    parser.add_argument("--calib_file", help="jsonl ({\"text\"} or {\"input_ids\"} lines) or plain text; "
-                                             "default: the built-in calibration set")
-    parser.add_argument("--calib_samples", type=int, default=128, help="samples to use (default 128)")
-    parser.add_argument("--max_length", type=int, default=2048, help="tokens per sample at most (default 2048)")
-    parser.add_argument("--model_type", help="override config.json's model_type (e.g. Qwen2.5-7B, llama)")
-    parser.add_argument("--trust_remote_code", type=msmodelslim_bool, nargs="?", const=True, default=False,
-                        metavar="True|False",
-                        help="allow the model's own Python code: True or False as in msmodelslim, or the bare flag "
-                             "for True (default False)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a complete output at --save_path")
-    parser.add_argument("--next_layer_input", choices=("float", "quantized"), default="float",
-                        help="feed each layer the float (default) or the quantized outputs of the previous one")
-    parser.add_argument("--error_samples", type=int, default=8,
-                        help="samples for the per-layer quantization error table (default 8)")
-    parser.add_argument("--calibrate_all_experts", action="store_true",
-                        help="MoE models: also run every calibration token through every routed expert, for "
-                             "statistics only (static activation scales for experts no token is routed to); "
-                             "the outputs stay the routed ones")
+    add_run_option_flags(parser, after={"save_path": _device_and_config})
     parser.add_argument("--rendezvous_timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long a rank waits for rank 0 to answer (default 600)")
     parser.add_argument("--collective_timeout", type=float, metavar="SECONDS",
@@ -108,189 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-TERMINATION_LOG = Path("/dev/termination-log")
-
-
-def _fail(message: str, code: int = exit_codes.INPUT) -> int:
-    """Report an expected failure: one line on stderr and, in a pod, the termination message
-    (the operator copies it into the QuantJob's Failed condition); returns ``code``."""
-    print(f"quantjob: error: {message}", file=sys.stderr)
-    _write_termination_log(message)
-    return code
-
-
-def _write_termination_log(message: str) -> None:
-    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-        try:
-            TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
-        except OSError:
-            pass
-
-
-def _load_config(args: QuantizeArgs) -> ModelslimConfig | list[str]:
-    if args.quant_type is not None:
-        return preset(args.quant_type)
-    assert args.config_path is not None
-    try:
-        with args.config_path.open("rb") as handle:
-            raw = handle.read(MAX_BYTES + 1)
-        found = too_large(len(raw)) or load_documents(raw.decode("utf-8"))
-    except OSError as error:
-        return [f"{args.config_path}: cannot read ({error.strerror}); fix --config_path"]
-    except UnicodeDecodeError:
-        return [f"{args.config_path}: not UTF-8 text; give a modelslim_v1 YAML config"]
-    if isinstance(found, YamlProblem):
-        where = f"{args.config_path}:{found.line}" if found.line else str(args.config_path)
-        return [f"quantjob: error: {where}: {found.message}"]  # one line, as render says it
-    if len(found) > 1:
-        return [f"{args.config_path}: holds {len(found)} YAML documents; give one modelslim_v1 config"]
-    data = found[0] if found else None
-    try:
-        return ModelslimConfig.model_validate(data)
-    except ValidationError as error:
-        return [f"{args.config_path}: {problem}" for problem in from_validation_error(error)]
-
-
-def _calib_file(args: QuantizeArgs, config: ModelslimConfig) -> Path | None:
-    """``--calib_file``, else the config's ``dataset`` when it names an existing file."""
-    dataset = config.calibration_dataset()
-    if args.calib_file is not None or not dataset:
-        return args.calib_file
-    base = args.config_path.parent if args.config_path else Path.cwd()
-    for candidate in (Path(dataset), base / dataset):
-        if os.path.isfile(candidate):  # False, not an error, for a name the kernel refuses
-            return candidate
-    print(f"quantjob: warning: dataset {dataset!r} in the config is not a file here; using the built-in "
-          "calibration set (pass --calib_file to choose one)", file=sys.stderr)
-    return None
-
-
 def run(namespace: argparse.Namespace) -> int:
-    from quantjob.worker.threads import reproducible_math_env
+    from quantjob.worker import main
+    from quantjob.worker.entry import WorkerArgs
 
-    reproducible_math_env(os.environ)  # before torch is imported, and inherited by launched ranks
-    values = {k: v for k, v in vars(namespace).items() if k in QuantizeArgs.model_fields}
+    values = {k: v for k, v in vars(namespace).items() if k in WorkerArgs.model_fields}
     try:
-        args = QuantizeArgs.model_validate(values)
+        args = WorkerArgs.model_validate(values)
     except ValidationError as error:
         report_argument_errors("quantjob", error)
         return exit_codes.USAGE
-
-    import logging
-
-    from quantjob.worker import device as devices
-    from quantjob.worker.adapters import adapter_for
-    from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.fp8 import fp8_blocks
-    from quantjob.worker.model_config import read_model_config
-    from quantjob.worker.save_path import name_too_long
-
-    for flag, path in (("--model_path", args.model_path), ("--save_path", args.save_path),
-                       ("--calib_file", args.calib_file)):
-        why = name_too_long(path) if path is not None else None
-        if why is not None:
-            return _fail(f"{flag} {path}: {why}; fix: choose a shorter path", exit_codes.INPUT)
-    try:
-        spec = devices.parse_devices(args.device)
-    except ValueError as error:
-        print(f"quantjob: error: {error}", file=sys.stderr)
-        return exit_codes.USAGE
-    loaded = _load_config(args)
-    if isinstance(loaded, list):
-        for line in loaded:
-            print(line, file=sys.stderr)
-        return exit_codes.USAGE
-    try:
-        model_config = read_model_config(args.model_path)
-        adapter_for(model_config, args.model_type, config_file=str(args.model_path / "config.json"))
-        fp8_blocks(model_config, str(args.model_path / "config.json"))  # an already quantized model: refused now
-    except QuantJobError as error:
-        return _fail(str(error), error.exit_code)
-    # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
-    from quantjob.worker.group_env import collective_timeout_s, read_group_env
-
-    try:
-        found = read_group_env()
-        timeout_s = collective_timeout_s(args.collective_timeout)
-    except ValueError as error:  # a pod's environment: the message goes to the termination log too
-        return _fail(str(error), exit_codes.USAGE)
-    in_group = found.world_size > 1 or any(os.environ.get(name, "").strip()
-                                           for name in ("RANK", "JOB_COMPLETION_INDEX"))
-    world_size = found.world_size if in_group else spec.count
-    resolution = resolve(loaded, devices=world_size, model_config=model_config, prefix="")
-    problems = resolution.problems
-    for problem in problems:
-        print(str(problem), file=sys.stderr)
-    if has_errors(problems) or resolution.config is None:
-        if in_group:  # a pod: the operator copies the termination message into the QuantJob
-            _write_termination_log("; ".join(str(p) for p in problems if p.severity == "error"))
-        return exit_codes.USAGE
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from quantjob.worker.launcher import die_with_launcher, launch
-
-    if spec.count > 1 and not in_group:
-        try:
-            return launch(args.argv(), spec)
-        except ValueError as error:  # the devices do not fit the visible ones: nothing started
-            return _fail(str(error), exit_codes.USAGE)
-    die_with_launcher()  # a rank of the local launcher (no-op otherwise) goes when the launcher goes
-    import torch
-
-    from quantjob.worker.launcher import available_cores
-    from quantjob.worker.threads import threads_per_rank
-
-    # the launcher's rule for its ranks, for this process too (a pod, or a single --device cpu)
-    torch.set_num_threads(threads_per_rank(1, available_cores(), os.environ))
-
-    from quantjob.worker.distributed import (
-        close_group,
-        init_group_from_env,
-        local_device_index,
-    )
-    from quantjob.worker.progress import default_progress
-    from quantjob.worker.runner import WorkerJob, run_quantization
-
-    job = WorkerJob(model_path=args.model_path, save_path=args.save_path, config=resolution.config,
-                    calib_file=_calib_file(args, resolution.config), calib_samples=args.calib_samples,
-                    max_length=args.max_length, model_type=args.model_type,
-                    trust_remote_code=args.trust_remote_code, overwrite=args.overwrite,
-                    next_layer_input=args.next_layer_input, error_samples=args.error_samples,
-                    calibrate_all_experts=args.calibrate_all_experts)
-    try:
-        group = init_group_from_env(spec.type, timeout_s=args.rendezvous_timeout, collective_timeout_s=timeout_s)
-        device = devices.torch_device(spec.type, local_device_index(spec, group))
-    except ValueError as error:
-        return _fail(str(error), exit_codes.USAGE)
-    except (RuntimeError, TimeoutError) as error:  # no device now, rank 0 not reachable: a restart may help
-        return _fail(str(error), exit_codes.CRASH)
-    try:
-        summary = run_quantization(job, group, device, default_progress(group))
-    except QuantJobError as error:
-        return _fail(str(error), error.exit_code)
-    except OSError as error:
-        from quantjob.worker.savers.directory import volume_full
-
-        if error.errno == errno.ENAMETOOLONG:  # a name built from the inputs (the checks above cover the flags)
-            return _fail(f"{error.filename or args.save_path}: {error.strerror}; fix: choose shorter paths",
-                         exit_codes.INPUT)
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        return _fail(str(volume_full(args.save_path, error)), exit_codes.INPUT)
-    finally:
-        close_group()
-    if group.is_main:
-        print(_summary_text(summary))
-    return 0
-
-
-def _summary_text(summary: Any) -> str:
-    from quantjob.worker.phase_times import LOG_PREFIX, format_phase_times
-    from quantjob.worker.progress import format_error_table
-
-    if summary.errors.get("already_complete"):
-        return "the output already holds this run's complete result; nothing was rewritten"
-    phases = format_phase_times(summary.phases, summary.seconds)
-    return (f"{format_error_table(summary.errors)}\n" + (f"{LOG_PREFIX}{phases}\n" if phases else "") +
-            f"{summary.num_layers} layers, {summary.samples} samples ({summary.tokens} tokens) in "
-            f"{summary.seconds:.1f}s" + (f", resumed at layer {summary.resumed_from}" if summary.resumed_from else ""))
+    return main(args)

@@ -26,9 +26,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel
 
 from quantjob.api.check import Resolution
 from quantjob.api.exit_codes import USER_ERRORS
@@ -43,6 +45,7 @@ from quantjob.api.pod_layout import (
 )
 from quantjob.api.problems import Problem
 from quantjob.api.resource import API_VERSION, KIND, QuantJob
+from quantjob.api.run_options import RunOptions, run_options, spec_path
 from quantjob.operator import gang, pod_overlay
 from quantjob.operator.settings import Settings
 
@@ -236,33 +239,47 @@ def build_network_policy(job: QuantJob, namespace: str | None) -> Manifest:
             "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]}}
 
 
-def worker_args(job: QuantJob) -> list[str]:
+def worker_args(job: QuantJob, model: type[BaseModel] = RunOptions) -> list[str]:
     """The container's args: ``quantjob`` subcommand and flags (the contract with the worker CLI).
+
+    The run options come from their table (``quantjob.api.run_options``), each read where
+    ``Option.spec`` says the QuantJob holds it: a boolean is its bare flag when true, another
+    value its flag and value when set, a path is prefixed with its volume's mount.
 
     They are ``args``, not ``command``: the image's entry point runs first (it sets up CANN's
     environment on Ascend images, see ``docker/worker-entrypoint.sh``) and then ``quantjob "$@"``.
     """
     spec = job.spec
-    args = [
-        "quantize",
-        "--model_path", f"{MODEL_MOUNT}/{spec.model.path}",
-        "--save_path", f"{OUTPUT_MOUNT}/{spec.output.path}",
-        "--config_path", f"{CONFIG_DIR}/{CONFIG_FILE}",
-        "--device", spec.devices.type,
-    ]
-    if spec.calibration.path:
-        args += ["--calib_file", f"{CALIBRATION_MOUNT}/{spec.calibration.path}"]
-    args += ["--calib_samples", str(spec.calibration.samples), "--max_length", str(spec.calibration.maxLength)]
-    if spec.model.trustRemoteCode:
-        args.append("--trust_remote_code")
-    if spec.model.modelType:
-        args += ["--model_type", spec.model.modelType]
-    if spec.output.overwrite:
-        args.append("--overwrite")
-    args += ["--next_layer_input", spec.nextLayerInput,
-             "--rendezvous_timeout", str(spec.rendezvousTimeoutSeconds),
+    args = ["quantize"]
+    for name, (field, option) in run_options(model).items():
+        where = spec_path(name, option)
+        if where is not None:
+            args += _option_args(name, field.annotation, where, _spec_value(spec, where))
+        if name == "save_path":  # the operator's own flags: the mounted config and the device type
+            args += ["--config_path", f"{CONFIG_DIR}/{CONFIG_FILE}", "--device", spec.devices.type]
+    args += ["--rendezvous_timeout", str(spec.rendezvousTimeoutSeconds),
              "--collective_timeout", str(spec.collectiveTimeoutSeconds)]
     return args
+
+
+_VOLUME_MOUNTS = {"model": MODEL_MOUNT, "output": OUTPUT_MOUNT, "calibration": CALIBRATION_MOUNT}
+
+
+def _spec_value(spec: Any, where: str) -> Any:
+    value = spec
+    for part in where.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _option_args(name: str, annotation: Any, where: str, value: Any) -> list[str]:
+    if value is None or value is False or value == "":
+        return []
+    if value is True:
+        return [f"--{name}"]
+    if Path in (annotation, *get_args(annotation)):  # a path on the pod volume its spec section names
+        return [f"--{name}", f"{_VOLUME_MOUNTS[where.split('.')[0]]}/{value}"]
+    return [f"--{name}", str(value)]
 
 
 def hccl_timeouts(job: QuantJob) -> dict[str, str]:
