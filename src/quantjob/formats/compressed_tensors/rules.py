@@ -1,0 +1,30 @@
+"""Load rules of the compressed-tensors format (``quantjob.api.rules_output`` applies them to every
+saver writing compressed-tensors; the sources are cited in its docstring)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantjob.api.modelslim import IterSmooth, LinearQuant, ModelslimConfig
+from quantjob.api.problems import Problem
+
+
+def load_problems(config: ModelslimConfig, _entries: list[tuple[str, LinearQuant]], saver_at: str,
+                  _model_config: dict[str, Any] | None, prefix: str) -> list[Problem]:
+    """What vLLM or transformers would load wrong from a saver writing compressed-tensors."""
+    problems: list[Problem] = []
+    for path, lq in config.linear_quants():
+        if lq.qconfig.act is None and not lq.qconfig.weight.symmetric:
+            problems.append(Problem(f"{prefix}{path}.qconfig.weight.symmetric",
+                                    f"asymmetric weight-only with {saver_at}: vLLM loads the packed zero points, "
+                                    "transformers (compressed-tensors 0.20) cannot (its loader expects them "
+                                    "unpacked: llm-compressor issue 1618); set symmetric: true to load with "
+                                    "transformers too", "warning"))
+    for index, proc in enumerate(config.spec.process):
+        if isinstance(proc, IterSmooth) and not proc.symmetric:
+            problems.append(Problem(f"{prefix}spec.process[{index}].symmetric",
+                                    f"asymmetric smoothing with {saver_at}: it shifts each smoothed norm by a bias "
+                                    "that transformers' and vLLM's RMSNorm have no parameter for (transformers drops "
+                                    "it, vLLM refuses the checkpoint); fix: set symmetric: true, or save with "
+                                    "ascendv1_saver (vllm-ascend's RMSNorm takes the bias)"))
+    return problems
