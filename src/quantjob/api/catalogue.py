@@ -23,8 +23,8 @@ class Algorithm:
     ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
     ``options``: the keys its config entry accepts besides ``type`` (for observers: ``ext`` keys).
     ``scopes``: for observers, the scopes it supports (empty = all).
-    ``format``: for savers, the output format the worker writes (module
-    ``quantjob.worker.savers.format_<format>``); a saver without one is not implemented.
+    ``format``: for savers, the output format the worker writes (registered in ``quantjob.formats``);
+    a saver without one is not implemented.
     """
 
     name: str

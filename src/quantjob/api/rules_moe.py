@@ -106,8 +106,9 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
     ``expert0_fused``: the family's layout already judges expert 0's gate/up/down as one fused module
     (``rules_output.LAYOUTS``), so a split inside expert 0 is left to that rule (one problem, not two)."""
     from quantjob.api.rules_output import _blame, _scheme_text, scheme_key, scheme_type
+    from quantjob.formats import format_named
 
-    exact = "compressed_tensors" in formats
+    exact = any(fmt is not None and format_named(fmt).exact_fused for fmt in formats)
     every = _distinguishes(entries)
     layers = layout.sparse if every else layout.sparse[:1]
     experts = range(layout.experts) if every else range(1)

@@ -14,7 +14,7 @@ from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 from quantjob.worker.savers.staging import json_bytes
 
 WEIGHTS_PREFIX = "quant_model_weights"        # msModelSlim's ASCENDV1_SAFETENSORS_NAME, less ".safetensors"
-from quantjob.formats.ascendv1 import DESCRIPTION
+from quantjob.formats.ascendv1 import DESCRIPTION, NAME
 
 DESCRIPTION_VERSION = "1.0.0"
 
@@ -39,7 +39,7 @@ def group_size_of(linears: tuple[dict[str, Any], ...]) -> int:
 
 
 class AscendV1Format:
-    name = "ascendv1"
+    name = NAME
     weights_prefix = WEIGHTS_PREFIX
     entry_file = DESCRIPTION
     entry_what = "a quantized model description"

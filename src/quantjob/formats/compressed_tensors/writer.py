@@ -32,6 +32,7 @@ from compressed_tensors.quantization import (  # type: ignore[import-untyped]
 
 from quantjob.api.model_types import LM_HEAD  # a Linear that stays float in every supported family (tied or not)
 from quantjob.formats.ascendv1 import DESCRIPTION as _ASCEND_DESCRIPTION
+from quantjob.formats.compressed_tensors import NAME
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
@@ -101,7 +102,7 @@ def quantization_config(linears: Sequence[dict[str, Any]], ignore: list[str]) ->
 
 
 class CompressedTensorsFormat:
-    name = "compressed_tensors"
+    name = NAME
     weights_prefix = WEIGHTS_PREFIX
     entry_file = CONFIG
     entry_what = "a model config"
