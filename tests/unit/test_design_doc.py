@@ -72,7 +72,6 @@ _PROCESSOR_ELSEWHERE = {
 }
 _FORMAT_ELSEWHERE = {
     "api/catalogue.py": "a saver's catalogue line names the format it writes",
-    "api/rules_moe.py": "the MoE expert rules still branch on format names (not yet moved into the formats' rules)",
 }
 
 

@@ -35,6 +35,8 @@ class OutputFormatEntry:
     (``read_config()`` reads its config.json). ``reader(model_dir)``: that output, readable layer by
     layer (``quantjob.worker.perplexity.SavedModel``); ``kind``: the name ``quantjob perplexity``
     reports for it; ``reads_what``: how its refusal message names what it reads.
+    ``moe_expert_problem(lq, path, expert_linear, prefix)``: (field, message) when its engines have no
+    MoE scheme for what ``lq`` gives a routed expert; ``moe_warning``: said of every MoE model it saves.
     """
 
     name: str
@@ -45,6 +47,8 @@ class OutputFormatEntry:
     kind: str
     reads_what: str
     exact_fused: bool = False
+    moe_expert_problem: Callable[[LinearQuant, str, str, str], tuple[str, str] | None] | None = None
+    moe_warning: str | None = None
 
 
 _FORMATS: dict[str, OutputFormatEntry] = {}

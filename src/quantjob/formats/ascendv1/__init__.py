@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quantjob.formats.ascendv1.rules import load_problems
+from quantjob.formats.ascendv1.rules import load_problems, moe_expert_problem
 from quantjob.formats.registry import OutputFormatEntry
 
 NAME = "ascendv1"
@@ -34,4 +34,5 @@ def _reader(model_dir: Path) -> Any:
 
 
 FORMAT = OutputFormatEntry(NAME, load_problems, _writer, _recognises, _reader, kind="ascendv1",
-                           reads_what=f"ascendv1 outputs ({DESCRIPTION})")
+                           reads_what=f"ascendv1 outputs ({DESCRIPTION})",
+                           moe_expert_problem=moe_expert_problem)

@@ -7,6 +7,7 @@ from typing import Any
 
 from quantjob.api.modelslim import LinearQuant, ModelslimConfig
 from quantjob.api.problems import Problem
+from quantjob.api.rules_moe import EXPERTS
 
 
 def load_problems(config: ModelslimConfig, entries: list[tuple[str, LinearQuant]], saver_at: str,
@@ -36,3 +37,19 @@ def load_problems(config: ModelslimConfig, entries: list[tuple[str, LinearQuant]
                                                        "the output does not load; fix: convert the model to bfloat16 "
                                                        "(or float16) first, or use scope per_token (W8A8_DYNAMIC)"))
     return problems
+
+
+def moe_expert_problem(lq: LinearQuant, path: str, name: str, prefix: str) -> tuple[str, str] | None:
+    """(field, message) when vllm-ascend has no MoE scheme for what ``lq`` gives expert ``name``."""
+    act = lq.qconfig.act
+    at = f"{prefix}{path}.qconfig"
+    static = act is not None and act.scope != "per_token"
+    if lq.qconfig.weight.dtype == "int8" and (act is None or static):
+        kind = "static W8A8" if static else "W8A16"
+        return (f"{at}.act.scope" if static else f"{at}.act",
+                (f"{name} (a routed expert) would be {kind}; vllm-ascend's only int8 MoE scheme is W8A8_DYNAMIC "
+                f"(its registry has no ({'W8A8' if static else 'W8A16'}, moe) entry); fix: quantize the experts "
+                "with act scope per_token in an entry of their own placed before this one (as in "
+                "examples/configs/qwen3-30b-a3b-w8a8-mixed.yaml: attention static W8A8, '*mlp.experts*' "
+                f"W8A8_DYNAMIC, router float), or exclude '*{EXPERTS}.*' from {path}"))
+    return None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quantjob.formats.compressed_tensors.rules import load_problems
+from quantjob.formats.compressed_tensors.rules import MOE_WARNING, load_problems, moe_expert_problem
 from quantjob.formats.registry import OutputFormatEntry
 
 NAME = "compressed_tensors"
@@ -40,4 +40,5 @@ def _reader(model_dir: Path) -> Any:
 
 
 FORMAT = OutputFormatEntry(NAME, load_problems, _writer, _recognises, _reader, kind="compressed-tensors",
-                           reads_what="compressed-tensors outputs", exact_fused=True)
+                           reads_what="compressed-tensors outputs", exact_fused=True,
+                           moe_expert_problem=moe_expert_problem, moe_warning=MOE_WARNING)
