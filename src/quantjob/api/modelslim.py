@@ -11,7 +11,7 @@ Field-by-field notes: ``docs/modelslim-fields.md``.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -29,7 +29,7 @@ from quantjob.api import catalogue
 from quantjob.api.globs import matches, pattern_error
 from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.problems import field_error
-from quantjob.api.processor_registry import processor, processor_union
+from quantjob.api.processor_registry import ProcessorConfig, processor, processor_union
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
 WeightScope = Literal["per_channel", "per_group", "per_tensor"]
@@ -196,7 +196,11 @@ class OtherProcessor(BaseModel):
 
 
 # Every registered processor's config class (``@processor`` above), others parsing as OtherProcessor.
-Processor = processor_union(OtherProcessor)
+# Built at run time from the registrations; a type checker sees any entry and narrows with isinstance.
+if TYPE_CHECKING:
+    Processor: TypeAlias = ProcessorConfig
+else:
+    Processor = processor_union(OtherProcessor)
 
 
 class Saver(Strict):

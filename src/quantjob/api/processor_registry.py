@@ -20,7 +20,7 @@ import operator
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Discriminator, Tag
 
@@ -35,6 +35,13 @@ Statistic = Literal["minmax", "probes"]
 STATISTICS: tuple[Statistic, ...] = typing.get_args(Statistic)
 
 OTHER_TAG = "other_processor"
+
+
+class ProcessorConfig(Protocol):
+    """What every entry of ``spec.process`` has (for a type checker; narrow with isinstance)."""
+
+    @property
+    def type(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -74,15 +81,16 @@ def processor(summary: str, *, distributed: bool = False, statistics: tuple[Stat
         raise ValueError(f"statistics {unknown} are not gathered by the layer loop; known: {', '.join(STATISTICS)}")
 
     def register(config: ModelT) -> ModelT:
-        name, *aliases = type_names(config)
+        model: type[BaseModel] = config
+        name, *aliases = type_names(model)
         taken = [n for n in (name, *aliases) if n in _BY_NAME or catalogue.lookup("processor", n) is not None]
         if taken:
             raise ValueError(f"{config.__name__}: processor name {taken[0]!r} is already registered")
-        options = tuple(field for field in config.model_fields if field != "type")
+        options = tuple(field for field in model.model_fields if field != "type")
         entry = catalogue.Algorithm(name, "processor", summary, distributed=distributed, aliases=tuple(aliases),
                                     options=options)
-        registration = Registration(config, entry, frozenset(statistics), smoothing)
-        _REGISTERED[config] = registration
+        registration = Registration(model, entry, frozenset(statistics), smoothing)
+        _REGISTERED[model] = registration
         for each in (name, *aliases):
             _BY_NAME[each] = registration
         catalogue.add_processor(entry)
@@ -109,7 +117,7 @@ def registration(config: type[BaseModel] | str) -> Registration | None:
     return _BY_NAME.get(config) if isinstance(config, str) else _REGISTERED.get(config)
 
 
-def smoothing_classes() -> tuple[type[BaseModel], ...]:
+def smoothing_classes() -> tuple[type[Any], ...]:
     """The config classes registered with ``smoothing=True`` (the rules in ``smoothing_rules``)."""
     return tuple(r.config for r in _REGISTERED.values() if r.smoothing)
 
