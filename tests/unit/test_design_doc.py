@@ -1,8 +1,11 @@
 """docs/design.md is the design document the code cites: it exists in the repository, every file it
-names exists, every code object it names is importable, and nothing cites the old out-of-tree notes."""
+names exists, every code object it names is importable, and nothing cites the old out-of-tree notes.
+Its seams hold: a processor's type and a format's name are written only at their registration, and
+nothing is imported by a name pattern (these fail when a registration is spread again)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import itertools
 import re
@@ -22,7 +25,7 @@ def test_every_path_the_design_names_exists() -> None:
 
 def test_every_code_object_the_design_names_exists() -> None:
     text = DESIGN.read_text(encoding="utf-8")
-    names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli)(?:\.\w+)*)`", text))
+    names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli|formats)(?:\.\w+)*)`", text))
     names |= {f"quantjob.worker.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
     names |= {f"quantjob.worker.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
     assert len(names) > 8
@@ -63,3 +66,58 @@ def test_the_seams_table_gives_each_extension_one_edit_and_a_test() -> None:
         assert tests and all((ROOT / path).is_file() for path in tests), row
     assert any(row.startswith("| a run option |") and "RunOptions" in row and "test_run_options.py" in row
                for row in rows)
+
+
+SRC = ROOT / "src" / "quantjob"
+
+
+def _string_constants(name: str) -> set[str]:
+    """The source files (relative to src/quantjob) holding ``name`` as a whole string constant."""
+    found = set()
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.Constant) and node.value == name for node in ast.walk(tree)):
+            found.add(path.relative_to(SRC).as_posix())
+    return found
+
+
+# Where a registered name may also appear, and why (anything else is a registration spread again).
+_PROCESSOR_ELSEWHERE = {
+    "api/presets.py": "quant-type presets are configs written in msModelSlim's language",
+    "api/crd.py": "'group' is the CRD's API group",
+    "formats/compressed_tensors/writer.py": "'group' is compressed-tensors' per-group strategy",
+}
+_FORMAT_ELSEWHERE = {
+    "api/catalogue.py": "a saver's catalogue line names the format it writes",
+}
+
+
+def test_a_processor_type_is_written_only_at_its_registration() -> None:
+    from quantjob.api.processor_registry import registrations
+
+    assert len(registrations()) >= 4
+    for registration in registrations():
+        for name in (registration.algorithm.name, *registration.algorithm.aliases):
+            spread = _string_constants(name) - {"api/modelslim.py"} - set(_PROCESSOR_ELSEWHERE)
+            assert not spread, f"processor type {name!r} is written outside its registration: {sorted(spread)}"
+
+
+def test_a_format_is_named_only_in_its_package() -> None:
+    from quantjob.formats import formats
+
+    assert len(formats()) >= 2
+    for fmt in formats():
+        spread = {path for path in _string_constants(fmt.name) if not path.startswith(f"formats/{fmt.name}/")}
+        spread -= set(_FORMAT_ELSEWHERE)
+        assert not spread, f"output format {fmt.name!r} is named outside its package: {sorted(spread)}"
+
+
+def test_nothing_is_imported_by_a_name_pattern() -> None:
+    patterned = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) \
+                    == "import_module" and node.args and isinstance(node.args[0], ast.JoinedStr):
+                patterned.append(path.relative_to(SRC).as_posix())
+    # the CLI's subcommands are the one exception: `quantjob <name>` runs quantjob.cli.<name>
+    assert sorted(patterned) == ["cli/__init__.py"], patterned

@@ -16,7 +16,7 @@ print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith((
 
 
 @pytest.mark.parametrize("module", ["quantjob.api", "quantjob.api.check", "quantjob.api.crd", "quantjob.api.globs",
-                                    "quantjob.operator", "quantjob.cli"])
+                                    "quantjob.operator", "quantjob.cli", "quantjob.formats"])
 def test_import_loads_neither_torch_nor_the_worker(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], check=False, capture_output=True,
                           text=True, timeout=120)

@@ -178,8 +178,8 @@ def test_a_norm_bias_is_written_but_transformers_drops_it(models: dict[str, Path
     transformers has no parameter for it (why check refuses asymmetric smoothing with this saver)."""
     from safetensors.torch import load_file, save_file
 
+    from quantjob.formats.compressed_tensors.writer import FORMAT
     from quantjob.worker.records import LayerOutput
-    from quantjob.worker.savers.format_compressed_tensors import FORMAT
 
     bias = torch.full((64,), 0.5, dtype=torch.bfloat16)
     named = FORMAT.layer_tensors(LayerOutput(0, [], {"model.layers.0.input_layernorm.bias": bias}))

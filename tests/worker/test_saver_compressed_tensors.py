@@ -28,10 +28,10 @@ from test_saver_output import (
     tree,
 )
 
+from quantjob.formats.compressed_tensors.writer import linear_tensors, scheme_for
 from quantjob.worker.distributed import Group
 from quantjob.worker.records import QuantizedLinear
 from quantjob.worker.savers.assemble import COMPLETE
-from quantjob.worker.savers.format_compressed_tensors import linear_tensors, scheme_for
 from quantjob.worker.savers.staging import STAGING_DIR
 
 CT = "compressed_tensors_saver"

@@ -1,12 +1,14 @@
-"""A format is one module plus one catalogue line: a third format, registered here for the test,
-gets staging, resume, the parallel assembly, the part split, the marker and the lock unchanged."""
+"""A format is one package plus one registration (and the catalogue line of its saver): a third format,
+registered here for the test, gets staging, resume, the parallel assembly, the part split, the marker
+and the lock unchanged, and is found by the saver, the load rules and the reader dispatch."""
 
 from __future__ import annotations
 
 import json
 import sys
-import types
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,10 @@ from test_saver_output import layer_output, open_ascend, outer_source, run_all
 
 from quantjob.api import catalogue
 from quantjob.api.catalogue import Algorithm
+from quantjob.api.modelslim import LinearQuant, ModelslimConfig
+from quantjob.api.problems import Problem
+from quantjob.api.rules_output import output_problems
+from quantjob.formats import OutputFormatEntry, register, unregister
 from quantjob.worker.records import LayerOutput
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
@@ -43,13 +49,28 @@ class PlainFormat:
         return json.dumps([[name, tag] for name, tag, _ in contents.tensors]).encode()
 
 
+def _plain_rules(config: ModelslimConfig, entries: list[tuple[str, LinearQuant]], saver_at: str,
+                 model_config: dict[str, Any] | None, prefix: str) -> list[Problem]:
+    return [Problem(f"{prefix}{path}", f"plain listing with {saver_at}", "warning") for path, _ in entries]
+
+
+class PlainOutput:
+    def __init__(self, model_dir: Path) -> None:
+        self.names = [name for name, _ in json.loads((model_dir / "plain.json").read_text())]
+
+
+PLAIN = OutputFormatEntry("plain", _plain_rules, PlainFormat, lambda d, _config: (d / "plain.json").is_file(),
+                          PlainOutput, kind="plain", reads_what="plain listings")
+
+
 @pytest.fixture
-def plain_saver(monkeypatch: pytest.MonkeyPatch) -> str:
-    module = types.ModuleType("quantjob.worker.savers.format_plain")
-    module.FORMAT = PlainFormat()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+def plain_saver(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    register(PLAIN)
     monkeypatch.setitem(catalogue.SAVERS, "plain_saver", Algorithm("plain_saver", "saver", "test", format="plain"))
-    return "plain_saver"
+    try:
+        yield "plain_saver"
+    finally:
+        unregister("plain")
 
 
 def test_a_new_format_needs_only_its_module_and_a_catalogue_line(plain_saver: str, tmp_path: Path,
@@ -74,3 +95,18 @@ def test_a_new_format_needs_only_its_module_and_a_catalogue_line(plain_saver: st
     assert sorted(p.name for p in save.iterdir()) == sorted(p.name for p in clean.iterdir())
     for path in clean.iterdir():
         assert (save / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_the_rules_and_the_reader_find_a_registered_format(plain_saver: str, tmp_path: Path,
+                                                           tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from quantjob.worker.perplexity import SavedSource, open_model
+
+    config = ModelslimConfig.model_validate({"spec": {
+        "process": [{"type": "linear_quant", "qconfig": {"weight": {}}}], "save": [{"type": plain_saver}]}})
+    assert [p.message for p in output_problems(config, None, "")] == ["plain listing with spec.save[0]"]
+    model = tiny_model("qwen2", 2)
+    out = tmp_path / "out"
+    run_all(out, model, layers=2, saver_type=plain_saver)
+    source = open_model(out)
+    assert isinstance(source, SavedSource) and source.kind == "plain"
+    assert "model.layers.0.self_attn.q_proj.weight" in source.output.names

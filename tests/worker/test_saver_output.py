@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_saver_ascend_tensors import reference_linear
 
 from quantjob.api.modelslim import Saver
+from quantjob.formats.ascendv1 import DESCRIPTION
 from quantjob.worker.checkpoint import TensorInfo, read_header
 from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
@@ -30,7 +31,6 @@ from quantjob.worker.records import LayerOutput
 from quantjob.worker.savers import OutputSaver, assemble, open_saver
 from quantjob.worker.savers.ascend_tensors import ascend_tensors
 from quantjob.worker.savers.assemble import COMPLETE, verify_complete
-from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
 from quantjob.worker.savers.staging import STAGING_DIR
 
 HIDDEN = 64
@@ -270,7 +270,7 @@ def test_a_complete_output_is_refused_without_overwrite(tmp_path: Path, model_di
 
 def test_an_interrupted_finish_never_looks_complete(tmp_path: Path, model_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantjob.worker.savers import format_ascendv1
+    from quantjob.formats.ascendv1 import writer as format_ascendv1
 
     save = tmp_path / "out"
 

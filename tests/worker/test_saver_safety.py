@@ -24,9 +24,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_saver_output import layer_output, open_ascend, outer_source, run_all, tree
 
+from quantjob.formats.ascendv1 import DESCRIPTION
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.savers.assemble import COMPLETE
-from quantjob.worker.savers.format_ascendv1 import DESCRIPTION
 from quantjob.worker.savers.staging import STAGING_DIR
 
 

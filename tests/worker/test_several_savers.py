@@ -79,7 +79,7 @@ def test_each_saver_resumes_on_its_own(tmp_path: Path, model_dir: Path, monkeypa
     assert second.load_layer(0).index == 0
     # layers 1..4 again; the ascendv1 saver already holds 1 and 2, and the finish of the
     # compressed-tensors saver is cut short after the ascendv1 one is complete
-    from quantjob.worker.savers import format_compressed_tensors
+    from quantjob.formats.compressed_tensors import writer as format_compressed_tensors
 
     def lost(*args: object) -> bytes:
         raise OSError("node lost")

@@ -1,8 +1,8 @@
 """The algorithm catalogue: every processor, observer method and saver quantjob knows by name.
 
-The compatibility rules (``quantjob.api.check``) read only this table: adding an
-algorithm means adding an entry here (and its implementation in the worker), never
-touching the rules. Names msModelSlim has and quantjob does not run are listed with
+The compatibility rules (``quantjob.api.check``) read only this table. An implemented processor's
+entry is not written here: its registration with its config class adds it
+(``quantjob.api.processor_registry``); an observer or saver is one entry here. Names msModelSlim has and quantjob does not run are listed with
 ``implemented=False`` so that the error says "known, not supported yet" instead of "unknown".
 """
 
@@ -23,8 +23,8 @@ class Algorithm:
     ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
     ``options``: the keys its config entry accepts besides ``type`` (for observers: ``ext`` keys).
     ``scopes``: for observers, the scopes it supports (empty = all).
-    ``format``: for savers, the output format the worker writes (module
-    ``quantjob.worker.savers.format_<format>``); a saver without one is not implemented.
+    ``format``: for savers, the output format the worker writes (registered in ``quantjob.formats``);
+    a saver without one is not implemented.
     """
 
     name: str
@@ -39,20 +39,10 @@ class Algorithm:
     format: str | None = None
 
 
-_SMOOTH_OPTIONS = ("enable_subgraph_type", "include", "exclude", "ext")
-
-_ENTRIES: tuple[Algorithm, ...] = (
-    # --- processors -------------------------------------------------------------------
-    Algorithm("linear_quant", "processor", "quantize the selected linears (weights, activations)",
-              distributed=True, options=("qconfig", "include", "exclude")),
-    Algorithm("group", "processor", "linear_quant entries sharing one calibration pass (mixed precision)",
-              distributed=True, options=("configs",)),
-    Algorithm("iter_smooth", "processor", "SmoothQuant-style outlier migration per subgraph (alpha, scale_min; "
-              "asymmetric mode shifts norm outputs)",
-              distributed=True, options=("alpha", "scale_min", "symmetric", *_SMOOTH_OPTIONS)),
-    Algorithm("flex_smooth_quant", "processor", "smoothing with per-subgraph searched alpha/beta",
-              distributed=True, aliases=("flex_smooth",),
-              options=("alpha", "beta", *_SMOOTH_OPTIONS)),
+_ENTRIES: list[Algorithm] = [
+    # --- processors ----------------------------------------------------------------------
+    # The implemented ones are registered with their config classes (``add_processor``, called by
+    # ``quantjob.api.processor_registry.processor`` in ``quantjob.api.modelslim``) and come first.
     # msModelSlim processors that quantjob does not implement yet: known names, clear errors.
     Algorithm("smooth_quant", "processor", "SmoothQuant", implemented=False),
     Algorithm("awq", "processor", "activation-aware weight quantization", implemented=False),
@@ -85,7 +75,7 @@ _ENTRIES: tuple[Algorithm, ...] = (
     Algorithm("distributed_compressed_tensors_saver", "saver", "compressed-tensors layout written by several ranks",
               distributed=True, options=("part_file_size", "save_directory"), format="compressed_tensors"),
     Algorithm("mindie_format_saver", "saver", "MindIE format", implemented=False),
-)
+]
 
 
 def _index(kind: Kind) -> dict[str, Algorithm]:
@@ -104,8 +94,35 @@ SAVERS: dict[str, Algorithm] = _index("saver")
 _TABLES: dict[Kind, dict[str, Algorithm]] = {"processor": PROCESSORS, "observer": OBSERVERS, "saver": SAVERS}
 
 
+_registered_processors = 0
+
+
+def add_processor(entry: Algorithm) -> None:
+    """Add a registered processor's entry (after the registered ones, before the known-only ones)."""
+    global _registered_processors
+    _ENTRIES.insert(_registered_processors, entry)
+    _registered_processors += 1
+    for name in (entry.name, *entry.aliases):
+        PROCESSORS[name] = entry
+
+
+def remove_processor(entry: Algorithm) -> None:
+    """Take a registered processor's entry back (tests that register a fake processor)."""
+    global _registered_processors
+    _ENTRIES.remove(entry)
+    _registered_processors -= 1
+    for name in (entry.name, *entry.aliases):
+        PROCESSORS.pop(name, None)
+
+
+def _registered() -> None:
+    """Make sure the processor registrations (in ``quantjob.api.modelslim``) have run."""
+    import quantjob.api.modelslim  # noqa: F401  (registers the processors on import)
+
+
 def lookup(kind: Kind, name: str) -> Algorithm | None:
     """The entry for ``name`` (or one of its aliases), or None when the name is unknown."""
+    _registered()
     return _TABLES[kind].get(name) if isinstance(name, str) else None
 
 
@@ -117,11 +134,13 @@ def canonical_name(kind: Kind, name: str) -> str:
 
 def entries(kind: Kind) -> list[Algorithm]:
     """Every entry of one kind, in catalogue order."""
+    _registered()
     return [e for e in _ENTRIES if e.kind == kind]
 
 
 def names(kind: Kind) -> list[str]:
     """Every canonical name of one kind (implemented or not), sorted."""
+    _registered()
     return sorted({e.name for e in _ENTRIES if e.kind == kind})
 
 
@@ -137,5 +156,6 @@ def runs_distributed(entry: Algorithm) -> bool:
 
 def supported(kind: Kind, *, distributed: bool = False) -> list[str]:
     """Canonical names quantjob can run, optionally only those usable under dp_layer_wise."""
+    _registered()
     return sorted({e.name for e in _ENTRIES
                    if e.kind == kind and e.implemented and (not distributed or runs_distributed(e))})

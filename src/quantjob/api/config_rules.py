@@ -14,8 +14,9 @@ from quantjob.api.globs import (
     pattern_error,
 )
 from quantjob.api.model_types import LM_HEAD
-from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth, ModelslimConfig
+from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.problems import Problem
+from quantjob.api.processor_registry import smoothing_classes
 
 
 def lm_head_in_include(config: ModelslimConfig, prefix: str) -> list[Problem]:
@@ -31,7 +32,7 @@ def pattern_budget(config: ModelslimConfig, prefix: str) -> list[Problem]:
     for path, lq in config.linear_quants():
         entries += [(f"{path}.include", lq.include), (f"{path}.exclude", lq.exclude)]
     for index, proc in enumerate(config.spec.process):
-        if isinstance(proc, (IterSmooth, FlexSmoothQuant)):
+        if isinstance(proc, smoothing_classes()):
             entries += [(f"spec.process[{index}].include", proc.include),
                         (f"spec.process[{index}].exclude", proc.exclude)]
     total = 0

@@ -11,16 +11,14 @@ Field-by-field notes: ``docs/modelslim-fields.md``.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     PositiveInt,
-    Tag,
     field_validator,
     model_validator,
     with_config,
@@ -31,6 +29,7 @@ from quantjob.api import catalogue
 from quantjob.api.globs import matches, pattern_error
 from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.problems import field_error
+from quantjob.api.processor_registry import ProcessorConfig, processor, processor_union
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
 WeightScope = Literal["per_channel", "per_group", "per_tensor"]
@@ -110,6 +109,7 @@ class QConfig(Strict):
     weight: WeightQuantSpec
 
 
+@processor("quantize the selected linears (weights, activations)", distributed=True)
 class LinearQuant(Strict):
     type: Literal["linear_quant"] = "linear_quant"
     qconfig: QConfig
@@ -117,6 +117,7 @@ class LinearQuant(Strict):
     exclude: ExcludeGlobs = Field(default_factory=list)
 
 
+@processor("linear_quant entries sharing one calibration pass (mixed precision)", distributed=True)
 class Group(Strict):
     type: Literal["group"] = "group"
     configs: list[LinearQuant] = Field(min_length=1)
@@ -147,6 +148,8 @@ class SmoothExt(Strict):
     sites: Literal["family", "all"] = "family"
 
 
+@processor("SmoothQuant-style outlier migration per subgraph (alpha, scale_min; asymmetric mode shifts norm "
+           "outputs)", distributed=True, smoothing=True)
 class IterSmooth(Strict):
     type: Literal["iter_smooth"] = "iter_smooth"
     alpha: float = Field(0.9, ge=0.0, le=1.0)
@@ -158,6 +161,8 @@ class IterSmooth(Strict):
     ext: SmoothExt = Field(default_factory=SmoothExt)
 
 
+@processor("smoothing with per-subgraph searched alpha/beta", distributed=True, statistics=("minmax", "probes"),
+           smoothing=True)
 class FlexSmoothQuant(Strict):
     """``flex_smooth_quant`` (alias ``flex_smooth``); alpha/beta None = searched per subgraph."""
 
@@ -190,27 +195,12 @@ class OtherProcessor(BaseModel):
         return value
 
 
-# type -> tag of the model that parses it; anything else parses as OtherProcessor.
-_MODELLED: dict[str, str] = {"linear_quant": "linear_quant", "group": "group", "iter_smooth": "iter_smooth",
-                             "flex_smooth_quant": "flex_smooth_quant", "flex_smooth": "flex_smooth_quant"}
-
-
-def _processor_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    if kind is None:
-        return None
-    return _MODELLED.get(kind, "other_processor") if isinstance(kind, str) else "other_processor"
-
-
-Processor = Annotated[
-    Annotated[LinearQuant, Tag("linear_quant")]
-    | Annotated[Group, Tag("group")]
-    | Annotated[IterSmooth, Tag("iter_smooth")]
-    | Annotated[FlexSmoothQuant, Tag("flex_smooth_quant")]
-    | Annotated[OtherProcessor, Tag("other_processor")],
-    Discriminator(_processor_tag, custom_error_type="processor_type",
-                  custom_error_message="a process entry is a mapping with a 'type' (e.g. type: linear_quant)"),
-]
+# Every registered processor's config class (``@processor`` above), others parsing as OtherProcessor.
+# Built at run time from the registrations; a type checker sees any entry and narrows with isinstance.
+if TYPE_CHECKING:
+    Processor: TypeAlias = ProcessorConfig
+else:
+    Processor = processor_union(OtherProcessor)
 
 
 class Saver(Strict):

@@ -38,8 +38,6 @@ def join_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-# Discriminated unions add the tag name to the location ("linear_quant"); keep the path readable.
-_UNION_TAGS = {"linear_quant", "group", "iter_smooth", "flex_smooth_quant", "other_processor"}
 
 # Error type of ``field_error``: a validator that names a field deeper than where it runs.
 FIELD_ERROR = "quantjob_field"
@@ -52,9 +50,12 @@ def field_error(path: str, message: str) -> PydanticCustomError:
 
 def from_validation_error(error: ValidationError, prefix: str = "") -> list[Problem]:
     """One Problem per pydantic error, with the full field path."""
+    from quantjob.api.processor_registry import tags
+
+    union_tags = tags()  # the Processor union adds its tag to the location; keep the path readable
     problems: list[Problem] = []
     for item in error.errors(include_url=False):
-        loc = tuple(p for p in item["loc"] if p not in _UNION_TAGS)
+        loc = tuple(p for p in item["loc"] if p not in union_tags)
         message = str(item["msg"]).removeprefix("Value error, ")
         context = item.get("ctx") or {}
         if item["type"] == FIELD_ERROR:

@@ -102,12 +102,13 @@ def _distinguishes(entries: list[tuple[str, LinearQuant]]) -> bool:
 
 def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, formats: list[str | None],
                  prefix: str, expert0_fused: bool = False) -> list[Problem]:
-    """The MoE rules for the savers' ``formats`` (``ascendv1``, ``compressed_tensors``).
+    """The MoE rules for the savers' ``formats`` (each format's own in its package's ``rules.py``).
     ``expert0_fused``: the family's layout already judges expert 0's gate/up/down as one fused module
     (``rules_output.LAYOUTS``), so a split inside expert 0 is left to that rule (one problem, not two)."""
     from quantjob.api.rules_output import _blame, _scheme_text, scheme_key, scheme_type
+    from quantjob.formats import format_named
 
-    exact = "compressed_tensors" in formats
+    exact = any(fmt is not None and format_named(fmt).exact_fused for fmt in formats)
     every = _distinguishes(entries)
     layers = layout.sparse if every else layout.sparse[:1]
     experts = range(layout.experts) if every else range(1)
@@ -150,11 +151,9 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
                    "and load every expert with it; fix: quantize every expert projection of a layer the same way "
                    f"(one entry that includes '*{EXPERTS}.*'), or keep all of them float (exclude "
                    f"'*{EXPERTS}.*')")
-    problems = [Problem(f"{prefix}spec.save[{index}].type",
-                        "a MoE model saved as compressed-tensors loads in vLLM, not in transformers (5.25 with "
-                        "compressed-tensors 0.20.1 finds no per-expert tensor to fuse into mlp.experts.gate_up_proj, "
-                        "even with float experts; docs/compressed-tensors-notes.md)", "warning")
-                for index, fmt in enumerate(formats) if fmt == "compressed_tensors"]
+    warnings = [(index, format_named(fmt).moe_warning) for index, fmt in enumerate(formats) if fmt is not None]
+    problems = [Problem(f"{prefix}spec.save[{index}].type", warning, "warning")
+                for index, warning in warnings if warning is not None]
     for at, (message, seen) in found.items():
         others = len(layout.sparse) - 1 if not every else len(seen) - 1
         more = f" (and {others} more MoE layers)" if others > 0 else ""
@@ -164,22 +163,13 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
 
 def _scheme_problem(lq: LinearQuant, path: str, name: str, formats: list[str | None],
                     prefix: str) -> tuple[str, str] | None:
-    """(field, message) when an engine has no MoE scheme for what ``lq`` gives expert linear ``name``."""
-    act = lq.qconfig.act
-    at = f"{prefix}{path}.qconfig"
-    static = act is not None and act.scope != "per_token"
-    if "ascendv1" in formats and lq.qconfig.weight.dtype == "int8" and (act is None or static):
-        kind = "static W8A8" if static else "W8A16"
-        return (f"{at}.act.scope" if static else f"{at}.act",
-                (f"{name} (a routed expert) would be {kind}; vllm-ascend's only int8 MoE scheme is W8A8_DYNAMIC "
-                f"(its registry has no ({'W8A8' if static else 'W8A16'}, moe) entry); fix: quantize the experts "
-                "with act scope per_token in an entry of their own placed before this one (as in "
-                "examples/configs/qwen3-30b-a3b-w8a8-mixed.yaml: attention static W8A8, '*mlp.experts*' "
-                f"W8A8_DYNAMIC, router float), or exclude '*{EXPERTS}.*' from {path}"))
-    if "compressed_tensors" in formats and static:
-        return (f"{at}.act.scope",
-                (f"{name} (a routed expert) would be static W8A8; vLLM's compressed-tensors MoE loads int8 "
-                "activations only dynamic per token (CompressedTensorsW8A8Int8MoEMethod); fix: act scope "
-                f"per_token for the experts in an entry placed before this one, or exclude '*{EXPERTS}.*' from "
-                f"{path}"))
+    """(field, message) when an engine has no MoE scheme for what ``lq`` gives expert linear ``name``
+    (the first problem of the savers' formats, in registration order: ``quantjob.formats``)."""
+    from quantjob.formats import formats as registered
+
+    for fmt in registered():
+        if fmt.name in formats and fmt.moe_expert_problem is not None:
+            problem = fmt.moe_expert_problem(lq, path, name, prefix)
+            if problem is not None:
+                return problem
     return None

@@ -30,8 +30,9 @@ from typing import Any
 
 from quantjob.api import catalogue
 from quantjob.api.globs import matches, pattern_error
-from quantjob.api.modelslim import IterSmooth, LinearQuant, ModelslimConfig, Saver
+from quantjob.api.modelslim import LinearQuant, ModelslimConfig, Saver
 from quantjob.api.problems import Problem
+from quantjob.formats import format_named
 
 
 @dataclass(frozen=True)
@@ -297,51 +298,6 @@ def _scheme_problems(entries: list[tuple[str, LinearQuant]], prefix: str) -> lis
     return problems
 
 
-def _ascend_problems(entries: list[tuple[str, LinearQuant]], saver_at: str, model_config: dict[str, Any] | None,
-                     prefix: str) -> list[Problem]:
-    problems: list[Problem] = []
-    dtype = model_dtype(model_config)
-    for path, lq in entries:
-        at = f"{prefix}{path}.qconfig"
-        weight, act = lq.qconfig.weight, lq.qconfig.act
-        if act is None and weight.dtype == "int4":
-            problems.append(Problem(f"{at}.weight.dtype", f"int4 weights (W4A16) with {saver_at}: vllm-ascend has no "
-                                                          "dense W4A16 linear scheme (only MoE experts, in "
-                                                          "compressed-tensors' packed layout); fix: use type: "
-                                                          f"compressed_tensors_saver in {saver_at} (vLLM, "
-                                                          "transformers), or int8 weights"))
-        elif act is None and weight.scope == "per_group":
-            problems.append(Problem(f"{at}.weight.scope", f"per_group W8A16 with {saver_at}: vllm-ascend's W8A16 "
-                                                          "loads per-channel scales [out, 1] only; fix: use scope "
-                                                          "per_channel, or type: compressed_tensors_saver in "
-                                                          f"{saver_at}"))
-        if act is not None and act.scope == "per_tensor" and dtype == "float32":
-            problems.append(Problem(f"{at}.act.scope", f"static W8A8 of a float32 model with {saver_at}: vllm-ascend "
-                                                       "creates deq_scale only for bfloat16 and float16 models, so "
-                                                       "the output does not load; fix: convert the model to bfloat16 "
-                                                       "(or float16) first, or use scope per_token (W8A8_DYNAMIC)"))
-    return problems
-
-
-def _compressed_tensors_problems(config: ModelslimConfig, saver_at: str, prefix: str) -> list[Problem]:
-    problems: list[Problem] = []
-    for path, lq in config.linear_quants():
-        if lq.qconfig.act is None and not lq.qconfig.weight.symmetric:
-            problems.append(Problem(f"{prefix}{path}.qconfig.weight.symmetric",
-                                    f"asymmetric weight-only with {saver_at}: vLLM loads the packed zero points, "
-                                    "transformers (compressed-tensors 0.20) cannot (its loader expects them "
-                                    "unpacked: llm-compressor issue 1618); set symmetric: true to load with "
-                                    "transformers too", "warning"))
-    for index, proc in enumerate(config.spec.process):
-        if isinstance(proc, IterSmooth) and not proc.symmetric:
-            problems.append(Problem(f"{prefix}spec.process[{index}].symmetric",
-                                    f"asymmetric smoothing with {saver_at}: it shifts each smoothed norm by a bias "
-                                    "that transformers' and vLLM's RMSNorm have no parameter for (transformers drops "
-                                    "it, vLLM refuses the checkpoint); fix: set symmetric: true, or save with "
-                                    "ascendv1_saver (vllm-ascend's RMSNorm takes the bias)"))
-    return problems
-
-
 def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None = None,
                     prefix: str = "spec.config.") -> list[Problem]:
     """Everything that would make an output fail to load, per saver, before any work."""
@@ -351,14 +307,12 @@ def output_problems(config: ModelslimConfig, model_config: dict[str, Any] | None
     problems += _scheme_problems(entries, prefix)
     formats = [saver_format(saver) for saver in savers]
     if entries and any(fmt is not None for fmt in formats):
-        problems += _fused_problems(entries, model_config, prefix, exact="compressed_tensors" in formats)
+        problems += _fused_problems(entries, model_config, prefix, exact=any(fmt is not None and format_named(fmt).exact_fused
+                                                                    for fmt in formats))
         problems += _moe_problems(entries, model_config, formats, prefix)
     for index, fmt in enumerate(formats):
-        saver_at = f"spec.save[{index}]"
-        if fmt == "ascendv1":
-            problems += _ascend_problems(entries, saver_at, model_config, prefix)
-        elif fmt == "compressed_tensors":
-            problems += _compressed_tensors_problems(config, saver_at, prefix)
+        if fmt is not None:
+            problems += format_named(fmt).load_problems(config, entries, f"spec.save[{index}]", model_config, prefix)
     return _unique(problems)
 
 

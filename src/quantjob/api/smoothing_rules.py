@@ -16,8 +16,7 @@ from quantjob.api.modelslim import (
     ModelslimConfig,
 )
 from quantjob.api.problems import Problem
-
-SMOOTHING = (IterSmooth, FlexSmoothQuant)
+from quantjob.api.processor_registry import smoothing_classes
 
 
 def _static(entry: LinearQuant) -> bool:
@@ -40,7 +39,7 @@ def smoothing_problems(config: ModelslimConfig, prefix: str) -> list[Problem]:
         at = f"{prefix}spec.process[{index}]"
         if isinstance(proc, (LinearQuant, Group)) and first_quant is None:
             first_quant = index
-        if not isinstance(proc, SMOOTHING):
+        if not isinstance(proc, smoothing_classes()):
             continue
         if first_quant is not None:
             problems.append(Problem(at, f"{proc.type} after the linear_quant at spec.process[{first_quant}] "
@@ -48,7 +47,7 @@ def smoothing_problems(config: ModelslimConfig, prefix: str) -> list[Problem]:
                                                   "every linear_quant and group"))
         if isinstance(proc, IterSmooth):
             problems.extend(_asymmetric(proc, index, config, prefix))
-        elif (proc.alpha is None) != (proc.beta is None):
+        elif isinstance(proc, FlexSmoothQuant) and (proc.alpha is None) != (proc.beta is None):
             given = "alpha" if proc.alpha is not None else "beta"
             problems.append(Problem(f"{at}.{given}", f"{given} alone is ignored: alpha and beta are both searched "
                                                      "unless both are given (as in msModelSlim); give both to fix "

@@ -42,13 +42,13 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from quantjob.formats.ascendv1 import DESCRIPTION
 from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.decoder import Skeleton, materialise, release
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.experts import expert_modules
 from quantjob.worker.savers.ascend_tensors import FLOAT, deq_scale_value
 
-DESCRIPTION = "quant_model_description.json"
 WEIGHTS_GLOB = "quant_model_weights*.safetensors"
 
 AscendScheme = Literal["W8A8", "W8A8_DYNAMIC", "W8A16", "W4A16"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from quantjob.formats.compressed_tensors import is_compressed_tensors
 from quantjob.worker.ascend_forward import LayerTensors, SavedLinear
 from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
@@ -31,13 +32,7 @@ from quantjob.worker.model_config import read_model_config
 from quantjob.worker.records import QuantizedLinear
 from quantjob.worker.savers.ascend_tensors import ascend_tensors
 
-QUANT_METHOD = "compressed-tensors"
 FORMATS = ("int-quantized", "naive-quantized", "pack-quantized", "mixed-precision")
-
-
-def is_compressed_tensors(model_config: dict[str, Any]) -> bool:
-    quantization = model_config.get("quantization_config")
-    return isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD
 
 
 def _matches(target: str, module: str) -> bool:

@@ -35,18 +35,10 @@ from typing import Any, Protocol
 
 import torch
 
+from quantjob.formats import formats
 from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import (
-    DESCRIPTION,
-    AscendOutput,
-    SavedModel,
-    saved_layer,
-)
+from quantjob.worker.ascend_forward import SavedModel, saved_layer
 from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.compressed_tensors_read import (
-    CompressedTensorsOutput,
-    is_compressed_tensors,
-)
 from quantjob.worker.decoder import (
     Skeleton,
     build_skeleton,
@@ -175,20 +167,27 @@ class SavedSource:
 
 
 def open_model(model_dir: Path, *, divide: bool = False) -> ModelSource:
-    """The source for a model directory: an ascendv1 output when it has the description file, a
-    compressed-tensors one when its config says so, a float Hugging Face directory otherwise (one
-    with another ``quantization_config`` is refused)."""
-    if (model_dir / DESCRIPTION).is_file():
-        return SavedSource(AscendOutput(model_dir), "ascendv1", divide=divide)
-    config = read_model_config(model_dir)
-    if is_compressed_tensors(config):
-        return SavedSource(CompressedTensorsOutput(model_dir), "compressed-tensors", divide=divide)
-    quantization = config.get("quantization_config")
+    """The source for a model directory: an output of the first registered format that recognises it
+    (``quantjob.formats``: ascendv1 by its description file, compressed-tensors by its config), a float
+    Hugging Face directory otherwise (one with another ``quantization_config`` is refused)."""
+    read: dict[str, Any] = {}
+
+    def read_config() -> dict[str, Any]:  # read once, and only when a format asks
+        if "config" not in read:
+            read["config"] = read_model_config(model_dir)
+        config: dict[str, Any] = read["config"]
+        return config
+
+    registered = formats()
+    for fmt in registered:
+        if fmt.recognises(model_dir, read_config):
+            return SavedSource(fmt.reader(model_dir), fmt.kind, divide=divide)
+    quantization = read_config().get("quantization_config")
     if isinstance(quantization, dict) and quantization:
         method = quantization.get("quant_method", "unknown")
+        what = [fmt.reads_what for fmt in registered]
         raise QuantJobError(f"{model_dir / 'config.json'}: quantization_config with quant_method {method!r}; "
-                            "quantjob perplexity reads float models, ascendv1 outputs "
-                            f"({DESCRIPTION}) and compressed-tensors outputs")
+                            f"quantjob perplexity reads float models, {', '.join(what[:-1])} and {what[-1]}")
     return FloatSource(model_dir)
 
 

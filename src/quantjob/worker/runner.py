@@ -23,6 +23,7 @@ import torch
 
 from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
+from quantjob.api.processor_registry import statistics_for
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.adapters import adapter_for
 from quantjob.worker.calibration import Calibration, load_calibration
@@ -129,11 +130,10 @@ class _Loop:
         keep_all = job.next_layer_input == "quantized" or any(
             processor_for(proc.type).reobserves for proc in job.config.spec.process)
         self.kept_inputs = set(self.local) if keep_all else set(self.error_local)
-        # probe rows (a bounded, rank-independent subset of every linear's inputs) only when a
-        # processor searches on activations (flex_smooth_quant)
+        # the statistics the run's registered processors ask for (processor_registry): min/max
+        # always; probe rows (a bounded, rank-independent subset of every linear's inputs) on request
         self.num_samples = n
-        self.probes_per_sample = probes_per_sample(n) if any(
-            processor_for(proc.type).uses_probes for proc in job.config.spec.process) else 0
+        self.probes_per_sample = probes_per_sample(n) if "probes" in statistics_for(job.config.spec.process) else 0
         self.settings = skeleton.config.to_dict()
         # MoE layers: tokens routed to each expert, reduced over all ranks (layer -> experts path -> counts)
         self.routed: dict[int, dict[str, list[int]]] = {}

@@ -1,15 +1,21 @@
-"""Processors registered by name: plain functions over one materialised layer and the reduced
-statistics (``LayerContext``). Adding an algorithm means one module and one entry here; the loop in
-``quantjob.worker.runner`` does not change. ``tests/worker/test_catalogue_implemented.py`` checks that
-every catalogue entry marked implemented has its entry here.
+"""Processor implementations keyed by config class: plain functions over one materialised layer and the
+reduced statistics (``LayerContext``). A processor is its config class, registered once in
+``quantjob.api.modelslim`` (``@processor``: type name, catalogue entry, union member, statistics), plus
+its module here and one ``HANDLERS`` entry keyed by that class; the loop in ``quantjob.worker.runner``
+does not change. ``tests/worker/test_catalogue_implemented.py`` checks that every registered config
+class has its entry here and nothing else does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
+from quantjob.api.modelslim import FlexSmoothQuant, Group, IterSmooth, LinearQuant
+from quantjob.api.processor_registry import registration, registrations
 from quantjob.worker.processors.context import LayerContext
 from quantjob.worker.processors.flex_smooth import apply_flex_smooth, check_flex_smooth
 from quantjob.worker.processors.iter_smooth import apply_iter_smooth, check_iter_smooth
@@ -32,34 +38,62 @@ class ProcessorEntry:
     input until the processors are done. The smoothing processors change weights but keep
     ``ctx.stats`` current themselves (each fold maps its consumers' statistics), so they need no
     second pass and the loop drops inputs as soon as their outputs exist.
-    ``uses_probes``: it reads ``ctx.probes``, so the loop records them in its observation pass."""
+    The statistics it reads (``ctx.stats``, ``ctx.probes``) are declared by its registration
+    (``quantjob.api.processor_registry``), and the loop gathers what the run's processors ask for."""
 
     apply: Callable[[Any, LayerContext], None]
     needs_stats: Callable[[Any], bool]
     check: Callable[[Any, str, Preflight], list[str]]
     reobserves: bool = False
-    uses_probes: bool = False
 
 
 def _always(_entry: Any) -> bool:
     return True
 
 
-PROCESSORS: dict[str, ProcessorEntry] = {
-    "linear_quant": ProcessorEntry(apply_linear_quant, static_activations, check_shapes),
-    "group": ProcessorEntry(apply_group, static_activations, check_shapes),
-    "iter_smooth": ProcessorEntry(apply_iter_smooth, _always, check_iter_smooth),
-    "flex_smooth_quant": ProcessorEntry(apply_flex_smooth, _always, check_flex_smooth, uses_probes=True),
+HANDLERS: dict[type[BaseModel], ProcessorEntry] = {
+    LinearQuant: ProcessorEntry(apply_linear_quant, static_activations, check_shapes),
+    Group: ProcessorEntry(apply_group, static_activations, check_shapes),
+    IterSmooth: ProcessorEntry(apply_iter_smooth, _always, check_iter_smooth),
+    FlexSmoothQuant: ProcessorEntry(apply_flex_smooth, _always, check_flex_smooth),
 }
 
 
-def processor_for(name: str) -> ProcessorEntry:
-    from quantjob.api.catalogue import canonical_name
+class _ByName(MutableMapping[str, ProcessorEntry]):
+    """``HANDLERS`` seen by canonical type name (the names come from the registrations)."""
 
-    entry = PROCESSORS.get(canonical_name("processor", name))
+    def _config(self, name: str) -> type[BaseModel]:
+        found = registration(name)
+        if found is None or found.tag != name:
+            raise KeyError(name)
+        return found.config
+
+    def __getitem__(self, name: str) -> ProcessorEntry:
+        return HANDLERS[self._config(name)]
+
+    def __setitem__(self, name: str, entry: ProcessorEntry) -> None:
+        HANDLERS[self._config(name)] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del HANDLERS[self._config(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([r.tag for r in registrations() if r.config in HANDLERS])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+PROCESSORS: MutableMapping[str, ProcessorEntry] = _ByName()
+
+
+def processor_for(name: str) -> ProcessorEntry:
+    """The implementation of the processor named ``name`` (a type name or alias)."""
+    found = registration(name)
+    entry = HANDLERS.get(found.config) if found is not None else None
     if entry is None:
         raise ValueError(f"processor {name!r} is not implemented in the worker; supported: {', '.join(PROCESSORS)}")
     return entry
 
 
-__all__ = ["PROCESSORS", "LayerContext", "Preflight", "ProcessorEntry", "processor_for"]
+__all__ = ["HANDLERS", "PROCESSORS", "LayerContext", "Preflight", "ProcessorEntry", "processor_for"]

@@ -36,7 +36,7 @@ class LayerContext:
     num_samples: int = 0                           # calibration samples over all ranks
     config: ModelslimConfig | None = None          # the whole run's config (what later entries will do)
     # this rank's probe rows: linear -> global sample -> input rows (see observers.record_probes);
-    # filled only when a processor's entry sets uses_probes
+    # filled only when a registered processor of the run asks for "probes" (processor_registry)
     probes: Probes = field(default_factory=dict)
     # runs this rank's samples through the layer as it is now and replaces ``stats`` (reduced
     # again over all ranks) and ``probes``, then clears ``modified``; collective: every rank calls it

@@ -208,7 +208,7 @@ def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Te
     wanted = sorted(set(names))
     missing = [name for name in wanted if name not in ctx.probes]
     if missing:
-        raise RuntimeError(f"no probe rows recorded for {missing[0]}: the processor entry must set uses_probes")
+        raise RuntimeError(f"no probe rows recorded for {missing[0]}: its registration must ask for the 'probes' statistics")
     local = {(name, g): rows for name in wanted for g, rows in ctx.probes[name].items()}
     merged: dict[str, dict[int, torch.Tensor]] = {name: {} for name in wanted}
     for part in ctx.group.all_gather_tensors(local):

@@ -3,7 +3,7 @@
 ``open_savers`` (several ``spec.save`` entries) and ``open_saver`` (one) are the entry points; the
 loop sees the ``OutputSaver`` protocol and never a file format. Every saver is one implementation
 (``directory.py``) with a format (``formats.py``) chosen by its catalogue entry
-(``quantjob.api.catalogue``: ``format="ascendv1"`` -> ``format_ascendv1.py``); a distributed name
+(``quantjob.api.catalogue``: its ``format`` names a package of ``quantjob.formats``); a distributed name
 only says the job runs under ``dp_layer_wise``. With several savers each writes its own
 sub-directory of the output (``quantjob.api.rules_output.saver_directories``).
 """

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from quantjob.worker.records import QuantizedLinear
-
-FLOAT = "FLOAT"
+from quantjob.worker.savers.formats import FLOAT  # one tag for every format
 
 # msModelSlim's AscendV1Saver.QUANT_TYPE_PRIORITY (later = wins as model_quant_type), with W4A16
 # (which that list lacks) placed after W8A16: fewer weight bits rank higher there.

@@ -2,14 +2,13 @@
 
 The output machinery (staging, the background commit, resume and its identity, the parallel
 assembly with read-back verification, the part split and index, the completion marker, the lock)
-serves every format. A format is one module ``quantjob.worker.savers.format_<name>`` holding a
-``FORMAT`` object with this protocol; the saver's catalogue entry names it
-(``quantjob.api.catalogue.Algorithm.format``). Adding a format is that module plus one catalogue line.
+serves every format. A format's writer is the ``OutputFormat`` its package returns
+(``quantjob.formats.<name>``, registered in ``quantjob.formats``: writer, reader and load rules
+together); the saver's catalogue entry names the format (``quantjob.api.catalogue.Algorithm.format``).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,17 +67,14 @@ class OutputFormat(Protocol):
         """The entry file's bytes (a description JSON, or config.json with its quantization_config)."""
 
 
-def format_module(format_name: str) -> str:
-    return f"quantjob.worker.savers.format_{format_name}"
-
-
 def load_format(format_name: str) -> OutputFormat:
-    """The ``FORMAT`` of ``quantjob.worker.savers.format_<format_name>``."""
+    """The writer of the registered format ``format_name`` (``quantjob.formats``)."""
+    from quantjob.formats import format_named
+
     try:
-        module = importlib.import_module(format_module(format_name))
+        fmt: OutputFormat = format_named(format_name).writer()
     except ImportError as error:
         raise QuantJobError(f"output format {format_name!r} cannot be loaded ({error}); fix: install the extra "
                             "that provides it (pip install 'quantjob[compressed-tensors]' for compressed-tensors) "
                             "or choose another saver in spec.save") from error
-    fmt: OutputFormat = module.FORMAT
     return fmt

@@ -30,13 +30,14 @@ from compressed_tensors.quantization import (  # type: ignore[import-untyped]
     QuantizationStatus,
 )
 
+from quantjob.api.model_types import LM_HEAD  # a Linear that stays float in every supported family (tied or not)
+from quantjob.formats.ascendv1 import DESCRIPTION as _ASCEND_DESCRIPTION
+from quantjob.formats.compressed_tensors import NAME
 from quantjob.worker.records import LayerOutput, QuantizedLinear
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
 WEIGHTS_PREFIX = "model"          # transformers' SAFE_WEIGHTS_NAME, less ".safetensors"
 CONFIG = "config.json"
-LM_HEAD = "lm_head"               # a Linear that stays float in every supported family (tied or not)
-_ASCEND_DESCRIPTION = "quant_model_description.json"
 
 
 def scheme_for(scheme: str, group_size: int | None, weight_symmetric: bool,
@@ -101,7 +102,7 @@ def quantization_config(linears: Sequence[dict[str, Any]], ignore: list[str]) ->
 
 
 class CompressedTensorsFormat:
-    name = "compressed_tensors"
+    name = NAME
     weights_prefix = WEIGHTS_PREFIX
     entry_file = CONFIG
     entry_what = "a model config"

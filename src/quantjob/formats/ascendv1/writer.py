@@ -1,6 +1,6 @@
 """The ascendv1 format (msModelSlim's v1 saver, read by vllm-ascend): tensors per quantized linear
 from ``ascend_tensors``, every other tensor FLOAT, and ``quant_model_description.json`` naming each
-tensor's type. Facts and sources: ``docs/ascend-format-notes.md``.
+tensor's type. Facts and sources: ``docs/ascend-format-notes.md``. The format's entry: ``__init__.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 from quantjob.worker.savers.staging import json_bytes
 
 WEIGHTS_PREFIX = "quant_model_weights"        # msModelSlim's ASCENDV1_SAFETENSORS_NAME, less ".safetensors"
-DESCRIPTION = "quant_model_description.json"  # what vllm-ascend's AscendModelSlimConfig reads
+from quantjob.formats.ascendv1 import DESCRIPTION, NAME
+
 DESCRIPTION_VERSION = "1.0.0"
 
 
@@ -38,7 +39,7 @@ def group_size_of(linears: tuple[dict[str, Any], ...]) -> int:
 
 
 class AscendV1Format:
-    name = "ascendv1"
+    name = NAME
     weights_prefix = WEIGHTS_PREFIX
     entry_file = DESCRIPTION
     entry_what = "a quantized model description"
