@@ -6,9 +6,11 @@ tokens from Shakespeare's plays, ``quantjob quantize`` on 2 local ranks (``--dev
 thread each), then the perplexity of every output on the held-out play (Macbeth) by ``quantjob
 perplexity`` (layer by layer, W8A8 linears computed as vllm-ascend computes them).
 
-Rows: float; W8A8 static minmax; W8A8 + iter_smooth; W8A8 + flex_smooth_quant; W8A8 +
-flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A8_DYNAMIC + flex_smooth_quant; W8A16. A row whose config ``quantjob`` refuses
-(exit code 2: a processor this build lacks) is reported as not available, not as a failure.
+Rows: float; W8A8 static minmax; W8A8 + iter_smooth; W8A8 + flex_smooth_quant (each of these two
+smoothing rows also with ``ext: {sites: all}``, quantjob's wider set of sites in place of the
+family's msModelSlim set); W8A8 + flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A8_DYNAMIC +
+flex_smooth_quant; W8A16. A row whose config ``quantjob`` refuses (exit code 2: a processor this
+build lacks) is reported as not available, not as a failure.
 
 llm-compressor (optional, in its own venv: ``python -m bench.llmc.venv``; skipped with a message
 when absent): static W8A8 minmax and SmoothQuantModifier(0.8) + static W8A8 on the same model and
@@ -82,7 +84,12 @@ ROWS: tuple[Row, ...] = (
     Row("float", "float (bf16)"),
     Row("w8a8", "W8A8 static minmax", quant_type="w8a8", static=True),
     Row("w8a8-iter-smooth", "W8A8 + iter_smooth", config=_config([{"type": "iter_smooth"}]), static=True),
+    # ``ext: {sites: all}``: quantjob's wider set of smoothing sites in place of the family's msModelSlim set
+    Row("w8a8-iter-smooth-all", "W8A8 + iter_smooth, sites: all",
+        config=_config([{"type": "iter_smooth", "ext": {"sites": "all"}}]), static=True),
     Row("w8a8-flex", "W8A8 + flex_smooth_quant", config=_config([{"type": "flex_smooth_quant"}]), static=True),
+    Row("w8a8-flex-all", "W8A8 + flex_smooth_quant, sites: all",
+        config=_config([{"type": "flex_smooth_quant", "ext": {"sites": "all"}}]), static=True),
     Row("w8a8-flex-ssz", "W8A8 + flex_smooth_quant + ssz", config=_config([{"type": "flex_smooth_quant"}], "ssz"),
         static=True),
     # the preset: iter_smooth, then per-token dynamic activations (msModelSlim's default recipe)

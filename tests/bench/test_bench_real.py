@@ -108,3 +108,23 @@ def test_harness_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixt
     assert set(rows["w8a8"]["rank_peaks_bytes"]) == {"0", "1"}
     assert data["llmc_note"].startswith("llm-compressor rows skipped")
     assert data["forward_floor_s"] > 0  # timed from the forward child's own report
+
+
+def test_the_wider_site_rows_differ_from_their_family_rows_only_in_ext_sites() -> None:
+    from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth, ModelslimConfig
+
+    rows = {row.key: row for row in bench_real.ROWS}
+    for family_key, all_key, kind in (("w8a8-iter-smooth", "w8a8-iter-smooth-all", IterSmooth),
+                                      ("w8a8-flex", "w8a8-flex-all", FlexSmoothQuant)):
+        family, wider = rows[family_key], rows[all_key]
+        assert wider.static and wider.quant_type is None
+        sites = []
+        for row in (family, wider):
+            assert row.config is not None
+            process = ModelslimConfig.model_validate(row.config).spec.process
+            smoothing = [entry for entry in process if isinstance(entry, kind)]
+            assert len(smoothing) == 1
+            sites.append(smoothing[0].ext.sites)
+        assert sites == ["family", "all"]
+        assert family.config is not None and wider.config is not None
+        assert wider.config["spec"]["process"][1:] == family.config["spec"]["process"][1:]  # same linear_quant
