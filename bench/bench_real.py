@@ -315,11 +315,12 @@ def tables(outcomes: list[Outcome], llmc: list[Outcome], llmc_note: str, inputs:
         verdicts[name] = ok
         lines.append(f"{text}: {'met' if ok else 'NOT met' if ok is not None else 'not measured'}")
 
-    flex = by_key.get("w8a8-flex")
-    flex_gap = ppl(flex) / base_ppl - 1 if flex and ppl(flex) and base_ppl else None
-    check("flex_within_5pct", None if flex_gap is None else flex_gap <= FLEX_TARGET,
-          f"W8A8 static + flex_smooth_quant within {FLEX_TARGET:.0%} of float"
-          + (f" ({flex_gap:+.2%})" if flex_gap is not None else ""))
+    for key, name in (("w8a8-flex", "flex_within_5pct"), ("w8a8-flex-all", "flex_all_within_5pct")):
+        flex = by_key.get(key)
+        flex_gap = ppl(flex) / base_ppl - 1 if flex and ppl(flex) and base_ppl else None
+        check(name, None if flex_gap is None else flex_gap <= FLEX_TARGET,
+              f"W8A8 static + flex_smooth_quant{', sites: all' if key.endswith('-all') else ''} within "
+              f"{FLEX_TARGET:.0%} of float" + (f" ({flex_gap:+.2%})" if flex_gap is not None else ""))
     for key, name in (("w8a8-dynamic", "dynamic_within_1_5pct"), ("w8a8-dynamic-flex", "dynamic_flex_within_1_5pct")):
         dynamic = by_key.get(key)
         dyn_gap = ppl(dynamic) / base_ppl - 1 if dynamic and ppl(dynamic) and base_ppl else None
