@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +87,19 @@ def layer_inputs(directory: str, samples: list[list[int]]) -> tuple[torch.nn.Mod
     return model, found
 
 
+def site_data(model: torch.nn.Module, inputs: dict[str, list[torch.Tensor]], index: int) -> Iterator[
+        tuple[str, list[torch.Tensor], torch.Tensor, ActivationStats, list[torch.Tensor]]]:
+    """Each site of decoder layer ``index``: its source, its input rows per sample, those rows
+    together, their statistics, and its consumers' weights."""
+    for source, first, consumers in SITES:
+        rows = inputs[f"model.layers.{index}.{first}"]
+        every = torch.cat(rows)
+        stats = ActivationStats.empty(every.shape[1], every.device)
+        stats.update(every)
+        weights = [model.get_submodule(f"model.layers.{index}.{c}").weight.detach() for c in consumers]
+        yield source, rows, every, stats, weights
+
+
 def choose(problem: SearchProblem) -> tuple[float, float]:
     return search_alpha_beta([problem], Group())[0]
 
@@ -123,12 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = {label: Outcome() for label in labels}
     reference_time = 0.0
     for index in range(args.layers):
-        for source, first, consumers in SITES:
-            rows = inputs[f"model.layers.{index}.{first}"]
-            every = torch.cat(rows)
-            stats = ActivationStats.empty(every.shape[1], every.device)
-            stats.update(every)
-            weights = [model.get_submodule(f"model.layers.{index}.{c}").weight.detach() for c in consumers]
+        for source, rows, every, stats, weights in site_data(model, inputs, index):
             weight = weight_absmax(weights)
             full = SearchProblem(every, torch.cat(weights), stats, weight, SCHEME)
             best, seconds = timed(lambda full=full: choose(full))

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bench.flex_data import SCHEME, SITES, layer_inputs, subset
+from bench.flex_data import SCHEME, layer_inputs, site_data, subset
 from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_ids
 from bench.report import machine, markdown_table
 from quantjob.worker.distributed import Group
@@ -76,12 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sums.setdefault(name, []).extend([ours, theirs])
 
     for index in range(args.layers):
-        for source, first, consumers in SITES:
-            rows = inputs[f"model.layers.{index}.{first}"]
-            every = torch.cat(rows)
-            stats = ActivationStats.empty(every.shape[1], every.device)
-            stats.update(every)
-            weights = [model.get_submodule(f"model.layers.{index}.{c}").weight.detach() for c in consumers]
+        for source, rows, every, stats, weights in site_data(model, inputs, index):
             stacked = torch.cat(weights)
             weight = weight_absmax(weights)
             problem = SearchProblem(every, stacked, stats, weight, SCHEME)
