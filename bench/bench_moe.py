@@ -33,7 +33,7 @@ SPEEDUP_TARGET = 1.8   # per-layer, 2 ranks against 1
 class MoeShape:
     layers: int = 8
     hidden: int = 1024
-    intermediate: int = 2048   # an expert is intermediate // 4 wide (quantjob.worker.demo)
+    intermediate: int = 2048   # an expert is intermediate // 4 wide (quantjob.worker.model.demo)
     experts: int = 64
     per_token: int = 8
     shared: int = 2
@@ -52,7 +52,7 @@ QUICK = MoeShape(layers=2, hidden=128, intermediate=256, experts=16, per_token=4
 def model_dir(shape: MoeShape, cache: Path) -> Path:
     import torch
 
-    from quantjob.worker.demo import build_demo_model
+    from quantjob.worker.model.demo import build_demo_model
 
     target = cache / "models" / shape.key
     if (target / "config.json").is_file():

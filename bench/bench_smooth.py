@@ -57,7 +57,7 @@ TARGETS = {"flex_over_minmax_time": 1.5, "llmc_over_flex_time": 3.0, "two_rank_s
 # Columns computed from a kept quantjob output directory: name -> fn(output dir, model dir, the
 # error samples' token ids (the first --error-samples calibration samples, as quant_errors.json),
 # the held-out samples' ids) -> a number. Add one with ``add_saved_column``, e.g. the mean layer
-# error recomputed with vllm-ascend's W8A8 arithmetic (quantjob.worker.ascend_forward).
+# error recomputed with vllm-ascend's W8A8 arithmetic (quantjob.worker.readers.ascend_forward).
 SavedColumn = Callable[[Path, Path, list[list[int]], list[list[int]]], float]
 SAVED_COLUMNS: dict[str, SavedColumn] = {}
 

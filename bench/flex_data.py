@@ -30,10 +30,10 @@ import torch
 
 from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_ids
 from bench.report import machine, markdown_table
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, evenly_spaced, probe_positions, probes_per_sample
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import ActivationStats, evenly_spaced, probe_positions, probes_per_sample
+from quantjob.worker.loop.smoothing import SearchProblem, SearchScheme, weight_absmax
 from quantjob.worker.processors.flex_smooth import search_alpha_beta, stacked_rows
-from quantjob.worker.smoothing import SearchProblem, SearchScheme, weight_absmax
 
 SITES = (  # (name, first consumer, every consumer), relative to a decoder layer
     ("input_layernorm", "self_attn.q_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["load_s"] = time.perf_counter() - start
     if args.mode == "forward":
         if args.samples:
-            from quantjob.worker.calibration import load_calibration
+            from quantjob.worker.loop.calibration import load_calibration
 
             loaded = load_calibration(args.calib, args.model, samples=args.samples, max_length=args.max_length)
             samples = [ids.flatten().tolist() for ids in loaded.samples]

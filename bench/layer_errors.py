@@ -1,6 +1,6 @@
 """Per-layer and end-to-end output errors of a quantized model, recomputed from its saved files.
 
-The definition is the one of ``quant_errors.json`` (``quantjob.worker.runner``): for a layer fed
+The definition is the one of ``quant_errors.json`` (``quantjob.worker.loop.runner``): for a layer fed
 some inputs, ``sqrt(sum |y_q - y|^2 / sum |y|^2)`` over the samples, ``y`` the float layer's
 outputs and ``y_q`` those of the layer rebuilt from the saved tensors with quantjob's fake
 quantization (``decoder.quantized_layer``). With ``chained=False`` every layer gets the float
@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import AscendOutput, saved_layer
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import (
+from quantjob.worker.loop.records import LayerOutput, QuantizedLinear
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.decoder import (
     Skeleton,
     build_skeleton,
     layer_forward,
@@ -34,8 +34,8 @@ from quantjob.worker.decoder import (
     quantized_layer,
     release,
 )
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.records import LayerOutput, QuantizedLinear
+from quantjob.worker.model.model_config import read_model_config
+from quantjob.worker.readers.ascend_forward import AscendOutput, saved_layer
 
 CPU = torch.device("cpu")
 LayerSource = Callable[[int, str], LayerOutput]  # (layer index, its prefix) -> the saved layer
@@ -184,6 +184,6 @@ def layer_errors(model_dir: Path, samples: list[list[int]], saved: LayerSource, 
 def engine_layer_errors(model_dir: Path, samples: list[list[int]], output_dir: Path) -> list[float]:
     """The per-layer figure of ``quant_errors.json`` (float inputs), recomputed from an ascendv1
     output with the arithmetic vllm-ascend applies to the saved tensors
-    (``quantjob.worker.ascend_forward``: bf16-rounded ``1/input_scale``, exact int8 products), so
+    (``quantjob.worker.readers.ascend_forward``: bf16-rounded ``1/input_scale``, exact int8 products), so
     a gap to the loop's own figure is what the engine adds to the fake quantization."""
     return _walk(model_dir, samples, _engine(AscendOutput(output_dir)), chained=False)

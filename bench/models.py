@@ -1,7 +1,7 @@
 """The benchmark's models and calibration files, built once and cached under ``bench/.cache/``.
 
 A model directory is keyed by its shape (``llama-L16-h1024-i2816-v32000-...``) and built with
-``quantjob.worker.demo.build_demo_model`` into a temporary directory that is renamed into place
+``quantjob.worker.model.demo.build_demo_model`` into a temporary directory that is renamed into place
 when complete, so an interrupted build is never mistaken for a cached one. Calibration files hold
 ``{"input_ids": [...]}`` lines of seeded random token ids: a real-size vocabulary (32000) cannot
 be reached by the demo tokenizer trained on the shipped corpus, and the benchmark needs every
@@ -59,7 +59,7 @@ def model_dir(shape: ModelShape, cache: Path = CACHE_DIR) -> Path:
     """The cached model directory of ``shape``, built first when missing."""
     import torch
 
-    from quantjob.worker.demo import build_demo_model
+    from quantjob.worker.model.demo import build_demo_model
 
     target = cache / "models" / shape.key
     if (target / "config.json").is_file():

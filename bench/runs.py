@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.forward import parse_result
 from bench.measure import RunResult, run_measured, thread_env
-from quantjob.worker.phase_times import LOG_PREFIX, parse_phase_times
+from quantjob.worker.loop.phase_times import LOG_PREFIX, parse_phase_times
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the summary line ``quantjob quantize`` prints last: "16 layers, 64 samples (32768 tokens) in 81.2s"

@@ -31,10 +31,9 @@ import torch
 from bench.flex_data import SCHEME, layer_inputs, site_data, subset
 from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_ids
 from bench.report import machine, markdown_table
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, probes_per_sample
-from quantjob.worker.processors.flex_smooth import search_alpha_beta
-from quantjob.worker.smoothing import (
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import ActivationStats, probes_per_sample
+from quantjob.worker.loop.smoothing import (
     WEIGHT_FLOOR,
     SearchProblem,
     SearchScheme,
@@ -42,6 +41,7 @@ from quantjob.worker.smoothing import (
     smoothing_scales,
     weight_absmax,
 )
+from quantjob.worker.processors.flex_smooth import search_alpha_beta
 
 ALPHA = 0.9  # iter_smooth's default
 

@@ -26,9 +26,9 @@ from bench.report import markdown_table
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker import processors
-from quantjob.worker.demo import build_demo_model
-from quantjob.worker.distributed import Group
-from quantjob.worker.runner import WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.runner import WorkerJob, run_quantization
+from quantjob.worker.model.demo import build_demo_model
 
 MODES: tuple[dict[str, Any], ...] = ({"type": "iter_smooth"}, {"type": "iter_smooth", "symmetric": False},
                                      {"type": "flex_smooth_quant"})

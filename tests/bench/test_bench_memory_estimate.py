@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from bench.memory_estimate import _ESTIMATE, write_fp8_copy
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.demo import build_demo_model
-from quantjob.worker.fp8 import fp8_blocks
-from quantjob.worker.memory_estimate import RankPeak
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.demo import build_demo_model
+from quantjob.worker.model.fp8 import fp8_blocks
+from quantjob.worker.model.memory_estimate import RankPeak
 
 
 def test_fp8_copy_reads_back_close_to_the_source(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_refused_rows_are_not_available_not_timed() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_harness_runs_on_a_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from quantjob.worker.demo import (
+    from quantjob.worker.model.demo import (
         build_demo_model,
         corpus_text,
         write_calibration_jsonl,

@@ -19,7 +19,7 @@ import pytest
 from emulator import NAMESPACE, QUANTJOBS, eventually, quantjob_manifest, stored
 from kubelet import FakeNode, IndexedJobRunner, JobRun, apply, run_indexed_job
 
-from quantjob.worker.demo import build_demo_model, write_calibration_jsonl
+from quantjob.worker.model.demo import build_demo_model, write_calibration_jsonl
 from quantjob.worker.savers.assemble import COMPLETE, verify_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(240)]

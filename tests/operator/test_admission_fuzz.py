@@ -52,11 +52,11 @@ from quantjob.operator.builders import (
 )
 from quantjob.operator.review import review_quantjob
 from quantjob.operator.settings import Settings
-from quantjob.worker.device import parse_devices
 from quantjob.worker.entry import WorkerArgs as QuantizeArgs
 from quantjob.worker.entry import load_config as _load_config
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.save_path import check_save_path
+from quantjob.worker.group.device import parse_devices
+from quantjob.worker.savers.save_path import check_save_path
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.31"

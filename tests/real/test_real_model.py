@@ -11,8 +11,8 @@ import torch
 
 from bench import real_model
 from quantjob.cli import main
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.perplexity import perplexity
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.readers.perplexity import perplexity
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -26,8 +26,8 @@ def test_every_path_the_design_names_exists() -> None:
 def test_every_code_object_the_design_names_exists() -> None:
     text = DESIGN.read_text(encoding="utf-8")
     names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli|formats)(?:\.\w+)*)`", text))
-    names |= {f"quantjob.worker.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
-    names |= {f"quantjob.worker.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
+    names |= {f"quantjob.worker.loop.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
+    names |= {f"quantjob.worker.group.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
     assert len(names) > 8
     for name in sorted(names):
         parts = name.split(".")
@@ -121,3 +121,23 @@ def test_nothing_is_imported_by_a_name_pattern() -> None:
                 patterned.append(path.relative_to(SRC).as_posix())
     # the CLI's subcommands are the one exception: `quantjob <name>` runs quantjob.cli.<name>
     assert sorted(patterned) == ["cli/__init__.py"], patterned
+
+
+def test_the_worker_rooms_table_lists_every_module_where_it_is() -> None:
+    """§2's table of the worker's sub-packages names each module of the rooms it lists, and the tree
+    holds no worker module the table leaves out (a module moved or added updates the table)."""
+    text = DESIGN.read_text(encoding="utf-8")
+    table = text[text.index("| room | holds |"):]
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), table.splitlines()[2:]))
+    worker = ROOT / "src" / "quantjob" / "worker"
+    rooms = {row.split("|")[1].strip().strip("`"): row.split("|")[2] for row in rows}
+    packages = {"quantjob.worker." + path.parent.name for path in worker.glob("*/__init__.py")}
+    assert set(rooms) == packages | {"quantjob.worker"}, "every sub-package of quantjob.worker has a row"
+    for room, holds in rooms.items():
+        folder = worker if room == "quantjob.worker" else worker / room.rsplit(".", 1)[1]
+        named = set(re.findall(r"`(\w+)`", holds))
+        missing = sorted(n for n in named if "." not in n and n != "main" and not (folder / f"{n}.py").exists())
+        assert not missing, f"the rooms table puts {missing} in {room}, which has no such module"
+    flat = sorted(path.stem for path in worker.glob("*.py") if path.stem != "__init__")
+    assert flat == ["entry", "errors", "preflight", "progress", "progress_k8s"], (
+        "a new worker module goes in one of the rooms (§2), not beside them")

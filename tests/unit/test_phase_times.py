@@ -3,7 +3,7 @@ reads back."""
 
 from __future__ import annotations
 
-from quantjob.worker.phase_times import PhaseTimes, format_phase_times, parse_phase_times
+from quantjob.worker.loop.phase_times import PhaseTimes, format_phase_times, parse_phase_times
 
 
 def test_nested_phases_are_charged_once() -> None:

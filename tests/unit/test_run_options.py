@@ -103,7 +103,7 @@ def test_calibrate_all_experts_reaches_the_pod_and_the_worker() -> None:
 
 def test_the_worker_job_takes_every_option_from_the_command_line() -> None:
     """The worker's job is the table's fields of the parsed command line, nothing copied by hand."""
-    from quantjob.worker.runner import WorkerJob
+    from quantjob.worker.loop.runner import WorkerJob
 
     argv = ["--model_path", "m", "--save_path", "s", "--calib_file", "c.jsonl", "--calib_samples", "5",
             "--max_length", "64", "--trust_remote_code", "False", "--model_type", "llama", "--overwrite",

@@ -1,5 +1,5 @@
 """Shared worker fixtures: tiny random models of each family and calibration files, built once per
-session with fixed seeds (``quantjob.worker.demo``), plus an in-memory saver for loop tests."""
+session with fixed seeds (``quantjob.worker.model.demo``), plus an in-memory saver for loop tests."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from quantjob.worker.demo import build_demo_model, write_calibration_jsonl
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.demo import build_demo_model, write_calibration_jsonl
 
 
 @pytest.fixture(scope="session")

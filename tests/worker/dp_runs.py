@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quantjob.worker.demo import build_demo_model, write_calibration_jsonl
+from quantjob.worker.model.demo import build_demo_model, write_calibration_jsonl
 
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 

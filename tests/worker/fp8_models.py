@@ -3,7 +3,7 @@ decoder linear's weight as F8_E4M3 with a float32 ``weight_scale_inv`` per block
 absolute maximum over 448, e4m3's largest value), config.json declaring ``quant_method: fp8``.
 
 ``write_fp8_model`` also writes the float reference: the same model with each FP8 weight replaced
-by its dequantization, computed here independently of ``quantjob.worker.fp8`` (an index gather of
+by its dequantization, computed here independently of ``quantjob.worker.model.fp8`` (an index gather of
 the block factors rather than its row-block loop)."""
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
-from quantjob.worker.adapters import ADAPTERS, adapter_for, supported_model_types
-from quantjob.worker.demo import FAMILIES, demo_config
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model.adapters import ADAPTERS, adapter_for, supported_model_types
+from quantjob.worker.model.demo import FAMILIES, demo_config
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -141,8 +141,8 @@ def test_gemma_fold_never_cuts_a_channel_and_reports_the_scale_it_applied() -> N
 def test_sparse_layer_sites_name_per_expert_linears(family: str) -> None:
     """Layer 0 of the demo MoE models is dense, layer 1 sparse: its sites (experts written out, as
     msModelSlim's adapters list them) name linears of the skeleton the loop runs."""
-    from quantjob.worker.demo import DEMO_EXPERTS
-    from quantjob.worker.experts import fused_experts_to_linears
+    from quantjob.worker.model.demo import DEMO_EXPERTS
+    from quantjob.worker.model.experts import fused_experts_to_linears
 
     config = demo_config(family, num_layers=2)
     with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""vllm-ascend's arithmetic on saved ascendv1 tensors (``quantjob.worker.ascend_forward``).
+"""vllm-ascend's arithmetic on saved ascendv1 tensors (``quantjob.worker.readers.ascend_forward``).
 
 The plain functions against values worked out by hand (in the comments), then one decoder layer
 rebuilt from a real output directory: every quantized linear becomes an ``AscendLinear``, a saved
@@ -17,8 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantjob.cli import main
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import (
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.decoder import build_skeleton, layer_forward
+from quantjob.worker.model.model_config import read_model_config
+from quantjob.worker.readers.ascend_forward import (
     AscendLinear,
     AscendOutput,
     input_scale_reciprocal,
@@ -30,9 +33,6 @@ from quantjob.worker.ascend_forward import (
     w8a8_static_linear,
     weight_only_linear,
 )
-from quantjob.worker.decoder import build_skeleton, layer_forward
-from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model_config import read_model_config
 from quantjob.worker.savers.ascend_tensors import deq_scale_for
 
 BF16, FP16 = torch.bfloat16, torch.float16

@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantjob.worker.ascend_forward import (
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.readers.ascend_forward import (
     DynamicExpert,
     SavedLinear,
     dynamic_experts,
@@ -22,7 +23,6 @@ from quantjob.worker.ascend_forward import (
     w8a8_dynamic_linear,
     w8a8_dynamic_moe,
 )
-from quantjob.worker.errors import QuantJobError
 
 BF16 = torch.bfloat16
 HIDDEN, INTER, EXPERTS, TOP_K, TOKENS = 64, 32, 6, 2, 40

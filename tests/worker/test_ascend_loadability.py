@@ -235,9 +235,9 @@ def _without_output_rules(config: ModelslimConfig, devices: int, model_config: A
 def test_the_worker_refuses_static_w8a8_of_a_float32_model_before_any_work(
         tiny_model: Callable[..., Path], calib: Path, tmp_path: Path) -> None:
     from quantjob.api.check import resolve
-    from quantjob.worker.distributed import Group
     from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.runner import WorkerJob, run_quantization
+    from quantjob.worker.group.distributed import Group
+    from quantjob.worker.loop.runner import WorkerJob, run_quantization
 
     config = resolve(cfg(lq(W8, STATIC)), 1).config                 # as the webhook admitted it: no model config
     assert config is not None

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from quantjob.cli import main
-from quantjob.worker.calibration import load_calibration
+from quantjob.worker.loop.calibration import load_calibration
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

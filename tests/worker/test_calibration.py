@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quantjob.worker.calibration import load_calibration
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.loop.calibration import load_calibration
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 
 from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ACTIVATION_METHODS, WEIGHT_METHODS
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import ACTIVATION_METHODS, WEIGHT_METHODS
 from quantjob.worker.processors import PROCESSORS, processor_for
 
 

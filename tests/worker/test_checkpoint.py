@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quantjob.worker.checkpoint import Checkpoint, Prefetcher, read_header
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model.checkpoint import Checkpoint, Prefetcher, read_header
 
 CPU = torch.device("cpu")
 

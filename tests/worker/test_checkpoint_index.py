@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from quantjob.worker.checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.model.checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
 
 
 @pytest.fixture

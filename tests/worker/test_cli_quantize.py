@@ -13,7 +13,7 @@ import pytest
 from quantjob.api import exit_codes
 from quantjob.cli import build_parser, main
 from quantjob.worker.entry import WorkerArgs as QuantizeArgs
-from quantjob.worker.phase_times import LOG_PREFIX, ORDER, parse_phase_times
+from quantjob.worker.loop.phase_times import LOG_PREFIX, ORDER, parse_phase_times
 
 
 def _base(model: Path, out: Path, calib: Path) -> list[str]:

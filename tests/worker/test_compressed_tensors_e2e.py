@@ -26,8 +26,8 @@ import torch
 import transformers
 
 from quantjob.cli import main
-from quantjob.worker.demo import corpus_sentences
-from quantjob.worker.quantizers import quantize_weight
+from quantjob.worker.loop.quantizers import quantize_weight
+from quantjob.worker.model.demo import corpus_sentences
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ def test_a_norm_bias_is_written_but_transformers_drops_it(models: dict[str, Path
     from safetensors.torch import load_file, save_file
 
     from quantjob.formats.compressed_tensors.writer import FORMAT
-    from quantjob.worker.records import LayerOutput
+    from quantjob.worker.loop.records import LayerOutput
 
     bias = torch.full((64,), 0.5, dtype=torch.bfloat16)
     named = FORMAT.layer_tensors(LayerOutput(0, [], {"model.layers.0.input_layernorm.bias": bias}))

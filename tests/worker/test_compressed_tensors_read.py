@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantjob.cli import main
-from quantjob.worker.compressed_tensors_read import CompressedTensorsOutput
-from quantjob.worker.demo import corpus_text
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.perplexity import evaluate_windows, make_windows
+from quantjob.worker.model.demo import corpus_text
+from quantjob.worker.readers.compressed_tensors_read import CompressedTensorsOutput
+from quantjob.worker.readers.perplexity import evaluate_windows, make_windows
 
 STATIC = {"num_bits": 8, "type": "int", "strategy": "tensor", "dynamic": False, "symmetric": False}
 DYNAMIC = {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True, "symmetric": True}

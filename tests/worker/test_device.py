@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantjob.worker import device
-from quantjob.worker.device import DeviceSpec, parse_devices
+from quantjob.worker.group import device
+from quantjob.worker.group.device import DeviceSpec, parse_devices
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -86,7 +86,7 @@ torch.npu = types.SimpleNamespace(
 
 NPU_SCRIPT = """
 import sys
-from quantjob.worker import device
+from quantjob.worker.group import device
 assert "torch_npu" not in sys.modules, "imported before an npu device was asked for"
 dev = device.torch_device("npu", 1)
 assert "torch_npu" in sys.modules
@@ -116,7 +116,7 @@ def test_npu_without_torch_npu_names_the_package(monkeypatch: pytest.MonkeyPatch
 
 
 def test_torch_npu_not_imported_for_cpu() -> None:
-    code = ("import sys; from quantjob.worker import device, distributed, launcher; "
+    code = ("import sys; from quantjob.worker.group import device, distributed, launcher; "
             "device.torch_device('cpu'); device.load_extension('cpu'); "
             "assert 'torch_npu' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantjob.worker import distributed
-from quantjob.worker.device import DeviceSpec
-from quantjob.worker.distributed import Group, shard_indices
-from quantjob.worker.group_env import (
+from quantjob.worker.group import distributed
+from quantjob.worker.group.device import DeviceSpec
+from quantjob.worker.group.distributed import Group, shard_indices
+from quantjob.worker.group.group_env import (
     LOCAL_DEVICE_ENV,
     GroupEnv,
     collective_timeout_s,
     read_group_env,
 )
-from quantjob.worker.launcher import free_port
+from quantjob.worker.group.launcher import free_port
 
 
 def test_env_defaults_to_one_rank() -> None:
@@ -162,7 +162,7 @@ def test_shard_indices_cover_every_sample_once() -> None:
 # world size. The sample values are chosen so that float32 addition order matters.
 RANK_SCRIPT = """
 import json, sys, torch
-from quantjob.worker import distributed
+from quantjob.worker.group import distributed
 group = distributed.init_group_from_env("cpu", timeout_s=60)
 values = [torch.tensor([1e8, 1.0, -3.5]) * (i + 1) + torch.tensor([0.1 * i, 1e-3 * i, 7.0]) for i in range(7)]
 mine = {i: values[i] for i in distributed.shard_indices(7, group.rank, group.world_size)}

@@ -24,7 +24,7 @@ from dp_runs import (
     tree_digest,
 )
 
-from quantjob.worker.demo import build_demo_model
+from quantjob.worker.model.demo import build_demo_model
 
 pytestmark = pytest.mark.slow
 

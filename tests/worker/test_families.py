@@ -20,16 +20,16 @@ import transformers
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset_dict
-from quantjob.worker import runner as runner_module
-from quantjob.worker.adapters import adapter_for, supported_model_types
-from quantjob.worker.calibration import load_calibration
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.demo import FAMILIES, MOE_FAMILIES, build_demo_model, demo_config, write_tokenizer
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.runner import WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop import runner as runner_module
+from quantjob.worker.loop.calibration import load_calibration
+from quantjob.worker.loop.runner import WorkerJob, run_quantization
+from quantjob.worker.model.adapters import adapter_for, supported_model_types
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.decoder import build_skeleton, layer_forward, materialise
+from quantjob.worker.model.demo import FAMILIES, MOE_FAMILIES, build_demo_model, demo_config, write_tokenizer
+from quantjob.worker.model.model_config import read_model_config
 
 CPU = torch.device("cpu")
 WINDOW = 16
@@ -93,7 +93,7 @@ def test_loop_with_nothing_quantized_reproduces_transformers(
     if WINDOWS[family] is not None:  # the window cuts some samples and not others
         assert min(lengths) <= WINDOW < max(lengths), lengths
         assert config.get("sliding_window") == WINDOW
-    # MoE: transformers' eager experts forward, the reference quantjob.worker.experts computes bit for bit
+    # MoE: transformers' eager experts forward, the reference quantjob.worker.model.experts computes bit for bit
     # (its default grouped_mm kernel sums the routed experts' outputs in another order: within 1 bf16 step)
     moe = {"experts_implementation": "eager"} if family in MOE_FAMILIES else {}
     hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16, attn_implementation="sdpa",

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.finite import (
+from quantjob.worker.loop.finite import (
     check_activations,
     check_error,
     check_records,
     is_finite,
 )
-from quantjob.worker.observers import ActivationStats
-from quantjob.worker.quantizers import quantize_weight
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.loop.observers import ActivationStats
+from quantjob.worker.loop.quantizers import quantize_weight
+from quantjob.worker.loop.records import QuantizedLinear
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -14,9 +14,9 @@ from dp_runs import assert_same_tree, calibration, quantize_argv, run_quantize, 
 from fp8_models import quantize_blocks, reference_dequant, write_fp8_model
 from safetensors.torch import load_file, save_file
 
-from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.fp8 import Fp8Blocks, dequantize_blocks, fp8_blocks, read_dequantized, scale_grid
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.fp8 import Fp8Blocks, dequantize_blocks, fp8_blocks, read_dequantized, scale_grid
 
 CPU = torch.device("cpu")
 # W8A8 dynamic with the down_proj of layers 0 and 1 kept float
@@ -219,7 +219,7 @@ def test_deepseek_v3_as_published_quantizes_as_its_dequantized_twin_on_1_and_2_r
     and of the MTP layer FP8 with block scales (32 x 48: partial edge blocks). The shipped mixed
     config gives, byte for byte, the output of the dequantized bf16 twin, on 1 and 2 ranks; the MTP
     layer is copied dequantized (bf16, no scales) and no FP8 ``quantization_config`` is left."""
-    from quantjob.worker.demo import build_demo_model
+    from quantjob.worker.model.demo import build_demo_model
 
     source = build_demo_model(tmp_path / "deepseek", family="deepseek_v3", num_layers=3, hidden_size=64,
                               intermediate_size=128, num_heads=4, num_kv_heads=4, seed=3)

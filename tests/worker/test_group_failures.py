@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from quantjob.api import exit_codes
-from quantjob.worker.launcher import free_port
+from quantjob.worker.group.launcher import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 # others report.
 RANK_SCRIPT = """
 import json, os, signal, sys, torch
-from quantjob.worker import distributed
+from quantjob.worker.group import distributed
 from quantjob.worker.errors import GroupError
 group = distributed.init_group_from_env("cpu", timeout_s=60, collective_timeout_s=float(sys.argv[3]))
 try:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from quantjob.worker import launcher
-from quantjob.worker.device import DeviceSpec, parse_devices
+from quantjob.worker.group import launcher
+from quantjob.worker.group.device import DeviceSpec, parse_devices
 
 # argv: MODE [ARG]. Prints its environment as JSON, then behaves as MODE says.
 FAKE_WORKER = """
@@ -44,7 +44,7 @@ if mode == "flood":  # far more than a pipe holds
         print(f"line {i} " + "x" * 100)
     sys.exit(0)
 if mode == "orphan":
-    from quantjob.worker.launcher import die_with_launcher
+    from quantjob.worker.group.launcher import die_with_launcher
     die_with_launcher()
     open(os.path.join(sys.argv[2], f"pid{rank}"), "w").write(str(os.getpid()))
     time.sleep(60)
@@ -152,7 +152,7 @@ def _launcher_process(fake: list[str], mode: str, tmp_path: Path, devices: str,
     be, inherits SIGINT ignored, and the launcher then keeps ignoring it, as Python itself does: the
     driver restores it first, as a terminal's Ctrl-C finds it."""
     driver = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "import sys; from quantjob.worker import launcher, device; "
+              "import sys; from quantjob.worker.group import launcher, device; "
               f"sys.exit(launcher.launch([{mode!r}, {str(tmp_path)!r}], device.parse_devices({devices!r}), "
               f"program={fake!r}, grace_s=5.0))")
     return subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
@@ -217,8 +217,8 @@ def test_a_signal_at_any_moment_of_the_start_leaves_no_rank_behind(fake: list[st
 
 def test_launcher_path_does_not_import_torch() -> None:
     """Every rank imports torch itself; the launcher doing it first would only delay them (~1 s)."""
-    code = ("import sys; import quantjob.cli.quantize, quantjob.worker.launcher, quantjob.worker.group_env, "
-            "quantjob.worker.model_config, quantjob.worker.device; "
+    code = ("import sys; import quantjob.cli.quantize, quantjob.worker.group.launcher, quantjob.worker.group.group_env, "
+            "quantjob.worker.model.model_config, quantjob.worker.group.device; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -13,11 +13,11 @@ import pytest
 from dp_runs import calibration, child_env, quantize_argv, tiny_model
 from fp8_models import write_fp8_model
 
-from quantjob.worker.adapters import ADAPTERS
-from quantjob.worker.checkpoint import Checkpoint, TensorInfo
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.fp8 import fp8_blocks
-from quantjob.worker.memory_estimate import (
+from quantjob.worker.model.adapters import ADAPTERS
+from quantjob.worker.model.checkpoint import Checkpoint, TensorInfo
+from quantjob.worker.model.fp8 import fp8_blocks
+from quantjob.worker.model.memory_estimate import (
     LIMIT_ENV,
     Capacity,
     Dims,

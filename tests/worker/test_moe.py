@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker.demo import DEMO_EXPERTS, build_demo_model
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.runner import WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.runner import WorkerJob, run_quantization
+from quantjob.worker.model.demo import DEMO_EXPERTS, build_demo_model
 
 CPU = torch.device("cpu")
 STATIC = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
@@ -156,8 +156,8 @@ def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Pa
     layer's with the embedding); routed tokens counted in the error table."""
     from test_runner import _source
 
-    from quantjob.worker.checkpoint import load_tensor
-    from quantjob.worker.quantizers import dequantize_weight
+    from quantjob.worker.loop.quantizers import dequantize_weight
+    from quantjob.worker.model.checkpoint import load_tensor
 
     model = tiny_model(family, 2)
     summary = _run(model, _config(DYNAMIC), calib_jsonl(6), tmp_path / "out", memory_saver)
@@ -190,9 +190,9 @@ def test_w8a8_dynamic_every_moe_family(family: str, tiny_model: Callable[..., Pa
 def test_preflight_sees_no_router_and_no_mtp_layer_as_linears(starving_model: Path) -> None:
     """Rules judged from checkpoint headers (group widths, asymmetric smoothing) see the experts, never
     the router or the MTP layer's tensors (copied as they are)."""
-    from quantjob.worker.adapters import adapter_for
-    from quantjob.worker.checkpoint import Checkpoint
-    from quantjob.worker.model_config import read_model_config
+    from quantjob.worker.model.adapters import adapter_for
+    from quantjob.worker.model.checkpoint import Checkpoint
+    from quantjob.worker.model.model_config import read_model_config
     from quantjob.worker.preflight import _weight_shapes
 
     config = read_model_config(starving_model)
@@ -221,7 +221,7 @@ def test_resume_of_a_moe_model_reports_the_same_expert_counts(
 
 
 def test_experts_laid_out_by_the_models_own_code_are_refused_with_the_fix() -> None:
-    from quantjob.worker.experts import fused_experts_to_linears
+    from quantjob.worker.model.experts import fused_experts_to_linears
 
     layer = torch.nn.Module()
     layer.mlp = torch.nn.Module()
@@ -235,9 +235,9 @@ def test_latent_attention_ov_fold_keeps_the_attention_function() -> None:
     attention output is the same to float32 rounding; dividing the key rows too changes it."""
     import transformers
 
-    from quantjob.worker.adapters import latent_attention_heads
-    from quantjob.worker.demo import demo_config
-    from quantjob.worker.smoothing import divide_rows, ov_scales_mean, scale_columns
+    from quantjob.worker.loop.smoothing import divide_rows, ov_scales_mean, scale_columns
+    from quantjob.worker.model.adapters import latent_attention_heads
+    from quantjob.worker.model.demo import demo_config
 
     config = demo_config("deepseek_v3", num_layers=2, hidden_size=64, num_heads=4)
     torch.manual_seed(0)
@@ -267,8 +267,8 @@ def test_an_expert_sees_only_its_routed_tokens_unless_all_tokens(family: str) ->
     ``all_tokens`` they also see every token, and the block's output is the same bits."""
     import transformers
 
-    from quantjob.worker.demo import demo_config
-    from quantjob.worker.experts import count_routed, fused_experts_to_linears, set_all_tokens
+    from quantjob.worker.model.demo import demo_config
+    from quantjob.worker.model.experts import count_routed, fused_experts_to_linears, set_all_tokens
 
     config = demo_config(family, num_layers=2, hidden_size=64)
     torch.manual_seed(1)

@@ -16,7 +16,7 @@ import pytest
 from dp_runs import assert_same_tree, calibration, run_quantize, start_quantize
 from test_smooth_dp import argv, write_config
 
-from quantjob.worker.demo import build_demo_model
+from quantjob.worker.model.demo import build_demo_model
 
 pytestmark = pytest.mark.slow
 

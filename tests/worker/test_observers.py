@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, minmax_activation, observe_inputs, reduce_stats
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import ActivationStats, minmax_activation, observe_inputs, reduce_stats
 
 
 def test_hooks_record_per_channel_ranges_and_are_removed() -> None:
@@ -36,7 +36,7 @@ def test_unobserved_linear_is_an_error() -> None:
 
 
 def test_linears_fed_the_same_tensor_share_one_reduction(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantjob.worker import observers
+    from quantjob.worker.loop import observers
 
     calls: list[int] = []
     real = observers.channel_range

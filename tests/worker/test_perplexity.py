@@ -5,7 +5,7 @@ model with ``from_pretrained`` and runs each window through it. Fake-quantized: 
 the same whole model with every quantized linear replaced by a float64 computation written here
 from the saved files (dequantized weights ``W_q * weight_scale``, activations quantized with the
 bf16-rounded reciprocal of ``input_scale``, the float bias): none of ``quant_bias``,
-``deq_scale`` or ``quantjob.worker.ascend_forward`` is used, so the two routes share only the
+``deq_scale`` or ``quantjob.worker.readers.ascend_forward`` is used, so the two routes share only the
 saved integers and scales.
 """
 
@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from quantjob.cli import main
-from quantjob.worker.demo import corpus_text
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.perplexity import (
+from quantjob.worker.model.demo import corpus_text
+from quantjob.worker.readers.perplexity import (
     Window,
     evaluate_windows,
     make_windows,

@@ -22,13 +22,13 @@ import ascend_reader
 
 from quantjob.api.rules_moe import moe_layout
 from quantjob.cli import main
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import AscendExperts, AscendLinear, AscendOutput, saved_layer
-from quantjob.worker.decoder import build_skeleton
-from quantjob.worker.demo import corpus_text
-from quantjob.worker.experts import ExpertLinears
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.perplexity import evaluate_windows, make_windows
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.decoder import build_skeleton
+from quantjob.worker.model.demo import corpus_text
+from quantjob.worker.model.experts import ExpertLinears
+from quantjob.worker.model.model_config import read_model_config
+from quantjob.worker.readers.ascend_forward import AscendExperts, AscendLinear, AscendOutput, saved_layer
+from quantjob.worker.readers.perplexity import evaluate_windows, make_windows
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 SHIPPED = {"qwen3_moe": "qwen3-30b-a3b-w8a8-mixed.yaml", "deepseek_v3": "deepseek-v3-w8a8-mixed.yaml",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import sys
 
-from quantjob.worker.device import parse_devices
-from quantjob.worker.launcher import launch
+from quantjob.worker.group.device import parse_devices
+from quantjob.worker.group.launcher import launch
 from quantjob.worker.progress import PIPE_MARKER, PipeProgress, replay_event
 
 
@@ -45,7 +45,7 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
     worker.write_text(
         "import os\n"
         "from quantjob.worker.progress import default_progress\n"
-        "from quantjob.worker.distributed import Group\n"
+        "from quantjob.worker.group.distributed import Group\n"
         "hook = default_progress(Group(int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])))\n"
         "print('hello from', os.environ['RANK'], flush=True)\n"
         "if hook is not None:\n"
@@ -63,7 +63,7 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
 
 def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch, tmp_path) -> None:
     from quantjob.operator.certificates import write_self_signed
-    from quantjob.worker.distributed import Group
+    from quantjob.worker.group.distributed import Group
     from quantjob.worker.progress import Fanout, TerminalProgress, default_progress
     from quantjob.worker.progress_k8s import KubernetesProgress
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from quantjob.cli import main
-from quantjob.worker.checkpoint import file_fingerprint
+from quantjob.worker.model.checkpoint import file_fingerprint
 
 
 def test_the_provenance_names_config_model_calibration_layout_and_versions(

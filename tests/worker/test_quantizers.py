@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantjob.worker import quantizers
-from quantjob.worker.quantizers import (
+from quantjob.worker.loop import quantizers
+from quantjob.worker.loop.quantizers import (
     dequantize,
     dequantize_weight,
     expand_groups,
@@ -19,7 +19,7 @@ from quantjob.worker.quantizers import (
     quantize_weight,
     scale_offset,
 )
-from quantjob.worker.smoothing import divide_rows, scale_columns
+from quantjob.worker.loop.smoothing import divide_rows, scale_columns
 
 
 def test_asymmetric_int8_matches_design_formula() -> None:
@@ -94,7 +94,7 @@ def test_round_trip_property(values: list[float], symmetric: bool, bits: int) ->
 
 
 def test_scales_are_representable_in_the_model_dtype_and_the_integers_use_them() -> None:
-    from quantjob.worker.quantizers import quantize_weight, representable
+    from quantjob.worker.loop.quantizers import quantize_weight, representable
 
     torch.manual_seed(0)
     weight = (torch.randn(16, 32) * 0.05).to(torch.bfloat16)

@@ -12,10 +12,10 @@ import pytest
 
 from quantjob.api.check import resolve
 from quantjob.api.presets import preset
-from quantjob.worker.calibration import load_calibration
-from quantjob.worker.checkpoint import FINGERPRINT_WINDOW_BYTES, FINGERPRINT_WINDOWS, Checkpoint, file_fingerprint
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.runner import WorkerJob, run_id_for
+from quantjob.worker.loop.calibration import load_calibration
+from quantjob.worker.loop.runner import WorkerJob, run_id_for
+from quantjob.worker.model.checkpoint import FINGERPRINT_WINDOW_BYTES, FINGERPRINT_WINDOWS, Checkpoint, file_fingerprint
+from quantjob.worker.model.model_config import read_model_config
 
 
 def run_id(model: Path, calib: Path, *, quant_type: str = "w8a8", devices: int = 1, **options: object) -> str:

@@ -21,16 +21,16 @@ from safetensors.torch import load_file
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset, preset_dict
-from quantjob.worker import runner as runner_module
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.calibration import load_calibration
-from quantjob.worker.checkpoint import Checkpoint, load_tensor
-from quantjob.worker.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.demo import DENSE_FAMILIES, build_demo_model
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.quantizers import dequantize_weight, representable
-from quantjob.worker.runner import RunSummary, WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop import runner as runner_module
+from quantjob.worker.loop.calibration import load_calibration
+from quantjob.worker.loop.quantizers import dequantize_weight, representable
+from quantjob.worker.loop.runner import RunSummary, WorkerJob, run_quantization
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.checkpoint import Checkpoint, load_tensor
+from quantjob.worker.model.decoder import build_skeleton, layer_forward, materialise
+from quantjob.worker.model.demo import DENSE_FAMILIES, build_demo_model
 
 CPU = torch.device("cpu")
 

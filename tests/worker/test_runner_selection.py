@@ -60,7 +60,8 @@ def garbage_model(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any rank would be started or any layer run."""
-    from quantjob.worker import launcher, runner
+    from quantjob.worker.group import launcher
+    from quantjob.worker.loop import runner
 
     def refuse(*args: object, **kwargs: object) -> int:
         raise AssertionError("work started although the config was refused")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.save_path import check_save_path, is_within
+from quantjob.worker.savers.save_path import check_save_path, is_within
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantjob.worker.records import QuantizedLinear, Scheme
+from quantjob.worker.loop.records import QuantizedLinear, Scheme
 from quantjob.worker.savers.ascend_tensors import (
     ascend_tensors,
     deq_scale_for,

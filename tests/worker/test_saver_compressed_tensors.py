@@ -29,8 +29,8 @@ from test_saver_output import (
 )
 
 from quantjob.formats.compressed_tensors.writer import linear_tensors, scheme_for
-from quantjob.worker.distributed import Group
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.records import QuantizedLinear
 from quantjob.worker.savers.assemble import COMPLETE
 from quantjob.worker.savers.staging import STAGING_DIR
 
@@ -198,7 +198,7 @@ def _rank_main(rank: int, world: int, port: int, save: Path, model: Path) -> Non
 
 @pytest.mark.timeout(180)
 def test_two_gloo_ranks_write_the_same_files_as_one(tmp_path: Path, model_dir: Path) -> None:
-    from quantjob.worker.launcher import free_port
+    from quantjob.worker.group.launcher import free_port
 
     single = tmp_path / "single"
     run_all(single, model_dir, layers=5, part_file_size=3e-5, saver_type=CT)

@@ -21,7 +21,7 @@ from quantjob.api.modelslim import LinearQuant, ModelslimConfig
 from quantjob.api.problems import Problem
 from quantjob.api.rules_output import output_problems
 from quantjob.formats import OutputFormatEntry, register, unregister
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
 
@@ -99,7 +99,7 @@ def test_a_new_format_needs_only_its_module_and_a_catalogue_line(plain_saver: st
 
 def test_the_rules_and_the_reader_find_a_registered_format(plain_saver: str, tmp_path: Path,
                                                            tiny_model) -> None:  # type: ignore[no-untyped-def]
-    from quantjob.worker.perplexity import SavedSource, open_model
+    from quantjob.worker.readers.perplexity import SavedSource, open_model
 
     config = ModelslimConfig.model_validate({"spec": {
         "process": [{"type": "linear_quant", "qconfig": {"weight": {}}}], "save": [{"type": plain_saver}]}})

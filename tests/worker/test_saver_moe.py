@@ -25,8 +25,8 @@ from test_saver_ascend_tensors import reference_linear
 from test_saver_output import outer_source, weight_tensors
 
 from quantjob.api.modelslim import Saver
-from quantjob.worker.distributed import Group
-from quantjob.worker.records import LayerOutput, Scheme
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.records import LayerOutput, Scheme
 from quantjob.worker.savers import open_saver
 
 HIDDEN, INTER, EXPERTS, LAYERS = 64, 32, 4, 2
@@ -248,7 +248,7 @@ def test_transformers_loads_a_tiny_compressed_tensors_moe_output(tmp_path: Path)
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from quantjob.worker.checkpoint import read_header
+    from quantjob.worker.model.checkpoint import read_header
 
     config = Qwen3MoeConfig(vocab_size=64, hidden_size=HIDDEN, intermediate_size=64, moe_intermediate_size=INTER,
                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16,

@@ -24,10 +24,10 @@ from test_saver_ascend_tensors import reference_linear
 
 from quantjob.api.modelslim import Saver
 from quantjob.formats.ascendv1 import DESCRIPTION
-from quantjob.worker.checkpoint import TensorInfo, read_header
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.checkpoint import TensorInfo, read_header
 from quantjob.worker.savers import OutputSaver, assemble, open_saver
 from quantjob.worker.savers.ascend_tensors import ascend_tensors
 from quantjob.worker.savers.assemble import COMPLETE, verify_complete
@@ -439,7 +439,7 @@ def _rank_main(rank: int, world: int, port: int, save: Path, model: Path) -> Non
 
 @pytest.mark.timeout(180)
 def test_two_gloo_ranks_write_the_same_files_as_one(tmp_path: Path, model_dir: Path) -> None:
-    from quantjob.worker.launcher import free_port
+    from quantjob.worker.group.launcher import free_port
 
     single = tmp_path / "single"
     run_all(single, model_dir, layers=5, part_file_size=3e-5)

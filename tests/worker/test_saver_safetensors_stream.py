@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from quantjob.worker.safetensors_stream import StreamWriter, TensorSpec, library_order, write_file
+from quantjob.worker.model.safetensors_stream import StreamWriter, TensorSpec, library_order, write_file
 
 
 def _mixed() -> dict[str, torch.Tensor]:

@@ -244,8 +244,8 @@ def test_a_planted_staged_extra_file_is_neither_deleted_nor_copied(tmp_path: Pat
 
 
 def test_write_json_takes_only_the_runners_extra_files(tmp_path: Path, model_dir: Path) -> None:
-    from quantjob.worker.provenance import PROVENANCE_FILE
-    from quantjob.worker.runner import ERRORS_FILE
+    from quantjob.worker.loop.runner import ERRORS_FILE
+    from quantjob.worker.savers.provenance import PROVENANCE_FILE
     from quantjob.worker.savers.staging import EXTRA_FILES
 
     assert set(EXTRA_FILES) == {ERRORS_FILE, PROVENANCE_FILE}

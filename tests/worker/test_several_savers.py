@@ -20,8 +20,8 @@ from dp_runs import assert_same_tree, calibration, run_quantize, tiny_model, tre
 from test_saver_output import layer_output, outer_source, run_all, tree
 
 from quantjob.api.modelslim import Saver
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.group.distributed import Group
 from quantjob.worker.savers import OutputSaver, open_savers
 from quantjob.worker.savers.assemble import COMPLETE
 from quantjob.worker.savers.staging import STAGING_DIR

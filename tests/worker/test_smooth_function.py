@@ -11,27 +11,27 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.added_biases import added_bias_modules
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import (
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import (
+    observe_inputs,
+    probes_per_sample,
+    record_probes,
+    reduce_stats,
+)
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.added_biases import added_bias_modules
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.decoder import (
     build_skeleton,
     layer_forward,
     materialise,
     quantized_layer,
     release,
 )
-from quantjob.worker.demo import FAMILIES
-from quantjob.worker.distributed import Group
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.observers import (
-    observe_inputs,
-    probes_per_sample,
-    record_probes,
-    reduce_stats,
-)
+from quantjob.worker.model.demo import FAMILIES
+from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.processors import LayerContext, processor_for
-from quantjob.worker.records import LayerOutput
 
 CPU = torch.device("cpu")
 PROCESSORS: dict[str, Any] = {

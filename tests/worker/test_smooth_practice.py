@@ -13,8 +13,8 @@ import yaml
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset_dict
-from quantjob.worker.distributed import Group
-from quantjob.worker.runner import WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.runner import WorkerJob, run_quantization
 
 PRACTICE = Path(__file__).resolve().parents[1] / "unit" / "data" / "practice"
 

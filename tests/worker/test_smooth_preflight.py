@@ -12,11 +12,11 @@ import torch
 
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker import runner as runner_module
-from quantjob.worker.adapters import ADAPTERS
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.runner import WorkerJob, run_quantization
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop import runner as runner_module
+from quantjob.worker.loop.runner import WorkerJob, run_quantization
+from quantjob.worker.model.adapters import ADAPTERS
 
 STATIC = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
 DYNAMIC = {"act": {"scope": "per_token"}, "weight": {"scope": "per_channel"}}

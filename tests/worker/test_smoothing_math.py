@@ -1,4 +1,4 @@
-"""The smoothing math on hand-made tensors with known answers (quantjob.worker.smoothing)."""
+"""The smoothing math on hand-made tensors with known answers (quantjob.worker.loop.smoothing)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,15 @@ import itertools
 import pytest
 import torch
 
-from quantjob.worker.adapters import AttentionHeads, Subgraph
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import (
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import (
     ActivationStats,
     evenly_spaced,
     probe_positions,
     probes_per_sample,
     record_probes,
 )
-from quantjob.worker.processors.flex_smooth import (
-    independent_batches,
-    search_alpha_beta,
-    shared_scores,
-    stacked_rows,
-)
-from quantjob.worker.smoothing import (
+from quantjob.worker.loop.smoothing import (
     SEARCH_GRID,
     SearchProblem,
     SearchScheme,
@@ -40,6 +33,13 @@ from quantjob.worker.smoothing import (
     smoothing_scales,
     weight_absmax,
     weight_signed_max,
+)
+from quantjob.worker.model.adapters import AttentionHeads, Subgraph
+from quantjob.worker.processors.flex_smooth import (
+    independent_batches,
+    search_alpha_beta,
+    shared_scores,
+    stacked_rows,
 )
 
 

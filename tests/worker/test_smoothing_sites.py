@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
-from quantjob.worker.adapters import ADAPTERS
+from quantjob.worker.model.adapters import ADAPTERS
 from quantjob.worker.processors.context import LayerContext
 from quantjob.worker.processors.smoothing_sites import selected_sites
 
@@ -119,7 +119,7 @@ def test_every_family_has_its_msmodelslim_row() -> None:
 
 @pytest.mark.parametrize("family", sorted(MSMODELSLIM_SPARSE_SITES))
 def test_moe_families_sparse_layers_default_to_msmodelslims_sites(family: str) -> None:
-    from quantjob.worker.demo import demo_config
+    from quantjob.worker.model.demo import demo_config
 
     config = demo_config(family, num_layers=3).to_dict()
     adapter = ADAPTERS[family]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import WeightQuantSpec
-from quantjob.worker.observers import WEIGHT_METHODS
-from quantjob.worker.quantizers import dequantize_weight, quantize_weight, representable
-from quantjob.worker.ssz import ssz_weight
+from quantjob.worker.loop.observers import WEIGHT_METHODS
+from quantjob.worker.loop.quantizers import dequantize_weight, quantize_weight, representable
+from quantjob.worker.loop.ssz import ssz_weight
 
 
 def mse(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from quantjob.worker.threads import (
+from quantjob.worker.group.threads import (
     reproducible_math_env,
     sum_of_squares,
     threads_per_rank,

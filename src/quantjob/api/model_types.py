@@ -1,5 +1,5 @@
 """The model families quantjob has an adapter for, by name only (the adapters themselves live in
-``quantjob.worker.adapters``, which reads its name tables from here), so admission and the CLI
+``quantjob.worker.model.adapters``, which reads its name tables from here), so admission and the CLI
 refuse an unknown model type before a pod or a rank starts.
 
 A model's family is config.json's ``model_type``, or an override written as msModelSlim's
@@ -14,7 +14,7 @@ from typing import Any
 
 from quantjob.api.problems import Problem
 
-# config.json ``model_type`` values with an adapter (``quantjob.worker.adapters.ADAPTERS``).
+# config.json ``model_type`` values with an adapter (``quantjob.worker.model.adapters.ADAPTERS``).
 MODEL_TYPES: tuple[str, ...] = ("deepseek_v3", "gemma3_text", "glm4_moe", "llama", "mistral", "qwen2", "qwen3",
                                 "qwen3_moe")
 # model_types whose language model sits inside a multimodal wrapper -> the text model_type to save it as.

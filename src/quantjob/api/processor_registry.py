@@ -30,7 +30,7 @@ from quantjob.api import catalogue
 # ``minmax``: every linear's input min/max (reduced over ranks); ``probes``: a bounded,
 # rank-independent subset of every linear's input rows (flex_smooth_quant's search).
 # A processor needing another (a Hessian for GPTQ-like methods) adds its name here and its
-# gathering to ``quantjob.worker.runner._Loop.observe``.
+# gathering to ``quantjob.worker.loop.runner._Loop.observe``.
 Statistic = Literal["minmax", "probes"]
 STATISTICS: tuple[Statistic, ...] = typing.get_args(Statistic)
 

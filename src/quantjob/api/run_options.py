@@ -10,7 +10,7 @@ a QuantJob holds it) is the whole registration of a run option:
   groups them (``spec.model.path``, ``spec.calibration.samples``, ...), named by ``Option.spec``;
 - the pod's ``quantize`` arguments (``quantjob.operator.builders.worker_args``), read from the
   QuantJob through ``Option.spec``;
-- ``WorkerJob`` (``quantjob.worker.runner``) and the validated command line
+- ``WorkerJob`` (``quantjob.worker.loop.runner``) and the validated command line
   (``quantjob.worker.entry.WorkerArgs``) are subclasses of ``RunOptions``.
 
 ``tests/unit/test_run_options.py`` adds a fake field and finds it in all four.
@@ -73,7 +73,7 @@ class RunOptions(BaseModel):
     error_samples: Annotated[int, Option("samples for the per-layer quantization error table (default 8)",
                                          spec="")] = Field(8, ge=0)
     # MoE: also run every calibration token through every routed expert, for statistics only
-    # (quantjob.worker.experts): static activation scales for experts no token is routed to
+    # (quantjob.worker.model.experts): static activation scales for experts no token is routed to
     calibrate_all_experts: Annotated[bool, Option(
         "MoE models: also run every calibration token through every routed expert, for statistics only "
         "(static activation scales for experts no token is routed to); the outputs stay the routed ones",

@@ -56,7 +56,7 @@ def build_inputs(output: Path, layers: int | None) -> tuple[Path, Path]:
     """Write the demo model and its calibration file under ``output``; return their paths."""
     import torch
 
-    from quantjob.worker.demo import build_demo_model, write_calibration_jsonl
+    from quantjob.worker.model.demo import build_demo_model, write_calibration_jsonl
 
     shape = shipped_demo_config()
     model = build_demo_model(
@@ -74,7 +74,7 @@ def build_inputs(output: Path, layers: int | None) -> tuple[Path, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from quantjob.cli import main
-    from quantjob.worker.device import parse_devices
+    from quantjob.worker.group.device import parse_devices
 
     if args.layers is not None and args.layers < 1:
         print(f"quantjob demo: --layers {args.layers} must be at least 1", file=sys.stderr)

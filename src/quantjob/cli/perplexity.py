@@ -77,9 +77,9 @@ def run(namespace: argparse.Namespace) -> int:
         report_argument_errors("quantjob perplexity", error)
         return USAGE
 
-    from quantjob.worker import device as devices
     from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.perplexity import perplexity
+    from quantjob.worker.group import device as devices
+    from quantjob.worker.readers.perplexity import perplexity
 
     try:
         spec = devices.parse_devices(args.device)

@@ -8,7 +8,7 @@ or standing for more than 20000 values through aliases is refused the same way, 
 built (``quantjob.api.yaml_input``). Needs neither torch nor a cluster.
 
 With ``--model_path`` the model's headers give every rank's peak memory
-(``quantjob.worker.memory_estimate``) for ``--devices`` ranks and ``--calib_samples`` samples of
+(``quantjob.worker.model.memory_estimate``) for ``--devices`` ranks and ``--calib_samples`` samples of
 ``--max_length`` tokens (the longest a sample can be); with ``--memory_limit`` a rank that does not
 fit makes the exit status 1. An unreadable model directory exits 1 with the reason.
 """
@@ -69,11 +69,11 @@ def register(subparsers: Any) -> None:
 
 def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
     """Print the per-rank estimate for ``args.model_path``; the exit status."""
-    from quantjob.worker.adapters import adapter_for
-    from quantjob.worker.checkpoint import Checkpoint
     from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.fp8 import fp8_blocks
-    from quantjob.worker.memory_estimate import (
+    from quantjob.worker.model.adapters import adapter_for
+    from quantjob.worker.model.checkpoint import Checkpoint
+    from quantjob.worker.model.fp8 import fp8_blocks
+    from quantjob.worker.model.memory_estimate import (
         Capacity,
         Dims,
         check_fits,
@@ -83,7 +83,7 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
         rank_peaks,
         weights_peak,
     )
-    from quantjob.worker.model_config import read_model_config
+    from quantjob.worker.model.model_config import read_model_config
 
     devices = args.devices or 1
     config_file = str(args.model_path / "config.json")

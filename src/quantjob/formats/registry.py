@@ -33,7 +33,7 @@ class OutputFormatEntry:
     ``writer()``: the worker's ``OutputFormat`` (imports torch and the format's library).
     ``recognises(model_dir, read_config)``: a model directory holds an output of this format
     (``read_config()`` reads its config.json). ``reader(model_dir)``: that output, readable layer by
-    layer (``quantjob.worker.perplexity.SavedModel``); ``kind``: the name ``quantjob perplexity``
+    layer (``quantjob.worker.readers.perplexity.SavedModel``); ``kind``: the name ``quantjob perplexity``
     reports for it; ``reads_what``: how its refusal message names what it reads.
     ``moe_expert_problem(lq, path, expert_linear, prefix)``: (field, message) when its engines have no
     MoE scheme for what ``lq`` gives a routed expert; ``moe_warning``: said of every MoE model it saves.

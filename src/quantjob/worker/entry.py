@@ -32,7 +32,7 @@ from quantjob.api.presets import QUANT_TYPES, preset
 from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions, run_options
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
-from quantjob.worker.device import DeviceSpec
+from quantjob.worker.group.device import DeviceSpec
 
 
 class WorkerArgs(RunOptions):
@@ -138,14 +138,14 @@ class _Checked:
 
 def main(args: WorkerArgs) -> int:
     """Run the quantization ``args`` describe (one rank of it in a group); the exit code."""
-    from quantjob.worker.threads import reproducible_math_env
+    from quantjob.worker.group.threads import reproducible_math_env
 
     reproducible_math_env(os.environ)  # before torch is imported, and inherited by launched ranks
     checked = _check(args)
     if isinstance(checked, int):
         return checked
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from quantjob.worker.launcher import die_with_launcher, launch
+    from quantjob.worker.group.launcher import die_with_launcher, launch
 
     if checked.devices.count > 1 and not checked.in_group:
         try:
@@ -159,12 +159,12 @@ def main(args: WorkerArgs) -> int:
 def _check(args: WorkerArgs) -> _Checked | int:
     """The flags, the config and the model's config.json, before any weight is read: what was found,
     or the exit code after printing the problems."""
-    from quantjob.worker import device as devices
-    from quantjob.worker.adapters import adapter_for
     from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.fp8 import fp8_blocks
-    from quantjob.worker.model_config import read_model_config
-    from quantjob.worker.save_path import name_too_long
+    from quantjob.worker.group import device as devices
+    from quantjob.worker.model.adapters import adapter_for
+    from quantjob.worker.model.fp8 import fp8_blocks
+    from quantjob.worker.model.model_config import read_model_config
+    from quantjob.worker.savers.save_path import name_too_long
 
     for flag, path in (("--model_path", args.model_path), ("--save_path", args.save_path),
                        ("--calib_file", args.calib_file)):
@@ -188,7 +188,7 @@ def _check(args: WorkerArgs) -> _Checked | int:
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     # one rank of a group (a Job pod, or a process of the local launcher): the group's size counts
-    from quantjob.worker.group_env import collective_timeout_s, read_group_env
+    from quantjob.worker.group.group_env import collective_timeout_s, read_group_env
 
     try:
         found = read_group_env()
@@ -213,17 +213,17 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
     """This process's rank of the run: join the group, run the loop, print the summary on rank 0."""
     import torch
 
-    from quantjob.worker import device as devices
-    from quantjob.worker.distributed import (
+    from quantjob.worker.errors import QuantJobError
+    from quantjob.worker.group import device as devices
+    from quantjob.worker.group.distributed import (
         close_group,
         init_group_from_env,
         local_device_index,
     )
-    from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.launcher import available_cores
+    from quantjob.worker.group.launcher import available_cores
+    from quantjob.worker.group.threads import threads_per_rank
+    from quantjob.worker.loop.runner import WorkerJob, run_quantization
     from quantjob.worker.progress import default_progress
-    from quantjob.worker.runner import WorkerJob, run_quantization
-    from quantjob.worker.threads import threads_per_rank
 
     # the launcher's rule for its ranks, for this process too (a pod, or a single --device cpu)
     torch.set_num_threads(threads_per_rank(1, available_cores(), os.environ))
@@ -259,7 +259,7 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
 
 
 def _summary_text(summary: Any) -> str:
-    from quantjob.worker.phase_times import LOG_PREFIX, format_phase_times
+    from quantjob.worker.loop.phase_times import LOG_PREFIX, format_phase_times
     from quantjob.worker.progress import format_error_table
 
     if summary.errors.get("already_complete"):

@@ -6,7 +6,7 @@ headers, so every rank refuses the same run with the same message, and none is l
   (also refused at admission, by ``quantjob.api.check``);
 - ``check_layout``: every checkpoint tensor against the model skeleton built from config.json:
   names and shapes, one floating dtype for the embedding and the decoder layers;
-- ``check_memory``: every rank's peak memory (``quantjob.worker.memory_estimate``) against what
+- ``check_memory``: every rank's peak memory (``quantjob.worker.model.memory_estimate``) against what
   one rank may use: the device's memory, or on cpu the pod's (cgroup) or host's memory.
 """
 
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from quantjob.api.globs import names_literally
 from quantjob.api.rules_output import output_problems
-from quantjob.worker.adapters import Adapter
-from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.memory_estimate import (
+from quantjob.worker.model.adapters import Adapter
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.memory_estimate import (
     LIMIT_ENV,
     Capacity,
     Dims,
@@ -33,14 +33,14 @@ from quantjob.worker.memory_estimate import (
     layer_bytes,
     rank_peaks,
 )
-from quantjob.worker.model_config import read_model_config
+from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.processors import Preflight, processor_for
 
 if TYPE_CHECKING:
     import torch
 
-    from quantjob.worker.decoder import Skeleton
-    from quantjob.worker.runner import WorkerJob
+    from quantjob.worker.loop.runner import WorkerJob
+    from quantjob.worker.model.decoder import Skeleton
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _FIX = "check --model_type against the checkpoint, or re-copy the model"
@@ -151,8 +151,8 @@ def check_memory(job: WorkerJob, checkpoint: Checkpoint, skeleton: Skeleton, len
                  world_size: int, device: torch.device) -> None:
     """Refuse a run whose largest rank peak exceeds what one rank may use, before any compute.
     ``lengths``: the token count of every global calibration sample."""
-    from quantjob.worker.device import total_memory_bytes
-    from quantjob.worker.launcher import LAUNCHER_PID_ENV
+    from quantjob.worker.group.device import total_memory_bytes
+    from quantjob.worker.group.launcher import LAUNCHER_PID_ENV
 
     sizes = layer_bytes(checkpoint.tensors, skeleton.adapter, skeleton.num_layers)
     model_config: dict[str, Any] = skeleton.config.to_dict()

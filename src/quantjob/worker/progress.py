@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from quantjob.api.durations import format_duration
 
 if TYPE_CHECKING:
-    from quantjob.worker.distributed import Group
+    from quantjob.worker.group.distributed import Group
 
 log = logging.getLogger("quantjob.worker")
 

@@ -1,6 +1,6 @@
 """The ascendv1 format (msModelSlim's v1 saver, read by vllm-ascend): the entry and its constants.
 
-Writer: ``writer.py``; load rules: ``rules.py``; reader: ``quantjob.worker.ascend_forward.AscendOutput``
+Writer: ``writer.py``; load rules: ``rules.py``; reader: ``quantjob.worker.readers.ascend_forward.AscendOutput``
 (vllm-ascend's arithmetic on the saved tensors). Facts and sources: ``docs/ascend-format-notes.md``.
 """
 
@@ -28,7 +28,7 @@ def _recognises(model_dir: Path, _read_config: Callable[[], dict[str, Any]]) -> 
 
 
 def _reader(model_dir: Path) -> Any:
-    from quantjob.worker.ascend_forward import AscendOutput
+    from quantjob.worker.readers.ascend_forward import AscendOutput
 
     return AscendOutput(model_dir)
 

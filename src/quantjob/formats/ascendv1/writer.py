@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.savers.ascend_tensors import ascend_tensors, model_quant_type
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 from quantjob.worker.savers.staging import json_bytes

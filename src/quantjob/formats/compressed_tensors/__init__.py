@@ -1,7 +1,7 @@
 """The compressed-tensors format (read by vLLM and transformers): the entry and its constants.
 
 Writer: ``writer.py`` (needs the compressed-tensors library: ``pip install 'quantjob[compressed-tensors]'``);
-load rules: ``rules.py``; reader: ``quantjob.worker.compressed_tensors_read.CompressedTensorsOutput``.
+load rules: ``rules.py``; reader: ``quantjob.worker.readers.compressed_tensors_read.CompressedTensorsOutput``.
 Facts and sources: ``docs/compressed-tensors-notes.md``.
 """
 
@@ -34,7 +34,7 @@ def _recognises(_model_dir: Path, read_config: Callable[[], dict[str, Any]]) -> 
 
 
 def _reader(model_dir: Path) -> Any:
-    from quantjob.worker.compressed_tensors_read import CompressedTensorsOutput
+    from quantjob.worker.readers.compressed_tensors_read import CompressedTensorsOutput
 
     return CompressedTensorsOutput(model_dir)
 

@@ -33,7 +33,7 @@ from compressed_tensors.quantization import (  # type: ignore[import-untyped]
 from quantjob.api.model_types import LM_HEAD  # a Linear that stays float in every supported family (tied or not)
 from quantjob.formats.ascendv1 import DESCRIPTION as _ASCEND_DESCRIPTION
 from quantjob.formats.compressed_tensors import NAME
-from quantjob.worker.records import LayerOutput, QuantizedLinear
+from quantjob.worker.loop.records import LayerOutput, QuantizedLinear
 from quantjob.worker.savers.formats import FLOAT, NamedTensor, OutputContents
 
 WEIGHTS_PREFIX = "model"          # transformers' SAFE_WEIGHTS_NAME, less ".safetensors"

@@ -1,7 +1,7 @@
 """Processor implementations keyed by config class: plain functions over one materialised layer and the
 reduced statistics (``LayerContext``). A processor is its config class, registered once in
 ``quantjob.api.modelslim`` (``@processor``: type name, catalogue entry, union member, statistics), plus
-its module here and one ``HANDLERS`` entry keyed by that class; the loop in ``quantjob.worker.runner``
+its module here and one ``HANDLERS`` entry keyed by that class; the loop in ``quantjob.worker.loop.runner``
 does not change. ``tests/worker/test_catalogue_implemented.py`` checks that every registered config
 class has its entry here and nothing else does.
 """

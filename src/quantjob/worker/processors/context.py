@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker.adapters import Adapter, Subgraph
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import ActivationStats, Probes
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import ActivationStats, Probes
+from quantjob.worker.loop.records import QuantizedLinear
+from quantjob.worker.model.adapters import Adapter, Subgraph
 
 
 def _no_reobserve() -> None:

@@ -27,19 +27,9 @@ from typing import Literal
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, LinearQuant
-from quantjob.worker.adapters import Subgraph
-from quantjob.worker.distributed import Group
-from quantjob.worker.observers import evenly_spaced
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.processors.preflight import Preflight
-from quantjob.worker.processors.smoothing_sites import (
-    consumer_stats,
-    consumer_weights,
-    fold_linear_pair,
-    fold_norm_linear,
-    selected_sites,
-)
-from quantjob.worker.smoothing import (
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.observers import evenly_spaced
+from quantjob.worker.loop.smoothing import (
     SEARCH_GRID,
     WEIGHT_FLOOR,
     SearchProblem,
@@ -49,6 +39,16 @@ from quantjob.worker.smoothing import (
     ov_scales_max,
     smoothing_scales,
     weight_absmax,
+)
+from quantjob.worker.model.adapters import Subgraph
+from quantjob.worker.processors.context import LayerContext
+from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.smoothing_sites import (
+    consumer_stats,
+    consumer_weights,
+    fold_linear_pair,
+    fold_norm_linear,
+    selected_sites,
 )
 
 log = logging.getLogger("quantjob.worker")

@@ -15,6 +15,15 @@ from __future__ import annotations
 
 from quantjob.api.globs import matches
 from quantjob.api.modelslim import IterSmooth
+from quantjob.worker.loop.smoothing import (
+    act_absmax,
+    act_midpoint,
+    ov_scales_mean,
+    shifted_absmax,
+    smoothing_scales,
+    weight_absmax,
+    weight_signed_max,
+)
 from quantjob.worker.processors.context import LayerContext
 from quantjob.worker.processors.preflight import Preflight
 from quantjob.worker.processors.smoothing_sites import (
@@ -23,15 +32,6 @@ from quantjob.worker.processors.smoothing_sites import (
     fold_linear_pair,
     fold_norm_linear,
     selected_sites,
-)
-from quantjob.worker.smoothing import (
-    act_absmax,
-    act_midpoint,
-    ov_scales_mean,
-    shifted_absmax,
-    smoothing_scales,
-    weight_absmax,
-    weight_signed_max,
 )
 
 

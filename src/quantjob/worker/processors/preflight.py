@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker.adapters import Adapter
+from quantjob.worker.model.adapters import Adapter
 
 
 @dataclass(frozen=True)

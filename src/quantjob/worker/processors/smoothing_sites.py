@@ -1,5 +1,5 @@
 """What the smoothing processors share: which subgraphs of a layer they work on, in which order,
-and applying a fold to the live modules of the layer (``quantjob.worker.smoothing`` holds the math).
+and applying a fold to the live modules of the layer (``quantjob.worker.loop.smoothing`` holds the math).
 
 After a fold, the statistics (and probe rows) of the fold's consumers are mapped through the same
 per-channel map ``x -> (x - z) / s`` as the activations, so the context keeps describing the layer
@@ -15,11 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from quantjob.api.globs import matches
-from quantjob.worker.adapters import Adapter, Subgraph
-from quantjob.worker.added_biases import add_bias, has_bias
-from quantjob.worker.observers import ActivationStats
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.smoothing import (
+from quantjob.worker.loop.observers import ActivationStats
+from quantjob.worker.loop.smoothing import (
     divide_rows,
     divide_vector,
     mapped_stats,
@@ -27,6 +24,9 @@ from quantjob.worker.smoothing import (
     shifted_bias,
     shifted_norm_bias,
 )
+from quantjob.worker.model.adapters import Adapter, Subgraph
+from quantjob.worker.model.added_biases import add_bias, has_bias
+from quantjob.worker.processors.context import LayerContext
 
 # msModelSlim processes a layer's subgraphs consumers-first, so no fold changes the activations a
 # later subgraph's scales are computed from: up-down, ov, linear-linear, then norm-linear.

@@ -17,10 +17,10 @@ from typing import Protocol
 from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
 from quantjob.api.rules_output import saver_directories, saver_directory_problems
-from quantjob.worker.checkpoint import TensorInfo
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError, exit_code_of
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.checkpoint import TensorInfo
 
 
 class OutputSaver(Protocol):

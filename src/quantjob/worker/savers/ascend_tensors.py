@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.loop.records import QuantizedLinear
 from quantjob.worker.savers.formats import FLOAT  # one tag for every format
 
 # msModelSlim's AscendV1Saver.QUANT_TYPE_PRIORITY (later = wins as model_quant_type), with W4A16

@@ -33,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.safetensors_stream import TensorSpec, header_bytes, library_order, tensor_bytes
+from quantjob.worker.model.checkpoint import TensorInfo, load_tensor, read_header
+from quantjob.worker.model.safetensors_stream import TensorSpec, header_bytes, library_order, tensor_bytes
 from quantjob.worker.savers.formats import FLOAT, OutputContents, OutputFormat
 from quantjob.worker.savers.staging import (
     EXTRA_DIR,

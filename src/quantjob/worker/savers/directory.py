@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from quantjob.api.exit_codes import CRASH
-from quantjob.worker.checkpoint import TensorInfo
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError, exit_code_of
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.checkpoint import TensorInfo
 from quantjob.worker.savers.assemble import (
     COMPLETE,
     SCRATCH_DIR,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.loop.records import LayerOutput
 
 FLOAT = "FLOAT"   # the tag of every tensor kept in float (copied or passed through as it is)
 

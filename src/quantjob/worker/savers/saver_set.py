@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from quantjob.worker.checkpoint import TensorInfo
-from quantjob.worker.records import LayerOutput
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.checkpoint import TensorInfo
 
 if TYPE_CHECKING:
     from quantjob.worker.savers import OutputSaver

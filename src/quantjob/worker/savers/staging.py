@@ -30,8 +30,8 @@ import torch
 from safetensors import safe_open
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.records import LayerOutput, QuantizedLinear
-from quantjob.worker.safetensors_stream import tensor_sha256, write_file
+from quantjob.worker.loop.records import LayerOutput, QuantizedLinear
+from quantjob.worker.model.safetensors_stream import tensor_sha256, write_file
 
 if TYPE_CHECKING:
     from quantjob.worker.savers.formats import OutputFormat
@@ -40,7 +40,7 @@ STAGING_DIR = ".quantjob-staging"
 RUN_FILE = "run.json"
 EXTRA_DIR = "extra"
 TMP_PREFIX = ".tmp-"
-# The extra files the runner writes (``quantjob.worker.runner``: ERRORS_FILE, PROVENANCE_FILE): the only
+# The extra files the runner writes (``quantjob.worker.loop.runner``: ERRORS_FILE, PROVENANCE_FILE): the only
 # names ``write_json`` takes, so the names an output holds never come from what a directory contains.
 EXTRA_FILES = ("quant_errors.json", "quant_provenance.json")
 _RECORD = "record/"

@@ -1,6 +1,6 @@
 """Each rank's peak memory, from the checkpoint headers and the calibration lengths, before any compute.
 
-What the loop (``quantjob.worker.runner``) holds at once, per rank, in the compute dtype (FP8
+What the loop (``quantjob.worker.loop.runner``) holds at once, per rank, in the compute dtype (FP8
 weights counted dequantized, ``TensorInfo.loaded_nbytes``):
 
 - **weights**: at layer ``i``, the layer itself and its linears' int8 codes (1 byte per weight,
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from quantjob.worker.errors import QuantJobError
 
 if TYPE_CHECKING:
-    from quantjob.worker.adapters import Adapter
-    from quantjob.worker.checkpoint import TensorInfo
+    from quantjob.worker.model.adapters import Adapter
+    from quantjob.worker.model.checkpoint import TensorInfo
 
 GiB = 2 ** 30
 RUNTIME_BYTES = 512 * 2 ** 20        # interpreter + torch + transformers + the worker, host RSS (measured ~0.4 GiB)

@@ -17,9 +17,9 @@ Model directories (:func:`open_model`):
 
 - a float Hugging Face directory (``config.json`` + safetensors): the layers as they are;
 - an ascendv1 output (``quant_model_description.json``): each layer rebuilt from the saved files
-  with the arithmetic vllm-ascend applies (``quantjob.worker.ascend_forward``);
+  with the arithmetic vllm-ascend applies (``quantjob.worker.readers.ascend_forward``);
 - a compressed-tensors output (llm-compressor's): converted layer by layer to the tensors the
-  ascendv1 saver would write for the same integers (``quantjob.worker.compressed_tensors_read``),
+  ascendv1 saver would write for the same integers (``quantjob.worker.readers.compressed_tensors_read``),
   then computed the same way.
 """
 
@@ -36,19 +36,19 @@ from typing import Any, Protocol
 import torch
 
 from quantjob.formats import formats
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.ascend_forward import SavedModel, saved_layer
-from quantjob.worker.checkpoint import Checkpoint
-from quantjob.worker.decoder import (
+from quantjob.worker.errors import QuantJobError
+from quantjob.worker.group.device import release_memory
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.decoder import (
     Skeleton,
     build_skeleton,
     layer_forward,
     materialise,
     release,
 )
-from quantjob.worker.device import release_memory
-from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model_config import read_model_config
+from quantjob.worker.model.model_config import read_model_config
+from quantjob.worker.readers.ascend_forward import SavedModel, saved_layer
 
 LOGIT_BLOCK_BYTES = 64 * 1024 * 1024  # float32 logits computed at once (positions x vocabulary)
 

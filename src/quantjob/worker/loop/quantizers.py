@@ -1,6 +1,6 @@
 """Quantization math as plain functions: min/max -> scale/offset, quantize, dequantize.
 
-Conventions (``quantjob.worker.records.QuantizedLinear``; the saved form: ``docs/ascend-format-notes.md``):
+Conventions (``quantjob.worker.loop.records.QuantizedLinear``; the saved form: ``docs/ascend-format-notes.md``):
 
 - symmetric, ``b`` bits: ``scale = max(|min|, |max|) / (2^(b-1) - 1)``, ``offset = 0``;
 - asymmetric: the range is widened to include 0 (so 0 is exact), ``scale = (max - min) / (2^b - 1)``,

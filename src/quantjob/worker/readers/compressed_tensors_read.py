@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from quantjob.formats.compressed_tensors import is_compressed_tensors
-from quantjob.worker.ascend_forward import LayerTensors, SavedLinear
-from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.loop.records import QuantizedLinear
+from quantjob.worker.model.checkpoint import Checkpoint
+from quantjob.worker.model.model_config import read_model_config
+from quantjob.worker.readers.ascend_forward import LayerTensors, SavedLinear
 from quantjob.worker.savers.ascend_tensors import ascend_tensors
 
 FORMATS = ("int-quantized", "naive-quantized", "pack-quantized", "mixed-precision")

@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.fp8 import FP8_DTYPES, SCALE_SUFFIX, Fp8Blocks, read_dequantized, scale_grid
-from quantjob.worker.safetensors_stream import read_tensor, torch_dtype
+from quantjob.worker.model.fp8 import FP8_DTYPES, SCALE_SUFFIX, Fp8Blocks, read_dequantized, scale_grid
+from quantjob.worker.model.safetensors_stream import read_tensor, torch_dtype
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -35,7 +35,7 @@ _REDOWNLOAD = "re-copy or re-download the model"
 class TensorInfo:
     """Where one tensor's bytes are and what ``load_tensor`` returns.
 
-    With ``scale`` set (an FP8 block-scaled weight, ``quantjob.worker.fp8``) the bytes at ``offset``
+    With ``scale`` set (an FP8 block-scaled weight, ``quantjob.worker.model.fp8``) the bytes at ``offset``
     are FP8 (``stored_dtype``) and ``dtype`` is what they load as: dequantized with ``scale`` (its
     float32 ``weight_scale_inv``) per ``block``. Such a tensor cannot be copied byte for byte.
     """
@@ -221,7 +221,7 @@ class Checkpoint:
     """Every tensor of a model directory (single file or sharded with an index), read lazily.
 
     ``stored`` holds every tensor of the files; ``tensors`` what the loop sees: the same, except
-    that with ``fp8`` (config.json's block-scaled FP8, ``quantjob.worker.fp8.fp8_blocks``) the FP8
+    that with ``fp8`` (config.json's block-scaled FP8, ``quantjob.worker.model.fp8.fp8_blocks``) the FP8
     weights load dequantized and their ``weight_scale_inv`` tensors are not listed."""
 
     def __init__(self, model_dir: Path, fp8: Fp8Blocks | None = None) -> None:
@@ -281,13 +281,13 @@ class Prefetcher:
     tensors)``, when given, checks them on that thread too (its exception comes out of ``take``).
 
     On an accelerator the tensors are read into host memory (pinned where the runtime allows,
-    ``quantjob.worker.device.staging_device``) and moved to ``device`` one by one when taken, so
+    ``quantjob.worker.group.device.staging_device``) and moved to ``device`` one by one when taken, so
     the device never holds the layer read ahead beside the one it computes (for DeepSeek-V3 a MoE
     layer is 21.4 GiB); on cpu they are read straight into place."""
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device,
                  verify: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> None:
-        from quantjob.worker.device import staging_device
+        from quantjob.worker.group.device import staging_device
 
         self._checkpoint = checkpoint
         self._device = device
@@ -297,7 +297,7 @@ class Prefetcher:
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
 
     def _load(self, key: str, names: list[str]) -> dict[str, torch.Tensor]:
-        from quantjob.worker.device import pinned
+        from quantjob.worker.group.device import pinned
 
         tensors = {name: pinned(tensor, self._device)
                    for name, tensor in self._checkpoint.load(names, self._stage).items()}

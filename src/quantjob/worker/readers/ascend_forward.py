@@ -43,10 +43,10 @@ from typing import Any, Literal, Protocol
 import torch
 
 from quantjob.formats.ascendv1 import DESCRIPTION
-from quantjob.worker.checkpoint import TensorInfo, load_tensor, read_header
-from quantjob.worker.decoder import Skeleton, materialise, release
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.experts import expert_modules
+from quantjob.worker.model.checkpoint import TensorInfo, load_tensor, read_header
+from quantjob.worker.model.decoder import Skeleton, materialise, release
+from quantjob.worker.model.experts import expert_modules
 from quantjob.worker.savers.ascend_tensors import FLOAT, deq_scale_value
 
 WEIGHTS_GLOB = "quant_model_weights*.safetensors"
@@ -332,7 +332,7 @@ class AscendLinear(torch.nn.Module):
 class AscendExperts(torch.nn.Module):
     """A MoE layer's routed experts computing what vllm-ascend's W8A8_DYNAMIC MoE method computes
     (:func:`w8a8_dynamic_moe`); it takes the place of the layer's ``ExpertLinears``
-    (``quantjob.worker.experts``) and is called the same way: ``(hidden_states, top_k_index,
+    (``quantjob.worker.model.experts``) and is called the same way: ``(hidden_states, top_k_index,
     top_k_weights)``. The router and the shared experts stay the model's own modules."""
 
     def __init__(self, name: str, experts: dict[int, DynamicExpert], *, fused: bool = False) -> None:

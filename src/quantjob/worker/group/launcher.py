@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
-from quantjob.worker.device import DeviceSpec, visible_devices_env
-from quantjob.worker.group_env import LOCAL_DEVICE_ENV
+from quantjob.worker.group.device import DeviceSpec, visible_devices_env
+from quantjob.worker.group.group_env import LOCAL_DEVICE_ENV
+from quantjob.worker.group.threads import threads_per_rank
 from quantjob.worker.progress import PIPE_ENV, PIPE_MARKER, ProgressHook, TerminalProgress, replay_event
-from quantjob.worker.threads import threads_per_rank
 
 TAIL_LINES = 20
 GRACE_S = 10.0

@@ -25,29 +25,17 @@ from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
 from quantjob.api.run_options import RunOptions
-from quantjob.worker.adapters import adapter_for
-from quantjob.worker.calibration import Calibration, load_calibration
-from quantjob.worker.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
-from quantjob.worker.decoder import (
-    Skeleton,
-    build_skeleton,
-    layer_forward,
-    materialise,
-    quantized_layer,
-    release,
-)
-from quantjob.worker.device import release_memory
-from quantjob.worker.distributed import Group, shard_indices
-from quantjob.worker.experts import count_routed, expert_modules, reduce_counts, set_all_tokens
-from quantjob.worker.finite import (
+from quantjob.worker.group.device import release_memory
+from quantjob.worker.group.distributed import Group, shard_indices
+from quantjob.worker.group.threads import sum_of_squares
+from quantjob.worker.loop.calibration import Calibration, load_calibration
+from quantjob.worker.loop.finite import (
     check_activations,
     check_error,
     check_records,
     check_weights,
 )
-from quantjob.worker.fp8 import fp8_blocks
-from quantjob.worker.model_config import read_model_config
-from quantjob.worker.observers import (
+from quantjob.worker.loop.observers import (
     ActivationStats,
     Probes,
     observe_inputs,
@@ -55,14 +43,26 @@ from quantjob.worker.observers import (
     record_probes,
     reduce_stats,
 )
-from quantjob.worker.phase_times import PhaseTimes
+from quantjob.worker.loop.phase_times import PhaseTimes
+from quantjob.worker.loop.records import LayerOutput
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.checkpoint import Checkpoint, Prefetcher, TensorInfo, file_fingerprint
+from quantjob.worker.model.decoder import (
+    Skeleton,
+    build_skeleton,
+    layer_forward,
+    materialise,
+    quantized_layer,
+    release,
+)
+from quantjob.worker.model.experts import count_routed, expert_modules, reduce_counts, set_all_tokens
+from quantjob.worker.model.fp8 import fp8_blocks
+from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.preflight import check_layout, check_memory, extra_layer_names, preflight
 from quantjob.worker.processors import LayerContext, processor_for
 from quantjob.worker.progress import ProgressHook
-from quantjob.worker.provenance import PROVENANCE_FILE, provenance_record, rank_layout
-from quantjob.worker.records import LayerOutput
-from quantjob.worker.save_path import check_save_path
-from quantjob.worker.threads import sum_of_squares
+from quantjob.worker.savers.provenance import PROVENANCE_FILE, provenance_record, rank_layout
+from quantjob.worker.savers.save_path import check_save_path
 
 log = logging.getLogger("quantjob.worker")
 

@@ -136,7 +136,7 @@ def _inject_outliers(model: torch.nn.Module, family: str, channels: int, scale: 
     norms multiply by ``1 + weight``: the multiplier is what gets spread and scaled."""
     if channels <= 0:
         return
-    from quantjob.worker.adapters import ADAPTERS
+    from quantjob.worker.model.adapters import ADAPTERS
 
     adapter = ADAPTERS[family]
     offset = adapter.norm_offset

@@ -6,7 +6,7 @@ embedding depends on the layer type, the norm convention, the norms of a decoder
 per decoder layer, the smoothing subgraphs (``norm-linear``, ``linear-linear``, ``ov``, ``up-down``)
 that the smoothing processors work on. The loop reads these entries; it never branches on the
 architecture. Adding a family is one entry in ``ADAPTERS`` (plus a tiny config in
-``quantjob.worker.demo`` for its tests).
+``quantjob.worker.model.demo`` for its tests).
 """
 
 from __future__ import annotations

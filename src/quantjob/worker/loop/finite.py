@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 import torch
 
-from quantjob.worker.checkpoint import Checkpoint
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.observers import ActivationStats
-from quantjob.worker.records import QuantizedLinear
+from quantjob.worker.loop.observers import ActivationStats
+from quantjob.worker.loop.records import QuantizedLinear
+from quantjob.worker.model.checkpoint import Checkpoint
 
 _RECORD_FIELDS = ("weight_scale", "weight_offset", "input_scale", "input_offset")
 

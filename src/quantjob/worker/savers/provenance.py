@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from quantjob.worker.checkpoint import Checkpoint, file_fingerprint
-from quantjob.worker.distributed import Group
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.model.checkpoint import Checkpoint, file_fingerprint
 
 PROVENANCE_FILE = "quant_provenance.json"
 FORMAT_VERSION = 1

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from quantjob.api.modelslim import QuantSpec
-from quantjob.worker.distributed import Group
-from quantjob.worker.quantizers import quantize_weight, scale_offset
-from quantjob.worker.ssz import ssz_weight
+from quantjob.worker.group.distributed import Group
+from quantjob.worker.loop.quantizers import quantize_weight, scale_offset
+from quantjob.worker.loop.ssz import ssz_weight
 
 
 @dataclass

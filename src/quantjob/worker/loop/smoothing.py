@@ -24,15 +24,15 @@ from typing import Literal
 
 import torch
 
-from quantjob.worker.adapters import AttentionHeads
-from quantjob.worker.observers import ActivationStats
-from quantjob.worker.quantizers import (
+from quantjob.worker.loop.observers import ActivationStats
+from quantjob.worker.loop.quantizers import (
     dequantize_weight,
     int_range,
     map_row_blocks,
     quantize_weight,
     scale_offset,
 )
+from quantjob.worker.model.adapters import AttentionHeads
 
 WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
 SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0

@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from quantjob.worker import device as devices
-from quantjob.worker.device import DeviceSpec
 from quantjob.worker.errors import GroupError
-from quantjob.worker.group_env import (
+from quantjob.worker.group import device as devices
+from quantjob.worker.group.device import DeviceSpec
+from quantjob.worker.group.group_env import (
     COLLECTIVE_TIMEOUT_ENV,
     DEFAULT_COLLECTIVE_TIMEOUT_S,
     LOCAL_DEVICE_ENV,
     env_int,
     read_group_env,
 )
-from quantjob.worker.group_watch import GroupWatch
+from quantjob.worker.group.group_watch import GroupWatch
 
 log = logging.getLogger("quantjob.worker")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from quantjob.worker.quantizers import (
+from quantjob.worker.loop.quantizers import (
     float_copy,
     int_range,
     representable,

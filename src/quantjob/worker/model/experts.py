@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
-from quantjob.worker.distributed import Group
 from quantjob.worker.errors import QuantJobError
+from quantjob.worker.group.distributed import Group
 
 
 class ExpertMLP(torch.nn.Module):

@@ -1,6 +1,6 @@
 """Our own safetensors I/O: a streaming writer (the header first, then one tensor at a time) and
 ``read_tensor``, which copies one tensor with plain positioned reads (headers are parsed and
-checked by ``quantjob.worker.checkpoint.read_header``).
+checked by ``quantjob.worker.model.checkpoint.read_header``).
 
 ``read_tensor`` never maps a file: a memory map keeps every page it touched resident (and counted in
 the process's RSS) until it is closed, which would make the memory of a run grow with the size

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from quantjob.worker.adapters import LAYER_TYPES, Adapter
-from quantjob.worker.added_biases import add_missing_biases, remove_added_biases
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.experts import fused_experts_to_linears
-from quantjob.worker.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
-from quantjob.worker.records import LayerOutput, QuantizedLinear
+from quantjob.worker.loop.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
+from quantjob.worker.loop.records import LayerOutput, QuantizedLinear
+from quantjob.worker.model.adapters import LAYER_TYPES, Adapter
+from quantjob.worker.model.added_biases import add_missing_biases, remove_added_biases
+from quantjob.worker.model.experts import fused_experts_to_linears
 
 
 @dataclass
@@ -101,14 +101,14 @@ def build_skeleton(model_dir: Path, adapter: Adapter, device: torch.device, *, t
                             f"({str(error).splitlines()[0]}); check the file or pass --trust_remote_code") from error
     _check_layer_types(config, model_dir / "config.json")
     # An FP8 checkpoint's quantization_config describes how its files are stored, which the
-    # checkpoint reader undoes (quantjob.worker.fp8); the skeleton is the float model.
+    # checkpoint reader undoes (quantjob.worker.model.fp8); the skeleton is the float model.
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
     model.requires_grad_(False)
-    if adapter.sparse is not None:  # routed experts as one linear per expert (quantjob.worker.experts)
+    if adapter.sparse is not None:  # routed experts as one linear per expert (quantjob.worker.model.experts)
         settings = model.config.to_dict()
         layers = model.get_submodule(adapter.layers)
         for index, layer in enumerate(layers):
@@ -206,7 +206,7 @@ def quantized_layer(layer: torch.nn.Module, prefix: str, output: LayerOutput,
     """The layer rebuilt from ``output`` alone: float tensors, dequantized weights, biases, and
     activation fake-quantization hooks (removed on exit). Used for fresh layers and for replay.
     Biases the records hold and the model's modules lack (asymmetric smoothing's shifts) are added
-    to the skeleton first (``quantjob.worker.added_biases``); ``release`` removes them.
+    to the skeleton first (``quantjob.worker.model.added_biases``); ``release`` removes them.
 
     The layer is rebuilt in place one tensor at a time: each linear's float weight is replaced by
     its dequantized copy as soon as that is made, so the rebuild holds the layer, its int8 codes

@@ -1,0 +1,1 @@
+"""The process group: ranks, their environment, the launcher, the watch on peers, the device."""

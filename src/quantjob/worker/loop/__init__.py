@@ -1,0 +1,1 @@
+"""The layer-wise loop: calibration data, observers, quantizers, smoothing math and the runner."""
