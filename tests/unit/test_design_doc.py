@@ -1,7 +1,7 @@
 """docs/design.md is the design document the code cites: it exists in the repository, every file it
 names exists, every code object it names is importable, and nothing cites the old out-of-tree notes.
-Its seams hold: a processor's type and a format's name are written only at their registration, and
-nothing is imported by a name pattern (these fail when a registration is spread again)."""
+Its seams hold: a processor's type, a format's name and a model family's names are written only at
+their registration, and nothing is imported by a name pattern (these fail when a registration is spread again)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_every_path_the_design_names_exists() -> None:
 
 def test_every_code_object_the_design_names_exists() -> None:
     text = DESIGN.read_text(encoding="utf-8")
-    names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli|formats)(?:\.\w+)*)`", text))
+    names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli|formats|families)(?:\.\w+)*)`", text))
     names |= {f"quantjob.worker.loop.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
     names |= {f"quantjob.worker.group.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
     assert len(names) > 8
@@ -110,6 +110,35 @@ def test_a_format_is_named_only_in_its_package() -> None:
         spread = {path for path in _string_constants(fmt.name) if not path.startswith(f"formats/{fmt.name}/")}
         spread -= set(_FORMAT_ELSEWHERE)
         assert not spread, f"output format {fmt.name!r} is named outside its package: {sorted(spread)}"
+
+
+def _family_modules() -> dict[str, str]:
+    """Each module of ``quantjob.families`` that defines a ``FAMILY`` (relative to src/quantjob) ->
+    the model type of that family."""
+    found = {}
+    for path in sorted((SRC / "families").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FAMILY" for t in node.targets)
+               for node in tree.body):
+            module = importlib.import_module(f"quantjob.families.{path.stem}")
+            found[path.relative_to(SRC).as_posix()] = module.FAMILY.model_type
+    return found
+
+
+def test_a_family_is_written_only_in_its_module_and_registered_once() -> None:
+    """Every family module is registered (one line in ``quantjob.families``), and its model type, its
+    ``--model_type`` prefixes and its wrappers' model types are written in no other source file."""
+    from quantjob.families import families
+
+    modules = _family_modules()
+    registered = [family.model_type for family in families()]
+    assert len(registered) >= 8
+    assert sorted(modules.values()) == sorted(registered), "a family module is not registered, or twice"
+    for module, model_type in modules.items():
+        family = next(f for f in families() if f.model_type == model_type)
+        for name in (model_type, *family.names, *family.other_architectures, *family.wrappers):
+            spread = _string_constants(name) - {module}
+            assert not spread, f"model family {model_type!r}: {name!r} is written outside {module}: {sorted(spread)}"
 
 
 def test_nothing_is_imported_by_a_name_pattern() -> None:

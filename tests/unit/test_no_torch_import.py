@@ -1,4 +1,5 @@
-"""The operator image has no torch: quantjob.api, quantjob.operator and quantjob.cli must not load it."""
+"""The operator image has no torch: quantjob.api, quantjob.operator, quantjob.cli and what they import
+(quantjob.formats, quantjob.families) must not load it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith((
 
 
 @pytest.mark.parametrize("module", ["quantjob.api", "quantjob.api.check", "quantjob.api.crd", "quantjob.api.globs",
-                                    "quantjob.operator", "quantjob.cli", "quantjob.formats"])
+                                    "quantjob.operator", "quantjob.cli", "quantjob.formats",
+                                    "quantjob.families"])
 def test_import_loads_neither_torch_nor_the_worker(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], check=False, capture_output=True,
                           text=True, timeout=120)

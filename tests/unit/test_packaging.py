@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-SUBPACKAGES = ("quantjob.api", "quantjob.operator", "quantjob.worker", "quantjob.cli", "quantjob.formats")
+SUBPACKAGES = ("quantjob.api", "quantjob.operator", "quantjob.worker", "quantjob.cli", "quantjob.formats",
+               "quantjob.families")
 IMPORT_ALL = ("import importlib, operator, quantjob; "
               + "; ".join(f"importlib.import_module({m!r})" for m in SUBPACKAGES)
               + "; assert operator.add(1, 2) == 3; print(quantjob.__file__)")

@@ -7,12 +7,13 @@ import pytest
 import torch
 import transformers
 
+from quantjob.families import families, family_named
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model.adapters import ADAPTERS, adapter_for, supported_model_types
-from quantjob.worker.model.demo import FAMILIES, demo_config
+from quantjob.worker.model.adapters import adapter_for, supported_model_types
+from quantjob.worker.model.demo import demo_config, family_names
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_adapter_names_exist_in_the_model(family: str) -> None:
     config = demo_config(family, num_layers=1)
     with torch.device("meta"):
@@ -38,7 +39,7 @@ def test_adapter_names_exist_in_the_model(family: str) -> None:
         == norms
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_folded_norm_weight_divides_every_norm_by_the_scale(family: str) -> None:
     """The norm convention (weight or 1 + weight) is the one the family's norm modules compute."""
     config = demo_config(family, num_layers=1)
@@ -58,7 +59,7 @@ def test_folded_norm_weight_divides_every_norm_by_the_scale(family: str) -> None
         assert torch.allclose(after * scale, before, rtol=1e-5, atol=1e-6), f"{family}: {name}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_embedding_is_the_models_own(family: str) -> None:
     """Lookup, then (Gemma) the sqrt(hidden) scale rounded to the weight dtype: bit for bit."""
     config = demo_config(family, num_layers=1, hidden_size=80)
@@ -80,7 +81,7 @@ def test_gemma3_embedding_scale_at_real_sizes(hidden: int, dtype: torch.dtype) -
     module = Gemma3TextScaledWordEmbedding(16, hidden, 0, embed_scale=hidden ** 0.5).to(dtype)
     config = transformers.Gemma3TextConfig(hidden_size=hidden, num_attention_heads=4, head_dim=hidden // 4)
     ids = torch.arange(16).unsqueeze(0)
-    got = ADAPTERS["gemma3_text"].embed_tokens(ids, module.weight.detach(), config)
+    got = family_named("gemma3_text").adapter.embed_tokens(ids, module.weight.detach(), config)
     assert torch.equal(got, module(ids))
 
 
@@ -93,15 +94,15 @@ def test_unsupported_architecture_lists_supported() -> None:
 
 
 def test_model_type_override_by_msmodelslim_name() -> None:
-    assert adapter_for({"model_type": "llama"}, "Qwen2.5-7B-Instruct") is ADAPTERS["qwen2"]
-    assert adapter_for({}, "Qwen3-8B") is ADAPTERS["qwen3"]
+    assert adapter_for({"model_type": "llama"}, "Qwen2.5-7B-Instruct") is family_named("qwen2").adapter
+    assert adapter_for({}, "Qwen3-8B") is family_named("qwen3").adapter
     with pytest.raises(QuantJobError, match="--model_type 'Mixtral-8x7B'"):
         adapter_for({"model_type": "llama"}, "Mixtral-8x7B")
 
 
 def test_gemma3_names_and_settings() -> None:
     for name in ("Gemma3-1B", "gemma-3-270m", "gemma3-1b-it"):
-        assert adapter_for({}, name) is ADAPTERS["gemma3_text"]
+        assert adapter_for({}, name) is family_named("gemma3_text").adapter
     with pytest.raises(QuantJobError, match="--model_type 'gemma3n-E4B' is not supported"):
         adapter_for({}, "gemma3n-E4B")  # another architecture with the same prefix
     with pytest.raises(QuantJobError, match=r"/m/config.json: use_bidirectional_attention: True is not supported"):
@@ -114,18 +115,24 @@ def test_missing_model_type() -> None:
 
 
 def test_admission_knows_exactly_the_families_with_an_adapter() -> None:
-    """``quantjob.api.model_types`` (no torch) refuses model types at admission; it must list the adapters."""
-    from quantjob.api.model_types import LM_HEAD, MODEL_TYPES, family_for_name
+    """``quantjob.api.model_types`` (no torch) refuses model types at admission: it accepts every
+    registered family, by config.json's model type and as a ``--model_type``, and the worker runs it."""
+    from quantjob.api.model_types import LM_HEAD, family_for_name, model_type_problems
 
-    assert sorted(MODEL_TYPES) == supported_model_types()
-    assert all(family_for_name(name) == name for name in MODEL_TYPES)
-    assert {adapter.lm_head for adapter in ADAPTERS.values()} == {LM_HEAD}
+    assert supported_model_types() == sorted(family.model_type for family in families())
+    for family in families():
+        assert family_for_name(family.model_type) == family.model_type
+        assert model_type_problems({"model_type": family.model_type}, None, override_at="spec.model.type") == []
+        assert model_type_problems(None, family.model_type, override_at="spec.model.type") == []
+        assert adapter_for({"model_type": family.model_type}) is family.adapter
+    assert model_type_problems({"model_type": "gpt2"}, None, override_at="spec.model.type")
+    assert {family.adapter.lm_head for family in families()} == {LM_HEAD}
 
 
 def test_gemma_fold_never_cuts_a_channel_and_reports_the_scale_it_applied() -> None:
     """(1 + w) / s - 1 for a large s lies next to -1, where bf16's step is 2^-8: the folded multiplier
     must not round to zero, and the applied scale (what the consumers get) is the one stored."""
-    adapter = ADAPTERS["gemma3_text"]
+    adapter = family_named("gemma3_text").adapter
     weight = torch.tensor([0.0, 0.5, -0.25, 2.0], dtype=torch.bfloat16)
     scale = torch.tensor([1000.0, 3.0, 40.0, 1.0])
     folded = adapter.folded_norm_weight(weight, scale)

@@ -13,8 +13,8 @@ import pytest
 from dp_runs import calibration, child_env, quantize_argv, tiny_model
 from fp8_models import write_fp8_model
 
+from quantjob.families import family_named
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.model.adapters import ADAPTERS
 from quantjob.worker.model.checkpoint import Checkpoint, TensorInfo
 from quantjob.worker.model.fp8 import fp8_blocks
 from quantjob.worker.model.memory_estimate import (
@@ -47,7 +47,7 @@ def test_byte_counts_from_the_headers_float_and_fp8(models: tuple[Path, Path]) -
     for model in models:
         config = json.loads((model / "config.json").read_text())
         checkpoint = Checkpoint(model, fp8_blocks(config, "config.json"))
-        sizes = layer_bytes(checkpoint.tensors, ADAPTERS["llama"], 2)
+        sizes = layer_bytes(checkpoint.tensors, family_named("llama").adapter, 2)
         assert sizes.layers == (LAYER_BYTES, LAYER_BYTES), model.name        # FP8 counted as bf16
         assert sizes.linears == (2 * LINEAR_ELEMENTS, 2 * LINEAR_ELEMENTS)
         assert sizes.embedding == 2 * config["vocab_size"] * 64 and sizes.dtype_bytes == 2
@@ -183,7 +183,7 @@ def _v3_tensors() -> dict[str, TensorInfo]:
 
 
 def test_deepseek_v3_arithmetic_in_operator_doc() -> None:
-    sizes = layer_bytes(_v3_tensors(), ADAPTERS["llama"], V3["layers"])  # same names: model.layers.{i}.
+    sizes = layer_bytes(_v3_tensors(), family_named("llama").adapter, V3["layers"])  # same names: model.layers.{i}.
     moe = sizes.layers[V3["dense"]]
     assert moe == 23_014_573_056 and 2 * 257 * 3 * 7168 * 2048 + 2 * 187_105_280 + 2 * 1_835_008 + 4 * 256 \
         + 2 * 16_384 == moe

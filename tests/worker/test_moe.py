@@ -235,8 +235,8 @@ def test_latent_attention_ov_fold_keeps_the_attention_function() -> None:
     attention output is the same to float32 rounding; dividing the key rows too changes it."""
     import transformers
 
+    from quantjob.families.deepseek_v3 import latent_attention_heads
     from quantjob.worker.loop.smoothing import divide_rows, ov_scales_mean, scale_columns
-    from quantjob.worker.model.adapters import latent_attention_heads
     from quantjob.worker.model.demo import demo_config
 
     config = demo_config("deepseek_v3", num_layers=2, hidden_size=64, num_heads=4)

@@ -30,7 +30,7 @@ from quantjob.worker.loop.runner import RunSummary, WorkerJob, run_quantization
 from quantjob.worker.model.adapters import adapter_for
 from quantjob.worker.model.checkpoint import Checkpoint, load_tensor
 from quantjob.worker.model.decoder import build_skeleton, layer_forward, materialise
-from quantjob.worker.model.demo import DENSE_FAMILIES, build_demo_model
+from quantjob.worker.model.demo import build_demo_model, family_names
 
 CPU = torch.device("cpu")
 
@@ -85,7 +85,7 @@ def _check_outputs(saver: Any, model: Path, num_layers: int, quantized_per_layer
     assert set(source) <= seen  # every source tensor went to the saver exactly once as float or record
 
 
-@pytest.mark.parametrize("family", DENSE_FAMILIES)  # MoE families: tests/worker/test_moe.py
+@pytest.mark.parametrize("family", family_names(moe=False))  # MoE families: tests/worker/test_moe.py
 def test_w8a8_every_family(family: str, tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
                            memory_saver: Any, tmp_path: Path) -> None:
     model = tiny_model(family, 2)

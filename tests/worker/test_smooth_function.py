@@ -1,5 +1,5 @@
 """A smoothed float layer computes the same function as the original, for every family the adapters
-support (``demo.FAMILIES``), in every mode; the statistics the folds hand on are those of the
+support (``demo.family_names()``), in every mode; the statistics the folds hand on are those of the
 smoothed layer; biases added by the asymmetric mode survive a rebuild from records (replay)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from quantjob.worker.model.decoder import (
     quantized_layer,
     release,
 )
-from quantjob.worker.model.demo import FAMILIES
+from quantjob.worker.model.demo import family_names
 from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.processors import LayerContext, processor_for
 
@@ -86,7 +86,7 @@ def assert_same_function(before: dict[int, torch.Tensor], after: dict[int, torch
 
 
 @pytest.mark.parametrize("name", list(PROCESSORS))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_smoothed_layer_computes_the_same_function(tiny_model: Any, family: str, name: str) -> None:
     layer = Layer(tiny_model(family, layers=1, hidden_size=64, intermediate_size=128, num_heads=4,
                              num_kv_heads=2, outlier_channels=3))
@@ -101,7 +101,7 @@ def test_smoothed_layer_computes_the_same_function(tiny_model: Any, family: str,
     release(layer.layer)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_folded_statistics_describe_the_smoothed_layer(tiny_model: Any, family: str) -> None:
     layer = Layer(tiny_model(family, layers=1, hidden_size=64, intermediate_size=128, num_heads=4,
                              num_kv_heads=2, outlier_channels=3))

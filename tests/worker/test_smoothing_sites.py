@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
-from quantjob.worker.model.adapters import ADAPTERS
+from quantjob.families import family_named, model_types
 from quantjob.worker.processors.context import LayerContext
 from quantjob.worker.processors.smoothing_sites import selected_sites
 
@@ -42,7 +42,7 @@ CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}
 
 
 def context(family: str) -> LayerContext:
-    adapter = ADAPTERS[family]
+    adapter = family_named(family).adapter
     return LayerContext(index=0, prefix="model.layers.0.", layer=torch.nn.Module(), linears={}, adapter=adapter,
                         subgraphs=adapter.subgraphs(CONFIG))
 
@@ -52,7 +52,7 @@ def sites(ctx: LayerContext, kinds: list[str], which: str) -> set[tuple[str, str
 
 
 def test_the_table_names_families_that_exist() -> None:
-    assert set(MSMODELSLIM_SITES) <= set(ADAPTERS)
+    assert set(MSMODELSLIM_SITES) <= set(model_types())
 
 
 @pytest.mark.parametrize("family", sorted(MSMODELSLIM_SITES))
@@ -74,7 +74,7 @@ def test_enable_subgraph_type_selects_among_what_the_family_offers(family: str) 
 @pytest.mark.parametrize("family", sorted(MSMODELSLIM_SITES))
 def test_the_wider_set_only_through_ext_sites_all(family: str) -> None:
     ctx = context(family)
-    every = {(spec.kind, spec.source, spec.targets) for spec in ADAPTERS[family].subgraph_specs}
+    every = {(spec.kind, spec.source, spec.targets) for spec in family_named(family).adapter.subgraph_specs}
     entry = IterSmooth.model_validate({"type": "iter_smooth", "ext": {"sites": "all"}})
     assert sites(ctx, ALL_KINDS, entry.ext.sites) == every
     assert {kind for kind, _, _ in every} == {"norm-linear", "ov", "up-down"}
@@ -114,7 +114,7 @@ MSMODELSLIM_SPARSE_SITES = {
 
 
 def test_every_family_has_its_msmodelslim_row() -> None:
-    assert set(MSMODELSLIM_SITES) | set(MSMODELSLIM_SPARSE_SITES) == set(ADAPTERS)
+    assert set(MSMODELSLIM_SITES) | set(MSMODELSLIM_SPARSE_SITES) == set(model_types())
 
 
 @pytest.mark.parametrize("family", sorted(MSMODELSLIM_SPARSE_SITES))
@@ -122,7 +122,7 @@ def test_moe_families_sparse_layers_default_to_msmodelslims_sites(family: str) -
     from quantjob.worker.model.demo import demo_config
 
     config = demo_config(family, num_layers=3).to_dict()
-    adapter = ADAPTERS[family]
+    adapter = family_named(family).adapter
     assert adapter.sparse is not None
     sparse = next(i for i in range(3) if adapter.sparse.is_sparse(config, i))
     ctx = LayerContext(index=sparse, prefix=f"model.layers.{sparse}.", layer=torch.nn.Module(), linears={},

@@ -104,7 +104,7 @@ def moe_problems(entries: list[tuple[str, LinearQuant]], layout: MoeLayout, form
                  prefix: str, expert0_fused: bool = False) -> list[Problem]:
     """The MoE rules for the savers' ``formats`` (each format's own in its package's ``rules.py``).
     ``expert0_fused``: the family's layout already judges expert 0's gate/up/down as one fused module
-    (``rules_output.LAYOUTS``), so a split inside expert 0 is left to that rule (one problem, not two)."""
+    (its family's ``layout``, ``rules_output.layout_for``), so a split inside expert 0 is left to that rule (one problem, not two)."""
     from quantjob.api.rules_output import _blame, _scheme_text, scheme_key, scheme_type
     from quantjob.formats import format_named
 

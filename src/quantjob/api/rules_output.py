@@ -8,8 +8,8 @@ are cited in ``docs/ascend-format-notes.md`` and ``docs/compressed-tensors-notes
 
 - fused modules: vllm-ascend and vLLM load q/k/v (and gate/up) as one module and refuse shards
   quantized differently (or some float, some not). The check matches ``include``/``exclude`` against
-  the fused linears' names of every decoder layer (``LAYOUTS``, data per model family) without any
-  weight;
+  the fused linears' names of every decoder layer (``layout_for``: each family module's ``layout``)
+  without any weight;
 - ascendv1 (vllm-ascend): no dense W4A16 linear scheme, W8A16 only per channel, no static W8A8 in
   a float32 model;
 - W8A8 (both formats): per-channel, symmetric weights;
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,41 +31,8 @@ from quantjob.api import catalogue
 from quantjob.api.globs import matches, pattern_error
 from quantjob.api.modelslim import LinearQuant, ModelslimConfig, Saver
 from quantjob.api.problems import Problem
+from quantjob.families import LayerLayout, layout_of
 from quantjob.formats import format_named
-
-
-@dataclass(frozen=True)
-class LayerLayout:
-    """Where the decoder layers are and which of a layer's linears (relative names) an engine fuses
-    into one module."""
-
-    layers: str
-    fused: tuple[tuple[str, tuple[str, ...]], ...]   # (fused module, its shards)
-
-
-_DENSE = LayerLayout(
-    layers="model.layers",
-    # vLLM's LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM packed_modules_mapping
-    fused=(("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-           ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj"))),
-)
-
-# model_type -> layout; a family missing here (the worker refuses it anyway) is judged as _DENSE.
-LAYOUTS: dict[str, LayerLayout] = {"llama": _DENSE, "mistral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE}
-
-# Mixture-of-Experts families: vllm-ascend's packed_modules_model_mapping (vllm_ascend/quantization/
-# modelslim_config.py: qwen3_moe, deepseek_v3, glm4_moe): the shared experts' gate/up are packed like a
-# dense MLP's, and a layer's routed experts are one module whose scheme is read from expert 0's
-# gate/up/down (the same entry for every expert is the output rules' business, not a shard rule here).
-_EXPERTS0 = ("mlp.experts", ("mlp.experts.0.gate_proj", "mlp.experts.0.up_proj", "mlp.experts.0.down_proj"))
-_SHARED = ("mlp.shared_experts.gate_up_proj", ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"))
-LAYOUTS.update({
-    "qwen3_moe": LayerLayout("model.layers", (*_DENSE.fused, _EXPERTS0)),
-    "glm4_moe": LayerLayout("model.layers", (*_DENSE.fused, _SHARED, _EXPERTS0)),
-    "deepseek_v3": LayerLayout("model.layers", (
-        ("self_attn.fused_qkv_a_proj", ("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa")),
-        ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")), _SHARED, _EXPERTS0)),
-})
 
 LAYERS_WITHOUT_CONFIG = 128      # layer indices judged when the model's config is not known
 _MAX_EXPANSIONS = 4096           # brace expansions per pattern the fused-shard rule is willing to match
@@ -147,7 +113,9 @@ def _layer_count(model_config: dict[str, Any] | None) -> int:
 
 
 def layout_for(model_config: dict[str, Any] | None) -> LayerLayout:
-    return LAYOUTS.get(str(_text_config(model_config).get("model_type")), _DENSE)
+    """The fused linears of the model's family (``Family.layout``); a Llama-style layer when the
+    family is not known."""
+    return layout_of(_text_config(model_config).get("model_type"))
 
 
 # --- schemes ------------------------------------------------------------------------------------------------

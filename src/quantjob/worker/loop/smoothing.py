@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from quantjob.families.adapter import AttentionHeads
 from quantjob.worker.loop.observers import ActivationStats
 from quantjob.worker.loop.quantizers import (
     dequantize_weight,
@@ -32,7 +33,6 @@ from quantjob.worker.loop.quantizers import (
     quantize_weight,
     scale_offset,
 )
-from quantjob.worker.model.adapters import AttentionHeads
 
 WEIGHT_FLOOR = 1e-5       # msModelSlim clamps weight maxima (and flex scales) to this
 SEARCH_GRID = tuple(k / 20 for k in range(21))   # msModelSlim's alpha/beta grid: 0.0, 0.05, ..., 1.0

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from quantjob.families.adapter import LAYER_TYPES, Adapter
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.loop.quantizers import dequantize_weight, fake_quantize, fake_quantize_per_token
 from quantjob.worker.loop.records import LayerOutput, QuantizedLinear
-from quantjob.worker.model.adapters import LAYER_TYPES, Adapter
 from quantjob.worker.model.added_biases import add_missing_biases, remove_added_biases
 from quantjob.worker.model.experts import fused_experts_to_linears
 

@@ -18,21 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from quantjob.families import DemoShape, families, family_named, llama, registered
+
 if TYPE_CHECKING:  # imported where used: building a config does not need it at module import
     import transformers
 
-DENSE_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
-# Mixture-of-Experts families: 8 routed experts, 2 per token; layer 0 dense, the others sparse;
-# DeepSeek-V3 with multi-head latent attention, grouped top-k (4 groups, 2 kept), a shared expert
-# and one multi-token-prediction layer stored after the decoder layers; GLM-4.5 with attention biases
-# and a shared expert.
-MOE_FAMILIES = ("qwen3_moe", "deepseek_v3", "glm4_moe")
-FAMILIES = DENSE_FAMILIES + MOE_FAMILIES
-DEMO_EXPERTS = 8
+DEMO_EXPERTS = 8  # routed experts of a demo MoE model (2 per token and 1 shared, unless ``experts`` says)
 DEFAULT_VOCAB = 512
-# Gemma3 always has sliding-window layers: a window shorter than most calibration samples, so
-# the window really cuts attention (the shipped samples run from 8 to 64 words).
-GEMMA3_DEMO_WINDOW = 16
+DEFAULT_FAMILY = llama.FAMILY.model_type
+
+
+def family_names(moe: bool | None = None) -> tuple[str, ...]:
+    """The families a demo model can be built of (every registered one, ``quantjob.families``), in
+    registration order; ``moe``: only those with (True) or without (False) Mixture-of-Experts layers."""
+    return tuple(family.model_type for family in families() if moe is None or family.moe == moe)
 
 
 def corpus_text() -> str:
@@ -72,60 +71,37 @@ def write_tokenizer(directory: Path, vocab_size: int = DEFAULT_VOCAB) -> None:
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-def demo_config(family: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
+def demo_config(family: str = DEFAULT_FAMILY, *, num_layers: int = 2, hidden_size: int = 64,
                 intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                 vocab_size: int = DEFAULT_VOCAB, tie_word_embeddings: bool = False,
                 sliding_window: int | None = None, experts: tuple[int, int, int] | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> transformers.PretrainedConfig:
-    """A transformers config of one of the supported families.
+    """A transformers config of one of the supported families (its module's ``Demo``).
 
-    ``sliding_window``: attention window of the sliding layers. Mistral slides in every layer,
-    Qwen2/Qwen3 in the upper half of the layers (``max_window_layers``), Gemma3 in every other
-    layer starting with the first (``GEMMA3_DEMO_WINDOW`` when not given); Llama has none.
+    ``sliding_window``: attention window of the sliding layers, for a family that has them (each
+    family's demo says where: Mistral slides in every layer, Qwen2/Qwen3 in the upper half of the
+    layers, Gemma3 in every other layer starting with the first, with a window of its own when none
+    is given). ``experts`` (MoE families): (routed experts, experts per token, shared experts);
+    default (``DEMO_EXPERTS``, 2, 1).
     """
     import transformers
 
-    classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-               "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig,
-               "gemma3_text": transformers.Gemma3TextConfig, "qwen3_moe": transformers.Qwen3MoeConfig,
-               "deepseek_v3": transformers.DeepseekV3Config, "glm4_moe": transformers.Glm4MoeConfig}
-    if family not in classes:
-        raise ValueError(f"unknown demo family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    known = registered(family)
+    if known is None:
+        raise ValueError(f"unknown demo family {family!r}; choose one of: {', '.join(family_names())}")
     kwargs: dict[str, Any] = {
         "vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
         "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
         "max_position_embeddings": 4096, "tie_word_embeddings": tie_word_embeddings,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "rms_norm_eps": 1e-6,
     }
-    if family in ("qwen3", "gemma3_text", "qwen3_moe", "glm4_moe"):
-        kwargs["head_dim"] = hidden_size // num_heads
-    if family in MOE_FAMILIES:
-        if sliding_window is not None:
-            raise ValueError(f"{family} has no sliding-window attention; leave sliding_window unset")
-        routed, per_token, shared = experts or (DEMO_EXPERTS, 2, 1)
-        kwargs.update(num_experts_per_tok=per_token, moe_intermediate_size=intermediate_size // 4, norm_topk_prob=True)
-    if family == "qwen3_moe":
-        kwargs.update(num_experts=routed, decoder_sparse_step=1, mlp_only_layers=[0])
-    if family in ("deepseek_v3", "glm4_moe"):
-        kwargs.update(n_routed_experts=routed, first_k_dense_replace=1, n_shared_experts=shared,
-                      routed_scaling_factor=2.5, num_nextn_predict_layers=0)
-    if family == "deepseek_v3":
-        head = hidden_size // num_heads
-        kwargs.update(n_group=4, topk_group=2, q_lora_rank=hidden_size // 2, kv_lora_rank=hidden_size // 4,
-                      qk_nope_head_dim=head, qk_rope_head_dim=head // 2, v_head_dim=head,
-                      num_key_value_heads=num_heads)
-    if family == "glm4_moe":
-        kwargs.update(n_group=1, topk_group=1, attention_bias=True)
-    if family == "llama" and sliding_window is not None:
-        raise ValueError("llama has no sliding-window attention; leave sliding_window unset")
-    if family == "mistral":
-        kwargs["sliding_window"] = sliding_window
-    if family in ("qwen2", "qwen3") and sliding_window is not None:
-        kwargs.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=num_layers // 2)
-    if family == "gemma3_text":
-        kwargs.update(sliding_window=sliding_window or GEMMA3_DEMO_WINDOW, query_pre_attn_scalar=hidden_size // num_heads,
-                      layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)])
-    config = classes[family](**kwargs)
+    if sliding_window is not None and not known.demo.sliding_window:
+        raise ValueError(f"{family} has no sliding-window attention; leave sliding_window unset")
+    shape = DemoShape(num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_heads=num_heads, num_kv_heads=num_kv_heads, sliding_window=sliding_window,
+                      experts=(experts or (DEMO_EXPERTS, 2, 1)) if known.moe else None)
+    kwargs.update(known.demo.settings(shape))
+    config = getattr(transformers, known.demo.config_class)(**kwargs)
     config.dtype = dtype
     return config
 
@@ -136,9 +112,7 @@ def _inject_outliers(model: torch.nn.Module, family: str, channels: int, scale: 
     norms multiply by ``1 + weight``: the multiplier is what gets spread and scaled."""
     if channels <= 0:
         return
-    from quantjob.worker.model.adapters import ADAPTERS
-
-    adapter = ADAPTERS[family]
+    adapter = family_named(family).adapter
     offset = adapter.norm_offset
     spread = tuple(f".{norm}.weight" for norm in adapter.input_norms + adapter.output_norms)
     outliers = tuple(f".{norm}.weight" for norm in adapter.input_norms)
@@ -155,7 +129,7 @@ def _inject_outliers(model: torch.nn.Module, family: str, channels: int, scale: 
             param.copy_(multiplier - offset)
 
 
-def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int = 2, hidden_size: int = 64,
+def build_demo_model(path: Path | str, *, family: str = DEFAULT_FAMILY, num_layers: int = 2, hidden_size: int = 64,
                      intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2,
                      dtype: torch.dtype = torch.bfloat16, seed: int = 0, outlier_channels: int = 2,
                      outlier_scale: float = 20.0, max_shard_bytes: int | None = None,
@@ -178,12 +152,13 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
                          sliding_window=sliding_window, experts=experts, dtype=dtype)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if family in ("qwen2", "glm4_moe"):  # attention biases start at zero: make them matter
+    known = family_named(family)
+    if known.demo.random_biases:  # attention biases start at zero: make them matter
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("proj.bias"):
                     param.normal_(0.0, 0.02)
-    if family in MOE_FAMILIES:
+    if known.moe:
         _spread_routers(model, seed)
     _inject_outliers(model, family, outlier_channels, outlier_scale, seed)
     model = model.to(dtype)
@@ -194,7 +169,7 @@ def build_demo_model(path: Path | str, *, family: str = "llama", num_layers: int
     kwargs = {"max_shard_size": max_shard_bytes} if max_shard_bytes else {}
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(path, safe_serialization=True, **kwargs)
-    if family == "deepseek_v3":
+    if known.demo.mtp_layer:
         _add_mtp_layer(path, config, dtype, seed)
     write_tokenizer(path, vocab_size)
     return path
@@ -213,7 +188,7 @@ def _spread_routers(model: torch.nn.Module, seed: int) -> None:
 
 
 def _add_mtp_layer(path: Path, config: Any, dtype: torch.dtype, seed: int) -> None:
-    """DeepSeek-V3's multi-token-prediction layer, as its checkpoints store it: a decoder layer
+    """A multi-token-prediction layer (DeepSeek-V3's), as the checkpoints store it: a decoder layer
     ``model.layers.{num_hidden_layers}`` (MoE) with ``enorm``, ``hnorm``, ``eh_proj`` and
     ``shared_head.norm``; config.json says ``num_nextn_predict_layers: 1``. Written into the single
     safetensors file (transformers builds no module for it)."""
@@ -221,7 +196,7 @@ def _add_mtp_layer(path: Path, config: Any, dtype: torch.dtype, seed: int) -> No
     from safetensors.torch import load_file, save_file
 
     index = config.num_hidden_layers
-    extended = transformers.DeepseekV3Config(**{**config.to_dict(), "num_hidden_layers": index + 1})
+    extended = type(config)(**{**config.to_dict(), "num_hidden_layers": index + 1})
     torch.manual_seed(seed + 1)
     mtp = transformers.AutoModelForCausalLM.from_config(extended, dtype=torch.float32).to(dtype)
     prefix = f"model.layers.{index}."

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from quantjob.worker.errors import QuantJobError
 
 if TYPE_CHECKING:
-    from quantjob.worker.model.adapters import Adapter
+    from quantjob.families.adapter import Adapter
     from quantjob.worker.model.checkpoint import TensorInfo
 
 GiB = 2 ** 30
