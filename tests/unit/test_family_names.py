@@ -22,10 +22,13 @@ RESOLVED: dict[str, str | None] = {
     "gemma-3-270m": "gemma3_text", "gemma3-1b-it": "gemma3_text", "Gemma3-1B": "gemma3_text",
     "gemma3_text": "gemma3_text", "gemma3": "gemma3_text",
     "Llama-3.1-8B": "llama", "Llama-2-7b": "llama", "llama": "llama",
+    # dense checkpoints named after another family's model: their config.json's model_type decides
+    "DeepSeek-R1-Distill-Qwen-7B": "qwen2", "DeepSeek-R1-Distill-Qwen-32B": "qwen2",
+    "DeepSeek-R1-Distill-Llama-8B": "llama", "QwQ-32B": "qwen2", "QwQ-32B-Preview": "qwen2",
     "Mistral-7B": "mistral", "Mistral-Small-3.1": "mistral", "mistral": "mistral",
     # another architecture, or none quantjob runs
     "gemma-3n-E4B": None, "gemma3n-E2B": None, "Gemma-2-9B": None, "Mixtral-8x7B": None, "DeepSeek-V2": None,
-    "GLM-4-9B": None, "GLM-5": None, "QwQ-32B": None, "gpt2": None, "phi-3": None,
+    "GLM-4-9B": None, "GLM-5": None, "gpt2": None, "phi-3": None,
 }
 
 

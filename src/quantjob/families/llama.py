@@ -17,4 +17,6 @@ FAMILY = Family(
     adapter=Adapter("llama", LLAMA_SUBGRAPHS),
     layout=DENSE_LAYOUT,
     demo=Demo("LlamaConfig", lambda shape: {}),
+    # DeepSeek's R1 distillation onto Llama 3 (its config.json says llama; longer than "deepseek-r1").
+    names=("deepseek-r1-distill-llama",),
 )

@@ -17,4 +17,7 @@ FAMILY = Family(
     adapter=Adapter("qwen2", LLAMA_SUBGRAPHS),
     layout=DENSE_LAYOUT,
     demo=Demo("Qwen2Config", upper_layers_slide, sliding_window=True, random_biases=True),
+    # Qwen2-architecture checkpoints published under other names (their config.json says qwen2):
+    # QwQ-32B and DeepSeek's R1 distillations onto Qwen2.5 (longer than deepseek_v3's "deepseek-r1").
+    names=("qwq", "deepseek-r1-distill-qwen"),
 )
