@@ -26,7 +26,7 @@ from bench.report import markdown_table
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker import processors
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 from quantjob.worker.model.demo import build_demo_model
 
@@ -72,7 +72,7 @@ def _run(model: Path, calib: Path, samples: int, seq: int, smooth: dict[str, Any
         job = WorkerJob(model_path=model, save_path=work / "out", config=config, calib_file=calib,
                         calib_samples=samples, max_length=seq, error_samples=8)
         started = time.perf_counter()
-        summary = run_quantization(job, Group(), torch.device("cpu"), open_saver_fn=_NoSaver)
+        summary = run_quantization(job, ProcessGroup(), torch.device("cpu"), open_saver_fn=_NoSaver)
         seconds = time.perf_counter() - started
     finally:
         processors.PROCESSORS[name] = original

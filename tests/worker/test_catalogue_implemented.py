@@ -9,7 +9,7 @@ import pytest
 
 from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ACTIVATION_METHODS, WEIGHT_METHODS
 from quantjob.worker.processors import PROCESSORS, processor_for
 
@@ -40,6 +40,6 @@ def test_implemented_savers_open(entry: catalogue.Algorithm, tmp_path: Path) -> 
     model = tmp_path / "model"
     model.mkdir()
     saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model, model_config={},
-                       run_id="catalogue-check", group=Group(), overwrite=False, num_layers=1)
+                       run_id="catalogue-check", group=ProcessGroup(), overwrite=False, num_layers=1)
     assert saver.committed_layers() == 0
     saver.abort()

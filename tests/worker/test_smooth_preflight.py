@@ -13,7 +13,7 @@ import torch
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop import runner as runner_module
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 from quantjob.worker.model.adapters import ADAPTERS
@@ -35,7 +35,7 @@ def test_dynamic_consumers_of_a_shifted_norm_are_refused(tiny_model: Any, calib_
                {"type": "linear_quant", "qconfig": STATIC, "include": ["*self_attn*"]},
                {"type": "linear_quant", "qconfig": DYNAMIC, "include": ["*mlp*"]}]
     with pytest.raises(QuantJobError) as caught:
-        run_quantization(_job(tiny_model("llama"), calib_jsonl(), tmp_path, process), Group(), torch.device("cpu"),
+        run_quantization(_job(tiny_model("llama"), calib_jsonl(), tmp_path, process), ProcessGroup(), torch.device("cpu"),
                          open_saver_fn=memory_saver)
     message = str(caught.value)
     assert "spec.process[0].symmetric" in message and "model.layers.0.mlp.gate_proj" in message

@@ -26,7 +26,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
 from quantjob.api.run_options import RunOptions
 from quantjob.worker.group.device import release_memory
-from quantjob.worker.group.distributed import Group, shard_indices
+from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.threads import sum_of_squares
 from quantjob.worker.loop.calibration import Calibration, load_calibration
 from quantjob.worker.loop.finite import (
@@ -113,7 +113,7 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
 class _Loop:
     """State of one run; each method is one step of the loop."""
 
-    def __init__(self, job: WorkerJob, group: Group, device: torch.device, skeleton: Skeleton,
+    def __init__(self, job: WorkerJob, group: ProcessGroup, device: torch.device, skeleton: Skeleton,
                  checkpoint: Checkpoint, calibration: Calibration, times: PhaseTimes) -> None:
         self.job, self.group, self.device = job, group, device
         self.times = times
@@ -266,7 +266,7 @@ class _Loop:
                 for index, per_path in sorted(self.routed.items()) for path, counts in sorted(per_path.items())]
 
 
-def run_quantization(job: WorkerJob, group: Group, device: torch.device, progress: ProgressHook | None = None,
+def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, progress: ProgressHook | None = None,
                      *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
     """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
     started = time.monotonic()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ActivationStats, Probes
 from quantjob.worker.loop.records import QuantizedLinear
 from quantjob.worker.model.adapters import Adapter, Subgraph
@@ -31,7 +31,7 @@ class LayerContext:
     stats: dict[str, ActivationStats] = field(default_factory=dict)  # reduced over all ranks
     records: dict[str, QuantizedLinear] = field(default_factory=dict)
     modified: bool = False                         # float weights changed since stats were taken
-    group: Group = field(default_factory=Group)
+    group: ProcessGroup = field(default_factory=ProcessGroup)
     subgraphs: list[Subgraph] = field(default_factory=list)  # the model's smoothing sites (relative paths)
     num_samples: int = 0                           # calibration samples over all ranks
     config: ModelslimConfig | None = None          # the whole run's config (what later entries will do)

@@ -18,7 +18,7 @@ from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
 from quantjob.api.rules_output import saver_directories, saver_directory_problems
 from quantjob.worker.errors import QuantJobError, exit_code_of
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.model.checkpoint import TensorInfo
 
@@ -49,7 +49,7 @@ class OutputSaver(Protocol):
 
 
 def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, model_config: dict,
-               run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
+               run_id: str, group: ProcessGroup, overwrite: bool, num_layers: int) -> OutputSaver:
     """Collective: rank 0 checks, locks and claims ``save_path``; every rank gets the same outcome.
 
     The format comes from the saver's catalogue entry. ``model_config`` (the source config.json)
@@ -103,7 +103,7 @@ def _refuse_linked_directory(save_path: Path, directory: str) -> None:
 
 
 def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: Path, model_config: dict,
-                run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
+                run_id: str, group: ProcessGroup, overwrite: bool, num_layers: int) -> OutputSaver:
     """Every ``spec.save`` entry: one saver writes ``save_path`` itself; several write one
     sub-directory each (``saver_directories``) and run as one ``SaverSet``."""
     configs = [savers] if isinstance(savers, Saver) else list(savers)
