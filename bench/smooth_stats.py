@@ -60,14 +60,14 @@ def _run(model: Path, calib: Path, samples: int, seq: int, smooth: dict[str, Any
     config = resolve(ModelslimConfig.model_validate({"spec": {"process": [smooth, {"type": "linear_quant",
                                                                                   "qconfig": W8A8}]}}), 1).config
     assert config is not None
-    name = smooth["type"]
-    original = processors.PROCESSORS[name]
+    smoothing = type(config.spec.process[0])  # the worker keys its handlers by config class
+    original = processors.HANDLERS[smoothing]
     if second_pass:
         def apply(entry: Any, ctx: Any) -> None:
             original.apply(entry, ctx)
             ctx.modified = True  # the loop then observes the layer again before linear_quant
 
-        processors.PROCESSORS[name] = dataclasses.replace(original, apply=apply)
+        processors.HANDLERS[smoothing] = dataclasses.replace(original, apply=apply)
     try:
         job = WorkerJob(model_path=model, save_path=work / "out", config=config, calib_file=calib,
                         calib_samples=samples, max_length=seq, error_samples=8)
@@ -75,7 +75,7 @@ def _run(model: Path, calib: Path, samples: int, seq: int, smooth: dict[str, Any
         summary = run_quantization(job, ProcessGroup(), torch.device("cpu"), open_saver_fn=_NoSaver)
         seconds = time.perf_counter() - started
     finally:
-        processors.PROCESSORS[name] = original
+        processors.HANDLERS[smoothing] = original
     errors = [layer["relative_error"] for layer in summary.errors["layers"]]
     return sum(errors) / len(errors), seconds
 
