@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from quantjob.api.modelslim import FlexSmoothQuant, Group, IterSmooth, LinearQuant
 from quantjob.api.processor_registry import registration, registrations
-from quantjob.worker.processors.context import LayerContext
+from quantjob.worker.processors.context import LayerContext, Preflight
 from quantjob.worker.processors.flex_smooth import apply_flex_smooth, check_flex_smooth
 from quantjob.worker.processors.iter_smooth import apply_iter_smooth, check_iter_smooth
 from quantjob.worker.processors.linear_quant import (
@@ -25,7 +25,6 @@ from quantjob.worker.processors.linear_quant import (
     check_shapes,
     static_activations,
 )
-from quantjob.worker.processors.preflight import Preflight
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""What a processor sees of one decoder layer: the materialised layer, its linears, the reduced
-activation statistics (and probe rows, when a processor asked for them), the smoothing subgraphs
-of the model, the rank group, and the records produced so far. Processors never load or move
-tensors; they reach the other ranks only through ``group`` (exact reductions)."""
+"""What a processor sees. ``LayerContext``, what its ``apply`` sees of one decoder layer: the
+materialised layer, its linears, the reduced activation statistics (and probe rows, when a processor
+asked for them), the smoothing subgraphs of the model, the rank group, and the records produced so
+far. Processors never load or move tensors; they reach the other ranks only through ``group`` (exact
+reductions). ``Preflight``, what its ``check`` sees before any compute: checkpoint headers, the
+whole config and the model's adapter (so a rule may look at the processors around its own entry)."""
 
 from __future__ import annotations
 
@@ -48,3 +50,11 @@ class LayerContext:
 
     def full_name(self, relative: str) -> str:
         return self.prefix + relative
+
+
+@dataclass(frozen=True)
+class Preflight:
+    shapes: dict[str, tuple[int, ...]]   # module name -> weight shape, every 2-D weight of the decoder layers
+    config: ModelslimConfig
+    adapter: Adapter
+    tensor_names: frozenset[str]         # every tensor of the checkpoint

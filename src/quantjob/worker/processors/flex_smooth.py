@@ -41,8 +41,7 @@ from quantjob.worker.loop.smoothing import (
     weight_absmax,
 )
 from quantjob.worker.model.adapters import Subgraph
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.context import LayerContext, Preflight
 from quantjob.worker.processors.smoothing_sites import (
     consumer_stats,
     consumer_weights,
