@@ -277,6 +277,27 @@ def test_resume_replays_committed_layers(mode: str, tiny_model: Callable[..., Pa
         assert torch.equal(a.weight_q, b.weight_q) and torch.equal(a.input_scale, b.input_scale)
 
 
+def test_a_finished_output_is_reported_as_such_and_left_alone(tiny_model: Callable[..., Path],
+                                                               calib_jsonl: Callable[..., Path],
+                                                               memory_saver: Any, tmp_path: Path) -> None:
+    """A retried pod of a finished run: the summary says so in its own field (its error table stays
+    empty; the earlier run's quant_errors.json is the table), and the saver is neither written nor
+    finished again."""
+    model, calib = tiny_model("llama", 2), calib_jsonl(4)
+    fresh = _run(model, calib, _config("w8a16"), memory_saver, tmp_path)
+    assert not fresh.already_complete and fresh.errors["samples"] == 4
+    memory_saver.options = {"committed": 2}
+
+    def finished(saver_cfg: Any, **kwargs: Any) -> Any:
+        saver = memory_saver(saver_cfg, **kwargs)
+        saver.already_complete = True
+        return saver
+
+    again = _run(model, calib, _config("w8a16"), finished, tmp_path)
+    assert again.already_complete and again.errors == {} and again.resumed_from == 2
+    assert not memory_saver.last.layers and not memory_saver.last.json and not memory_saver.last.finished
+
+
 def test_failure_aborts_the_saver(tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
                                   memory_saver: Any, tmp_path: Path) -> None:
     memory_saver.options = {"fail_at": 1}

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -33,6 +33,9 @@ from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions, run_options
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
 from quantjob.worker.group.device import DeviceSpec
+
+if TYPE_CHECKING:
+    from quantjob.worker.loop.runner import RunSummary
 
 
 class WorkerArgs(RunOptions):
@@ -258,11 +261,11 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
     return 0
 
 
-def _summary_text(summary: Any) -> str:
+def _summary_text(summary: RunSummary) -> str:
     from quantjob.worker.loop.phase_times import LOG_PREFIX, format_phase_times
     from quantjob.worker.progress import format_error_table
 
-    if summary.errors.get("already_complete"):
+    if summary.already_complete:
         return "the output already holds this run's complete result; nothing was rewritten"
     phases = format_phase_times(summary.phases, summary.seconds)
     return (f"{format_error_table(summary.errors)}\n" + (f"{LOG_PREFIX}{phases}\n" if phases else "") +

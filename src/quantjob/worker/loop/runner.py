@@ -82,8 +82,11 @@ class RunSummary:
     samples: int
     tokens: int
     seconds: float
-    errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json content
+    errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json this run wrote
     phases: dict[str, float] = field(default_factory=dict)  # this rank's seconds per phase (phase_times)
+    # the output already held this run's complete result (a retried pod of a finished run): nothing
+    # was computed or written, ``errors`` is empty and the earlier run's quant_errors.json stays
+    already_complete: bool = False
 
 
 SaverFactory = Callable[..., Any]
@@ -301,7 +304,7 @@ def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, 
             progress.finish(True, f"{job.save_path} already holds this run's complete output; nothing was rewritten")
         return RunSummary(num_layers, num_layers, len(calibration.samples),
                           sum(int(ids.numel()) for ids in calibration.samples), time.monotonic() - started,
-                          {"already_complete": True, "samples": 0, "layers": []})
+                          already_complete=True)
     layer_of = {adapter.layer_prefix(i): i for i in range(num_layers)}
     prefetcher = Prefetcher(checkpoint, device,
                             verify=lambda key, tensors: check_weights(tensors, layer_of.get(key), checkpoint))
