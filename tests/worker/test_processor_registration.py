@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from quantjob.api import catalogue, processor_registry
 from quantjob.api.modelslim import LinearQuant, ModelslimConfig, OtherProcessor, Strict
@@ -45,7 +45,9 @@ def test_a_registered_processor_reaches_every_table(registered: type[FakeSmooth]
     assert isinstance(parsed[0], FakeSmooth) and parsed[0].strength == 0.25
     assert isinstance(parsed[1], LinearQuant)
     entry = catalogue.lookup("processor", "fake_alias")
-    assert entry is not None and entry.name == "fake_smooth" and entry.options == ("strength",)
+    assert entry is not None and entry.name == "fake_smooth"
+    with pytest.raises(ValidationError, match="strenght"):  # its options are its fields, nothing else
+        union.validate_python([{"type": "fake_smooth", "strenght": 0.25}])
     assert "fake_smooth" in catalogue.supported("processor", distributed=True)
     assert processor_registry.statistics_for(parsed) == {"minmax", "probes"}
     assert processor_registry.statistics_for(parsed[1:]) == {"minmax"}
