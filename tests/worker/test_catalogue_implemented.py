@@ -42,7 +42,7 @@ def test_implemented_savers_open(entry: catalogue.Algorithm, tmp_path: Path) -> 
 
     model = tmp_path / "model"
     model.mkdir()
-    saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model, model_config={},
+    saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model,
                        run_id="catalogue-check", group=ProcessGroup(), overwrite=False, num_layers=1)
     assert saver.committed_layers() == 0
     saver.abort()

@@ -79,7 +79,7 @@ def open_ascend(save: Path, model: Path, *, layers: int, run_id: str = "run-a", 
                 part_file_size: float | None = None, group: ProcessGroup | None = None,
                 saver_type: str = "ascendv1_saver") -> OutputSaver:
     return open_saver(Saver(type=saver_type, part_file_size=part_file_size), save_path=save, model_dir=model,
-                      model_config={}, run_id=run_id, group=group or ProcessGroup(), overwrite=overwrite,
+                      run_id=run_id, group=group or ProcessGroup(), overwrite=overwrite,
                       num_layers=layers)
 
 

@@ -35,7 +35,7 @@ def model_dir(tiny_model) -> Path:  # type: ignore[no-untyped-def]
 
 
 def _open(save: Path, model: Path, layers: int, savers: list[Saver] = BOTH) -> OutputSaver:
-    return open_savers(savers, save_path=save, model_dir=model, model_config={}, run_id="run-a", group=ProcessGroup(),
+    return open_savers(savers, save_path=save, model_dir=model, run_id="run-a", group=ProcessGroup(),
                        overwrite=False, num_layers=layers)
 
 

@@ -295,8 +295,7 @@ def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, 
     run_id = run_id_for(job, model_config, checkpoint, calibration)
     group.where = "opening the output"
     saver = open_saver_fn(job.config.spec.save, save_path=job.save_path, model_dir=job.model_path,
-                          model_config=model_config, run_id=run_id, group=group, overwrite=job.overwrite,
-                          num_layers=num_layers)
+                          run_id=run_id, group=group, overwrite=job.overwrite, num_layers=num_layers)
     if getattr(saver, "already_complete", False):  # a retried pod of a finished run: nothing to redo
         if progress is not None and group.is_main:
             progress.start(num_layers)
