@@ -17,6 +17,7 @@ from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop import runner as runner_module
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 from quantjob.worker.model.adapters import ADAPTERS
+from quantjob.worker.model.model_config import read_model_config
 
 STATIC = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
 DYNAMIC = {"act": {"scope": "per_token"}, "weight": {"scope": "per_channel"}}
@@ -49,7 +50,8 @@ def test_own_biases_and_excluded_norms_are_fine(tiny_model: Any, calib_jsonl: An
     process = [{"type": "iter_smooth", "symmetric": False, "exclude": ["*post_attention_layernorm"]},
                {"type": "linear_quant", "qconfig": DYNAMIC}]
     job = _job(tiny_model("qwen2"), calib_jsonl(), tmp_path, process)
-    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), ADAPTERS["qwen2"])
+    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), ADAPTERS["qwen2"],
+                            read_model_config(job.model_path))
 
 
 def test_a_family_whose_norm_takes_no_bias_is_refused(tiny_model: Any, calib_jsonl: Any, tmp_path: Path,
@@ -58,5 +60,6 @@ def test_a_family_whose_norm_takes_no_bias_is_refused(tiny_model: Any, calib_jso
     job = _job(tiny_model("llama"), calib_jsonl(), tmp_path, process)
     no_bias = dataclasses.replace(ADAPTERS["llama"], norm_bias=False)
     with pytest.raises(QuantJobError, match="norm of llama models does not apply"):
-        runner_module.preflight(job, runner_module.Checkpoint(job.model_path), no_bias)
-    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), ADAPTERS["llama"])
+        runner_module.preflight(job, runner_module.Checkpoint(job.model_path), no_bias, read_model_config(job.model_path))
+    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), ADAPTERS["llama"],
+                            read_model_config(job.model_path))

@@ -131,12 +131,14 @@ def run_option_values(args: RunOptions) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Checked:
-    """What the checks before any weight is read found: where to run and the resolved config."""
+    """What the checks before any weight is read found: where to run, the resolved config and the
+    model's config.json (read once here; the run gets this mapping and does not read the file again)."""
 
     devices: DeviceSpec
     config: ModelslimConfig
     in_group: bool  # one rank of a group (a Job pod, or a process of the local launcher)
     collective_timeout_s: float
+    model_config: dict[str, Any]
 
 
 def main(args: WorkerArgs) -> int:
@@ -209,7 +211,7 @@ def _check(args: WorkerArgs) -> _Checked | int:
         if in_group:  # a pod: the operator copies the termination message into the QuantJob
             _write_termination_log("; ".join(str(p) for p in problems if p.severity == "error"))
         return exit_codes.USAGE
-    return _Checked(spec, resolution.config, in_group, timeout_s)
+    return _Checked(spec, resolution.config, in_group, timeout_s, model_config)
 
 
 def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
@@ -242,7 +244,7 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
     except (RuntimeError, TimeoutError) as error:  # no device now, rank 0 not reachable: a restart may help
         return _fail(str(error), exit_codes.CRASH)
     try:
-        summary = run_quantization(job, group, device, default_progress(group))
+        summary = run_quantization(job, group, device, default_progress(group), model_config=checked.model_config)
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     except OSError as error:

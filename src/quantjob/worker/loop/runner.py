@@ -270,14 +270,18 @@ class _Loop:
 
 
 def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, progress: ProgressHook | None = None,
-                     *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
-    """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
+                     *, open_saver_fn: SaverFactory | None = None,
+                     model_config: dict[str, Any] | None = None) -> RunSummary:
+    """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank.
+    ``model_config``: the model's config.json as the entry point's checks read it (read here when
+    None); the run reads the file no other time."""
     started = time.monotonic()
     times = PhaseTimes()
-    model_config = read_model_config(job.model_path)
+    if model_config is None:
+        model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
     checkpoint = Checkpoint(job.model_path, fp8_blocks(model_config, str(job.model_path / "config.json")))
-    preflight(job, checkpoint, adapter)
+    preflight(job, checkpoint, adapter, model_config)
     check_save_path(job.save_path, job.model_path)
     skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
     check_layout(skeleton, checkpoint)
