@@ -127,3 +127,31 @@ def test_run_ids_of_earlier_runs_do_not_change(case: str, devices: int) -> None:
     model_config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}
     no_weights, calibration = SimpleNamespace(files=[]), SimpleNamespace(digest="d" * 64)
     assert run_id_for(job, model_config, no_weights, calibration) == expected  # type: ignore[arg-type]
+
+
+def test_a_new_identity_option_changes_no_earlier_run_id() -> None:
+    """An option that changes the output's bytes is one field with ``Option(identity=...)``: the run
+    id hashes it when it is set, and the id of a run that leaves it at its default (every run
+    written before the option existed) stays what it was."""
+    from types import SimpleNamespace
+    from typing import Annotated
+
+    from quantjob.api.modelslim import ModelslimConfig
+    from quantjob.api.run_options import Option, identity_options
+
+    class WithFakeIdentity(WorkerJob):
+        fake_bits: Annotated[int, Option("a fake option", identity="unless_default")] = 8
+
+    config = resolve(ModelslimConfig.model_validate(_PINNED_CONFIG), 1).config
+    assert config is not None
+    no_weights, calibration = SimpleNamespace(files=[]), SimpleNamespace(digest="d" * 64)
+    model_config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}
+
+    def run_id_with(**options: object) -> str:
+        job = WithFakeIdentity(model_path=Path("/m"), save_path=Path("/o"), config=config, **options)
+        return run_id_for(job, model_config, no_weights, calibration)  # type: ignore[arg-type]
+
+    assert "fake_bits" in identity_options(WithFakeIdentity)  # also recorded in the provenance
+    assert run_id_with() == _PINNED_IDS["defaults"][1]
+    assert run_id_with(fake_bits=4) != run_id_with()
+    assert run_id_with(fake_bits=4, next_layer_input="quantized") != run_id_with(fake_bits=4)

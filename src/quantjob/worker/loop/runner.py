@@ -24,7 +24,7 @@ import torch
 from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
-from quantjob.api.run_options import RunOptions
+from quantjob.api.run_options import RunOptions, identity_options, identity_values
 from quantjob.worker.group.device import release_memory
 from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.threads import sum_of_squares
@@ -104,12 +104,9 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
     identity = {
         "config": config, "model_config": model_config,
         "weights": sorted((f.name, file_fingerprint(f)) for f in checkpoint.files),
-        "calibration": calibration.digest, "samples": job.calib_samples, "max_length": job.max_length,
-        "next_layer_input": job.next_layer_input, "error_samples": job.error_samples,
-        "model_type": job.model_type,
+        "calibration": calibration.digest,
+        **identity_values(job),  # the run options marked Option.identity in quantjob.api.run_options
     }
-    if job.calibrate_all_experts:  # changes the statistics of experts: part of the output's identity
-        identity["calibrate_all_experts"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -338,9 +335,8 @@ def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, 
             saver.write_json(PROVENANCE_FILE, provenance_record(
                 config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
                 checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
-                options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
-                                                             "error_samples", "model_type", "trust_remote_code",
-                                                             "calibrate_all_experts"}),
+                # the options of the run's identity, and whether the model's own code may have run
+                options=job.model_dump(mode="json", include={*identity_options(type(job)), "trust_remote_code"}),
                 world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
             saver.finish(loop.outer())
     except BaseException as error:
