@@ -30,7 +30,7 @@ import torch
 
 from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_ids
 from bench.report import machine, markdown_table
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ActivationStats, evenly_spaced, probe_positions, probes_per_sample
 from quantjob.worker.loop.smoothing import SearchProblem, SearchScheme, weight_absmax
 from quantjob.worker.processors.flex_smooth import search_alpha_beta, stacked_rows
@@ -101,7 +101,7 @@ def site_data(model: torch.nn.Module, inputs: dict[str, list[torch.Tensor]], ind
 
 
 def choose(problem: SearchProblem) -> tuple[float, float]:
-    return search_alpha_beta([problem], Group())[0]
+    return search_alpha_beta([problem], ProcessGroup())[0]
 
 
 def timed(action: Callable[[], tuple[float, float]]) -> tuple[tuple[float, float], float]:

@@ -31,7 +31,7 @@ import torch
 from bench.flex_data import SCHEME, layer_inputs, site_data, subset
 from bench.models import ANCHOR, calibration_file, model_dir, read_calibration_ids
 from bench.report import machine, markdown_table
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ActivationStats, probes_per_sample
 from quantjob.worker.loop.smoothing import (
     WEIGHT_FLOOR,
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     shifted.error_of(smoothing_scales(exact, weight, ALPHA, 1 - ALPHA, 1e-5)),
                     shifted.error_of(smoothing_scales(running, weight, ALPHA, 1 - ALPHA, 1e-5)))
             probe = subset(rows, probes_per_sample(len(rows), args.search_tokens), True)
-            picks = [search_alpha_beta([SearchProblem(probe, stacked, stats, weight, scheme)], Group())[0]
+            picks = [search_alpha_beta([SearchProblem(probe, stacked, stats, weight, scheme)], ProcessGroup())[0]
                      for scheme in (SCHEME, SearchScheme())]
             add("flex search scheme: consumers' W8A8 static (ours) / int8 per token (msModelSlim)",
                 problem.error(*picks[0]), problem.error(*picks[1]))

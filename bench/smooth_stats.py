@@ -26,7 +26,7 @@ from bench.report import markdown_table
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker import processors
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 from quantjob.worker.model.demo import build_demo_model
 
@@ -60,22 +60,22 @@ def _run(model: Path, calib: Path, samples: int, seq: int, smooth: dict[str, Any
     config = resolve(ModelslimConfig.model_validate({"spec": {"process": [smooth, {"type": "linear_quant",
                                                                                   "qconfig": W8A8}]}}), 1).config
     assert config is not None
-    name = smooth["type"]
-    original = processors.PROCESSORS[name]
+    smoothing = type(config.spec.process[0])  # the worker keys its handlers by config class
+    original = processors.HANDLERS[smoothing]
     if second_pass:
         def apply(entry: Any, ctx: Any) -> None:
             original.apply(entry, ctx)
             ctx.modified = True  # the loop then observes the layer again before linear_quant
 
-        processors.PROCESSORS[name] = dataclasses.replace(original, apply=apply)
+        processors.HANDLERS[smoothing] = dataclasses.replace(original, apply=apply)
     try:
         job = WorkerJob(model_path=model, save_path=work / "out", config=config, calib_file=calib,
                         calib_samples=samples, max_length=seq, error_samples=8)
         started = time.perf_counter()
-        summary = run_quantization(job, Group(), torch.device("cpu"), open_saver_fn=_NoSaver)
+        summary = run_quantization(job, ProcessGroup(), torch.device("cpu"), open_saver_fn=_NoSaver)
         seconds = time.perf_counter() - started
     finally:
-        processors.PROCESSORS[name] = original
+        processors.HANDLERS[smoothing] = original
     errors = [layer["relative_error"] for layer in summary.errors["layers"]]
     return sum(errors) / len(errors), seconds
 

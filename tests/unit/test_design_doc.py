@@ -27,7 +27,7 @@ def test_every_code_object_the_design_names_exists() -> None:
     text = DESIGN.read_text(encoding="utf-8")
     names = set(re.findall(r"`(quantjob\.(?:api|operator|worker|cli|formats|families)(?:\.\w+)*)`", text))
     names |= {f"quantjob.worker.loop.runner.{n}" for n in re.findall(r"`runner\.(\w+)`", text)}
-    names |= {f"quantjob.worker.group.distributed.Group.{n}" for n in re.findall(r"`Group\.(\w+)`", text)}
+    names |= {f"quantjob.worker.group.distributed.ProcessGroup.{n}" for n in re.findall(r"`ProcessGroup\.(\w+)`", text)}
     assert len(names) > 8
     for name in sorted(names):
         parts = name.split(".")

@@ -236,7 +236,7 @@ def test_the_worker_refuses_static_w8a8_of_a_float32_model_before_any_work(
         tiny_model: Callable[..., Path], calib: Path, tmp_path: Path) -> None:
     from quantjob.api.check import resolve
     from quantjob.worker.errors import QuantJobError
-    from quantjob.worker.group.distributed import Group
+    from quantjob.worker.group.distributed import ProcessGroup
     from quantjob.worker.loop.runner import WorkerJob, run_quantization
 
     config = resolve(cfg(lq(W8, STATIC)), 1).config                 # as the webhook admitted it: no model config
@@ -244,5 +244,5 @@ def test_the_worker_refuses_static_w8a8_of_a_float32_model_before_any_work(
     job = WorkerJob(model_path=tiny_model("llama", 2, dtype=torch.float32), save_path=tmp_path / "out",
                     config=config, calib_file=calib, calib_samples=6, max_length=48)
     with pytest.raises(QuantJobError, match=r"spec.process\[0\].qconfig.act.scope: static W8A8 of a float32 model"):
-        run_quantization(job, Group(), torch.device("cpu"))
+        run_quantization(job, ProcessGroup(), torch.device("cpu"))
     assert not (tmp_path / "out").exists()

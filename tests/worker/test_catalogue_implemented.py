@@ -9,18 +9,21 @@ import pytest
 
 from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
-from quantjob.worker.group.distributed import Group
+from quantjob.api.processor_registry import registration
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ACTIVATION_METHODS, WEIGHT_METHODS
-from quantjob.worker.processors import PROCESSORS, processor_for
+from quantjob.worker.processors import HANDLERS, implemented_names, processor_for
 
 
 @pytest.mark.parametrize("entry", catalogue.entries("processor"), ids=lambda e: e.name)
 def test_processor_entries_match_the_worker(entry: catalogue.Algorithm) -> None:
     if entry.implemented:
+        found = registration(entry.name)
+        assert found is not None
         for name in (entry.name, *entry.aliases):
-            assert processor_for(name) is PROCESSORS[entry.name]
+            assert processor_for(name) is HANDLERS[found.config]
     else:
-        assert entry.name not in PROCESSORS
+        assert entry.name not in implemented_names()
 
 
 @pytest.mark.parametrize("entry", catalogue.entries("observer"), ids=lambda e: e.name)
@@ -29,7 +32,7 @@ def test_observer_methods_match_the_worker(entry: catalogue.Algorithm) -> None:
 
 
 def test_the_worker_has_nothing_the_catalogue_lacks() -> None:
-    assert set(PROCESSORS) <= set(catalogue.supported("processor"))
+    assert set(implemented_names()) <= set(catalogue.supported("processor"))
     assert set(ACTIVATION_METHODS) | set(WEIGHT_METHODS) <= set(catalogue.supported("observer"))
 
 
@@ -39,7 +42,7 @@ def test_implemented_savers_open(entry: catalogue.Algorithm, tmp_path: Path) -> 
 
     model = tmp_path / "model"
     model.mkdir()
-    saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model, model_config={},
-                       run_id="catalogue-check", group=Group(), overwrite=False, num_layers=1)
+    saver = open_saver(Saver(type=entry.name), save_path=tmp_path / "out", model_dir=model,
+                       run_id="catalogue-check", group=ProcessGroup(), overwrite=False, num_layers=1)
     assert saver.committed_layers() == 0
     saver.abort()

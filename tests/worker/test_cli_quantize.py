@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,25 @@ def test_progress_lines_and_error_table(caplog: pytest.LogCaptureFixture) -> Non
     text = format_error_table({"samples": 3, "layers": [{"layer": 0, "quantized_linears": 7, "relative_error": 0.5},
                                                         {"layer": 1, "quantized_linears": 0, "relative_error": None}]})
     assert "5.0000e-01" in text and "first 3 calibration samples" in text
+
+
+def test_config_json_is_read_once_in_a_run(tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry point's checks read the model's config.json, and the run (the adapter, the FP8
+    layout, the preflight, the run id, the provenance) takes that mapping; the saver still copies
+    the file as bytes, and transformers reads it to build the skeleton (neither parses it as ours)."""
+    model = tiny_model("llama", 2)
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == model / "config.json":
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert main([*_base(model, tmp_path / "out", calib_jsonl(4)), "--quant_type", "w8a16"]) == 0
+    assert len(reads) == 1
 
 
 def test_group_env_sets_the_world_size(tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],

@@ -1,4 +1,4 @@
-"""The process group from the environment, the rendezvous wait, and Group reductions over gloo."""
+"""The process group from the environment, the rendezvous wait, and ProcessGroup reductions over gloo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from quantjob.worker.group import distributed
 from quantjob.worker.group.device import DeviceSpec
-from quantjob.worker.group.distributed import Group, shard_indices
+from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.group_env import (
     LOCAL_DEVICE_ENV,
     GroupEnv,
@@ -119,7 +119,7 @@ def test_world_size_one_starts_no_group(monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("RANK", "WORLD_SIZE", "JOB_COMPLETION_INDEX"):
         monkeypatch.delenv(name, raising=False)
     group = distributed.init_group_from_env("cpu")
-    assert group == Group(0, 1)
+    assert group == ProcessGroup(0, 1)
     assert not torch.distributed.is_initialized()
     distributed.close_group()  # nothing to close: no error
 
@@ -136,7 +136,7 @@ def test_accelerator_group_also_has_gloo_for_host_tensors(kind: str, backend: st
     monkeypatch.setattr(distributed.devices, "load_extension", lambda kind: seen.setdefault("extension", kind))
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
-    assert distributed.init_group_from_env(kind) == Group(0, 2)
+    assert distributed.init_group_from_env(kind) == ProcessGroup(0, 2)
     assert seen["backend"] == backend and seen["extension"] == kind
     assert seen["init_method"] == "tcp://127.0.0.1:1" and seen["world_size"] == 2
 
@@ -144,13 +144,13 @@ def test_accelerator_group_also_has_gloo_for_host_tensors(kind: str, backend: st
 def test_local_device_index(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(LOCAL_DEVICE_ENV, raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert distributed.local_device_index(DeviceSpec("npu", (0,)), Group(3, 4)) == 0  # a pod with --device npu
-    assert distributed.local_device_index(DeviceSpec("npu", (5,)), Group()) == 5
-    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(1, 3)) == 5
+    assert distributed.local_device_index(DeviceSpec("npu", (0,)), ProcessGroup(3, 4)) == 0  # a pod with --device npu
+    assert distributed.local_device_index(DeviceSpec("npu", (5,)), ProcessGroup()) == 5
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), ProcessGroup(1, 3)) == 5
     monkeypatch.setenv("LOCAL_RANK", "2")
-    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(0, 3)) == 6
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), ProcessGroup(0, 3)) == 6
     monkeypatch.setenv(LOCAL_DEVICE_ENV, "0")
-    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), Group(2, 3)) == 0
+    assert distributed.local_device_index(DeviceSpec("npu", (4, 5, 6)), ProcessGroup(2, 3)) == 0
 
 
 def test_shard_indices_cover_every_sample_once() -> None:
@@ -253,7 +253,7 @@ def test_the_work_group_gets_the_collective_timeout(monkeypatch: pytest.MonkeyPa
     group = distributed.init_group_from_env("cpu", collective_timeout_s=42.0)
     assert seen["work"] == {"timeout": timedelta(seconds=42)}
     assert seen["init"]["timeout"] == timedelta(seconds=distributed.JOIN_TIMEOUT_S)  # type: ignore[index]
-    assert group.process_group == "work" and group.collective_timeout_s == 42.0
+    assert group.torch_group == "work" and group.collective_timeout_s == 42.0
 
 
 def test_packed_tensors_come_back_bit_for_bit() -> None:

@@ -22,7 +22,7 @@ from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset_dict
 from quantjob.families import family_named
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop import runner as runner_module
 from quantjob.worker.loop.calibration import load_calibration
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
@@ -87,7 +87,7 @@ def test_loop_with_nothing_quantized_reproduces_transformers(
     monkeypatch.setattr(runner_module, "layer_forward", forward)
     job = WorkerJob(model_path=model, save_path=tmp_path / "out", config=_nothing_quantized(), calib_file=calib,
                     calib_samples=8, max_length=64)
-    run_quantization(job, Group(), CPU, open_saver_fn=memory_saver)
+    run_quantization(job, ProcessGroup(), CPU, open_saver_fn=memory_saver)
     assert all(not memory_saver.last.layers[i].quantized for i in range(LAYERS))  # nothing quantized
 
     samples = load_calibration(calib, model, samples=8, max_length=64).samples

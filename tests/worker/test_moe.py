@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 from quantjob.worker.model.demo import DEMO_EXPERTS, build_demo_model
 
@@ -62,7 +62,7 @@ def no_output_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 def _run(model: Path, config: ModelslimConfig, calib: Path, save: Path, saver: Any, **options: Any) -> Any:
     job = WorkerJob(model_path=model, save_path=save, config=config, calib_file=calib, calib_samples=6,
                     max_length=64, **options)
-    return run_quantization(job, Group(), CPU, open_saver_fn=saver)
+    return run_quantization(job, ProcessGroup(), CPU, open_saver_fn=saver)
 
 
 def test_static_experts_are_refused_by_the_output_rules(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ActivationStats, minmax_activation, observe_inputs, reduce_stats
 
 
@@ -19,7 +19,7 @@ def test_hooks_record_per_channel_ranges_and_are_removed() -> None:
     assert torch.equal(stats["m.lin"].minimum, both.amin(0))
     assert torch.equal(stats["m.lin"].maximum, both.amax(0))
     assert not linear._forward_pre_hooks
-    reduced = reduce_stats(stats, Group())
+    reduced = reduce_stats(stats, ProcessGroup())
     assert torch.equal(reduced["m.lin"].maximum, stats["m.lin"].maximum)
 
 
@@ -60,7 +60,7 @@ def test_linears_fed_the_same_tensor_share_one_reduction(monkeypatch: pytest.Mon
 
 
 def test_reduction_over_ranks_is_one_collective_with_exact_bits() -> None:
-    class Recording(Group):
+    class Recording(ProcessGroup):
         def __init__(self) -> None:
             super().__init__()
             self.calls: list[torch.Tensor] = []

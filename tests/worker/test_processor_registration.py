@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from typing import Literal
 
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from quantjob.api import catalogue, processor_registry
 from quantjob.api.modelslim import LinearQuant, ModelslimConfig, OtherProcessor, Strict
 from quantjob.api.processor_registry import processor, processor_union
 from quantjob.api.smoothing_rules import smoothing_problems
-from quantjob.worker.processors import HANDLERS, PROCESSORS, ProcessorEntry, processor_for
+from quantjob.worker.processors import HANDLERS, ProcessorEntry, implemented_names, processor_for
 
 
 class FakeSmooth(Strict):
@@ -45,12 +45,14 @@ def test_a_registered_processor_reaches_every_table(registered: type[FakeSmooth]
     assert isinstance(parsed[0], FakeSmooth) and parsed[0].strength == 0.25
     assert isinstance(parsed[1], LinearQuant)
     entry = catalogue.lookup("processor", "fake_alias")
-    assert entry is not None and entry.name == "fake_smooth" and entry.options == ("strength",)
+    assert entry is not None and entry.name == "fake_smooth"
+    with pytest.raises(ValidationError, match="strenght"):  # its options are its fields, nothing else
+        union.validate_python([{"type": "fake_smooth", "strenght": 0.25}])
     assert "fake_smooth" in catalogue.supported("processor", distributed=True)
     assert processor_registry.statistics_for(parsed) == {"minmax", "probes"}
     assert processor_registry.statistics_for(parsed[1:]) == {"minmax"}
-    assert processor_for("fake_alias") is HANDLERS[FakeSmooth] is PROCESSORS["fake_smooth"]
-    assert "fake_smooth" in PROCESSORS
+    assert processor_for("fake_alias") is HANDLERS[FakeSmooth]
+    assert "fake_smooth" in implemented_names()
     # a smoothing-like processor: the ordering rule applies to it with no edit to smoothing_rules
     config = ModelslimConfig.model_construct(spec=type("S", (), {"process": [parsed[1], parsed[0]]})())
     problems = smoothing_problems(config, "")
@@ -61,7 +63,7 @@ def test_taking_it_back_leaves_the_tables_as_they_were(registered: type[FakeSmoo
     processor_registry.unregister(FakeSmooth)
     try:
         assert catalogue.lookup("processor", "fake_smooth") is None
-        assert "fake_smooth" not in PROCESSORS
+        assert "fake_smooth" not in implemented_names()
         with pytest.raises(ValueError, match="not implemented in the worker"):
             processor_for("fake_smooth")
     finally:

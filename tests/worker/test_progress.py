@@ -45,8 +45,8 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
     worker.write_text(
         "import os\n"
         "from quantjob.worker.progress import default_progress\n"
-        "from quantjob.worker.group.distributed import Group\n"
-        "hook = default_progress(Group(int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])))\n"
+        "from quantjob.worker.group.distributed import ProcessGroup\n"
+        "hook = default_progress(ProcessGroup(int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])))\n"
         "print('hello from', os.environ['RANK'], flush=True)\n"
         "if hook is not None:\n"
         "    hook.start(2); hook.layer_done(1, 2, 0.5); hook.layer_done(2, 2, 0.25); hook.finish(True, 'done')\n")
@@ -63,7 +63,7 @@ def test_launcher_renders_rank_progress_and_keeps_it_out_of_the_log(tmp_path, ca
 
 def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch, tmp_path) -> None:
     from quantjob.operator.certificates import write_self_signed
-    from quantjob.worker.group.distributed import Group
+    from quantjob.worker.group.distributed import ProcessGroup
     from quantjob.worker.progress import Fanout, TerminalProgress, default_progress
     from quantjob.worker.progress_k8s import KubernetesProgress
 
@@ -76,10 +76,10 @@ def test_default_progress_in_a_quantjob_pod_logs_and_patches(monkeypatch, tmp_pa
     monkeypatch.setenv("QUANTJOB_SERVICE_ACCOUNT_DIR", str(tmp_path))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "9")
-    hook = default_progress(Group(0, 4))
+    hook = default_progress(ProcessGroup(0, 4))
     assert isinstance(hook, Fanout)
     assert [type(h) for h in hook.hooks] == [TerminalProgress, KubernetesProgress]
-    assert default_progress(Group(1, 4)) is None  # only rank 0 reports
+    assert default_progress(ProcessGroup(1, 4)) is None  # only rank 0 reports
     monkeypatch.delenv("QUANTJOB_PROGRESS_CONFIGMAP")
-    assert isinstance(default_progress(Group(0, 1)), TerminalProgress)
+    assert isinstance(default_progress(ProcessGroup(0, 1)), TerminalProgress)
 

@@ -89,3 +89,69 @@ def test_a_large_file_is_fingerprinted_by_windows(tmp_path: Path) -> None:
     between = bytearray(data)
     between[FINGERPRINT_WINDOW_BYTES + 7] = 1  # after the first window, before the second
     assert file_fingerprint(_safetensors(tmp_path / "d.safetensors", bytes(between))) == base
+
+
+# Run ids as the code gave them before the identity options came from the run options table
+# (``Option.identity``): a resumed run of an older output must find the same id, so these never
+# change. Everything but the options is held fixed (an explicit config, a model config, no weight
+# files, a calibration digest), so only how the options enter the hashed text is pinned.
+_PINNED_CONFIG = {"apiversion": "modelslim_v1", "spec": {
+    "process": [{"type": "linear_quant", "qconfig": {
+        "act": {"scope": "per_tensor", "dtype": "int8", "symmetric": False, "method": "minmax"},
+        "weight": {"scope": "per_channel", "dtype": "int8", "symmetric": True, "method": "minmax"}}}],
+    "save": [{"type": "ascendv1_saver"}]}}
+_PINNED_IDS = {
+    "defaults": ({}, "0f0168ee73e0d233da5dea7507f13a8d"),
+    "calibration": ({"calib_samples": 16, "max_length": 128}, "df5ee852c6cd834ee463ed91c15f5cfa"),
+    "next_layer_input": ({"next_layer_input": "quantized"}, "9e7ec5c361ea76b1cdff3f0572471644"),
+    "error_samples": ({"error_samples": 2}, "f096b2d1338cc5addb09eda8d8182fc9"),
+    "model_type": ({"model_type": "llama"}, "ccd24cf38e56a1e4e03156008a79fcc4"),
+    "calibrate_all_experts": ({"calibrate_all_experts": True}, "1ef50ef9c243dc65e862700143bd1890"),
+    # where to read and write, and what may run, do not decide the output bytes
+    "not_identity": ({"trust_remote_code": True, "overwrite": True, "calib_file": Path("/elsewhere/c.jsonl"),
+                      "save_path": Path("/other"), "model_path": Path("/moved")}, "0f0168ee73e0d233da5dea7507f13a8d"),
+}
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("case", sorted(_PINNED_IDS))
+def test_run_ids_of_earlier_runs_do_not_change(case: str, devices: int) -> None:
+    from types import SimpleNamespace
+
+    from quantjob.api.modelslim import ModelslimConfig
+
+    config = resolve(ModelslimConfig.model_validate(_PINNED_CONFIG), devices).config
+    assert config is not None
+    options, expected = _PINNED_IDS[case]
+    job = WorkerJob(**{"model_path": Path("/m"), "save_path": Path("/o"), "config": config, **options})
+    model_config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}
+    no_weights, calibration = SimpleNamespace(files=[]), SimpleNamespace(digest="d" * 64)
+    assert run_id_for(job, model_config, no_weights, calibration) == expected  # type: ignore[arg-type]
+
+
+def test_a_new_identity_option_changes_no_earlier_run_id() -> None:
+    """An option that changes the output's bytes is one field with ``Option(identity=...)``: the run
+    id hashes it when it is set, and the id of a run that leaves it at its default (every run
+    written before the option existed) stays what it was."""
+    from types import SimpleNamespace
+    from typing import Annotated
+
+    from quantjob.api.modelslim import ModelslimConfig
+    from quantjob.api.run_options import Option, identity_options
+
+    class WithFakeIdentity(WorkerJob):
+        fake_bits: Annotated[int, Option("a fake option", identity="unless_default")] = 8
+
+    config = resolve(ModelslimConfig.model_validate(_PINNED_CONFIG), 1).config
+    assert config is not None
+    no_weights, calibration = SimpleNamespace(files=[]), SimpleNamespace(digest="d" * 64)
+    model_config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}
+
+    def run_id_with(**options: object) -> str:
+        job = WithFakeIdentity(model_path=Path("/m"), save_path=Path("/o"), config=config, **options)
+        return run_id_for(job, model_config, no_weights, calibration)  # type: ignore[arg-type]
+
+    assert "fake_bits" in identity_options(WithFakeIdentity)  # also recorded in the provenance
+    assert run_id_with() == _PINNED_IDS["defaults"][1]
+    assert run_id_with(fake_bits=4) != run_id_with()
+    assert run_id_with(fake_bits=4, next_layer_input="quantized") != run_id_with(fake_bits=4)

@@ -22,7 +22,7 @@ from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset, preset_dict
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop import runner as runner_module
 from quantjob.worker.loop.calibration import load_calibration
 from quantjob.worker.loop.quantizers import dequantize_weight, representable
@@ -51,7 +51,7 @@ def _run(model: Path, calib: Path, config: ModelslimConfig, factory: Any, tmp_pa
          **options: Any) -> RunSummary:
     job = WorkerJob(model_path=model, save_path=tmp_path / "out", config=config, calib_file=calib,
                     calib_samples=options.pop("calib_samples", 6), max_length=48, **options)
-    return run_quantization(job, Group(), CPU, open_saver_fn=factory)
+    return run_quantization(job, ProcessGroup(), CPU, open_saver_fn=factory)
 
 
 def _source(model: Path) -> dict[str, torch.Tensor]:
@@ -277,6 +277,27 @@ def test_resume_replays_committed_layers(mode: str, tiny_model: Callable[..., Pa
         assert torch.equal(a.weight_q, b.weight_q) and torch.equal(a.input_scale, b.input_scale)
 
 
+def test_a_finished_output_is_reported_as_such_and_left_alone(tiny_model: Callable[..., Path],
+                                                               calib_jsonl: Callable[..., Path],
+                                                               memory_saver: Any, tmp_path: Path) -> None:
+    """A retried pod of a finished run: the summary says so in its own field (its error table stays
+    empty; the earlier run's quant_errors.json is the table), and the saver is neither written nor
+    finished again."""
+    model, calib = tiny_model("llama", 2), calib_jsonl(4)
+    fresh = _run(model, calib, _config("w8a16"), memory_saver, tmp_path)
+    assert not fresh.already_complete and fresh.errors["samples"] == 4
+    memory_saver.options = {"committed": 2}
+
+    def finished(saver_cfg: Any, **kwargs: Any) -> Any:
+        saver = memory_saver(saver_cfg, **kwargs)
+        saver.already_complete = True
+        return saver
+
+    again = _run(model, calib, _config("w8a16"), finished, tmp_path)
+    assert again.already_complete and again.errors == {} and again.resumed_from == 2
+    assert not memory_saver.last.layers and not memory_saver.last.json and not memory_saver.last.finished
+
+
 def test_failure_aborts_the_saver(tiny_model: Callable[..., Path], calib_jsonl: Callable[..., Path],
                                   memory_saver: Any, tmp_path: Path) -> None:
     memory_saver.options = {"fail_at": 1}
@@ -321,6 +342,6 @@ def test_at_most_one_layer_resident_and_progress(tiny_model: Callable[..., Path]
 
     job = WorkerJob(model_path=tiny_model("llama", 4), save_path=tmp_path / "out", config=_config("w8a16"),
                     calib_file=calib_jsonl(3), calib_samples=3, max_length=32)
-    run_quantization(job, Group(), CPU, Recorder(), open_saver_fn=memory_saver)
+    run_quantization(job, ProcessGroup(), CPU, Recorder(), open_saver_fn=memory_saver)
     assert peaks == [0, 0, 0, 0] and resident() == 0
     assert events == [("start", 4, 0), *[("layer", i, 4, True) for i in (1, 2, 3, 4)], ("finish", True)]

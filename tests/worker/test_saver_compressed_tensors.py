@@ -29,7 +29,7 @@ from test_saver_output import (
 )
 
 from quantjob.formats.compressed_tensors.writer import linear_tensors, scheme_for
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import QuantizedLinear
 from quantjob.worker.savers.assemble import COMPLETE
 from quantjob.worker.savers.staging import STAGING_DIR
@@ -190,7 +190,7 @@ def _rank_main(rank: int, world: int, port: int, save: Path, model: Path) -> Non
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        run_all(save, model, layers=5, group=Group(rank, world), saver_type="distributed_compressed_tensors_saver",
+        run_all(save, model, layers=5, group=ProcessGroup(rank, world), saver_type="distributed_compressed_tensors_saver",
                 part_file_size=3e-5)
     finally:
         dist.destroy_process_group()

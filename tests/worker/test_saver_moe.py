@@ -25,7 +25,7 @@ from test_saver_ascend_tensors import reference_linear
 from test_saver_output import outer_source, weight_tensors
 
 from quantjob.api.modelslim import Saver
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import LayerOutput, Scheme
 from quantjob.worker.savers import open_saver
 
@@ -75,8 +75,8 @@ def _model_dir(tmp_path: Path) -> Path:
 
 def save(tmp_path: Path, saver_type: str, layers: list[LayerOutput], name: str = "out") -> Path:
     out = tmp_path / name
-    saver = open_saver(Saver(type=saver_type), save_path=out, model_dir=_model_dir(tmp_path), model_config=CONFIG,
-                       run_id="moe", group=Group(), overwrite=False, num_layers=len(layers))
+    saver = open_saver(Saver(type=saver_type), save_path=out, model_dir=_model_dir(tmp_path),
+                       run_id="moe", group=ProcessGroup(), overwrite=False, num_layers=len(layers))
     try:
         for layer in layers:
             saver.save(layer)
@@ -265,8 +265,7 @@ def test_transformers_loads_a_tiny_compressed_tensors_moe_output(tmp_path: Path)
     floats = {name: tensor for name, tensor in state.items() if name.startswith("model.layers.0.") and name not in names}
     out = tmp_path / "out"
     saver = open_saver(Saver(type="compressed_tensors_saver"), save_path=out, model_dir=source,
-                       model_config=json.loads((source / "config.json").read_text()), run_id="moe", group=Group(),
-                       overwrite=False, num_layers=1)
+                       run_id="moe", group=ProcessGroup(), overwrite=False, num_layers=1)
     saver.save(LayerOutput(index=0, quantized=quantized, float_tensors=floats))
     saver.finish({name: info for file in source.glob("*.safetensors") for name, info in read_header(file).items()
                   if not name.startswith("model.layers.")})

@@ -25,7 +25,7 @@ from test_saver_ascend_tensors import reference_linear
 from quantjob.api.modelslim import Saver
 from quantjob.formats.ascendv1 import DESCRIPTION
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.model.checkpoint import TensorInfo, read_header
 from quantjob.worker.savers import OutputSaver, assemble, open_saver
@@ -76,10 +76,10 @@ def outer_source(directory: Path) -> dict[str, TensorInfo]:
 
 
 def open_ascend(save: Path, model: Path, *, layers: int, run_id: str = "run-a", overwrite: bool = False,
-                part_file_size: float | None = None, group: Group | None = None,
+                part_file_size: float | None = None, group: ProcessGroup | None = None,
                 saver_type: str = "ascendv1_saver") -> OutputSaver:
     return open_saver(Saver(type=saver_type, part_file_size=part_file_size), save_path=save, model_dir=model,
-                      model_config={}, run_id=run_id, group=group or Group(), overwrite=overwrite,
+                      run_id=run_id, group=group or ProcessGroup(), overwrite=overwrite,
                       num_layers=layers)
 
 
@@ -431,7 +431,7 @@ def _rank_main(rank: int, world: int, port: int, save: Path, model: Path) -> Non
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        run_all(save, model, layers=5, group=Group(rank, world), saver_type="distributed_ascendv1_saver",
+        run_all(save, model, layers=5, group=ProcessGroup(rank, world), saver_type="distributed_ascendv1_saver",
                 part_file_size=3e-5)
     finally:
         dist.destroy_process_group()

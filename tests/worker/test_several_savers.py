@@ -21,7 +21,7 @@ from test_saver_output import layer_output, outer_source, run_all, tree
 
 from quantjob.api.modelslim import Saver
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.savers import OutputSaver, open_savers
 from quantjob.worker.savers.assemble import COMPLETE
 from quantjob.worker.savers.staging import STAGING_DIR
@@ -35,7 +35,7 @@ def model_dir(tiny_model) -> Path:  # type: ignore[no-untyped-def]
 
 
 def _open(save: Path, model: Path, layers: int, savers: list[Saver] = BOTH) -> OutputSaver:
-    return open_savers(savers, save_path=save, model_dir=model, model_config={}, run_id="run-a", group=Group(),
+    return open_savers(savers, save_path=save, model_dir=model, run_id="run-a", group=ProcessGroup(),
                        overwrite=False, num_layers=layers)
 
 

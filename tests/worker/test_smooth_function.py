@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import (
     observe_inputs,
     probes_per_sample,
@@ -70,9 +70,9 @@ class Layer:
         with torch.inference_mode(), observe_inputs(self.linears) as stats, \
                 record_probes(self.linears, samples, probes_per_sample(len(samples))) as probes:
             self.forward()
-        ctx = LayerContext(0, self.prefix, self.layer, self.linears, self.adapter, group=Group(),
+        ctx = LayerContext(0, self.prefix, self.layer, self.linears, self.adapter, group=ProcessGroup(),
                            subgraphs=self.adapter.subgraphs(self.config), num_samples=len(samples))
-        ctx.stats, ctx.probes = reduce_stats(stats, Group()), probes
+        ctx.stats, ctx.probes = reduce_stats(stats, ProcessGroup()), probes
         return ctx
 
 

@@ -13,7 +13,7 @@ import yaml
 from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.presets import preset_dict
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
 
 PRACTICE = Path(__file__).resolve().parents[1] / "unit" / "data" / "practice"
@@ -24,7 +24,7 @@ def _run(model: Path, calib: Path, data: dict[str, Any], factory: Any, tmp_path:
     assert resolution.ok and resolution.config is not None, resolution.problems
     job = WorkerJob(model_path=model, save_path=tmp_path / "out", config=resolution.config, calib_file=calib,
                     calib_samples=6, max_length=48, error_samples=6)
-    summary = run_quantization(job, Group(), torch.device("cpu"), open_saver_fn=factory)
+    summary = run_quantization(job, ProcessGroup(), torch.device("cpu"), open_saver_fn=factory)
     return [layer["relative_error"] for layer in summary.errors["layers"]]
 
 

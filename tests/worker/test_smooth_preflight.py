@@ -14,9 +14,10 @@ from quantjob.api.check import resolve
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.families import family_named
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop import runner as runner_module
 from quantjob.worker.loop.runner import WorkerJob, run_quantization
+from quantjob.worker.model.model_config import read_model_config
 
 STATIC = {"act": {"scope": "per_tensor", "symmetric": False}, "weight": {"scope": "per_channel"}}
 DYNAMIC = {"act": {"scope": "per_token"}, "weight": {"scope": "per_channel"}}
@@ -35,7 +36,7 @@ def test_dynamic_consumers_of_a_shifted_norm_are_refused(tiny_model: Any, calib_
                {"type": "linear_quant", "qconfig": STATIC, "include": ["*self_attn*"]},
                {"type": "linear_quant", "qconfig": DYNAMIC, "include": ["*mlp*"]}]
     with pytest.raises(QuantJobError) as caught:
-        run_quantization(_job(tiny_model("llama"), calib_jsonl(), tmp_path, process), Group(), torch.device("cpu"),
+        run_quantization(_job(tiny_model("llama"), calib_jsonl(), tmp_path, process), ProcessGroup(), torch.device("cpu"),
                          open_saver_fn=memory_saver)
     message = str(caught.value)
     assert "spec.process[0].symmetric" in message and "model.layers.0.mlp.gate_proj" in message
@@ -49,7 +50,8 @@ def test_own_biases_and_excluded_norms_are_fine(tiny_model: Any, calib_jsonl: An
     process = [{"type": "iter_smooth", "symmetric": False, "exclude": ["*post_attention_layernorm"]},
                {"type": "linear_quant", "qconfig": DYNAMIC}]
     job = _job(tiny_model("qwen2"), calib_jsonl(), tmp_path, process)
-    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), family_named("qwen2").adapter)
+    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), family_named("qwen2").adapter,
+                            read_model_config(job.model_path))
 
 
 def test_a_family_whose_norm_takes_no_bias_is_refused(tiny_model: Any, calib_jsonl: Any, tmp_path: Path,
@@ -58,5 +60,6 @@ def test_a_family_whose_norm_takes_no_bias_is_refused(tiny_model: Any, calib_jso
     job = _job(tiny_model("llama"), calib_jsonl(), tmp_path, process)
     no_bias = dataclasses.replace(family_named("llama").adapter, norm_bias=False)
     with pytest.raises(QuantJobError, match="norm of llama models does not apply"):
-        runner_module.preflight(job, runner_module.Checkpoint(job.model_path), no_bias)
-    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), family_named("llama").adapter)
+        runner_module.preflight(job, runner_module.Checkpoint(job.model_path), no_bias, read_model_config(job.model_path))
+    runner_module.preflight(job, runner_module.Checkpoint(job.model_path), family_named("llama").adapter,
+                            read_model_config(job.model_path))

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import (
     ActivationStats,
     evenly_spaced,
@@ -174,13 +174,13 @@ def test_two_phase_search_finds_the_reference_optimum() -> None:
            for a, b in itertools.product(SEARCH_GRID, SEARCH_GRID)}
     k = grid_choice([ref[(SEARCH_GRID[i], SEARCH_GRID[20 - i])] for i in range(21)])
     j = grid_choice([ref[(SEARCH_GRID[k], b)] for b in SEARCH_GRID], start=20 - k)
-    ((alpha, beta),) = search_alpha_beta([problem], Group())
+    ((alpha, beta),) = search_alpha_beta([problem], ProcessGroup())
     assert (alpha, beta) == (SEARCH_GRID[k], SEARCH_GRID[j])
     assert alpha > 0.3  # the outlier channel is worth migrating
     assert ref[(alpha, beta)] < ref[(0.0, 0.0)] / 2  # and doing so halves the error at least
 
 
-class _SimulatedRanks(Group):
+class _SimulatedRanks(ProcessGroup):
     """One of ``world`` ranks whose all_gather_object sees what every rank computes on the same inputs."""
 
     def __init__(self, rank: int, world: int, tasks: list, score) -> None:  # type: ignore[no-untyped-def]
@@ -199,7 +199,7 @@ class _SimulatedRanks(Group):
 def test_candidate_scores_do_not_depend_on_the_world_size(world: int) -> None:
     problem, _, _ = _outlier_problem(seed=3)
     tasks = [(problem, a, 1.0 - a) for a in SEARCH_GRID]
-    single = shared_scores(tasks, Group())
+    single = shared_scores(tasks, ProcessGroup())
     for rank in range(world):
         group = _SimulatedRanks(rank, world, tasks, SearchProblem.error)
         assert shared_scores(tasks, group) == single

@@ -21,7 +21,6 @@ class Algorithm:
     ``implemented``: quantjob runs it. ``distributed``: it may run under ``dp_layer_wise``
     (its statistics reduce across ranks to the single-device result).
     ``distributed_variant``: for savers, the name it is converted to under ``dp_layer_wise``.
-    ``options``: the keys its config entry accepts besides ``type`` (for observers: ``ext`` keys).
     ``scopes``: for observers, the scopes it supports (empty = all).
     ``format``: for savers, the output format the worker writes (registered in ``quantjob.formats``);
     a saver without one is not implemented.
@@ -34,7 +33,6 @@ class Algorithm:
     distributed: bool = False
     aliases: tuple[str, ...] = ()
     distributed_variant: str | None = None
-    options: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     format: str | None = None
 
@@ -59,21 +57,19 @@ _ENTRIES: list[Algorithm] = [
     # --- observer methods (qconfig.*.method) ---------------------------------------------
     Algorithm("minmax", "observer", "running min/max", distributed=True),
     Algorithm("ssz", "observer", "iterative least-squares search of per-channel weight scales (symmetric)",
-              distributed=True, options=("step",), scopes=("per_channel",)),
+              distributed=True, scopes=("per_channel",)),
     Algorithm("autoround", "observer", "AutoRound rounding", implemented=False),
     Algorithm("gptq", "observer", "GPTQ", implemented=False),
     Algorithm("histogram", "observer", "histogram (KL / percentile)", implemented=False),
     # --- savers ----------------------------------------------------------------------------
     Algorithm("ascendv1_saver", "saver", "msModelSlim ascendv1 layout (vllm-ascend)",
-              distributed_variant="distributed_ascendv1_saver", options=("part_file_size", "save_directory"),
-              format="ascendv1"),
+              distributed_variant="distributed_ascendv1_saver", format="ascendv1"),
     Algorithm("distributed_ascendv1_saver", "saver", "ascendv1 layout written by several ranks",
-              distributed=True, options=("part_file_size", "save_directory"), format="ascendv1"),
+              distributed=True, format="ascendv1"),
     Algorithm("compressed_tensors_saver", "saver", "compressed-tensors layout (vLLM, transformers on GPUs and CPUs)",
-              distributed_variant="distributed_compressed_tensors_saver",
-              options=("part_file_size", "save_directory"), format="compressed_tensors"),
+              distributed_variant="distributed_compressed_tensors_saver", format="compressed_tensors"),
     Algorithm("distributed_compressed_tensors_saver", "saver", "compressed-tensors layout written by several ranks",
-              distributed=True, options=("part_file_size", "save_directory"), format="compressed_tensors"),
+              distributed=True, format="compressed_tensors"),
     Algorithm("mindie_format_saver", "saver", "MindIE format", implemented=False),
 ]
 

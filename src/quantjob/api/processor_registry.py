@@ -2,10 +2,10 @@
 
 A processor is registered once, where its config class is defined, with ``@processor(...)``
 (``quantjob.api.modelslim``). From that one registration come its type name and aliases (the
-``type`` field's ``Literal``), the options its entry accepts (the class's other fields), its
-catalogue entry (``quantjob.api.catalogue``), its place in the pydantic ``Processor`` union
+``type`` field's ``Literal``), its catalogue entry (``quantjob.api.catalogue``), its place in the pydantic ``Processor`` union
 (``processor_union``), whether the smoothing rules apply to it and the statistics the worker's
-layer loop gathers for it. The worker keys its implementation by the same config class
+layer loop gathers for it. The options an entry accepts are the class's other fields (a strict
+model: pydantic refuses any other key, with its path). The worker keys its implementation by the same config class
 (``quantjob.worker.processors.HANDLERS``); ``tests/worker/test_catalogue_implemented.py`` checks
 both sides have the same classes. torch-free: ``quantjob.api`` never imports the worker.
 
@@ -86,9 +86,7 @@ def processor(summary: str, *, distributed: bool = False, statistics: tuple[Stat
         taken = [n for n in (name, *aliases) if n in _BY_NAME or catalogue.lookup("processor", n) is not None]
         if taken:
             raise ValueError(f"{config.__name__}: processor name {taken[0]!r} is already registered")
-        options = tuple(field for field in model.model_fields if field != "type")
-        entry = catalogue.Algorithm(name, "processor", summary, distributed=distributed, aliases=tuple(aliases),
-                                    options=options)
+        entry = catalogue.Algorithm(name, "processor", summary, distributed=distributed, aliases=tuple(aliases))
         registration = Registration(model, entry, frozenset(statistics), smoothing)
         _REGISTERED[model] = registration
         for each in (name, *aliases):

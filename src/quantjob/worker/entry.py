@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -33,6 +33,9 @@ from quantjob.api.problems import from_validation_error, has_errors
 from quantjob.api.run_options import RunOptions, run_options
 from quantjob.api.yaml_input import MAX_BYTES, YamlProblem, load_documents, too_large
 from quantjob.worker.group.device import DeviceSpec
+
+if TYPE_CHECKING:
+    from quantjob.worker.loop.runner import RunSummary
 
 
 class WorkerArgs(RunOptions):
@@ -128,12 +131,14 @@ def run_option_values(args: RunOptions) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Checked:
-    """What the checks before any weight is read found: where to run and the resolved config."""
+    """What the checks before any weight is read found: where to run, the resolved config and the
+    model's config.json (read once here; the run gets this mapping and does not read the file again)."""
 
     devices: DeviceSpec
     config: ModelslimConfig
     in_group: bool  # one rank of a group (a Job pod, or a process of the local launcher)
     collective_timeout_s: float
+    model_config: dict[str, Any]
 
 
 def main(args: WorkerArgs) -> int:
@@ -206,7 +211,7 @@ def _check(args: WorkerArgs) -> _Checked | int:
         if in_group:  # a pod: the operator copies the termination message into the QuantJob
             _write_termination_log("; ".join(str(p) for p in problems if p.severity == "error"))
         return exit_codes.USAGE
-    return _Checked(spec, resolution.config, in_group, timeout_s)
+    return _Checked(spec, resolution.config, in_group, timeout_s, model_config)
 
 
 def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
@@ -239,7 +244,7 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
     except (RuntimeError, TimeoutError) as error:  # no device now, rank 0 not reachable: a restart may help
         return _fail(str(error), exit_codes.CRASH)
     try:
-        summary = run_quantization(job, group, device, default_progress(group))
+        summary = run_quantization(job, group, device, default_progress(group), model_config=checked.model_config)
     except QuantJobError as error:
         return _fail(str(error), error.exit_code)
     except OSError as error:
@@ -258,11 +263,11 @@ def _run_rank(args: WorkerArgs, checked: _Checked) -> int:
     return 0
 
 
-def _summary_text(summary: Any) -> str:
+def _summary_text(summary: RunSummary) -> str:
     from quantjob.worker.loop.phase_times import LOG_PREFIX, format_phase_times
     from quantjob.worker.progress import format_error_table
 
-    if summary.errors.get("already_complete"):
+    if summary.already_complete:
         return "the output already holds this run's complete result; nothing was rewritten"
     phases = format_phase_times(summary.phases, summary.seconds)
     return (f"{format_error_table(summary.errors)}\n" + (f"{LOG_PREFIX}{phases}\n" if phases else "") +

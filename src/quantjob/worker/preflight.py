@@ -33,7 +33,6 @@ from quantjob.worker.model.memory_estimate import (
     layer_bytes,
     rank_peaks,
 )
-from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.processors import Preflight, processor_for
 
 if TYPE_CHECKING:
@@ -58,9 +57,9 @@ def _weight_shapes(checkpoint: Checkpoint, adapter: Adapter,
             and name not in extra and not (router and name.endswith(router))}
 
 
-def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter) -> None:
-    """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests."""
-    model_config = read_model_config(job.model_path)
+def preflight(job: WorkerJob, checkpoint: Checkpoint, adapter: Adapter, model_config: dict[str, Any]) -> None:
+    """Problems visible before any compute: processors the worker lacks, shapes, lm_head requests, and
+    the outputs' load rules with the model's config.json (``model_config``, as the run read it)."""
     shapes = _weight_shapes(checkpoint, adapter, model_config)
     view = Preflight(shapes, job.config, adapter, frozenset(checkpoint.tensors))
     problems: list[str] = []

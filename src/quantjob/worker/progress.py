@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from quantjob.api.durations import format_duration
 
 if TYPE_CHECKING:
-    from quantjob.worker.group.distributed import Group
+    from quantjob.worker.group.distributed import ProcessGroup
 
 log = logging.getLogger("quantjob.worker")
 
@@ -167,7 +167,7 @@ class Fanout:
             hook.finish(ok, message)
 
 
-def default_progress(group: Group) -> ProgressHook | None:
+def default_progress(group: ProcessGroup) -> ProgressHook | None:
     """The reporter for this process: only rank 0 reports.
 
     Under the local launcher: events for the launcher to render. In a QuantJob pod

@@ -43,7 +43,7 @@ K = TypeVar("K")
 
 
 @dataclass
-class Group:
+class ProcessGroup:
     """This rank's view of the group. Every collective goes through ``_collective``: it waits at
     most ``collective_timeout_s`` for the slowest rank, and a failure (a timeout, a lost peer)
     becomes a ``GroupError`` that names the ranks holding the group up (``GroupWatch``)."""
@@ -52,7 +52,7 @@ class Group:
     world_size: int = 1
     collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, compare=False)
     where: str = field(default="", compare=False)  # what the loop is doing ("layer 3"), for messages
-    process_group: Any = field(default=None, compare=False, repr=False)
+    torch_group: Any = field(default=None, compare=False, repr=False)  # torch.distributed's own group (None: the default)
     watch: GroupWatch | None = field(default=None, compare=False, repr=False)
     _step: int = field(default=0, compare=False, repr=False)
 
@@ -82,7 +82,7 @@ class Group:
         connections, so every rank still waiting fails now rather than at its timeout, and stay
         up while they read the store."""
         try:
-            dist.destroy_process_group(self.process_group)
+            dist.destroy_process_group(self.torch_group)
         except (RuntimeError, ValueError, AssertionError):  # already torn down: nothing to release
             pass
         if self.watch is not None:
@@ -104,7 +104,7 @@ class Group:
         if not self.distributed:
             return tensor
         out = tensor.clone()
-        self._collective("all_min", lambda: dist.all_reduce(out, op=dist.ReduceOp.MIN, group=self.process_group))
+        self._collective("all_min", lambda: dist.all_reduce(out, op=dist.ReduceOp.MIN, group=self.torch_group))
         return out
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -112,7 +112,7 @@ class Group:
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        self._collective("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.process_group))
+        self._collective("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.torch_group))
         return out
 
     def all_gather_tensors(self, tensors: dict[K, torch.Tensor]) -> list[dict[K, torch.Tensor]]:
@@ -141,7 +141,7 @@ class Group:
             rows[index] = partial.detach().to("cpu", torch.float64).reshape(width)
         if self.distributed:
             self._collective("ordered_sum", lambda: dist.all_reduce(rows, op=dist.ReduceOp.SUM,
-                                                                    group=self.process_group))
+                                                                    group=self.torch_group))
         total = rows[0].clone()
         for row in rows[1:]:
             total += row
@@ -149,14 +149,14 @@ class Group:
 
     def barrier(self) -> None:
         if self.distributed:
-            self._collective("barrier", lambda: dist.barrier(group=self.process_group))
+            self._collective("barrier", lambda: dist.barrier(group=self.torch_group))
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if not self.distributed:
             return obj
         box = [obj if self.rank == src else None]
         self._collective("broadcast_object",
-                         lambda: dist.broadcast_object_list(box, src=src, group=self.process_group))
+                         lambda: dist.broadcast_object_list(box, src=src, group=self.torch_group))
         return box[0]
 
 
@@ -225,7 +225,7 @@ def wait_for_master(addr: str, port: int, timeout_s: float, *, interval_s: float
 
 def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
                         collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
-                        join_timeout_s: float = JOIN_TIMEOUT_S) -> Group:
+                        join_timeout_s: float = JOIN_TIMEOUT_S) -> ProcessGroup:
     """Join the process group described by the environment (docs/design.md, section 4, step 1).
 
     World size 1 starts no process group. Ranks above 0 first wait (up to ``timeout_s``) until
@@ -236,7 +236,7 @@ def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
     global _WATCH
     found = read_group_env()
     if found.world_size == 1:
-        return Group(collective_timeout_s=collective_timeout_s)
+        return ProcessGroup(collective_timeout_s=collective_timeout_s)
     devices.load_extension(device_type)
     backend = devices.group_backend(device_type)
     if found.rank > 0:
@@ -249,10 +249,10 @@ def init_group_from_env(device_type: str, *, timeout_s: float = 600.0,
     _WATCH = GroupWatch.connect(found.master_addr, found.master_port, found.rank, found.world_size)
     log.info("rank %d of %d joined the process group (%s, rendezvous %s:%d, collective timeout %.0f s)",
              found.rank, found.world_size, backend, found.master_addr, found.master_port, collective_timeout_s)
-    return Group(found.rank, found.world_size, collective_timeout_s, process_group=work, watch=_WATCH)
+    return ProcessGroup(found.rank, found.world_size, collective_timeout_s, torch_group=work, watch=_WATCH)
 
 
-def local_device_index(spec: DeviceSpec, group: Group) -> int:
+def local_device_index(spec: DeviceSpec, group: ProcessGroup) -> int:
     """The local accelerator index this rank uses.
 
     Under the local launcher, ``QUANTJOB_LOCAL_DEVICE`` (it restricts visibility, so usually 0);

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from quantjob.api.modelslim import QuantSpec
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.quantizers import quantize_weight, scale_offset
 from quantjob.worker.loop.ssz import ssz_weight
 
@@ -178,7 +178,7 @@ def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int]
         last.clear()
 
 
-def reduce_stats(stats: dict[str, ActivationStats], group: Group) -> dict[str, ActivationStats]:
+def reduce_stats(stats: dict[str, ActivationStats], group: ProcessGroup) -> dict[str, ActivationStats]:
     """Every rank's statistics combined (exact min/max), in a fixed name order on every rank.
 
     One collective per layer: the minima and the negated maxima travel in one ``all_min``

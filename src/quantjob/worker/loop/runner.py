@@ -24,9 +24,9 @@ import torch
 from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
-from quantjob.api.run_options import RunOptions
+from quantjob.api.run_options import RunOptions, identity_options, identity_values
 from quantjob.worker.group.device import release_memory
-from quantjob.worker.group.distributed import Group, shard_indices
+from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.threads import sum_of_squares
 from quantjob.worker.loop.calibration import Calibration, load_calibration
 from quantjob.worker.loop.finite import (
@@ -82,8 +82,11 @@ class RunSummary:
     samples: int
     tokens: int
     seconds: float
-    errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json content
+    errors: dict[str, Any] = field(default_factory=dict)   # the quant_errors.json this run wrote
     phases: dict[str, float] = field(default_factory=dict)  # this rank's seconds per phase (phase_times)
+    # the output already held this run's complete result (a retried pod of a finished run): nothing
+    # was computed or written, ``errors`` is empty and the earlier run's quant_errors.json stays
+    already_complete: bool = False
 
 
 SaverFactory = Callable[..., Any]
@@ -101,19 +104,16 @@ def run_id_for(job: WorkerJob, model_config: dict[str, Any], checkpoint: Checkpo
     identity = {
         "config": config, "model_config": model_config,
         "weights": sorted((f.name, file_fingerprint(f)) for f in checkpoint.files),
-        "calibration": calibration.digest, "samples": job.calib_samples, "max_length": job.max_length,
-        "next_layer_input": job.next_layer_input, "error_samples": job.error_samples,
-        "model_type": job.model_type,
+        "calibration": calibration.digest,
+        **identity_values(job),  # the run options marked Option.identity in quantjob.api.run_options
     }
-    if job.calibrate_all_experts:  # changes the statistics of experts: part of the output's identity
-        identity["calibrate_all_experts"] = True
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 class _Loop:
     """State of one run; each method is one step of the loop."""
 
-    def __init__(self, job: WorkerJob, group: Group, device: torch.device, skeleton: Skeleton,
+    def __init__(self, job: WorkerJob, group: ProcessGroup, device: torch.device, skeleton: Skeleton,
                  checkpoint: Checkpoint, calibration: Calibration, times: PhaseTimes) -> None:
         self.job, self.group, self.device = job, group, device
         self.times = times
@@ -266,15 +266,19 @@ class _Loop:
                 for index, per_path in sorted(self.routed.items()) for path, counts in sorted(per_path.items())]
 
 
-def run_quantization(job: WorkerJob, group: Group, device: torch.device, progress: ProgressHook | None = None,
-                     *, open_saver_fn: SaverFactory | None = None) -> RunSummary:
-    """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank."""
+def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, progress: ProgressHook | None = None,
+                     *, open_saver_fn: SaverFactory | None = None,
+                     model_config: dict[str, Any] | None = None) -> RunSummary:
+    """Quantize ``job.model_path`` into ``job.save_path``; the same call on every rank.
+    ``model_config``: the model's config.json as the entry point's checks read it (read here when
+    None); the run reads the file no other time."""
     started = time.monotonic()
     times = PhaseTimes()
-    model_config = read_model_config(job.model_path)
+    if model_config is None:
+        model_config = read_model_config(job.model_path)
     adapter = adapter_for(model_config, job.model_type, config_file=str(job.model_path / "config.json"))
     checkpoint = Checkpoint(job.model_path, fp8_blocks(model_config, str(job.model_path / "config.json")))
-    preflight(job, checkpoint, adapter)
+    preflight(job, checkpoint, adapter, model_config)
     check_save_path(job.save_path, job.model_path)
     skeleton = build_skeleton(job.model_path, adapter, device, trust_remote_code=job.trust_remote_code)
     check_layout(skeleton, checkpoint)
@@ -292,8 +296,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
     run_id = run_id_for(job, model_config, checkpoint, calibration)
     group.where = "opening the output"
     saver = open_saver_fn(job.config.spec.save, save_path=job.save_path, model_dir=job.model_path,
-                          model_config=model_config, run_id=run_id, group=group, overwrite=job.overwrite,
-                          num_layers=num_layers)
+                          run_id=run_id, group=group, overwrite=job.overwrite, num_layers=num_layers)
     if getattr(saver, "already_complete", False):  # a retried pod of a finished run: nothing to redo
         if progress is not None and group.is_main:
             progress.start(num_layers)
@@ -301,7 +304,7 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
             progress.finish(True, f"{job.save_path} already holds this run's complete output; nothing was rewritten")
         return RunSummary(num_layers, num_layers, len(calibration.samples),
                           sum(int(ids.numel()) for ids in calibration.samples), time.monotonic() - started,
-                          {"already_complete": True, "samples": 0, "layers": []})
+                          already_complete=True)
     layer_of = {adapter.layer_prefix(i): i for i in range(num_layers)}
     prefetcher = Prefetcher(checkpoint, device,
                             verify=lambda key, tensors: check_weights(tensors, layer_of.get(key), checkpoint))
@@ -332,9 +335,8 @@ def run_quantization(job: WorkerJob, group: Group, device: torch.device, progres
             saver.write_json(PROVENANCE_FILE, provenance_record(
                 config=job.config.model_dump(mode="json"), run_id=run_id, model_config=model_config,
                 checkpoint=checkpoint, calibration_digest=calibration.digest, samples=len(calibration.samples),
-                options=job.model_dump(mode="json", include={"calib_samples", "max_length", "next_layer_input",
-                                                             "error_samples", "model_type", "trust_remote_code",
-                                                             "calibrate_all_experts"}),
+                # the options of the run's identity, and whether the model's own code may have run
+                options=job.model_dump(mode="json", include={*identity_options(type(job)), "trust_remote_code"}),
                 world_size=group.world_size, runner=str(job.config.spec.runner), ranks=rank_layout(group, device)))
             saver.finish(loop.outer())
     except BaseException as error:

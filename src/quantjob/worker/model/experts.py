@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from quantjob.worker.errors import QuantJobError
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 
 
 class ExpertMLP(torch.nn.Module):
@@ -141,7 +141,7 @@ def set_all_tokens(layer: torch.nn.Module, enabled: bool) -> None:
         module.all_tokens = enabled
 
 
-def reduce_counts(counts: dict[str, torch.Tensor], group: Group) -> dict[str, list[int]]:
+def reduce_counts(counts: dict[str, torch.Tensor], group: ProcessGroup) -> dict[str, list[int]]:
     """Every rank's routed-token counts summed (integers: exact in any order), the same on every rank."""
     total: dict[str, list[int]] = {name: [0] * int(value.numel()) for name, value in counts.items()}
     for part in group.all_gather_object({name: [int(v) for v in value.tolist()] for name, value in counts.items()}):

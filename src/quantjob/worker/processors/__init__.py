@@ -8,7 +8,7 @@ class has its entry here and nothing else does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from quantjob.api.modelslim import FlexSmoothQuant, Group, IterSmooth, LinearQuant
 from quantjob.api.processor_registry import registration, registrations
-from quantjob.worker.processors.context import LayerContext
+from quantjob.worker.processors.context import LayerContext, Preflight
 from quantjob.worker.processors.flex_smooth import apply_flex_smooth, check_flex_smooth
 from quantjob.worker.processors.iter_smooth import apply_iter_smooth, check_iter_smooth
 from quantjob.worker.processors.linear_quant import (
@@ -25,7 +25,6 @@ from quantjob.worker.processors.linear_quant import (
     check_shapes,
     static_activations,
 )
-from quantjob.worker.processors.preflight import Preflight
 
 
 @dataclass(frozen=True)
@@ -59,32 +58,10 @@ HANDLERS: dict[type[BaseModel], ProcessorEntry] = {
 }
 
 
-class _ByName(MutableMapping[str, ProcessorEntry]):
-    """``HANDLERS`` seen by canonical type name (the names come from the registrations)."""
-
-    def _config(self, name: str) -> type[BaseModel]:
-        found = registration(name)
-        if found is None or found.tag != name:
-            raise KeyError(name)
-        return found.config
-
-    def __getitem__(self, name: str) -> ProcessorEntry:
-        return HANDLERS[self._config(name)]
-
-    def __setitem__(self, name: str, entry: ProcessorEntry) -> None:
-        HANDLERS[self._config(name)] = entry
-
-    def __delitem__(self, name: str) -> None:
-        del HANDLERS[self._config(name)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([r.tag for r in registrations() if r.config in HANDLERS])
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-PROCESSORS: MutableMapping[str, ProcessorEntry] = _ByName()
+def implemented_names() -> list[str]:
+    """The canonical type names of the processors the worker implements (``HANDLERS`` by name, for
+    messages and checks; the names come from the registrations)."""
+    return [r.tag for r in registrations() if r.config in HANDLERS]
 
 
 def processor_for(name: str) -> ProcessorEntry:
@@ -92,8 +69,9 @@ def processor_for(name: str) -> ProcessorEntry:
     found = registration(name)
     entry = HANDLERS.get(found.config) if found is not None else None
     if entry is None:
-        raise ValueError(f"processor {name!r} is not implemented in the worker; supported: {', '.join(PROCESSORS)}")
+        raise ValueError(f"processor {name!r} is not implemented in the worker; "
+                         f"supported: {', '.join(implemented_names())}")
     return entry
 
 
-__all__ = ["HANDLERS", "PROCESSORS", "LayerContext", "Preflight", "ProcessorEntry", "processor_for"]
+__all__ = ["HANDLERS", "LayerContext", "Preflight", "ProcessorEntry", "implemented_names", "processor_for"]

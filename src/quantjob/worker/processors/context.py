@@ -1,7 +1,9 @@
-"""What a processor sees of one decoder layer: the materialised layer, its linears, the reduced
-activation statistics (and probe rows, when a processor asked for them), the smoothing subgraphs
-of the model, the rank group, and the records produced so far. Processors never load or move
-tensors; they reach the other ranks only through ``group`` (exact reductions)."""
+"""What a processor sees. ``LayerContext``, what its ``apply`` sees of one decoder layer: the
+materialised layer, its linears, the reduced activation statistics (and probe rows, when a processor
+asked for them), the smoothing subgraphs of the model, the rank group, and the records produced so
+far. Processors never load or move tensors; they reach the other ranks only through ``group`` (exact
+reductions). ``Preflight``, what its ``check`` sees before any compute: checkpoint headers, the
+whole config and the model's adapter (so a rule may look at the processors around its own entry)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quantjob.api.modelslim import ModelslimConfig
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import ActivationStats, Probes
 from quantjob.worker.loop.records import QuantizedLinear
 from quantjob.worker.model.adapters import Adapter, Subgraph
@@ -31,7 +33,7 @@ class LayerContext:
     stats: dict[str, ActivationStats] = field(default_factory=dict)  # reduced over all ranks
     records: dict[str, QuantizedLinear] = field(default_factory=dict)
     modified: bool = False                         # float weights changed since stats were taken
-    group: Group = field(default_factory=Group)
+    group: ProcessGroup = field(default_factory=ProcessGroup)
     subgraphs: list[Subgraph] = field(default_factory=list)  # the model's smoothing sites (relative paths)
     num_samples: int = 0                           # calibration samples over all ranks
     config: ModelslimConfig | None = None          # the whole run's config (what later entries will do)
@@ -48,3 +50,11 @@ class LayerContext:
 
     def full_name(self, relative: str) -> str:
         return self.prefix + relative
+
+
+@dataclass(frozen=True)
+class Preflight:
+    shapes: dict[str, tuple[int, ...]]   # module name -> weight shape, every 2-D weight of the decoder layers
+    config: ModelslimConfig
+    adapter: Adapter
+    tensor_names: frozenset[str]         # every tensor of the checkpoint

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, LinearQuant
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import evenly_spaced
 from quantjob.worker.loop.smoothing import (
     SEARCH_GRID,
@@ -41,8 +41,7 @@ from quantjob.worker.loop.smoothing import (
     weight_absmax,
 )
 from quantjob.worker.model.adapters import Subgraph
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.context import LayerContext, Preflight
 from quantjob.worker.processors.smoothing_sites import (
     consumer_stats,
     consumer_weights,
@@ -151,7 +150,7 @@ def independent_batches(sites: Sequence[Subgraph]) -> list[list[Subgraph]]:
     return batches
 
 
-def search_alpha_beta(problems: Sequence[SearchProblem], group: Group) -> list[tuple[float, float]]:
+def search_alpha_beta(problems: Sequence[SearchProblem], group: ProcessGroup) -> list[tuple[float, float]]:
     """msModelSlim's two-phase grid search for every problem, the candidates shared over the ranks."""
     first = shared_scores([(p, SEARCH_GRID[k], SEARCH_GRID[LAST - k]) for p in problems
                            for k in range(len(SEARCH_GRID))], group)
@@ -168,7 +167,7 @@ def search_alpha_beta(problems: Sequence[SearchProblem], group: Group) -> list[t
     return choices
 
 
-def shared_scores(tasks: Sequence[tuple[SearchProblem, float, float]], group: Group,
+def shared_scores(tasks: Sequence[tuple[SearchProblem, float, float]], group: ProcessGroup,
                   score: Callable[[SearchProblem, float, float], float] = SearchProblem.error) -> list[float]:
     """``score`` of every task, each computed by rank ``index % world_size`` and gathered in task order."""
     mine = score_locally(tasks, range(group.rank, len(tasks), group.world_size), score)

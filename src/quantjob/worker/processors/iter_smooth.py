@@ -24,8 +24,7 @@ from quantjob.worker.loop.smoothing import (
     weight_absmax,
     weight_signed_max,
 )
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.context import LayerContext, Preflight
 from quantjob.worker.processors.smoothing_sites import (
     consumer_stats,
     consumer_weights,

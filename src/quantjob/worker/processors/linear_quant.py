@@ -13,8 +13,7 @@ from quantjob.api.modelslim import Group, LinearQuant
 from quantjob.worker.errors import QuantJobError
 from quantjob.worker.loop.observers import ACTIVATION_METHODS, WEIGHT_METHODS
 from quantjob.worker.loop.records import QuantizedLinear, Scheme
-from quantjob.worker.processors.context import LayerContext
-from quantjob.worker.processors.preflight import Preflight
+from quantjob.worker.processors.context import LayerContext, Preflight
 
 
 def scheme_of(entry: LinearQuant) -> Scheme:

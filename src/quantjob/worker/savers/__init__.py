@@ -18,7 +18,7 @@ from quantjob.api import catalogue
 from quantjob.api.modelslim import Saver
 from quantjob.api.rules_output import saver_directories, saver_directory_problems
 from quantjob.worker.errors import QuantJobError, exit_code_of
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.model.checkpoint import TensorInfo
 
@@ -48,12 +48,12 @@ class OutputSaver(Protocol):
         """Drop temporary files; committed layers stay for a resumed run."""
 
 
-def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, model_config: dict,
-               run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
+def open_saver(saver_cfg: Saver, *, save_path: Path, model_dir: Path, run_id: str, group: ProcessGroup,
+               overwrite: bool, num_layers: int) -> OutputSaver:
     """Collective: rank 0 checks, locks and claims ``save_path``; every rank gets the same outcome.
 
-    The format comes from the saver's catalogue entry. ``model_config`` (the source config.json)
-    is accepted for formats that need it; both formats read config.json from ``model_dir``.
+    The format comes from the saver's catalogue entry. A format copies the model directory's files
+    (config.json among them) from ``model_dir`` as bytes when it finishes.
     """
     entry = catalogue.lookup("saver", saver_cfg.type)
     if entry is None or not entry.implemented or entry.format is None:
@@ -102,8 +102,8 @@ def _refuse_linked_directory(save_path: Path, directory: str) -> None:
         refuse_link(path)
 
 
-def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: Path, model_config: dict,
-                run_id: str, group: Group, overwrite: bool, num_layers: int) -> OutputSaver:
+def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: Path, run_id: str,
+                group: ProcessGroup, overwrite: bool, num_layers: int) -> OutputSaver:
     """Every ``spec.save`` entry: one saver writes ``save_path`` itself; several write one
     sub-directory each (``saver_directories``) and run as one ``SaverSet``."""
     configs = [savers] if isinstance(savers, Saver) else list(savers)
@@ -115,8 +115,8 @@ def open_savers(savers: Sequence[Saver] | Saver, *, save_path: Path, model_dir: 
         for saver_cfg, directory in zip(configs, saver_directories(configs)):
             _refuse_linked_directory(Path(save_path), directory)
             opened.append(open_saver(saver_cfg, save_path=Path(save_path) / directory if directory else Path(save_path),
-                                     model_dir=model_dir, model_config=model_config, run_id=run_id, group=group,
-                                     overwrite=overwrite, num_layers=num_layers))
+                                     model_dir=model_dir, run_id=run_id, group=group, overwrite=overwrite,
+                                     num_layers=num_layers))
     except BaseException:
         for saver in opened:
             saver.abort()

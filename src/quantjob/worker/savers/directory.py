@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from quantjob.api.exit_codes import CRASH
 from quantjob.worker.errors import QuantJobError, exit_code_of
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.records import LayerOutput
 from quantjob.worker.model.checkpoint import TensorInfo
 from quantjob.worker.savers.assemble import (
@@ -221,7 +221,7 @@ class DirectorySaver:
     """The OutputSaver for one output directory in one format. Build it with
     ``quantjob.worker.savers.open_saver``; ``lock`` is held on rank 0 only (None elsewhere)."""
 
-    def __init__(self, *, save_path: Path, model_dir: Path, run_id: str, group: Group, num_layers: int,
+    def __init__(self, *, save_path: Path, model_dir: Path, run_id: str, group: ProcessGroup, num_layers: int,
                  part_file_size: float | None, prepared: Prepared, fmt: OutputFormat,
                  lock: OutputLock | None) -> None:
         self.save_path = save_path

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from quantjob.worker.group.distributed import Group
+from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.model.checkpoint import Checkpoint, file_fingerprint
 
 PROVENANCE_FILE = "quant_provenance.json"
@@ -46,7 +46,7 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def rank_layout(group: Group, device: torch.device) -> list[dict[str, Any]]:
+def rank_layout(group: ProcessGroup, device: torch.device) -> list[dict[str, Any]]:
     """Collective: every rank's device kind and intra-op thread count, in rank order."""
     mine = {"device": device.type, "threads": torch.get_num_threads()}
     return [{"rank": rank, **entry} for rank, entry in enumerate(group.all_gather_object(mine))]
