@@ -129,9 +129,9 @@ Probes = dict[str, dict[int, torch.Tensor]]  # linear name -> global sample inde
 
 @contextmanager
 def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int],
-                  per_sample: int, *, block: torch.nn.Module | None = None) -> Iterator[Probes]:
+                  per_sample: int | None, *, block: torch.nn.Module | None = None) -> Iterator[Probes]:
     """Keep the input rows of each module at ``probe_positions(per_sample, length)`` (token 0 of each
-    sample and ``per_sample`` evenly spaced ones).
+    sample and ``per_sample`` evenly spaced ones); ``per_sample`` None keeps every row.
 
     The k-th forward through the block belongs to global sample ``samples[k]`` (the loop runs its
     samples one at a time, in that order), so the choice depends on the sample and its length
@@ -157,7 +157,8 @@ def record_probes(modules: Mapping[str, torch.nn.Linear], samples: Sequence[int]
     def rows_of(x: torch.Tensor) -> torch.Tensor:
         if last[0] is not x:
             flat = x.detach().reshape(-1, x.shape[-1])
-            last[0], last[1] = x, flat[probe_positions(per_sample, flat.shape[0]).to(flat.device)].clone()
+            kept = flat if per_sample is None else flat[probe_positions(per_sample, flat.shape[0]).to(flat.device)]
+            last[0], last[1] = x, kept.clone()
         rows: torch.Tensor = last[1]
         return rows
 
