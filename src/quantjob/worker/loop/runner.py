@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +173,7 @@ class _Loop:
         return out
 
     def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
-                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None, probed: set[str] = frozenset()
+                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None, probed: Collection[str] = ()
                 ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
         """One pass of the local samples observing every linear's inputs: the statistics reduced over
         all ranks, this rank's probe rows of the ``probed`` linears (when a processor uses them) and
