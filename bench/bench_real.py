@@ -8,7 +8,8 @@ perplexity`` (layer by layer, W8A8 linears computed as vllm-ascend computes them
 
 Rows: float; W8A8 static minmax; W8A8 + iter_smooth; W8A8 + flex_smooth_quant (each of these two
 smoothing rows also with ``ext: {sites: all}``, quantjob's wider set of sites in place of the
-family's msModelSlim set); W8A8 + flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A8_DYNAMIC +
+family's msModelSlim set; both flex rows also with ``ext: {search_tokens: all}``, the search scored
+on every calibration token); W8A8 + flex_smooth_quant + ssz weights; W8A8_DYNAMIC; W8A8_DYNAMIC +
 flex_smooth_quant; W8A16. A row whose config ``quantjob`` refuses (exit code 2: a processor this
 build lacks) is reported as not available, not as a failure.
 
@@ -90,6 +91,11 @@ ROWS: tuple[Row, ...] = (
     Row("w8a8-flex", "W8A8 + flex_smooth_quant", config=_config([{"type": "flex_smooth_quant"}]), static=True),
     Row("w8a8-flex-all", "W8A8 + flex_smooth_quant, sites: all",
         config=_config([{"type": "flex_smooth_quant", "ext": {"sites": "all"}}]), static=True),
+    # ``ext: {search_tokens: all}``: the (alpha, beta) search scored on every calibration token (issue 23)
+    Row("w8a8-flex-every", "W8A8 + flex_smooth_quant, search_tokens: all",
+        config=_config([{"type": "flex_smooth_quant", "ext": {"search_tokens": "all"}}]), static=True),
+    Row("w8a8-flex-all-every", "W8A8 + flex_smooth_quant, sites: all, search_tokens: all",
+        config=_config([{"type": "flex_smooth_quant", "ext": {"sites": "all", "search_tokens": "all"}}]), static=True),
     Row("w8a8-flex-ssz", "W8A8 + flex_smooth_quant + ssz", config=_config([{"type": "flex_smooth_quant"}], "ssz"),
         static=True),
     # the preset: iter_smooth, then per-token dynamic activations (msModelSlim's default recipe)

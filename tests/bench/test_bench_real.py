@@ -131,3 +131,18 @@ def test_the_wider_site_rows_differ_from_their_family_rows_only_in_ext_sites() -
         assert sites == ["family", "all"]
         assert family.config is not None and wider.config is not None
         assert wider.config["spec"]["process"][1:] == family.config["spec"]["process"][1:]  # same linear_quant
+
+
+def test_the_every_token_rows_differ_from_their_probe_rows_only_in_ext_search_tokens() -> None:
+    from quantjob.api.modelslim import FlexSmoothQuant, ModelslimConfig
+
+    rows = {row.key: row for row in bench_real.ROWS}
+    for probes_key, every_key in (("w8a8-flex", "w8a8-flex-every"), ("w8a8-flex-all", "w8a8-flex-all-every")):
+        entries = []
+        for row in (rows[probes_key], rows[every_key]):
+            assert row.config is not None and row.static
+            process = ModelslimConfig.model_validate(row.config).spec.process
+            entries.append(next(entry for entry in process if isinstance(entry, FlexSmoothQuant)))
+        assert [entry.ext.search_tokens for entry in entries] == ["probes", "all"]
+        assert entries[0].ext.sites == entries[1].ext.sites
+        assert rows[every_key].config["spec"]["process"][1:] == rows[probes_key].config["spec"]["process"][1:]

@@ -31,6 +31,9 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     # quantjob's wider set (ov, up-down as well): qwen2's default is msModelSlim's, norm-linear only
     "flex_smooth, all sites": [{"type": "flex_smooth", "ext": {"sites": "all"}},
                                {"type": "linear_quant", "qconfig": W8A8}],
+    # issue 23: the search on every token, each rank scoring its own samples (norm-linear, ov, up-down)
+    "flex_smooth, every token, all sites": [{"type": "flex_smooth", "ext": {"sites": "all", "search_tokens": "all"}},
+                                            {"type": "linear_quant", "qconfig": W8A8}],
 }
 
 

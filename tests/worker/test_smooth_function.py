@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, IterSmooth
+from quantjob.api.processor_registry import statistics_for
 from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import (
     observe_inputs,
@@ -32,6 +33,7 @@ from quantjob.worker.model.decoder import (
 from quantjob.worker.model.demo import family_names
 from quantjob.worker.model.model_config import read_model_config
 from quantjob.worker.processors import LayerContext, processor_for
+from quantjob.worker.processors.flex_smooth import gather_probes
 
 CPU = torch.device("cpu")
 PROCESSORS: dict[str, Any] = {
@@ -40,6 +42,8 @@ PROCESSORS: dict[str, Any] = {
     "iter_smooth alpha 0.5": IterSmooth(alpha=0.5, enable_subgraph_type=["norm-linear", "up-down"]),
     "flex_smooth_quant searched": FlexSmoothQuant(),
     "flex_smooth_quant fixed": FlexSmoothQuant(alpha=0.6, beta=0.3),
+    # issue 23: the search scored on every token of the rank's samples
+    "flex_smooth_quant every token": FlexSmoothQuant.model_validate({"ext": {"search_tokens": "all"}}),
 }
 
 
@@ -65,13 +69,15 @@ class Layer:
         with torch.inference_mode():
             return {g: layer_forward(self.skeleton, 0, self.layer, x) for g, x in self.inputs.items()}
 
-    def context(self) -> LayerContext:
+    def context(self, every_row: bool = False) -> LayerContext:
         samples = list(self.inputs)
+        per_sample = None if every_row else probes_per_sample(len(samples))
         with torch.inference_mode(), observe_inputs(self.linears) as stats, \
-                record_probes(self.linears, samples, probes_per_sample(len(samples))) as probes:
+                record_probes(self.linears, samples, per_sample) as probes:
             self.forward()
         ctx = LayerContext(0, self.prefix, self.layer, self.linears, self.adapter, group=ProcessGroup(),
-                           subgraphs=self.adapter.subgraphs(self.config), num_samples=len(samples))
+                           subgraphs=self.adapter.subgraphs(self.config), num_samples=len(samples),
+                           probes_per_sample=per_sample)
         ctx.stats, ctx.probes = reduce_stats(stats, ProcessGroup()), probes
         return ctx
 
@@ -91,7 +97,7 @@ def test_smoothed_layer_computes_the_same_function(tiny_model: Any, family: str,
     layer = Layer(tiny_model(family, layers=1, hidden_size=64, intermediate_size=128, num_heads=4,
                              num_kv_heads=2, outlier_channels=3))
     before = layer.forward()
-    ctx = layer.context()
+    ctx = layer.context(every_row="rows" in statistics_for([PROCESSORS[name]]))
     weights = {n: t.clone() for n, t in layer.layer.state_dict().items()}
     with torch.inference_mode():
         processor_for(PROCESSORS[name].type).apply(PROCESSORS[name], ctx)
@@ -144,3 +150,20 @@ def test_asymmetric_biases_are_saved_and_come_back_on_replay(tiny_model: Any) ->
     assert_same_function(before, after)
     release(layer.layer)
     assert added_bias_modules(layer.layer) == []
+
+
+def test_probe_search_picks_its_probes_out_of_every_row(tiny_model: Any) -> None:
+    """A run whose other flex entry scores every token keeps every row; a probe entry then scores
+    the probe positions of them, as it would have recorded them (issue 23)."""
+    layer = Layer(tiny_model("llama", layers=1, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                             outlier_channels=3))
+    generator = torch.Generator().manual_seed(5)
+    layer.inputs = {g: torch.randn(1, 150 + 40 * g, 64, generator=generator).bfloat16() for g in range(4)}
+    probed, every = layer.context(every_row=False), layer.context(every_row=True)
+    names = sorted({probed.full_name(site.targets[0]) for site in probed.subgraphs})
+    subset, picked = gather_probes(probed, names), gather_probes(every, names)
+    tokens = sum(x.shape[1] for x in layer.inputs.values())
+    for name in names:
+        assert sum(rows.shape[0] for rows in every.probes[name].values()) == tokens
+        assert subset[name].shape[0] < tokens and torch.equal(picked[name], subset[name])
+    release(layer.layer)

@@ -29,7 +29,7 @@ from quantjob.api import catalogue
 from quantjob.api.globs import matches, pattern_error
 from quantjob.api.nulls import NullsAsDefaults
 from quantjob.api.problems import field_error
-from quantjob.api.processor_registry import ProcessorConfig, processor, processor_union
+from quantjob.api.processor_registry import ProcessorConfig, Statistic, processor, processor_union
 
 ActScope = Literal["per_tensor", "per_token", "pd_mix"]
 WeightScope = Literal["per_channel", "per_group", "per_tensor"]
@@ -148,6 +148,17 @@ class SmoothExt(Strict):
     sites: Literal["family", "all"] = "family"
 
 
+class FlexSmoothExt(SmoothExt):
+    """``flex_smooth_quant``'s ``ext``: ``sites`` as every smoothing entry, and ``search_tokens``, the
+    calibration tokens the (alpha, beta) search scores: ``probes`` (default) the bounded probe subset
+    (token 0 and about ``PROBE_TOKENS`` spread tokens of all samples, gathered to every rank), ``all``
+    every token of every sample, each rank scoring its own samples and the error sums added in
+    global sample order (msModelSlim's data; more memory and time). ``docs/algorithms.md`` measures both.
+    """
+
+    search_tokens: Literal["probes", "all"] = "probes"
+
+
 @processor("SmoothQuant-style outlier migration per subgraph (alpha, scale_min; asymmetric mode shifts norm "
            "outputs)", distributed=True, smoothing=True)
 class IterSmooth(Strict):
@@ -172,7 +183,11 @@ class FlexSmoothQuant(Strict):
     enable_subgraph_type: list[SubgraphType] = Field(default_factory=lambda: list(ALL_SUBGRAPHS))
     include: Globs = Field(default_factory=lambda: ["*"])
     exclude: ExcludeGlobs = Field(default_factory=list)
-    ext: SmoothExt = Field(default_factory=SmoothExt)
+    ext: FlexSmoothExt = Field(default_factory=FlexSmoothExt)
+
+    def statistics_needed(self) -> tuple[Statistic, ...]:
+        """Every input row of the rank's samples when the search scores every token."""
+        return ("rows",) if self.ext.search_tokens == "all" and (self.alpha is None or self.beta is None) else ()
 
 
 class OtherProcessor(BaseModel):

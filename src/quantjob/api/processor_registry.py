@@ -28,10 +28,12 @@ from quantjob.api import catalogue
 
 # Statistics the worker's layer loop can gather over a layer's calibration inputs.
 # ``minmax``: every linear's input min/max (reduced over ranks); ``probes``: a bounded,
-# rank-independent subset of every linear's input rows (flex_smooth_quant's search).
+# rank-independent subset of every linear's input rows (flex_smooth_quant's search); ``rows``: every
+# input row of the rank's own samples, kept on the rank (flex_smooth_quant's ``search_tokens: all``).
+# A config class whose needs depend on its options adds them with a ``statistics_needed()`` method.
 # A processor needing another (a Hessian for GPTQ-like methods) adds its name here and its
 # gathering to ``quantjob.worker.loop.runner._Loop.observe``.
-Statistic = Literal["minmax", "probes"]
+Statistic = Literal["minmax", "probes", "rows"]
 STATISTICS: tuple[Statistic, ...] = typing.get_args(Statistic)
 
 OTHER_TAG = "other_processor"
@@ -132,6 +134,9 @@ def statistics_for(entries: list[Any]) -> frozenset[Statistic]:
         found = _REGISTERED.get(type(entry))
         if found is not None:
             needed |= found.statistics
+        extra = getattr(entry, "statistics_needed", None)
+        if callable(extra):
+            needed |= set(extra())
     return frozenset(needed)
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,9 +131,12 @@ class _Loop:
             processor_for(proc.type).reobserves for proc in job.config.spec.process)
         self.kept_inputs = set(self.local) if keep_all else set(self.error_local)
         # the statistics the run's registered processors ask for (processor_registry): min/max
-        # always; probe rows (a bounded, rank-independent subset of every linear's inputs) on request
+        # always; probe rows (a bounded, rank-independent subset of the inputs of each smoothing
+        # site's first consumer) or every row of them (None per sample: "rows") on request
         self.num_samples = n
-        self.probes_per_sample = probes_per_sample(n) if "probes" in statistics_for(job.config.spec.process) else 0
+        wanted = statistics_for(job.config.spec.process)
+        self.probing = bool(wanted & {"probes", "rows"})
+        self.probes_per_sample: int | None = None if "rows" in wanted else probes_per_sample(n)
         self.settings = skeleton.config.to_dict()
         # MoE layers: tokens routed to each expert, reduced over all ranks (layer -> experts path -> counts)
         self.routed: dict[int, dict[str, list[int]]] = {}
@@ -170,14 +173,16 @@ class _Loop:
         return out
 
     def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
-                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None
+                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None, probed: Collection[str] = ()
                 ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
         """One pass of the local samples observing every linear's inputs: the statistics reduced over
-        all ranks, this rank's probe rows (when a processor uses them) and the layer outputs. The
-        first pass over a MoE layer also counts the tokens routed to each expert (over all ranks)."""
+        all ranks, this rank's probe rows of the ``probed`` linears (when a processor uses them) and
+        the layer outputs. The first pass over a MoE layer also counts the tokens routed to each
+        expert (over all ranks)."""
         probing: AbstractContextManager[Probes] = nullcontext({})
-        if self.probes_per_sample:
-            probing = record_probes(linears, self.local, self.probes_per_sample, block=layer)
+        if self.probing:
+            probing = record_probes({name: linears[name] for name in linears if name in probed}, self.local,
+                                    self.probes_per_sample, block=layer)
         count = index not in self.routed and bool(expert_modules(layer))  # MoE layers only: no collective else
         counting: AbstractContextManager[dict[str, torch.Tensor]] = count_routed(layer) if count else nullcontext({})
         with self.times.phase("observation"):
@@ -200,17 +205,21 @@ class _Loop:
                    if isinstance(module, torch.nn.Linear)}
         ctx = LayerContext(index, prefix, layer, linears, self.skeleton.adapter, group=self.group,
                            subgraphs=self.skeleton.adapter.subgraphs(self.settings, index),
-                           num_samples=self.num_samples, config=self.job.config)
+                           num_samples=self.num_samples, config=self.job.config,
+                           probes_per_sample=self.probes_per_sample)
+        # probe rows are read at each smoothing site's first consumer (the consumers share one input)
+        probed = {ctx.full_name(site.targets[0]) for site in ctx.subgraphs}
 
         def reobserve() -> None:
             if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
                 raise RuntimeError("spec.process: statistics of changed weights are needed, but a processor "
                                    "changed them without declaring reobserves")
-            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden)
+            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden, probed=probed)
             ctx.modified = False
 
         ctx.reobserve = reobserve
-        ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs)
+        ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs,
+                                                        probed=probed)
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):

@@ -227,11 +227,16 @@ class SearchProblem:
 
     def error_of(self, scale: torch.Tensor) -> float:
         """The relative output error with the per-channel smoothing ``scale`` (float32 ``[d]``)."""
+        err = self.squared_error_of(scale)
+        return err / self.norm if self.norm > 0 else err
+
+    def squared_error_of(self, scale: torch.Tensor) -> float:
+        """``||Q(x/s) Q(W s)^T - x W^T||^2`` (float64 sum) with the smoothing ``scale``: the numerator
+        of ``error_of``, which sums over tokens (``self.norm`` is the denominator's)."""
         acts, act_step = self._activations(scale)
         weights, weight_step = self._weights(scale)
         out = (acts @ weights.T).mul_(act_step).mul_(weight_step)
-        err = float(out.sub_(self.golden).double().square().sum())
-        return err / self.norm if self.norm > 0 else err
+        return float(out.sub_(self.golden).double().square().sum())
 
 
 def grid_choice(errors: Sequence[float], start: int = 0) -> int:

@@ -40,6 +40,8 @@ class LayerContext:
     # this rank's probe rows: linear -> global sample -> input rows (see observers.record_probes);
     # filled only when a registered processor of the run asks for "probes" (processor_registry)
     probes: Probes = field(default_factory=dict)
+    # the probe rows' count per sample (``observers.record_probes``); None: every row was kept
+    probes_per_sample: int | None = 0
     # runs this rank's samples through the layer as it is now and replaces ``stats`` (reduced
     # again over all ranks) and ``probes``, then clears ``modified``; collective: every rank calls it
     reobserve: Callable[[], None] = _no_reobserve

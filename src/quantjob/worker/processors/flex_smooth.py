@@ -14,7 +14,14 @@ Every rank then holds the same inputs; the candidates of a round are dealt out o
 (candidate ``t`` to rank ``t % world_size``), each scored by one deterministic computation, and
 the scores are gathered in candidate order, so every rank picks the same alpha and beta, and the
 choice does not depend on the world size. Subgraphs that share no module are searched in the same
-round (two collectives per round). Math and sources: ``docs/algorithms.md``.
+round (two collectives per round).
+
+With ``ext: {search_tokens: all}`` the score is measured on every calibration token instead, as
+msModelSlim does, without gathering them: each rank keeps every input row of its own samples
+(``record_probes`` with every row), scores every candidate of a round on each of its samples (the
+squared error and the reference's squared norm, float64, one single-threaded computation per
+sample), and ``ProcessGroup.ordered_sum`` adds the per-sample sums in global sample order, the same bits
+on every rank and for every world size. Math, sources and the cost: ``docs/algorithms.md``.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 
 from quantjob.api.modelslim import FlexSmoothQuant, LinearQuant
 from quantjob.worker.group.distributed import ProcessGroup
-from quantjob.worker.loop.observers import evenly_spaced
+from quantjob.worker.loop.observers import ActivationStats, evenly_spaced, probe_positions, probes_per_sample
 from quantjob.worker.loop.smoothing import (
     SEARCH_GRID,
     WEIGHT_FLOOR,
@@ -63,11 +71,17 @@ def apply_flex_smooth(entry: FlexSmoothQuant, ctx: LayerContext) -> None:
     sites = [site for site in selected_sites(ctx, entry.enable_subgraph_type, entry.include, entry.exclude, entry.ext.sites)
              if consumer_stats(ctx, site) is not None]
     search = entry.alpha is None or entry.beta is None
-    activations = gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites]) if search and sites else {}
+    every_token = entry.ext.search_tokens == "all"
+    activations = (gather_probes(ctx, [ctx.full_name(site.targets[0]) for site in sites])
+                   if search and sites and not every_token else {})
     for batch in independent_batches(sites):
         # the sites of a batch share no module, so a problem's weight maxima still hold at its fold
         maxima: list[torch.Tensor | None] = [None] * len(batch)
-        if search:
+        if search and every_token:
+            local = [_local_problem(ctx, site) for site in batch]
+            choices = search_alpha_beta_every_token(local, ctx.group, ctx.num_samples)
+            maxima = [problem.weight for problem in local]
+        elif search:
             problems = [_problem(ctx, site, activations[ctx.full_name(site.targets[0])]) for site in batch]
             choices = search_alpha_beta(problems, ctx.group)
             maxima = [problem.weight for problem in problems]
@@ -107,6 +121,39 @@ def _problem(ctx: LayerContext, site: Subgraph, x: torch.Tensor) -> SearchProble
     rows = torch.cat(weights) if SEARCH_ROWS is None else stacked_rows(weights, SEARCH_ROWS)
     entry = ctx.config.linear_quant_for(ctx.full_name(site.targets[0])) if ctx.config is not None else None
     return SearchProblem(x, rows, stats, weight_absmax(weights), search_scheme(entry))
+
+
+@dataclass
+class LocalProblem:
+    """One subgraph's search data on this rank: the input rows of each of its own samples
+    (``samples``: global sample index -> ``[L, d]``) and, as ``SearchProblem``, the consumers' rows,
+    the reduced statistics, the consumers' column maxima and the scheme."""
+
+    samples: dict[int, torch.Tensor]
+    w_rows: torch.Tensor
+    stats: ActivationStats
+    weight: torch.Tensor
+    scheme: SearchScheme
+
+    def sample(self, g: int) -> SearchProblem | None:
+        """The search problem of sample ``g``'s tokens (None: no token of it reached the subgraph)."""
+        x = self.samples.get(g)
+        if x is None or x.shape[0] == 0:
+            return None
+        return SearchProblem(x, self.w_rows, self.stats, self.weight, self.scheme)
+
+
+def _local_problem(ctx: LayerContext, site: Subgraph) -> LocalProblem:
+    name = ctx.full_name(site.targets[0])
+    if name not in ctx.probes or ctx.probes_per_sample is not None:
+        raise RuntimeError(f"every input row of {name} is needed (flex_smooth_quant ext.search_tokens: all): "
+                           "its registration must ask for the 'rows' statistics")
+    stats = consumer_stats(ctx, site)
+    assert stats is not None
+    weights = consumer_weights(ctx, site)
+    entry = ctx.config.linear_quant_for(name) if ctx.config is not None else None
+    return LocalProblem(ctx.probes[name], torch.cat(weights).float(), stats, weight_absmax(weights).float(),
+                        search_scheme(entry))
 
 
 def stacked_rows(weights: Sequence[torch.Tensor], count: int) -> torch.Tensor:
@@ -150,16 +197,33 @@ def independent_batches(sites: Sequence[Subgraph]) -> list[list[Subgraph]]:
     return batches
 
 
+P = TypeVar("P")
+T = TypeVar("T")
+
+
 def search_alpha_beta(problems: Sequence[SearchProblem], group: ProcessGroup) -> list[tuple[float, float]]:
     """msModelSlim's two-phase grid search for every problem, the candidates shared over the ranks."""
-    first = shared_scores([(p, SEARCH_GRID[k], SEARCH_GRID[LAST - k]) for p in problems
-                           for k in range(len(SEARCH_GRID))], group)
+    return two_phase_search(problems, lambda tasks: shared_scores(tasks, group))
+
+
+def search_alpha_beta_every_token(problems: Sequence[LocalProblem], group: ProcessGroup,
+                                  num_samples: int) -> list[tuple[float, float]]:
+    """The same search scored on every token of every sample: each rank scores its own samples."""
+    return two_phase_search(problems, lambda tasks: summed_scores(tasks, group, num_samples))
+
+
+def two_phase_search(problems: Sequence[P], scores: Callable[[list[tuple[P, float, float]]], list[float]]
+                     ) -> list[tuple[float, float]]:
+    """Phase 1 (alpha, 1 - alpha), then phase 2 (the chosen alpha, every beta) for every problem;
+    ``scores``: the error of every (problem, alpha, beta) task, the same list on every rank."""
+    first = scores([(p, SEARCH_GRID[k], SEARCH_GRID[LAST - k]) for p in problems
+                    for k in range(len(SEARCH_GRID))])
     size = len(SEARCH_GRID)
     alphas = [grid_choice(first[i * size:(i + 1) * size]) for i in range(len(problems))]
     # phase 2: alpha fixed, every beta but 1 - alpha, whose score phase 1 already has
     tasks = [(p, SEARCH_GRID[a], SEARCH_GRID[j]) for p, a in zip(problems, alphas, strict=True)
              for j in range(size) if j != LAST - a]
-    second = iter(shared_scores(tasks, group))
+    second = iter(scores(tasks))
     choices: list[tuple[float, float]] = []
     for i, a in enumerate(alphas):
         errors = [first[i * size + a] if j == LAST - a else next(second) for j in range(size)]
@@ -183,21 +247,61 @@ def score_locally(tasks: Sequence[tuple[SearchProblem, float, float]], indices: 
     thread, each single-threaded: a candidate is a few hundred small tensor operations, which
     threads inside one operation would only slow down, and its bits then never depend on how
     many threads the rank has."""
+    return dict(single_threaded_map(lambda index: (index, score(*tasks[index])), indices))
+
+
+def summed_scores(tasks: Sequence[tuple[LocalProblem, float, float]], group: ProcessGroup, num_samples: int) -> list[float]:
+    """The relative error of every task over every calibration token of all ranks.
+
+    Each rank computes, for each of its samples, the squared error of every task and the squared
+    norm of every problem's reference output (float64; one single-threaded computation per sample,
+    so its bits depend on the sample alone); ``ProcessGroup.ordered_sum`` adds these per-sample vectors in
+    global sample order. Every rank gets the same list, whatever the world size."""
+    problems = list({id(p): p for p, _, _ in tasks}.values())
+    slot = {id(p): i for i, p in enumerate(problems)}
+    act = [act_absmax(p.stats) for p in problems]
+    scales = [smoothing_scales(act[slot[id(p)]], p.weight, alpha, beta, WEIGHT_FLOOR) for p, alpha, beta in tasks]
+    width = len(tasks) + len(problems)
+    samples = sorted({g for p in problems for g in p.samples})
+
+    def one(g: int) -> tuple[int, torch.Tensor]:
+        partial = torch.zeros(width, dtype=torch.float64)
+        for i, problem in enumerate(problems):
+            sample = problem.sample(g)
+            if sample is None:
+                continue
+            partial[len(tasks) + i] = sample.norm
+            for t, (p, _, _) in enumerate(tasks):
+                if p is problem:
+                    partial[t] = sample.squared_error_of(scales[t].to(sample.x.device))
+        return g, partial
+
+    totals = group.ordered_sum(dict(single_threaded_map(one, samples)), num_samples, width)
+    out = []
+    for t, (p, _, _) in enumerate(tasks):
+        err, norm = float(totals[t]), float(totals[len(tasks) + slot[id(p)]])
+        out.append(err / norm if norm > 0 else err)
+    return out
+
+
+def single_threaded_map(work: Callable[[T], tuple[int, P]], items: Sequence[T]) -> list[tuple[int, P]]:
+    """``work`` of every item on this rank's threads, each single-threaded (its bits never depend on
+    how many threads the rank has), in item order."""
     threads = max(1, torch.get_num_threads())
-    if threads == 1 or len(indices) < 2:  # no pool to start (a rank of a data-parallel run has one thread)
+    if threads == 1 or len(items) < 2:  # no pool to start (a rank of a data-parallel run has one thread)
         with torch.inference_mode():
-            return {index: score(*tasks[index]) for index in indices}
+            return [work(item) for item in items]
 
     def single_threaded() -> None:
         torch.set_num_threads(1)
 
-    def one(index: int) -> tuple[int, float]:
+    def one(item: T) -> tuple[int, P]:
         with torch.inference_mode():
-            return index, score(*tasks[index])
+            return work(item)
 
     try:
         with ThreadPoolExecutor(threads, initializer=single_threaded) as pool:
-            return dict(pool.map(one, indices))
+            return list(pool.map(one, items))
     finally:
         torch.set_num_threads(threads)
 
@@ -208,7 +312,12 @@ def gather_probes(ctx: LayerContext, names: Sequence[str]) -> dict[str, torch.Te
     missing = [name for name in wanted if name not in ctx.probes]
     if missing:
         raise RuntimeError(f"no probe rows recorded for {missing[0]}: its registration must ask for the 'probes' statistics")
-    local = {(name, g): rows for name in wanted for g, rows in ctx.probes[name].items()}
+    if ctx.probes_per_sample is None:  # every row was kept (another entry scores every token): the probes of them
+        per_sample = probes_per_sample(ctx.num_samples)
+        local = {(name, g): rows[probe_positions(per_sample, rows.shape[0]).to(rows.device)]
+                 for name in wanted for g, rows in ctx.probes[name].items()}
+    else:
+        local = {(name, g): rows for name in wanted for g, rows in ctx.probes[name].items()}
     merged: dict[str, dict[int, torch.Tensor]] = {name: {} for name in wanted}
     for part in ctx.group.all_gather_tensors(local):
         for (name, g), rows in part.items():
