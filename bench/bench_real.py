@@ -39,16 +39,15 @@ from typing import Any
 
 import yaml
 
-from bench.llmc.venv import venv_python
+from bench.llmc.venv import QUANTIZE_SCRIPT, llmc_python, venv_python
 from bench.measure import BenchError, RunResult, log_tail, run_measured, thread_env
 from bench.report import RESULTS_DIR, machine, markdown_table, mb, run_bench, say
 from bench.runs import run_baseline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LLMC_SCRIPT = REPO_ROOT / "bench" / "llmc" / "quantize.py"
+LLMC_SCRIPT = QUANTIZE_SCRIPT
 LLMC_SCORE = REPO_ROOT / "bench" / "llmc" / "score.py"
 CROSSCHECK_TOKENS = 2048
-LLMC_PYTHON = venv_python()  # bench/.venv-llmc/bin/python, made by ``python -m bench.llmc.venv``
 
 FLEX_TARGET = 0.05        # W8A8 static + flex_smooth_quant within 5% of float perplexity
 DYNAMIC_TARGET = 0.015    # W8A8_DYNAMIC within 1.5%
@@ -196,13 +195,6 @@ def _last_error(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or ["(no output)"])[-1][:300]
-
-
-def llmc_python() -> Path | None:
-    """The llm-compressor venv's python when it exists (``python -m bench.llmc.venv`` makes it)."""
-    override = os.environ.get("QUANTJOB_LLMC_PYTHON")
-    python = Path(override) if override else LLMC_PYTHON
-    return python if python.is_file() and LLMC_SCRIPT.is_file() else None
 
 
 def run_llmc(inputs: Inputs, key: str, label: str, recipe: str, python: Path, work: Path) -> Outcome:
@@ -384,7 +376,7 @@ def run(inputs: Inputs, rows: list[Row], with_llmc: bool, work: Path,
     if not with_llmc:
         note = "llm-compressor rows skipped (--no-llmc)"
     elif python is None:
-        note = (f"llm-compressor rows skipped: no venv at {LLMC_PYTHON} (make it with `python -m bench.llmc.venv`, "
+        note = (f"llm-compressor rows skipped: no venv at {venv_python()} (make it with `python -m bench.llmc.venv`, "
                 "or set QUANTJOB_LLMC_PYTHON)" if LLMC_SCRIPT.is_file() else
                 f"llm-compressor rows skipped: {LLMC_SCRIPT.relative_to(REPO_ROOT)} is not in this checkout")
         say(note)

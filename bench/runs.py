@@ -87,12 +87,14 @@ class QuantizeJob:
     ranks: int = 1
     threads: int = 2
     quant_type: str = "w8a8"
+    config_path: Path | None = None  # a modelslim_v1 config instead of ``quant_type``
 
     def argv(self, save_path: Path) -> list[str]:
         device = "cpu" if self.ranks == 1 else "cpu:" + ",".join(str(i) for i in range(self.ranks))
         return [sys.executable, "-m", "quantjob.cli", "quantize",
                 "--model_path", str(self.model), "--save_path", str(save_path), "--device", device,
-                "--quant_type", self.quant_type, "--calib_file", str(self.calib),
+                *(["--config_path", str(self.config_path)] if self.config_path else ["--quant_type", self.quant_type]),
+                "--calib_file", str(self.calib),
                 "--calib_samples", str(self.samples), "--max_length", str(self.seq), "--overwrite"]
 
 

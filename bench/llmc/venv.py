@@ -9,6 +9,7 @@ project's own environment.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import venv
@@ -29,6 +30,17 @@ def _usable(python: Path) -> bool:
     probe = subprocess.run([str(python), "-c", "import llmcompressor, torch"], capture_output=True, timeout=600,
                            check=False)
     return probe.returncode == 0
+
+
+QUANTIZE_SCRIPT = Path(__file__).resolve().parent / "quantize.py"
+
+
+def llmc_python() -> Path | None:
+    """The llm-compressor venv's python when it exists (``python -m bench.llmc.venv`` makes it), or the
+    one ``QUANTJOB_LLMC_PYTHON`` names; None when there is none (the benchmarks then skip its rows)."""
+    override = os.environ.get("QUANTJOB_LLMC_PYTHON")
+    python = Path(override) if override else venv_python()
+    return python if python.is_file() and QUANTIZE_SCRIPT.is_file() else None
 
 
 def ensure_venv(path: Path = VENV_DIR, *, log: Path | None = None) -> tuple[Path | None, str]:
