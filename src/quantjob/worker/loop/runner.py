@@ -25,7 +25,7 @@ from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
 from quantjob.api.run_options import RunOptions, identity_options, identity_values
-from quantjob.worker.group.device import release_memory
+from quantjob.worker.group.device import limit_kernel_cache, release_memory
 from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.threads import sum_of_squares
 from quantjob.worker.loop.calibration import Calibration, load_calibration
@@ -287,6 +287,7 @@ def run_quantization(job: WorkerJob, group: ProcessGroup, device: torch.device, 
     ``model_config``: the model's config.json as the entry point's checks read it (read here when
     None); the run reads the file no other time."""
     started = time.monotonic()
+    limit_kernel_cache()
     times = PhaseTimes()
     if model_config is None:
         model_config = read_model_config(job.model_path)
