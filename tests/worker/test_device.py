@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,14 @@ def test_torch_npu_not_imported_for_cpu() -> None:
             "device.torch_device('cpu'); device.load_extension('cpu'); "
             "assert 'torch_npu' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+
+
+def test_the_kernel_cache_cap_is_a_default_the_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.worker.group.device import KERNEL_CACHE_ENV, limit_kernel_cache
+
+    monkeypatch.delenv(KERNEL_CACHE_ENV, raising=False)
+    limit_kernel_cache()
+    assert os.environ[KERNEL_CACHE_ENV] == "64"
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "512")
+    limit_kernel_cache()
+    assert os.environ[KERNEL_CACHE_ENV] == "512"

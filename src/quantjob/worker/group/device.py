@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -159,6 +160,20 @@ def release_memory(device: torch.device) -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+KERNEL_CACHE_CAPACITY = 64
+
+
+def limit_kernel_cache() -> None:
+    """Cap oneDNN's primitive cache (torch's CPU matmuls keep one compiled kernel per shape, 1024 by
+    default) unless the environment sets it: a MoE layer's experts each see another token count,
+    so the cache fills with kernels that are rarely reused. Measured on bench/bench_moe.py's model
+    (8 samples, 1 rank): peak RSS 1706 -> 1418 MiB, and the RSS between layers stays flat instead of
+    creeping up ~50 MiB per layer; the output is the same bytes (the kernels compute the same).
+    oneDNN reads the variable at its first use, so this runs before the first layer."""
+    os.environ.setdefault(KERNEL_CACHE_ENV, str(KERNEL_CACHE_CAPACITY))
 
 
 def staging_device(device: torch.device) -> torch.device:

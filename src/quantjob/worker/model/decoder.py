@@ -181,6 +181,22 @@ def _assign(layer: torch.nn.Module, local: str, tensor: torch.Tensor) -> None:
         module._buffers[attr] = tensor
 
 
+def _replace_weight(layer: torch.nn.Module, local: str, tensor: torch.Tensor) -> None:
+    """Put a dequantized weight in place of the float one, into the float one's own memory when it
+    has the same shape, dtype and device (the float weight is not needed once its record exists):
+    the rebuild then allocates one linear's scratch at a time, reused from linear to linear, rather
+    than a fresh tensor per linear while the float ones, freed to the read-ahead thread's malloc
+    arena, cannot be reused (measured on bench_moe's model: +230 MiB of heap per MoE layer)."""
+    owner, _, attr = local.rpartition(".")
+    module = layer.get_submodule(owner) if owner else layer
+    current = module._parameters.get(attr)
+    if (current is not None and current.device == tensor.device and current.shape == tensor.shape
+            and current.dtype == tensor.dtype and current.is_contiguous() and not current.is_meta):
+        current.data.copy_(tensor)
+        return
+    _assign(layer, local, tensor)
+
+
 def _activation_hook(record: QuantizedLinear) -> Any:
     if record.scheme == "W8A8":
         if record.input_scale is None or record.input_offset is None:
@@ -227,7 +243,7 @@ def quantized_layer(layer: torch.nn.Module, prefix: str, output: LayerOutput,
         _assign(layer, name[len(prefix):], tensor.to(device))
     for record in output.quantized:
         local_name = record.name[len(prefix):]
-        _assign(layer, f"{local_name}.weight", fake_quant_weight(record).to(device))
+        _replace_weight(layer, f"{local_name}.weight", fake_quant_weight(record).to(device))
         if record.bias is not None:
             _assign(layer, f"{local_name}.bias", record.bias.to(device))
     handles = []

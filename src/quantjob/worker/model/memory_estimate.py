@@ -19,6 +19,8 @@ weights counted dequantized, ``TensorInfo.loaded_nbytes``):
   linear (two float32 copies), whichever is larger;
 - the **embedding** table only while the first hidden states are made (it is freed before layer 0
   is read), so the peak is the larger of that phase and the layers';
+- on cpu, the **allocator**: what the heap holds beyond the live tensors (``KERNEL_CACHE_BYTES``,
+  ``HEAP_SLACK_LAYERS``; measured, see there);
 - a fixed **runtime** allowance (the interpreter, torch and the worker's modules on the host), more
   for a rank of a group (the process group and its buffers).
 
@@ -43,6 +45,14 @@ if TYPE_CHECKING:
 GiB = 2 ** 30
 RUNTIME_BYTES = 512 * 2 ** 20        # interpreter + torch + transformers + the worker, host RSS (measured ~0.4 GiB)
 GROUP_BYTES = 256 * 2 ** 20          # a rank of a group: the process group and its buffers (measured ~0.12 GiB on gloo)
+# cpu only (the compute device is the host heap): memory glibc's malloc holds that no tensor does,
+# measured on bench/bench_moe.py's model (mallinfo2 beside the live tensors, 8 samples, 1 rank):
+# the kernels torch's CPU matmuls cache (oneDNN primitives and their JIT code, one per shape; a MoE
+# layer's experts see many token counts), up to ~0.33 GiB above the runtime's own heap, and the freed
+# blocks of the layer's transient tensors still resident between the per-layer trims
+# (group.device.release_memory), up to ~1.2 x the largest decoder layer
+KERNEL_CACHE_BYTES = 384 * 2 ** 20
+HEAP_SLACK_LAYERS = 1.25
 LIMIT_ENV = "QUANTJOB_MEMORY_LIMIT"  # bytes one rank may use (a Kubernetes quantity, e.g. 60Gi); "none": no check
 _CGROUP_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 _UNLIMITED = 2 ** 60                 # cgroup v1 writes a huge number for "no limit"
@@ -110,6 +120,7 @@ class RankPeak:
     embedding_phase: int
     runtime: int
     ahead_on_host: int | None = None   # accelerator: the largest layer read ahead, in host memory
+    heap: int = 0                      # cpu: KERNEL_CACHE_BYTES + HEAP_SLACK_LAYERS x the largest layer
 
     @property
     def layers_phase(self) -> int:
@@ -117,7 +128,7 @@ class RankPeak:
 
     @property
     def total(self) -> int:
-        return self.runtime + max(self.embedding_phase, self.layers_phase)
+        return self.runtime + self.heap + max(self.embedding_phase, self.layers_phase)
 
     @property
     def host_total(self) -> int | None:
@@ -127,9 +138,10 @@ class RankPeak:
         ahead = ("" if self.ahead_on_host is None else
                  f"; host memory {gib(self.host_total or 0)} = runtime + the layer read ahead "
                  f"{gib(self.ahead_on_host)}")
+        heap = f" + allocator {gib(self.heap)}" if self.heap else ""
         where = "device" if self.ahead_on_host is not None else "memory"
         return (f"rank {self.rank} ({self.samples} samples, {self.tokens} tokens): {where} {gib(self.total)} = "
-                f"runtime {gib(self.runtime)} + max(embedding phase {gib(self.embedding_phase)}, layers: weights "
+                f"runtime {gib(self.runtime)}{heap} + max(embedding phase {gib(self.embedding_phase)}, layers: weights "
                 f"{gib(self.weights)} at layer {self.at_layer} + hidden states {gib(self.hidden)} + scratch "
                 f"{gib(self.scratch)}){ahead}")
 
@@ -158,13 +170,18 @@ def weights_peak(sizes: LayerBytes, *, accelerator: bool = False) -> tuple[int, 
 
 
 def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size: int, *, error_samples: int,
-               holding: Holding = "float", runtime: int | None = None, accelerator: bool = False) -> list[RankPeak]:
+               holding: Holding = "float", runtime: int | None = None, accelerator: bool = False,
+               heap: int | None = None) -> list[RankPeak]:
     """Every rank's peak for global samples of ``lengths`` tokens (rank r owns r, r + W, ...);
     ``runtime`` None: ``RUNTIME_BYTES``, plus ``GROUP_BYTES`` for more than one rank; ``accelerator``:
-    the compute device is not the host (the read-ahead layer is counted in host memory)."""
+    the compute device is not the host (the read-ahead layer is counted in host memory); ``heap``
+    None: on cpu ``KERNEL_CACHE_BYTES + HEAP_SLACK_LAYERS x`` the largest layer, 0 on an accelerator
+    (its allocator is not the host heap; not measured there)."""
     if runtime is None:
         runtime = RUNTIME_BYTES + (GROUP_BYTES if world_size > 1 else 0)
     weights, at = weights_peak(sizes, accelerator=accelerator)
+    if heap is None:
+        heap = 0 if accelerator else KERNEL_CACHE_BYTES + int(HEAP_SLACK_LAYERS * max(sizes.layers, default=0))
     ahead = max(sizes.layers[1:], default=0) if accelerator else None
     errors = min(error_samples, len(lengths))
     token = dims.hidden * sizes.dtype_bytes
@@ -181,7 +198,7 @@ def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size
             + 4 * dims.heads * longest * longest + 4 * longest * max(dims.hidden, dims.intermediate)
         scratch = max(forward, 8 * sizes.largest_linear)
         peaks.append(RankPeak(rank, len(own), tokens, weights, at, held * token, scratch,
-                              sizes.embedding + tokens * token, runtime, ahead))
+                              sizes.embedding + tokens * token, runtime, ahead, heap))
     return peaks
 
 
@@ -244,7 +261,7 @@ def check_fits(peaks: Sequence[RankPeak], capacity: Capacity | None, device: str
         return
     worst = max(peaks, key=lambda p: p.total)
     if capacity is not None and worst.total > capacity.bytes:
-        weights_alone = worst.runtime + worst.weights + worst.scratch
+        weights_alone = worst.runtime + worst.heap + worst.weights + worst.scratch
         advice = ("a device or pod with more memory (the runtime, a decoder layer with its int8 codes"
                   f"{'' if worst.ahead_on_host is not None else ', the next layer read ahead'} and the scratch alone "
                   f"need {gib(weights_alone)} per rank, whatever the number of ranks)"
