@@ -149,14 +149,22 @@ def _launcher_process(fake: list[str], mode: str, tmp_path: Path, devices: str,
     """``launcher.launch`` in a process of its own, running the fake worker in ``mode``.
 
     A process started in the background by a non-interactive shell (``cmd &``), as a CI harness may
-    be, inherits SIGINT ignored, and the launcher then keeps ignoring it, as Python itself does: the
-    driver restores it first, as a terminal's Ctrl-C finds it."""
+    be, inherits SIGINT ignored, and the launcher then keeps ignoring it, as Python itself does. The
+    child starts with SIGINT at its default instead, as a terminal's Ctrl-C finds it: a SIGINT sent
+    before the interpreter is up kills it (never a launcher with ranks that missed the signal), and
+    Python installs its handler from there on. The driver sets that handler again in case the
+    interpreter was told to leave signals alone."""
     driver = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
               "import sys; from quantjob.worker.group import launcher, device; "
               f"sys.exit(launcher.launch([{mode!r}, {str(tmp_path)!r}], device.parse_devices({devices!r}), "
               f"program={fake!r}, grace_s=5.0))")
-    return subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    # a handler (unlike "ignore") is reset to the default across exec; the tests run in the main thread
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-c", driver], env={"PATH": "", "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
