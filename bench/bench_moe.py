@@ -13,9 +13,7 @@ process and per rank, and the per-layer seconds; writes ``moe.{json,md}`` under 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,14 +76,10 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def header_bytes(directory: Path) -> dict[str, int]:
     """Bytes of every tensor of a model directory, from its safetensors headers (no tensor is read)."""
-    sizes: dict[str, int] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with file.open("rb") as handle:
-            length = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(length))
-        sizes.update({name: entry["data_offsets"][1] - entry["data_offsets"][0]
-                      for name, entry in header.items() if name != "__metadata__"})
-    return sizes
+    from quantjob.worker.model.checkpoint import read_header
+
+    return {name: info.nbytes for file in sorted(directory.glob("*.safetensors"))
+            for name, info in read_header(file).items()}
 
 
 def layer_and_embedding_bytes(directory: Path, layers: int) -> tuple[int, int]:
