@@ -101,7 +101,7 @@ def observe_inputs(modules: Mapping[str, torch.nn.Linear]) -> Iterator[dict[str,
 # token 0. Issue 23's rule (docs/algorithms.md): the smallest budget of the measured table whose
 # worst excess error over every token's pair is at most 0.25% on both the anchor shape and
 # Gemma3-270M. 256 fails it (Gemma3: 12 of 20 sites, worst +2.10%); 1024 passes (anchor +0.22%,
-# Gemma3 18 of 20, worst +0.25%); 4096 (20 of 20) costs about 4x the search for +0.01%.
+# Gemma3 18 of 20, worst +0.25%); 4096 (20 of 20) costs about 4.6x the search for +0.01%.
 PROBE_TOKENS = 1024
 
 
