@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
 from quantjob.worker.group.distributed import ProcessGroup
 from quantjob.worker.loop.observers import (
+    PROBE_TOKENS,
     ActivationStats,
     evenly_spaced,
     probe_positions,
@@ -217,7 +219,14 @@ def test_probe_positions_depend_on_the_sample_only() -> None:
     assert evenly_spaced(4, 8).tolist() == [1, 3, 5, 7]
     assert evenly_spaced(10, 3).tolist() == [0, 1, 2]
     assert probes_per_sample(64, 256) == 4 and probes_per_sample(7, 256) == 37 and probes_per_sample(1000, 256) == 1
-    assert probes_per_sample(64) == 4  # PROBE_TOKENS = 256 (issue 23)
+    assert probes_per_sample(64) == 16  # PROBE_TOKENS = 1024 (issue 23's table)
+
+
+def test_the_docs_state_the_probe_default() -> None:
+    """docs/algorithms.md chooses PROBE_TOKENS from its tables and names the value; design.md repeats it."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    assert f"`PROBE_TOKENS = {PROBE_TOKENS}`" in (docs / "algorithms.md").read_text(encoding="utf-8")
+    assert f"`PROBE_TOKENS` ({PROBE_TOKENS}," in (docs / "design.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(("count", "length"), [(1, 1), (1, 512), (4, 8), (4, 9), (37, 512), (600, 512), (3, 0)])

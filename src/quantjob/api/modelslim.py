@@ -151,7 +151,8 @@ class SmoothExt(Strict):
 class FlexSmoothExt(SmoothExt):
     """``flex_smooth_quant``'s ``ext``: ``sites`` as every smoothing entry, and ``search_tokens``, the
     calibration tokens the (alpha, beta) search scores: ``probes`` (default) the bounded probe subset
-    (token 0 and about ``PROBE_TOKENS`` spread tokens of all samples, gathered to every rank), ``all``
+    (token 0 and about ``PROBE_TOKENS`` = 1024 spread tokens of all samples, gathered to every
+    rank; issue 23's table in ``docs/algorithms.md`` chose the number), ``all``
     every token of every sample, each rank scoring its own samples and the error sums added in
     global sample order (msModelSlim's data; more memory and time). ``docs/algorithms.md`` measures both.
     """

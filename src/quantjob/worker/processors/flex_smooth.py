@@ -7,7 +7,7 @@ alpha on the grid 0, 0.05, ..., 1 with beta = 1 - alpha, phase 2 keeps that alph
 the same grid; the score is the relative output error of the subgraph with both sides
 fake-quantized to int8 (``smoothing.SearchProblem``).
 
-The score is measured on the probe rows of the activations (about ``observers.PROBE_TOKENS``
+The score is measured on the probe rows of the activations (about ``observers.PROBE_TOKENS``, 1024,
 tokens: token 0 and evenly spaced positions of every calibration sample, gathered from all ranks in
 global sample order) and every output row of the consumers (``SEARCH_ROWS``).
 Every rank then holds the same inputs; the candidates of a round are dealt out over the ranks
