@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -123,12 +124,39 @@ def test_torch_npu_not_imported_for_cpu() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
 
 
-def test_the_kernel_cache_cap_is_a_default_the_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantjob.worker.group.device import KERNEL_CACHE_ENV, limit_kernel_cache
+def test_the_kernel_cache_caps_are_defaults_the_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.worker.group.device import KERNEL_CACHE_ENV, MATMUL_CACHE_ENV, limit_kernel_cache
 
     monkeypatch.delenv(KERNEL_CACHE_ENV, raising=False)
+    monkeypatch.delenv(MATMUL_CACHE_ENV, raising=False)
     limit_kernel_cache()
-    assert os.environ[KERNEL_CACHE_ENV] == "64"
+    assert (os.environ[KERNEL_CACHE_ENV], os.environ[MATMUL_CACHE_ENV]) == ("64", "16")
     monkeypatch.setenv(KERNEL_CACHE_ENV, "512")
+    monkeypatch.setenv(MATMUL_CACHE_ENV, "128")
     limit_kernel_cache()
-    assert os.environ[KERNEL_CACHE_ENV] == "512"
+    assert (os.environ[KERNEL_CACHE_ENV], os.environ[MATMUL_CACHE_ENV]) == ("512", "128")
+
+
+def test_the_matmul_cache_cap_keeps_heap_flat_over_many_token_counts() -> None:
+    """A MoE expert sees a new token count on every forward: with the caps torch's bf16 linear
+    keeps a bounded number of kernels (at torch's defaults 500 token counts leave ~150 MiB)."""
+    code = ("import ctypes, torch\n"
+            "from quantjob.worker.group.device import limit_kernel_cache\n"
+            "limit_kernel_cache(); torch.set_num_threads(1)\n"
+            "class MI(ctypes.Structure):\n"
+            "    _fields_ = [(n, ctypes.c_size_t) for n in 'a b c d e f g inuse i j'.split()]\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = MI\n"
+            "w = torch.randn(512, 1024, dtype=torch.bfloat16)\n"
+            "def run(): [torch.nn.functional.linear(torch.ones(m, 1024, dtype=torch.bfloat16), w) for m in range(1, 1200, 4)]\n"
+            "run(); before = libc.mallinfo2().inuse; run(); run()\n"
+            "first = libc.mallinfo2().inuse\n"
+            "[torch.nn.functional.linear(torch.ones(m, 1024, dtype=torch.bfloat16), w) for m in range(2, 1200, 4)]\n"
+            "print((libc.mallinfo2().inuse - first) / 2**20)\n")
+    try:
+        ctypes.CDLL("libc.so.6").mallinfo2  # noqa: B018
+    except (OSError, AttributeError):
+        pytest.skip("glibc's mallinfo2 is not available here")
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    grown_mib = float(result.stdout.strip())
+    assert grown_mib < 40, f"300 new token counts grew the heap in use by {grown_mib:.0f} MiB"

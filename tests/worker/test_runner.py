@@ -345,3 +345,40 @@ def test_at_most_one_layer_resident_and_progress(tiny_model: Callable[..., Path]
     run_quantization(job, ProcessGroup(), CPU, Recorder(), open_saver_fn=memory_saver)
     assert peaks == [0, 0, 0, 0] and resident() == 0
     assert events == [("start", 4, 0), *[("layer", i, 4, True) for i in (1, 2, 3, 4)], ("finish", True)]
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["cpu", "accelerator"])
+def test_the_next_layer_is_read_ahead_during_compute_only_off_cpu(early: bool, tiny_model: Callable[..., Path],
+                                                                  calib_jsonl: Callable[..., Path], memory_saver: Any,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On cpu the read-ahead layer would share the memory the layer computes in: layer i + 1 is
+    submitted only after layer i is released. Off cpu (``reads_ahead_during_compute``) it is
+    submitted as layer i is taken, so it loads while layer i computes."""
+    events: list[str] = []
+    prefetcher_class, release = runner_module.Prefetcher, runner_module.release
+
+    class Spy(prefetcher_class):  # type: ignore[misc, valid-type]
+        def submit(self, key: str, names: list[str]) -> None:
+            events.append(f"submit {key}")
+            super().submit(key, names)
+
+        def take(self, key: str, names: list[str]) -> dict[str, torch.Tensor]:
+            events.append(f"take {key}")
+            return super().take(key, names)
+
+    def released(layer: torch.nn.Module) -> None:
+        events.append("release")
+        release(layer)
+
+    monkeypatch.setattr(runner_module, "Prefetcher", Spy)
+    monkeypatch.setattr(runner_module, "release", released)
+    monkeypatch.setattr(runner_module, "reads_ahead_during_compute", lambda device: early)
+    _run(tiny_model("llama", 3), calib_jsonl(2), _config("w8a16"), memory_saver, tmp_path, calib_samples=2)
+    layer = [f"model.layers.{i}." for i in range(3)]
+    assert [e for e in events if e.startswith("take")] == [f"take {p}" for p in layer]
+    for i in (1, 2):
+        before = events[:events.index(f"submit {layer[i]}")]
+        # take(i) itself submits layer i when nothing was (a plain load); only the read-ahead is checked
+        assert before.count("release") == (i - 1 if early else i), events
+    assert all(events.index(f"submit {layer[i]}") < events.index(f"take {layer[i]}") for i in (1, 2))

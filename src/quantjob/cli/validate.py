@@ -108,12 +108,12 @@ def estimate_text(args: argparse.Namespace, out: TextIO) -> int:
     peaks = rank_peaks(sizes, dims, [args.max_length] * args.calib_samples, devices,
                        error_samples=args.error_samples, holding="quantized" if args.next_layer_input == "quantized"
                        else "float", accelerator=args.device_type != "cpu")
-    weights, at = weights_peak(sizes, accelerator=args.device_type != "cpu")
+    weights, at = weights_peak(sizes)
     fp8 = " (FP8, counted dequantized to bf16)" if checkpoint.fp8 else ""
     out.write(f"{args.model_path}: {len(sizes.layers)} decoder layers{fp8}; largest layer "
               f"{gib(max(sizes.layers, default=0))}, embedding {gib(sizes.embedding)}; weights held at layer {at}: "
-              f"{gib(weights)} (the layer{'' if args.device_type != 'cpu' else ', the next one read ahead'}, its int8 "
-              "codes, and the previous layer's codes the saver may hold or one dequantized linear)\n")
+              f"{gib(weights)} (the layer, its int8 codes, and the previous layer's codes the saver may hold or one "
+              "dequantized linear)\n")
     out.writelines(f"  {peak.explain()}\n" for peak in peaks)
     worst = max(peaks, key=lambda p: p.total)
     try:

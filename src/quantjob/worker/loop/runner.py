@@ -25,7 +25,12 @@ from quantjob.api import catalogue
 from quantjob.api.modelslim import ModelslimConfig
 from quantjob.api.processor_registry import statistics_for
 from quantjob.api.run_options import RunOptions, identity_options, identity_values
-from quantjob.worker.group.device import limit_kernel_cache, release_memory
+from quantjob.worker.group.device import (
+    limit_kernel_cache,
+    reads_ahead_during_compute,
+    release_memory,
+    trim_host_heap,
+)
 from quantjob.worker.group.distributed import ProcessGroup, shard_indices
 from quantjob.worker.group.threads import sum_of_squares
 from quantjob.worker.loop.calibration import Calibration, load_calibration
@@ -152,13 +157,19 @@ class _Loop:
         return hidden
 
     def forward(self, index: int, layer: torch.nn.Module, hidden: dict[int, torch.Tensor],
-                samples: list[int], *, keep: set[int] | None = None) -> dict[int, torch.Tensor]:
-        """Outputs of ``samples``; with ``keep``, every other input is dropped once it has been used."""
+                samples: list[int], *, keep: set[int] | None = None, collect: bool = True) -> dict[int, torch.Tensor]:
+        """Outputs of ``samples``; with ``keep``, every other input is dropped once it has been used;
+        without ``collect``, each output is dropped as soon as it exists (a pass run for what its
+        hooks observe: the outputs would be one more copy of the hidden states at the layer's peak)."""
         out: dict[int, torch.Tensor] = {}
         for g in samples:
-            out[g] = layer_forward(self.skeleton, index, layer, hidden[g])
+            output = layer_forward(self.skeleton, index, layer, hidden[g])
+            if collect:
+                out[g] = output
+            del output
             if keep is not None and g not in keep:
                 del hidden[g]
+            trim_host_heap()
         return out
 
     def replay_forward(self, index: int, layer: torch.nn.Module,
@@ -174,12 +185,12 @@ class _Loop:
         return out
 
     def observe(self, index: int, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
-                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None, probed: Collection[str] = ()
-                ) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
+                hidden: dict[int, torch.Tensor], *, keep: set[int] | None = None, probed: Collection[str] = (),
+                collect: bool = True) -> tuple[dict[str, ActivationStats], Probes, dict[int, torch.Tensor]]:
         """One pass of the local samples observing every linear's inputs: the statistics reduced over
         all ranks, this rank's probe rows of the ``probed`` linears (when a processor uses them) and
-        the layer outputs. The first pass over a MoE layer also counts the tokens routed to each
-        expert (over all ranks)."""
+        the layer outputs (none without ``collect``). The first pass over a MoE layer also counts
+        the tokens routed to each expert (over all ranks)."""
         probing: AbstractContextManager[Probes] = nullcontext({})
         if self.probing:
             probing = record_probes({name: linears[name] for name in linears if name in probed}, self.local,
@@ -190,7 +201,7 @@ class _Loop:
             set_all_tokens(layer, self.job.calibrate_all_experts)
             try:
                 with observe_inputs(linears) as local_stats, probing as probes, counting as counts:
-                    out = self.forward(index, layer, hidden, self.local, keep=keep)
+                    out = self.forward(index, layer, hidden, self.local, keep=keep, collect=collect)
             finally:
                 set_all_tokens(layer, False)
             stats = reduce_stats(local_stats, self.group)
@@ -215,12 +226,13 @@ class _Loop:
             if len(hidden) < len(self.local):  # a processor's entry lacks reobserves=True
                 raise RuntimeError("spec.process: statistics of changed weights are needed, but a processor "
                                    "changed them without declaring reobserves")
-            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden, probed=probed)
+            ctx.stats, ctx.probes, _ = self.observe(index, layer, linears, hidden, probed=probed, collect=False)
             ctx.modified = False
 
         ctx.reobserve = reobserve
         ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs,
                                                         probed=probed)
+        trim_host_heap()
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
@@ -231,6 +243,10 @@ class _Loop:
         # codes), statistics and probe rows alive until Python's cyclic collector happens to run,
         # measured as ~125 MiB more held per MoE layer of bench_moe's model, layer after layer
         ctx.reobserve = _no_reobserve
+        if self.job.next_layer_input == "float":  # no processor observes again: only the error samples'
+            for g in [g for g in hidden if g not in self.error_local]:  # inputs are still needed
+                del hidden[g]
+        trim_host_heap()
         records = [ctx.records[name] for name in linears if name in ctx.records]
         check_records(records, index)
         taken = {f"{r.name}.weight" for r in records} | {f"{r.name}.bias" for r in records}
@@ -248,6 +264,7 @@ class _Loop:
         samples = self.local if quantized else self.error_local
         with self.times.phase("quantized forward"):
             with quantized_layer(layer, prefix, output, self.device) as qlayer:
+                trim_host_heap()  # the rebuild's scratch
                 quant_out = self.forward(index, qlayer, hidden, samples)
             error = self.relative_error(float_out, quant_out) if output.quantized else None
         check_error(error, index)
@@ -375,13 +392,15 @@ def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
     names = [loop.checkpoint.names_under(adapter.layer_prefix(i)) for i in range(num_layers)]
     hidden = loop.embed()
     errors: list[tuple[int, float | None]] = []
+    early = reads_ahead_during_compute(loop.device)  # else the next layer is read after this one's release
     with torch.inference_mode():
         for index in range(num_layers):
             loop.group.where = f"layer {index}"
             prefix = adapter.layer_prefix(index)
+            has_next = index + 1 < num_layers
             with times.phase("loading"):
                 tensors = prefetcher.take(prefix, names[index])
-                if index + 1 < num_layers:
+                if early and has_next:
                     prefetcher.submit(adapter.layer_prefix(index + 1), names[index + 1])
                 layer = skeleton.layers[index]
                 materialise(layer, prefix, tensors)
@@ -400,6 +419,8 @@ def _run_layers(loop: _Loop, saver: Any, prefetcher: Prefetcher, committed: int,
             with times.phase("release"):
                 release(layer)
                 release_memory(loop.device)
+            if not early and has_next:  # read while the progress is reported and the commit runs
+                prefetcher.submit(adapter.layer_prefix(index + 1), names[index + 1])
             if report:
                 report.layer_done(index + 1, num_layers, error)
     return errors

@@ -8,9 +8,10 @@ weights counted dequantized, ``TensorInfo.loaded_nbytes``):
   error pass (``decoder.quantized_layer``, in place, one linear at a time) one dequantized linear
   beside the float one it replaces; before that, while its processors run, the records of layer
   ``i - 1`` may still be held by the saver's commit thread: ``B_i + codes_i + max(codes_{i-1},
-  largest linear)``. Layer ``i + 1``, read
-  ahead by the prefetcher (``checkpoint.Prefetcher``), waits in host memory on an accelerator
-  (``host``: runtime + ``B_{i+1}``) and adds ``B_{i+1}`` to the weights on cpu (one memory);
+  largest linear)``. On an accelerator layer ``i + 1``, read ahead by the prefetcher
+  (``checkpoint.Prefetcher``) while layer ``i`` computes, waits in host memory (``host``: runtime
+  + ``B_{i+1}``); on cpu it is read once layer ``i`` is released
+  (``group.device.reads_ahead_during_compute``), beside at most layer ``i``'s codes;
 - **hidden states** of the rank's own samples (``tokens x hidden``): the layer inputs still needed,
   the float outputs, and the quantized outputs of the error samples; inputs are dropped as their
   output appears, except those a later step needs (``_Loop.kept_inputs``);
@@ -46,13 +47,13 @@ GiB = 2 ** 30
 RUNTIME_BYTES = 512 * 2 ** 20        # interpreter + torch + transformers + the worker, host RSS (measured ~0.4 GiB)
 GROUP_BYTES = 256 * 2 ** 20          # a rank of a group: the process group and its buffers (measured ~0.12 GiB on gloo)
 # cpu only (the compute device is the host heap): memory glibc's malloc holds that no tensor does,
-# measured on bench/bench_moe.py's model (mallinfo2 beside the live tensors, 8 samples, 1 rank):
-# the kernels torch's CPU matmuls cache (oneDNN primitives and their JIT code, one per shape; a MoE
-# layer's experts see many token counts), up to ~0.33 GiB above the runtime's own heap, and the freed
-# blocks of the layer's transient tensors still resident between the per-layer trims
-# (group.device.release_memory), up to ~1.2 x the largest decoder layer
-KERNEL_CACHE_BYTES = 384 * 2 ** 20
-HEAP_SLACK_LAYERS = 1.25
+# measured on bench/bench_moe.py's model (mallinfo2 beside the live tensors at every phase, 8 and 64
+# samples, 1 rank, 2026-12-08): the kernels torch's CPU matmuls cache, with both caches capped
+# (group.device.limit_kernel_cache: 500 token counts of one bf16 linear leave 31 MiB), and the freed
+# blocks of a phase's transient tensors still resident under its peak between the trims (the loop
+# trims after every sample's forward and between phases): ~0.85 x the largest decoder layer at most
+KERNEL_CACHE_BYTES = 128 * 2 ** 20
+HEAP_SLACK_LAYERS = 1.0
 LIMIT_ENV = "QUANTJOB_MEMORY_LIMIT"  # bytes one rank may use (a Kubernetes quantity, e.g. 60Gi); "none": no check
 _CGROUP_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 _UNLIMITED = 2 ** 60                 # cgroup v1 writes a huge number for "no limit"
@@ -151,9 +152,10 @@ def gib(count: int) -> str:
     return f"{count / GiB:.2f} GiB" if count >= GiB else f"{count / 2 ** 20:.1f} MiB"
 
 
-def weights_peak(sizes: LayerBytes, *, accelerator: bool = False) -> tuple[int, int]:
-    """(bytes, layer) of ``max_i (B_i + codes_i + max(codes_{i-1}, largest linear) [+ B_{i+1} on
-    cpu])`` on the compute device (``accelerator``: the layer read ahead waits in host memory).
+def weights_peak(sizes: LayerBytes) -> tuple[int, int]:
+    """(bytes, layer) of ``max_i (B_i + codes_i + max(codes_{i-1}, largest linear))`` on the compute
+    device. No layer read ahead is counted there: on an accelerator it waits in host memory, on cpu
+    it is read after layer ``i`` is released (``B_{i+1} + codes_i`` then, less than the sum above).
 
     ``codes_{i-1}``: the saver commits layer ``i - 1`` on a background thread and holds its records
     until done, at the latest until layer ``i``'s records are handed over (``save`` waits for it),
@@ -162,8 +164,7 @@ def weights_peak(sizes: LayerBytes, *, accelerator: bool = False) -> tuple[int, 
     rebuilt = sizes.largest_linear * sizes.dtype_bytes
     codes = [linear // max(1, sizes.dtype_bytes) for linear in sizes.linears]
     for i, own in enumerate(sizes.layers):
-        ahead = sizes.layers[i + 1] if i + 1 < len(sizes.layers) and not accelerator else 0
-        held = own + ahead + codes[i] + max(codes[i - 1] if i else 0, rebuilt)
+        held = own + codes[i] + max(codes[i - 1] if i else 0, rebuilt)
         if held > best:
             best, at = held, i
     return best, at
@@ -179,7 +180,7 @@ def rank_peaks(sizes: LayerBytes, dims: Dims, lengths: Sequence[int], world_size
     (its allocator is not the host heap; not measured there)."""
     if runtime is None:
         runtime = RUNTIME_BYTES + (GROUP_BYTES if world_size > 1 else 0)
-    weights, at = weights_peak(sizes, accelerator=accelerator)
+    weights, at = weights_peak(sizes)
     if heap is None:
         heap = 0 if accelerator else KERNEL_CACHE_BYTES + int(HEAP_SLACK_LAYERS * max(sizes.layers, default=0))
     ahead = max(sizes.layers[1:], default=0) if accelerator else None
