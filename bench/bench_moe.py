@@ -90,10 +90,27 @@ def layer_and_embedding_bytes(directory: Path, layers: int) -> tuple[int, int]:
     return max(per_layer), sizes.get("model.embed_tokens.weight", 0)
 
 
-def runtime_floor(work: Path, timeout_s: float) -> RunResult:
-    """Peak RSS of a process that only imports what a rank imports (torch, transformers, the loop):
-    the part of every rank's RSS that no layer accounts for."""
-    argv = [sys.executable, "-c", "import torch, transformers, quantjob.worker.loop.runner, quantjob.worker.entry"]
+FLOOR_SCRIPT = """
+import sys
+from pathlib import Path
+import torch
+import quantjob.worker.entry
+from quantjob.worker.loop import runner
+from quantjob.worker.model.adapters import adapter_for
+from quantjob.worker.model.decoder import build_skeleton
+from quantjob.worker.model.model_config import read_model_config
+model = Path(sys.argv[1])
+adapter = adapter_for(read_model_config(model), None, config_file=str(model / "config.json"))
+build_skeleton(model, adapter, torch.device("cpu"), trust_remote_code=False)
+"""
+
+
+def runtime_floor(model: Path, work: Path, timeout_s: float) -> RunResult:
+    """Peak RSS of a process that does what a rank does before it reads any weight: imports torch,
+    transformers and the loop, and builds the model's skeleton on the meta device (which imports
+    the family's transformers modeling code: 138 MiB of the 400 MiB for DeepSeek-V3 in
+    transformers 5.25). The part of every rank's RSS that no layer accounts for."""
+    argv = [sys.executable, "-c", FLOOR_SCRIPT, str(model)]
     return run_measured(argv, env=thread_env(1), log_path=work / "floor.log", cwd=REPO_ROOT, timeout_s=timeout_s)
 
 
@@ -143,7 +160,7 @@ def run(shape: MoeShape, samples: int, seq: int, *, config: Path | None, quant_t
     if with_llmc:
         say("llm-compressor W8A8 dynamic, one process, 2 threads")
         llmc, llmc_note = run_llm_compressor(model, calib, samples, seq, work, timeout_s)
-    floor = runtime_floor(work, timeout_s)
+    floor = runtime_floor(model, work, timeout_s)
     layer, embedding = layer_and_embedding_bytes(model, shape.layers)
     rows = [("transformers forward (batches of 8, compute only)", forward_s, baseline.max_rss_bytes, None)]
     rows += [(f"quantjob quantize, {name} (whole process)", r.wall_s, r.max_rank_peak_bytes(), per_layer_seconds(r))
@@ -168,7 +185,8 @@ def run(shape: MoeShape, samples: int, seq: int, *, config: Path | None, quant_t
         (f"peak RSS per rank, largest of the three runs = {mb(peak):.0f} MB; 3 layers + embedding = "
          f"{mb(budget):.0f} MB (one layer {mb(layer):.0f} MB, embedding {mb(embedding):.0f} MB): "
          f"{'met' if peak <= budget else 'NOT met'}; less the {mb(floor.max_rss_bytes):.0f} MB a process holds "
-         f"after importing torch, transformers and the loop: {mb(peak - floor.max_rss_bytes):.0f} MB "
+         f"before it reads a weight (torch, transformers, the loop and the meta skeleton imported and built): "
+         f"{mb(peak - floor.max_rss_bytes):.0f} MB "
          f"({'met' if peak - floor.max_rss_bytes <= budget else 'NOT met'})"),
         *([(f"llm-compressor / quantjob (both 2 threads, whole process) = "
            f"{_ratio(llmc.wall_s, runs['1 rank, 2 threads'].wall_s)}")] if llmc is not None else [llmc_note]),
