@@ -60,8 +60,8 @@ def register(subparsers: Any) -> None:
     model.add_argument("--next_layer_input", choices=("float", "quantized"), default="float",
                        help="as quantize (default float)")
     model.add_argument("--device_type", choices=("cpu", "npu", "cuda"), default="cpu",
-                       help="the ranks' device: on npu or cuda the layer read ahead waits in host memory, so the "
-                            "device holds one layer; on cpu one memory holds both (default cpu, the larger figure)")
+                       help="the ranks' device: on npu or cuda the layer read ahead waits in host memory (reported "
+                            "beside the device's figure); on cpu the heap's allocator term is added (default cpu)")
     model.add_argument("--memory_limit", metavar="QUANTITY",
                        help="what one rank may use (e.g. 64Gi): exit 1 when a rank's estimate is larger")
     parser.set_defaults(run=run)

@@ -197,9 +197,10 @@ def limit_kernel_cache() -> None:
 
 
 def staging_device(device: torch.device) -> torch.device:
-    """Where the next decoder layer is read ahead while ``device`` computes: host memory for an
-    accelerator (the device holds one layer at a time; the read-ahead layer moves over when the
-    loop takes it), ``device`` itself on cpu (there is no other memory)."""
+    """Where the next decoder layer is read: host memory for an accelerator (read ahead while the
+    device computes; the device holds one layer at a time, the read-ahead layer moves over when the
+    loop takes it), ``device`` itself on cpu (there is no other memory; read after the release,
+    ``reads_ahead_during_compute``)."""
     import torch
 
     return torch.device("cpu") if device.type != "cpu" else device

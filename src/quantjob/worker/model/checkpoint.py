@@ -283,7 +283,8 @@ class Prefetcher:
     On an accelerator the tensors are read into host memory (pinned where the runtime allows,
     ``quantjob.worker.group.device.staging_device``) and moved to ``device`` one by one when taken, so
     the device never holds the layer read ahead beside the one it computes (for DeepSeek-V3 a MoE
-    layer is 21.4 GiB); on cpu they are read straight into place."""
+    layer is 21.4 GiB); on cpu they are read straight into place (the loop submits the next layer
+    only once the current one is released there: ``group.device.reads_ahead_during_compute``)."""
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device,
                  verify: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> None:

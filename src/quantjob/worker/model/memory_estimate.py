@@ -263,8 +263,8 @@ def check_fits(peaks: Sequence[RankPeak], capacity: Capacity | None, device: str
     worst = max(peaks, key=lambda p: p.total)
     if capacity is not None and worst.total > capacity.bytes:
         weights_alone = worst.runtime + worst.heap + worst.weights + worst.scratch
-        advice = ("a device or pod with more memory (the runtime, a decoder layer with its int8 codes"
-                  f"{'' if worst.ahead_on_host is not None else ', the next layer read ahead'} and the scratch alone "
+        advice = ("a device or pod with more memory (the runtime, a decoder layer with its int8 codes "
+                  "and the scratch alone "
                   f"need {gib(weights_alone)} per rank, whatever the number of ranks)"
                   if weights_alone > capacity.bytes else
                   "more ranks, fewer --calib_samples or a shorter --max_length (fewer hidden states per rank), "
