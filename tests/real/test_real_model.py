@@ -12,7 +12,7 @@ import torch
 from bench import real_model
 from quantjob.cli import main
 from quantjob.worker.model.checkpoint import Checkpoint
-from quantjob.worker.readers.perplexity import perplexity
+from quantjob.worker.readers.perplexity import PerplexityResult, perplexity
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -44,15 +44,21 @@ def test_calibration_is_512_token_samples_without_the_held_out_play(gemma: Path,
     assert len({tuple(s) for s in samples}) == 64
 
 
-def test_float_perplexity_on_the_held_out_play_is_sane(gemma: Path) -> None:
-    result = perplexity(gemma, real_model.eval_text(), max_length=512, max_tokens=EVAL_TOKENS)
+@pytest.fixture(scope="module")
+def float_perplexity(gemma: Path) -> PerplexityResult:
+    """The float model on the held-out play: computed once, checked below and compared against."""
+    return perplexity(gemma, real_model.eval_text(), max_length=512, max_tokens=EVAL_TOKENS)
+
+
+def test_float_perplexity_on_the_held_out_play_is_sane(float_perplexity: PerplexityResult) -> None:
+    result = float_perplexity
     assert result.tokens == EVAL_TOKENS
     # a trained 270M model on Shakespeare: tens, far from the vocabulary size (262144) of a broken one
     assert 10 < result.perplexity < 150, result.perplexity
 
 
 def test_quantjob_quantizes_the_real_checkpoint_and_it_scores_close_to_float(
-        gemma: Path, real_cache: Path, tmp_path: Path) -> None:
+        gemma: Path, real_cache: Path, tmp_path: Path, float_perplexity: PerplexityResult) -> None:
     calib = real_model.calibration_file(gemma, 64, 512, real_cache)
     out = tmp_path / "w8a8-dynamic"
     argv = ["quantize", "--model_path", str(gemma), "--save_path", str(out), "--device", "cpu",
@@ -62,7 +68,7 @@ def test_quantjob_quantizes_the_real_checkpoint_and_it_scores_close_to_float(
     assert description["model_quant_type"] == "W8A8_DYNAMIC"
     assert description["model.layers.17.mlp.down_proj.weight"] == "W8A8_DYNAMIC"
     text = real_model.eval_text()
-    base = perplexity(gemma, text, max_length=512, max_tokens=EVAL_TOKENS)
+    base = float_perplexity
     quantized = perplexity(out, text, max_length=512, max_tokens=EVAL_TOKENS)
     assert quantized.kind == "ascendv1"
     assert quantized.perplexity != base.perplexity

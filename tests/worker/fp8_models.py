@@ -43,8 +43,10 @@ def reference_dequant(fp8: torch.Tensor, scale_inv: torch.Tensor, block: tuple[i
     return (fp8.float() * factors).to(dtype)
 
 
-def write_fp8_model(source: Path, fp8_dir: Path, reference_dir: Path, block: tuple[int, int] = (128, 128)) -> None:
-    """``fp8_dir``: ``source`` with its decoder linears in FP8; ``reference_dir``: its float twin."""
+def write_fp8_model(source: Path, fp8_dir: Path, reference_dir: Path, block: tuple[int, int] = (128, 128),
+                    *, also: tuple[str, ...] = ()) -> None:
+    """``fp8_dir``: ``source`` with its decoder linears (and the weights named in ``also``) in FP8;
+    ``reference_dir``: its float twin."""
     for target in (fp8_dir, reference_dir):
         shutil.copytree(source, target)
         for file in target.glob("*.safetensors*"):
@@ -53,7 +55,7 @@ def write_fp8_model(source: Path, fp8_dir: Path, reference_dir: Path, block: tup
     fp8_tensors: dict[str, torch.Tensor] = {}
     reference: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if name.startswith("model.layers.") and name.endswith("proj.weight"):
+        if (name.startswith("model.layers.") and name.endswith("proj.weight")) or name in also:
             fp8, scale = quantize_blocks(tensor, block)
             fp8_tensors[name], fp8_tensors[name + "_scale_inv"] = fp8, scale
             reference[name] = reference_dequant(fp8, scale, block, tensor.dtype)

@@ -29,8 +29,12 @@ from quantjob.worker.model.demo import build_demo_model
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
-@pytest.mark.parametrize("quant_type", ["w8a8", "w8a16"])
+# Static W8A8 on every family: the forward of each family's layers, the activation ranges reduced
+# over the ranks, the error table. W8A16 once: its weight-only quantization reads no calibration data,
+# so the rest of its path (forward, error table, saver) is W8A8's minus the activation observers; the
+# llama and qwen2 W8A16 cases ran the very same code as their W8A8 ones and were dropped (CI time).
+@pytest.mark.parametrize(("quant_type", "family"), [("w8a8", "llama"), ("w8a8", "qwen2"), ("w8a8", "gemma3_text"),
+                                                    ("w8a16", "gemma3_text")])
 def test_output_bytes_do_not_depend_on_world_size(tmp_path: Path, family: str, quant_type: str) -> None:
     model = tiny_model(tmp_path, family)
     calib = calibration(tmp_path, samples=7)

@@ -98,10 +98,12 @@ def test_config_refuses_other_quantizations(quant: dict[str, object], message: s
 
 @pytest.fixture(scope="module")
 def fp8_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(FP8 tiny llama with 32 x 48 blocks: every weight has partial edge blocks, its float twin)."""
+    """(FP8 tiny llama with 32 x 48 blocks: every weight has partial edge blocks, its float twin).
+    The lm_head is FP8 as well: a weight outside the decoder layers, kept float, which the saver
+    writes as the checkpoint loads it (dequantized bf16, without its scales)."""
     root = tmp_path_factory.mktemp("fp8")
     source = tiny_model(root, "llama")
-    write_fp8_model(source, root / "fp8", root / "reference", block=(32, 48))
+    write_fp8_model(source, root / "fp8", root / "reference", block=(32, 48), also=("lm_head.weight",))
     return root / "fp8", root / "reference"
 
 
@@ -151,8 +153,11 @@ def test_an_fp8_checkpoint_quantizes_as_its_dequantized_twin_on_1_and_2_ranks(
         fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
     """The output of the FP8 model equals, byte for byte, the output of the float model made of its
     dequantized weights (the float-kept lm_head and norms, the quantized linears, the error table);
-    only config.json (its quantization_config dropped) and the provenance (other input files) differ."""
+    only config.json (its quantization_config dropped) and the provenance (other input files) differ.
+    The FP8 lm_head (outside the decoder layers, kept float) is written dequantized, without scales."""
     fp8_dir, reference_dir = fp8_pair
+    stored = load_file(fp8_dir / "model.safetensors")
+    assert stored["lm_head.weight"].dtype == torch.float8_e4m3fn and "lm_head.weight_scale_inv" in stored
     calib = calibration(tmp_path)
     runs = {}
     for label, model, devices in (("fp8-1", fp8_dir, "cpu"), ("fp8-2", fp8_dir, "cpu:0,1"),
@@ -174,6 +179,8 @@ def test_an_fp8_checkpoint_quantizes_as_its_dequantized_twin_on_1_and_2_ranks(
     reference = load_file(reference_dir / "model.safetensors")
     for name in ("model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"):  # kept float
         assert saved[name].dtype == torch.bfloat16 and torch.equal(saved[name], reference[name]), name
+    expected = reference_dequant(stored["lm_head.weight"], stored["lm_head.weight_scale_inv"], (32, 48))
+    assert saved["lm_head.weight"].dtype == torch.bfloat16 and torch.equal(saved["lm_head.weight"], expected)
 
 
 def test_an_already_quantized_model_is_refused_before_any_work(fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -189,25 +196,6 @@ def test_an_already_quantized_model_is_refused_before_any_work(fp8_pair: tuple[P
     assert proc.returncode == 3, out
     assert f"{model / 'config.json'}: quantization_config.quant_method is 'gptq'" in out
     assert not (tmp_path / "out").exists()
-
-
-def test_fp8_outside_the_decoder_layers_is_saved_dequantized(fp8_pair: tuple[Path, Path], tmp_path: Path) -> None:
-    """An FP8 lm_head (outside the decoder layers, kept float) is written as the checkpoint loads
-    it: dequantized bf16, without its scales."""
-    def lm_head_in_fp8(tensors: dict[str, torch.Tensor]) -> None:
-        tensors["lm_head.weight"], tensors["lm_head.weight_scale_inv"] = quantize_blocks(
-            tensors["lm_head.weight"], (32, 48))
-
-    target = _rewrite(fp8_pair[0], tmp_path / "head", lm_head_in_fp8)
-    stored = load_file(target / "model.safetensors")
-    out = tmp_path / "out"
-    run_quantize(quantize_argv(target, out, calibration(tmp_path), "cpu", "w8a8_dynamic"))
-    saved: dict[str, torch.Tensor] = {}
-    for file in out.glob("*.safetensors"):
-        saved.update(load_file(file))
-    expected = reference_dequant(stored["lm_head.weight"], stored["lm_head.weight_scale_inv"], (32, 48))
-    assert saved["lm_head.weight"].dtype == torch.bfloat16 and torch.equal(saved["lm_head.weight"], expected)
-    assert not any(name.endswith("_scale_inv") for name in saved)
 
 
 DEEPSEEK_MIXED = Path(__file__).resolve().parents[2] / "examples" / "configs" / "deepseek-v3-w8a8-mixed.yaml"
