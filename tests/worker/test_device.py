@@ -160,3 +160,16 @@ def test_the_matmul_cache_cap_keeps_heap_flat_over_many_token_counts() -> None:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     grown_mib = float(result.stdout.strip())
     assert grown_mib < 40, f"300 new token counts grew the heap in use by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots"])
+def test_a_matmul_cache_size_that_would_crash_torch_is_refused_by_name(value: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantjob.api.exit_codes import INPUT
+    from quantjob.worker.errors import QuantJobError
+    from quantjob.worker.group.device import MATMUL_CACHE_ENV, limit_kernel_cache
+
+    monkeypatch.setenv(MATMUL_CACHE_ENV, value)
+    with pytest.raises(QuantJobError, match=f"{MATMUL_CACHE_ENV}='{value}' in the environment: .*unset it") as caught:
+        limit_kernel_cache()
+    assert caught.value.exit_code == INPUT  # a user error: the operator fails the job, no pod crash loop

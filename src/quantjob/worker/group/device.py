@@ -194,6 +194,13 @@ def limit_kernel_cache() -> None:
     variable when they first build a kernel, so this runs before the first layer."""
     os.environ.setdefault(KERNEL_CACHE_ENV, str(KERNEL_CACHE_CAPACITY))
     os.environ.setdefault(MATMUL_CACHE_ENV, str(MATMUL_CACHE_CAPACITY))
+    given = os.environ[MATMUL_CACHE_ENV].strip()
+    if not given.isdigit() or int(given) < 1:  # 0 makes torch 2.13's bf16 linear crash (SIGSEGV)
+        from quantjob.worker.errors import QuantJobError
+
+        raise QuantJobError(f"{MATMUL_CACHE_ENV}={given!r} in the environment: it must be a positive count of "
+                            "cached kernels (0 makes torch's CPU bf16 matmuls crash); unset it (the worker then "
+                            f"uses {MATMUL_CACHE_CAPACITY}) or give a count of at least 1")
 
 
 def staging_device(device: torch.device) -> torch.device:
