@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
+from quantjob.worker.errors import QuantJobError
+
 if TYPE_CHECKING:  # torch is imported where it is used: the launcher and the CLI never need it
     import torch
 
@@ -196,8 +198,6 @@ def limit_kernel_cache() -> None:
     os.environ.setdefault(MATMUL_CACHE_ENV, str(MATMUL_CACHE_CAPACITY))
     given = os.environ[MATMUL_CACHE_ENV].strip()
     if not given.isdigit() or int(given) < 1:  # 0 makes torch 2.13's bf16 linear crash (SIGSEGV)
-        from quantjob.worker.errors import QuantJobError
-
         raise QuantJobError(f"{MATMUL_CACHE_ENV}={given!r} in the environment: it must be a positive count of "
                             "cached kernels (0 makes torch's CPU bf16 matmuls crash); unset it (the worker then "
                             f"uses {MATMUL_CACHE_CAPACITY}) or give a count of at least 1")

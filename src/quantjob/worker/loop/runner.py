@@ -232,7 +232,6 @@ class _Loop:
         ctx.reobserve = reobserve
         ctx.stats, ctx.probes, float_out = self.observe(index, layer, linears, hidden, keep=self.kept_inputs,
                                                         probed=probed)
-        trim_host_heap()
         for proc in self.job.config.spec.process:
             entry = processor_for(proc.type)
             if ctx.modified and entry.needs_stats(proc):
